@@ -1,0 +1,1 @@
+//! Shared helpers for silica's criterion benches.

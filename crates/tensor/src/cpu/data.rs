@@ -1,0 +1,212 @@
+//! Typed host storage of the CPU backend.
+
+use crate::{DType, HostTensor, Shape};
+use half::{bf16, f16};
+
+/// One tensor's elements, typed. `Bool` is stored as bytes 0/1.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuData {
+    Bool(Vec<u8>),
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Applies a generic expression to the vector inside any variant, rewrapping in the same variant.
+macro_rules! map_data {
+    ($d:expr, $v:ident => $e:expr) => {
+        match $d {
+            CpuData::Bool($v) => CpuData::Bool($e),
+            CpuData::U8($v) => CpuData::U8($e),
+            CpuData::I32($v) => CpuData::I32($e),
+            CpuData::I64($v) => CpuData::I64($e),
+            CpuData::F16($v) => CpuData::F16($e),
+            CpuData::BF16($v) => CpuData::BF16($e),
+            CpuData::F32($v) => CpuData::F32($e),
+            CpuData::F64($v) => CpuData::F64($e),
+        }
+    };
+}
+
+/// Evaluates a generic expression on the vector inside any variant.
+macro_rules! with_data {
+    ($d:expr, $v:ident => $e:expr) => {
+        match $d {
+            CpuData::Bool($v) => $e,
+            CpuData::U8($v) => $e,
+            CpuData::I32($v) => $e,
+            CpuData::I64($v) => $e,
+            CpuData::F16($v) => $e,
+            CpuData::BF16($v) => $e,
+            CpuData::F32($v) => $e,
+            CpuData::F64($v) => $e,
+        }
+    };
+}
+
+pub(crate) use {map_data, with_data};
+
+impl CpuData {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuData::Bool(_) => DType::Bool,
+            CpuData::U8(_) => DType::U8,
+            CpuData::I32(_) => DType::I32,
+            CpuData::I64(_) => DType::I64,
+            CpuData::F16(_) => DType::F16,
+            CpuData::BF16(_) => DType::BF16,
+            CpuData::F32(_) => DType::F32,
+            CpuData::F64(_) => DType::F64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        with_data!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn zeros(dtype: DType, n: usize) -> CpuData {
+        match dtype {
+            DType::Bool => CpuData::Bool(vec![0; n]),
+            DType::U8 => CpuData::U8(vec![0; n]),
+            DType::I32 => CpuData::I32(vec![0; n]),
+            DType::I64 => CpuData::I64(vec![0; n]),
+            DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
+            DType::BF16 => CpuData::BF16(vec![bf16::ZERO; n]),
+            DType::F32 => CpuData::F32(vec![0.0; n]),
+            DType::F64 => CpuData::F64(vec![0.0; n]),
+        }
+    }
+
+    pub fn from_host(t: &HostTensor) -> CpuData {
+        let bytes = t.as_bytes();
+        fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+            match bytemuck::try_cast_slice::<u8, T>(bytes) {
+                Ok(s) => s.to_vec(),
+                Err(_) => bytes
+                    .chunks_exact(std::mem::size_of::<T>())
+                    .map(bytemuck::pod_read_unaligned)
+                    .collect(),
+            }
+        }
+        match t.dtype() {
+            DType::Bool => CpuData::Bool(bytes.iter().map(|&b| (b != 0) as u8).collect()),
+            DType::U8 => CpuData::U8(bytes.to_vec()),
+            DType::I32 => CpuData::I32(cast(bytes)),
+            DType::I64 => CpuData::I64(cast(bytes)),
+            DType::F16 => CpuData::F16(cast(bytes)),
+            DType::BF16 => CpuData::BF16(cast(bytes)),
+            DType::F32 => CpuData::F32(cast(bytes)),
+            DType::F64 => CpuData::F64(cast(bytes)),
+        }
+    }
+
+    pub fn to_host(&self, shape: &Shape) -> HostTensor {
+        let bytes: &[u8] = with_data!(self, v => bytemuck::cast_slice(v));
+        HostTensor::from_bytes(self.dtype(), shape.clone(), bytes)
+            .expect("CpuData length matches its shape")
+    }
+
+    /// Values as f32 (converting on the fly) — used by kernels that compute in f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            CpuData::F32(v) => v.clone(),
+            _ => self.convert(DType::F32).into_f32(),
+        }
+    }
+
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            CpuData::F32(v) => v,
+            other => other.to_f32(),
+        }
+    }
+
+    /// Integer values widened to i64 (indices); floats truncate.
+    pub fn to_i64(&self) -> Vec<i64> {
+        match self {
+            CpuData::Bool(v) | CpuData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            CpuData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            CpuData::I64(v) => v.clone(),
+            CpuData::F16(v) => v.iter().map(|&x| x.to_f32() as i64).collect(),
+            CpuData::BF16(v) => v.iter().map(|&x| x.to_f32() as i64).collect(),
+            CpuData::F32(v) => v.iter().map(|&x| x as i64).collect(),
+            CpuData::F64(v) => v.iter().map(|&x| x as i64).collect(),
+        }
+    }
+
+    /// Elementwise conversion with XLA `convert` semantics: floats round to nearest even,
+    /// float→int truncates toward zero (saturating; NaN→0), anything→bool is `!= 0`.
+    pub fn convert(&self, to: DType) -> CpuData {
+        use rayon::prelude::*;
+        if self.dtype() == to {
+            return self.clone();
+        }
+        // Fast paths between the float types that models convert between constantly.
+        match (self, to) {
+            (CpuData::F32(v), DType::BF16) => {
+                return CpuData::BF16(v.par_iter().map(|&x| bf16::from_f32(x)).collect())
+            }
+            (CpuData::F32(v), DType::F16) => {
+                return CpuData::F16(v.par_iter().map(|&x| f16::from_f32(x)).collect())
+            }
+            (CpuData::BF16(v), DType::F32) => {
+                return CpuData::F32(v.par_iter().map(|&x| x.to_f32()).collect())
+            }
+            (CpuData::F16(v), DType::F32) => {
+                return CpuData::F32(v.par_iter().map(|&x| x.to_f32()).collect())
+            }
+            (CpuData::F32(v), DType::F64) => {
+                return CpuData::F64(v.iter().map(|&x| x as f64).collect())
+            }
+            (CpuData::F64(v), DType::F32) => {
+                return CpuData::F32(v.iter().map(|&x| x as f32).collect())
+            }
+            _ => {}
+        }
+        // Generic path through f64 (exact for every source except i64 beyond 2^53, where
+        // integer→integer conversions take the i64 path below instead).
+        if self.dtype().is_int() || self.dtype() == DType::Bool {
+            let v = self.to_i64();
+            return match to {
+                DType::Bool => CpuData::Bool(v.iter().map(|&x| (x != 0) as u8).collect()),
+                DType::U8 => CpuData::U8(v.iter().map(|&x| x as u8).collect()),
+                DType::I32 => CpuData::I32(v.iter().map(|&x| x as i32).collect()),
+                DType::I64 => CpuData::I64(v),
+                DType::F16 => CpuData::F16(v.iter().map(|&x| f16::from_f64(x as f64)).collect()),
+                DType::BF16 => CpuData::BF16(v.iter().map(|&x| bf16::from_f64(x as f64)).collect()),
+                DType::F32 => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
+                DType::F64 => CpuData::F64(v.iter().map(|&x| x as f64).collect()),
+            };
+        }
+        let v: Vec<f64> = match self {
+            CpuData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            CpuData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            CpuData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuData::F64(v) => v.clone(),
+            _ => unreachable!("integer sources handled above"),
+        };
+        match to {
+            DType::Bool => CpuData::Bool(v.iter().map(|&x| (x != 0.0) as u8).collect()),
+            DType::U8 => CpuData::U8(v.iter().map(|&x| x as u8).collect()),
+            DType::I32 => CpuData::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::I64 => CpuData::I64(v.iter().map(|&x| x as i64).collect()),
+            DType::F16 => CpuData::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
+            DType::BF16 => CpuData::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
+            DType::F32 => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
+            DType::F64 => CpuData::F64(v),
+        }
+    }
+
+    /// f32 data converted back to `dt` (f64 data for F64).
+    pub fn from_f32(v: Vec<f32>, dt: DType) -> CpuData {
+        CpuData::F32(v).convert(dt)
+    }
+}

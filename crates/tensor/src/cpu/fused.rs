@@ -1,0 +1,330 @@
+//! Fused kernels for the composite ops. Each computes in f32 (f64 for f64) and rounds once to the
+//! output dtype, exactly as the decompositions in `crate::decompose` specify.
+
+use super::data::CpuData;
+use super::layout::transpose;
+use super::matmul::{dot_bf16, dot_f16, dot_f32};
+use crate::DType;
+use half::{bf16, f16};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Additive-mask values at or below this are treated as "excluded" by the attention kernel and
+/// skipped (their weight underflows to exactly 0 in f32 for any score below 1e29), unless a
+/// whole row is excluded, in which case it is computed in full like the decomposition does.
+pub const MASK_SKIP: f32 = -1e30;
+
+const PAR_MIN: usize = 1 << 14;
+
+/// Rounds an f32 to `dt`'s precision and back (identity for f32).
+fn rounder(dt: DType) -> fn(f32) -> f32 {
+    match dt {
+        DType::BF16 => |x| bf16::from_f32(x).to_f32(),
+        DType::F16 => |x| f16::from_f32(x).to_f32(),
+        _ => |x| x,
+    }
+}
+
+fn finish(v: Vec<f32>, dt: DType) -> CpuData {
+    CpuData::from_f32(v, dt)
+}
+
+fn rows<R: Float + Send + Sync>(v: &mut [R], d: usize, f: impl Fn(&mut [R]) + Sync + Send) {
+    if d == 0 {
+        return;
+    }
+    if v.len() >= PAR_MIN {
+        v.par_chunks_mut(d).for_each(f);
+    } else {
+        v.chunks_mut(d).for_each(f);
+    }
+}
+
+fn rms_rows<R: Float + Send + Sync>(
+    x: &mut [R],
+    w: &[R],
+    d: usize,
+    eps: f64,
+    round: impl Fn(R) -> R + Sync + Send,
+) {
+    let eps = R::from(eps).unwrap();
+    let inv_d = R::one() / R::from(d).unwrap();
+    rows(x, d, |r| {
+        let ss = r.iter().fold(R::zero(), |a, &v| a + v * v);
+        let s = R::one() / (ss * inv_d + eps).sqrt();
+        for (v, &wi) in r.iter_mut().zip(w) {
+            *v = round(round(*v * s) * wi);
+        }
+    });
+}
+
+pub fn rms_norm(x: &CpuData, w: &CpuData, dims: &[usize], eps: f64) -> CpuData {
+    let d = *dims.last().unwrap_or(&1);
+    let dt = x.dtype();
+    if let (CpuData::F64(x), CpuData::F64(w)) = (x, w) {
+        let mut v = x.clone();
+        rms_rows(&mut v, w, d, eps, |a| a);
+        return CpuData::F64(v);
+    }
+    let mut v = x.to_f32();
+    rms_rows(&mut v, &w.to_f32(), d, eps, rounder(dt));
+    finish(v, dt)
+}
+
+fn softmax_rows<R: Float + Send + Sync>(v: &mut [R], d: usize) {
+    rows(v, d, |r| {
+        let m = r.iter().fold(R::neg_infinity(), |a, &b| {
+            if b.is_nan() || a.is_nan() {
+                R::nan()
+            } else {
+                a.max(b)
+            }
+        });
+        let mut s = R::zero();
+        for x in r.iter_mut() {
+            *x = (*x - m).exp();
+            s = s + *x;
+        }
+        for x in r.iter_mut() {
+            *x = *x / s;
+        }
+    });
+}
+
+pub fn softmax(x: &CpuData, dims: &[usize], axis: usize) -> CpuData {
+    let r = dims.len();
+    if axis != r - 1 {
+        // Move the axis last, run, move it back.
+        let mut perm: Vec<usize> = (0..r).filter(|&a| a != axis).collect();
+        perm.push(axis);
+        let tdims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let t = super::data::map_data!(x, v => transpose(v, dims, &perm));
+        let y = softmax(&t, &tdims, r - 1);
+        let mut inv = vec![0; r];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        return super::data::map_data!(&y, v => transpose(v, &tdims, &inv));
+    }
+    let d = dims[r - 1];
+    if let CpuData::F64(v) = x {
+        let mut v = v.clone();
+        softmax_rows(&mut v, d);
+        return CpuData::F64(v);
+    }
+    let mut v = x.to_f32();
+    softmax_rows(&mut v, d);
+    finish(v, x.dtype())
+}
+
+pub fn silu(x: &CpuData) -> CpuData {
+    fn s<R: Float + Send + Sync>(v: &mut [R]) {
+        let f = |x: &mut R| *x = *x / (R::one() + (-*x).exp());
+        if v.len() >= PAR_MIN {
+            v.par_iter_mut().for_each(f);
+        } else {
+            v.iter_mut().for_each(f);
+        }
+    }
+    if let CpuData::F64(v) = x {
+        let mut v = v.clone();
+        s(&mut v);
+        return CpuData::F64(v);
+    }
+    let mut v = x.to_f32();
+    s(&mut v);
+    finish(v, x.dtype())
+}
+
+fn rope_t<R: Float + Send + Sync>(x: &mut [R], cos: &[R], sin: &[R], dims: &[usize]) {
+    let (b, h, t, d) = (dims[0], dims[1], dims[2], dims[3]);
+    let half = d / 2;
+    let rowf = |(row, r): (usize, &mut [R])| {
+        let ti = row % t;
+        let bi = row / (t * h);
+        let base = (bi * t + ti) * d;
+        let (c, s) = (&cos[base..base + d], &sin[base..base + d]);
+        for j in 0..half {
+            let (x1, x2) = (r[j], r[j + half]);
+            r[j] = x1 * c[j] - x2 * s[j];
+            r[j + half] = x2 * c[j + half] + x1 * s[j + half];
+        }
+    };
+    let _ = b;
+    if x.len() >= PAR_MIN {
+        x.par_chunks_mut(d).enumerate().for_each(rowf);
+    } else {
+        x.chunks_mut(d).enumerate().for_each(rowf);
+    }
+}
+
+pub fn rope(x: &CpuData, cos: &CpuData, sin: &CpuData, dims: &[usize]) -> CpuData {
+    if let (CpuData::F64(x), CpuData::F64(c), CpuData::F64(s)) = (x, cos, sin) {
+        let mut v = x.clone();
+        rope_t(&mut v, c, s, dims);
+        return CpuData::F64(v);
+    }
+    let mut v = x.to_f32();
+    rope_t(&mut v, &cos.to_f32(), &sin.to_f32(), dims);
+    finish(v, x.dtype())
+}
+
+/// Keys/values read in their stored dtype.
+#[derive(Copy, Clone)]
+enum Kv<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Kv<'_> {
+    fn of(d: &CpuData) -> Kv<'_> {
+        match d {
+            CpuData::F32(v) => Kv::F32(v),
+            CpuData::BF16(v) => Kv::BF16(v),
+            CpuData::F16(v) => Kv::F16(v),
+            _ => unreachable!("attention operands are f32/bf16/f16 here"),
+        }
+    }
+    fn dot(self, q: &[f32], start: usize) -> f32 {
+        let n = q.len();
+        match self {
+            Kv::F32(k) => dot_f32(q, &k[start..start + n]),
+            Kv::BF16(k) => dot_bf16(q, &k[start..start + n]),
+            Kv::F16(k) => dot_f16(q, &k[start..start + n]),
+        }
+    }
+    fn axpy(self, p: f32, start: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            Kv::F32(v) => out
+                .iter_mut()
+                .zip(&v[start..start + n])
+                .for_each(|(o, &x)| *o += p * x),
+            Kv::BF16(v) => out
+                .iter_mut()
+                .zip(&v[start..start + n])
+                .for_each(|(o, &x)| *o += p * x.to_f32()),
+            Kv::F16(v) => out
+                .iter_mut()
+                .zip(&v[start..start + n])
+                .for_each(|(o, &x)| *o += p * x.to_f32()),
+        }
+    }
+}
+
+pub struct AttnDims {
+    pub b: usize,
+    pub hq: usize,
+    pub tq: usize,
+    pub d: usize,
+    pub hkv: usize,
+    pub tk: usize,
+    pub dv: usize,
+}
+
+pub fn attention(
+    q: &CpuData,
+    k: &CpuData,
+    v: &CpuData,
+    mask: &CpuData,
+    a: &AttnDims,
+    scale: f64,
+) -> CpuData {
+    if let CpuData::F64(_) = q {
+        return CpuData::F64(attention_f64(
+            &q.convert(DType::F64).into_f64(),
+            &k.convert(DType::F64).into_f64(),
+            &v.convert(DType::F64).into_f64(),
+            &mask.convert(DType::F64).into_f64(),
+            a,
+            scale,
+        ));
+    }
+    let qf = q.to_f32();
+    let mf = mask.to_f32();
+    let (kk, vv) = (Kv::of(k), Kv::of(v));
+    let grp = a.hq / a.hkv;
+    let scale = scale as f32;
+    let mut out = vec![0f32; a.b * a.hq * a.tq * a.dv];
+    let row = |(r, o): (usize, &mut [f32])| {
+        let ti = r % a.tq;
+        let h = (r / a.tq) % a.hq;
+        let bi = r / (a.tq * a.hq);
+        let hk = h / grp;
+        let qrow = &qf[r * a.d..(r + 1) * a.d];
+        let mrow = &mf[(bi * a.tq + ti) * a.tk..(bi * a.tq + ti + 1) * a.tk];
+        let kbase = (bi * a.hkv + hk) * a.tk;
+        let all_skipped = mrow.iter().all(|&m| m <= MASK_SKIP);
+        let mut s = vec![f32::NEG_INFINITY; a.tk];
+        let mut mx = f32::NEG_INFINITY;
+        for (j, sj) in s.iter_mut().enumerate() {
+            if !all_skipped && mrow[j] <= MASK_SKIP {
+                continue;
+            }
+            *sj = kk.dot(qrow, (kbase + j) * a.d) * scale + mrow[j];
+            mx = if sj.is_nan() || mx.is_nan() {
+                f32::NAN
+            } else {
+                mx.max(*sj)
+            };
+        }
+        let mut sum = 0f32;
+        for sj in s.iter_mut() {
+            *sj = if *sj == f32::NEG_INFINITY && mx != f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*sj - mx).exp()
+            };
+            sum += *sj;
+        }
+        for (j, &p) in s.iter().enumerate() {
+            if p != 0.0 || p.is_nan() {
+                vv.axpy(p / sum, (kbase + j) * a.dv, o);
+            }
+        }
+    };
+    if out.len() * a.tk >= PAR_MIN {
+        out.par_chunks_mut(a.dv).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(a.dv).enumerate().for_each(row);
+    }
+    finish(out, q.dtype())
+}
+
+fn attention_f64(q: &[f64], k: &[f64], v: &[f64], m: &[f64], a: &AttnDims, scale: f64) -> Vec<f64> {
+    let grp = a.hq / a.hkv;
+    let mut out = vec![0f64; a.b * a.hq * a.tq * a.dv];
+    for (r, o) in out.chunks_mut(a.dv).enumerate() {
+        let ti = r % a.tq;
+        let h = (r / a.tq) % a.hq;
+        let bi = r / (a.tq * a.hq);
+        let kbase = (bi * a.hkv + h / grp) * a.tk;
+        let qrow = &q[r * a.d..(r + 1) * a.d];
+        let mut s: Vec<f64> = (0..a.tk)
+            .map(|j| {
+                let kr = &k[(kbase + j) * a.d..(kbase + j + 1) * a.d];
+                qrow.iter().zip(kr).map(|(x, y)| x * y).sum::<f64>() * scale
+                    + m[(bi * a.tq + ti) * a.tk + j]
+            })
+            .collect();
+        softmax_rows(&mut s, a.tk);
+        for (j, p) in s.iter().enumerate() {
+            let vr = &v[(kbase + j) * a.dv..(kbase + j + 1) * a.dv];
+            o.iter_mut().zip(vr).for_each(|(x, y)| *x += p * y);
+        }
+    }
+    out
+}
+
+impl CpuData {
+    pub fn into_f64(self) -> Vec<f64> {
+        match self {
+            CpuData::F64(v) => v,
+            other => match other.convert(DType::F64) {
+                CpuData::F64(v) => v,
+                _ => unreachable!(),
+            },
+        }
+    }
+}

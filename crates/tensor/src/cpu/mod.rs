@@ -1,0 +1,389 @@
+//! The CPU reference backend.
+//!
+//! Executes a [`Program`] node by node in topological order. It is the reference the other
+//! backends are checked against, so every op is simple and exact; it is made fast where it
+//! matters for LLMs (matmul, attention, norms) with rayon and SIMD.
+//!
+//! Buffer discipline: weights (read-only inputs) are borrowed, never copied; a value is freed at
+//! its last use; an elementwise op or a dynamic-update-slice whose operand dies at that op reuses
+//! the operand's storage; donated (aliased) inputs are moved in, so a KV-cache update is an
+//! in-place write of the new rows and no cache-sized buffer is allocated per step.
+
+mod data;
+mod elementwise;
+mod fused;
+pub mod layout;
+mod matmul;
+mod reduce;
+
+pub use data::CpuData;
+pub use fused::MASK_SKIP;
+pub use matmul::{dot_bf16, dot_f16, dot_f32};
+
+use crate::backend::{validate_args, Arg, Backend, Buffer, Executable};
+use crate::error::BackendError;
+use crate::graph::{Node, Op};
+use crate::program::{Program, Signature};
+use crate::{DType, HostTensor, Shape};
+use data::map_data;
+use std::sync::Arc;
+
+const NAME: &str = "cpu";
+
+/// The CPU backend. Stateless: buffers are host memory.
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+/// The storage inside a CPU [`Buffer`].
+pub struct CpuBuffer(pub CpuData);
+
+fn data_of(b: &Buffer) -> &CpuData {
+    &b.downcast_ref::<CpuBuffer>()
+        .expect("validated as a cpu buffer")
+        .0
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn device_description(&self) -> String {
+        format!("{} ({} threads)", cpu_model(), rayon::current_num_threads())
+    }
+
+    fn compile(&self, program: &Program) -> Result<Arc<dyn Executable>, BackendError> {
+        Ok(Arc::new(CpuExecutable::new(program)))
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<Buffer, BackendError> {
+        Ok(Buffer::new(
+            NAME,
+            t.dtype(),
+            t.shape().clone(),
+            Box::new(CpuBuffer(CpuData::from_host(t))),
+        ))
+    }
+
+    fn download(&self, b: &Buffer) -> Result<HostTensor, BackendError> {
+        let d = b
+            .downcast_ref::<CpuBuffer>()
+            .ok_or_else(|| BackendError::InvalidArgument(format!("{b:?} is not a cpu buffer")))?;
+        Ok(d.0.to_host(b.shape()))
+    }
+
+    fn zeros(&self, dtype: DType, shape: &Shape) -> Result<Buffer, BackendError> {
+        Ok(Buffer::new(
+            NAME,
+            dtype,
+            shape.clone(),
+            Box::new(CpuBuffer(CpuData::zeros(dtype, shape.elem_count()))),
+        ))
+    }
+}
+
+/// The CPU model name from /proc/cpuinfo (or the architecture when unavailable).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+struct CpuExecutable {
+    program: Program,
+    signature: Signature,
+    /// Live nodes in execution order.
+    order: Vec<usize>,
+    /// Index in `order` of each value's last use (usize::MAX: an output, never freed).
+    last_use: Vec<usize>,
+}
+
+impl CpuExecutable {
+    fn new(program: &Program) -> Self {
+        let outs: Vec<_> = program.outputs.iter().map(|(_, v)| *v).collect();
+        let live = program.graph.live(&outs);
+        let order: Vec<usize> = (0..live.len()).filter(|&i| live[i]).collect();
+        let mut last_use = vec![0usize; live.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            for inp in &program.graph.nodes()[i].inputs {
+                last_use[inp.index()] = pos;
+            }
+        }
+        for v in &outs {
+            last_use[v.index()] = usize::MAX;
+        }
+        CpuExecutable {
+            signature: program.signature(),
+            program: program.clone(),
+            order,
+            last_use,
+        }
+    }
+}
+
+enum Slot<'a> {
+    Empty,
+    Ref(&'a CpuData),
+    Own(CpuData),
+}
+
+impl Slot<'_> {
+    fn get(&self) -> &CpuData {
+        match self {
+            Slot::Ref(d) => d,
+            Slot::Own(d) => d,
+            Slot::Empty => unreachable!("value used after its last use"),
+        }
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn execute(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, BackendError> {
+        validate_args(&self.signature, NAME, args)?;
+        let nodes = self.program.graph.nodes();
+        let params = self.program.graph.params();
+        let mut slots: Vec<Slot> = (0..nodes.len()).map(|_| Slot::Empty).collect();
+        // Donated inputs are moved in (so in-place updates are possible); others are borrowed.
+        let mut donated: Vec<Option<&mut Buffer>> = Vec::new();
+        for (i, arg) in args.iter_mut().enumerate() {
+            let slot = &mut slots[params[i].index()];
+            match arg {
+                Arg::In(b) => *slot = Slot::Ref(data_of(b)),
+                Arg::InOut(b) => {
+                    let d = &mut b.downcast_mut::<CpuBuffer>().expect("validated").0;
+                    *slot = Slot::Own(std::mem::replace(d, CpuData::Bool(Vec::new())));
+                    donated.push(Some(b));
+                    continue;
+                }
+            }
+            donated.push(None);
+        }
+        for (pos, &i) in self.order.iter().enumerate() {
+            let node = &nodes[i];
+            if matches!(node.op, Op::Parameter { .. }) {
+                continue;
+            }
+            // An input may be consumed in place if this is its last use and we own it.
+            let take_first = node.inputs.first().is_some_and(|v| {
+                self.last_use[v.index()] == pos
+                    && matches!(slots[v.index()], Slot::Own(_))
+                    && !node.inputs[1..].contains(v)
+            });
+            let first = if take_first {
+                match std::mem::replace(&mut slots[node.inputs[0].index()], Slot::Empty) {
+                    Slot::Own(d) => Some(d),
+                    _ => unreachable!(),
+                }
+            } else {
+                None
+            };
+            let out = eval(node, nodes, &slots, first);
+            debug_assert_eq!(out.len(), node.shape.elem_count(), "{:?}", node.op);
+            debug_assert_eq!(out.dtype(), node.dtype, "{:?}", node.op);
+            slots[i] = Slot::Own(out);
+            for v in &node.inputs {
+                if self.last_use[v.index()] == pos {
+                    slots[v.index()] = Slot::Empty;
+                }
+            }
+        }
+        // Collect outputs; an output value named twice (or a borrowed input) is copied.
+        let mut taken: Vec<Option<CpuData>> = Vec::with_capacity(self.program.outputs.len());
+        for (k, (_, v)) in self.program.outputs.iter().enumerate() {
+            let later = self.program.outputs[k + 1..].iter().any(|(_, w)| w == v);
+            let d = match &slots[v.index()] {
+                Slot::Own(_) if !later => {
+                    match std::mem::replace(&mut slots[v.index()], Slot::Empty) {
+                        Slot::Own(d) => d,
+                        _ => unreachable!(),
+                    }
+                }
+                s => s.get().clone(),
+            };
+            taken.push(Some(d));
+        }
+        for a in &self.signature.aliases {
+            let b = donated[a.input]
+                .as_mut()
+                .expect("aliased inputs are donated");
+            b.downcast_mut::<CpuBuffer>().expect("validated").0 =
+                taken[a.output].take().expect("one alias per output");
+        }
+        Ok(taken
+            .into_iter()
+            .zip(&self.signature.outputs)
+            .filter_map(|(d, spec)| {
+                d.map(|d| Buffer::new(NAME, spec.dtype, spec.shape.clone(), Box::new(CpuBuffer(d))))
+            })
+            .collect())
+    }
+}
+
+/// Evaluates one node. `first` is the first input's storage when it may be reused in place.
+fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> CpuData {
+    let inp = |k: usize| slots[node.inputs[k].index()].get();
+    let dims = |k: usize| nodes[node.inputs[k].index()].shape.dims();
+    let own0 = |first: Option<CpuData>| first.unwrap_or_else(|| inp(0).clone());
+    let out_dims = node.shape.dims();
+    match &node.op {
+        Op::Parameter { .. } => unreachable!("parameters are bound, not evaluated"),
+        Op::Constant(t) => CpuData::from_host(t),
+        Op::Iota { dim } => elementwise::iota(node.dtype, out_dims, *dim),
+        Op::Unary(u) => elementwise::unary(*u, own0(first)),
+        Op::Binary(b) => elementwise::binary(*b, own0(first), inp(1)),
+        Op::Compare(c) => {
+            elementwise::compare(first.as_ref().unwrap_or_else(|| inp(0)), inp(1), *c)
+        }
+        Op::Select => elementwise::select(
+            first.as_ref().unwrap_or_else(|| inp(0)),
+            inp(1).clone(),
+            inp(2),
+        ),
+        Op::Convert(dt) => first.as_ref().unwrap_or_else(|| inp(0)).convert(*dt),
+        Op::Reshape => own0(first),
+        Op::Transpose { perm } => {
+            map_data!(inp0(&first, slots, node), v => layout::transpose(v, dims(0), perm))
+        }
+        Op::Broadcast { dims: map } => {
+            map_data!(inp0(&first, slots, node), v => layout::broadcast(v, dims(0), out_dims, map))
+        }
+        Op::Slice { start, stride, .. } => {
+            map_data!(inp0(&first, slots, node), v => layout::slice(v, dims(0), start, stride, out_dims))
+        }
+        Op::Concatenate { axis } => {
+            let parts: Vec<(&CpuData, &[usize])> = (0..node.inputs.len())
+                .map(|k| {
+                    (
+                        if k == 0 {
+                            first.as_ref().unwrap_or_else(|| inp(0))
+                        } else {
+                            inp(k)
+                        },
+                        dims(k),
+                    )
+                })
+                .collect();
+            concat(&parts, *axis)
+        }
+        Op::Pad { low, interior, .. } => {
+            let x = inp0(&first, slots, node);
+            let val = inp(1);
+            map_data!(x, v => {
+                let pv = scalar_of(val, v);
+                layout::pad(v, dims(0), pv, low, interior, out_dims)
+            })
+        }
+        Op::Gather { axis } => {
+            let idx = inp(1).to_i64();
+            map_data!(inp0(&first, slots, node), v => layout::gather(v, dims(0), *axis, &idx))
+        }
+        Op::DynamicSlice { sizes } => {
+            let starts: Vec<i64> = (1..node.inputs.len()).map(|k| inp(k).to_i64()[0]).collect();
+            let st = layout::clamp_starts(&starts, dims(0), sizes);
+            let ones = vec![1; sizes.len()];
+            map_data!(inp0(&first, slots, node), v => layout::slice(v, dims(0), &st, &ones, sizes))
+        }
+        Op::DynamicUpdateSlice => {
+            let starts: Vec<i64> = (2..node.inputs.len()).map(|k| inp(k).to_i64()[0]).collect();
+            let st = layout::clamp_starts(&starts, dims(0), dims(1));
+            let mut x = own0(first);
+            let upd = inp(1);
+            dus(&mut x, dims(0), upd, dims(1), &st);
+            x
+        }
+        Op::Reduce { kind, axes } => {
+            reduce::reduce(*kind, inp0(&first, slots, node), dims(0), axes)
+        }
+        Op::ArgMax { axis } => reduce::argmax(inp0(&first, slots, node), dims(0), *axis),
+        Op::Dot(dd) => matmul::dot(inp0(&first, slots, node), dims(0), inp(1), dims(1), dd),
+        Op::RmsNorm { eps } => fused::rms_norm(inp0(&first, slots, node), inp(1), dims(0), *eps),
+        Op::Softmax { axis } => fused::softmax(inp0(&first, slots, node), dims(0), *axis),
+        Op::Silu => fused::silu(inp0(&first, slots, node)),
+        Op::Rope => fused::rope(inp0(&first, slots, node), inp(1), inp(2), dims(0)),
+        Op::Attention { scale } => {
+            let (q, k, v) = (dims(0), dims(1), dims(2));
+            let a = fused::AttnDims {
+                b: q[0],
+                hq: q[1],
+                tq: q[2],
+                d: q[3],
+                hkv: k[1],
+                tk: k[2],
+                dv: v[3],
+            };
+            fused::attention(
+                inp0(&first, slots, node),
+                inp(1),
+                inp(2),
+                inp(3),
+                &a,
+                *scale,
+            )
+        }
+    }
+}
+
+fn inp0<'a>(first: &'a Option<CpuData>, slots: &'a [Slot], node: &Node) -> &'a CpuData {
+    first
+        .as_ref()
+        .unwrap_or_else(|| slots[node.inputs[0].index()].get())
+}
+
+/// The single element of `val` as the element type of `like`.
+fn scalar_of<T: bytemuck::Pod>(val: &CpuData, _like: &[T]) -> T {
+    let bytes: &[u8] = data::with_data!(val, v => bytemuck::cast_slice(v));
+    bytemuck::pod_read_unaligned(&bytes[..std::mem::size_of::<T>()])
+}
+
+fn concat(parts: &[(&CpuData, &[usize])], axis: usize) -> CpuData {
+    macro_rules! cat {
+        ($var:ident) => {{
+            let ps: Vec<(&[_], &[usize])> = parts
+                .iter()
+                .map(|(d, s)| match d {
+                    CpuData::$var(v) => (v.as_slice(), *s),
+                    _ => unreachable!("dtypes checked by the builder"),
+                })
+                .collect();
+            CpuData::$var(layout::concat(&ps, axis))
+        }};
+    }
+    match parts[0].0 {
+        CpuData::Bool(_) => cat!(Bool),
+        CpuData::U8(_) => cat!(U8),
+        CpuData::I32(_) => cat!(I32),
+        CpuData::I64(_) => cat!(I64),
+        CpuData::F16(_) => cat!(F16),
+        CpuData::BF16(_) => cat!(BF16),
+        CpuData::F32(_) => cat!(F32),
+        CpuData::F64(_) => cat!(F64),
+    }
+}
+
+fn dus(x: &mut CpuData, dims: &[usize], upd: &CpuData, udims: &[usize], starts: &[usize]) {
+    macro_rules! go {
+        ($($var:ident),*) => {
+            match (x, upd) {
+                $((CpuData::$var(a), CpuData::$var(b)) => layout::dynamic_update_slice(a, dims, b, udims, starts),)*
+                _ => unreachable!("dtypes checked by the builder"),
+            }
+        };
+    }
+    go!(Bool, U8, I32, I64, F16, BF16, F32, F64)
+}

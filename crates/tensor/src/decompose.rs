@@ -1,0 +1,158 @@
+//! Composites → primitives. The CPU backend runs composites as fused kernels; lowering to HLO and
+//! autograd see only primitives. Tests check that both compute the same thing.
+//!
+//! Every composite computes internally in f32 (f64 for f64 inputs) and rounds its result once to
+//! the input dtype — what transformers does for RMSNorm and softmax — so bf16 models keep f32
+//! accuracy in the numerically touchy places.
+
+use crate::error::GraphError;
+use crate::graph::{DotDims, Graph, Node, Op, ValueId};
+use crate::DType;
+
+/// Internal compute dtype of composites for values of `dt`.
+pub fn compute_dtype(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// Emits the primitive decomposition of composite `op` applied to `inputs` into `g`.
+pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, GraphError> {
+    match op {
+        Op::RmsNorm { eps } => {
+            let (x, w) = (inputs[0], inputs[1]);
+            let dt = g.dtype(x);
+            let ct = compute_dtype(dt);
+            let last = g.rank(x) - 1;
+            let d = g.dims(x)[last] as f64;
+            let xf = g.convert(x, ct)?;
+            let sq = g.mul(xf, xf)?;
+            let ss = g.sum_keepdim(sq, last)?;
+            let ms = g.binary_scalar(crate::BinaryOp::Mul, ss, 1.0 / d)?;
+            let ms = g.binary_scalar(crate::BinaryOp::Add, ms, *eps)?;
+            let r = g.rsqrt(ms)?;
+            let y = g.mul(xf, r)?;
+            let y = g.convert(y, dt)?;
+            g.mul(y, w)
+        }
+        Op::Softmax { axis } => {
+            let x = inputs[0];
+            let dt = g.dtype(x);
+            let xf = g.convert(x, compute_dtype(dt))?;
+            let y = softmax_primitives(g, xf, *axis)?;
+            g.convert(y, dt)
+        }
+        Op::Silu => {
+            let x = inputs[0];
+            let dt = g.dtype(x);
+            let xf = g.convert(x, compute_dtype(dt))?;
+            let s = g.logistic(xf)?;
+            let y = g.mul(xf, s)?;
+            g.convert(y, dt)
+        }
+        Op::Rope => {
+            let (x, cos, sin) = (inputs[0], inputs[1], inputs[2]);
+            let dt = g.dtype(x);
+            let ct = compute_dtype(dt);
+            let xs = g.dims(x).to_vec();
+            let half = xs[3] / 2;
+            let xf = g.convert(x, ct)?;
+            let cf = g.convert(cos, ct)?;
+            let sf = g.convert(sin, ct)?;
+            let cb = g.broadcast_in_dim(cf, xs.clone(), &[0, 2, 3])?;
+            let sb = g.broadcast_in_dim(sf, xs.clone(), &[0, 2, 3])?;
+            let x1 = g.slice_axis(xf, 3, 0, half)?;
+            let x2 = g.slice_axis(xf, 3, half, xs[3])?;
+            let nx2 = g.neg(x2)?;
+            let rot = g.concat(&[nx2, x1], 3)?;
+            let a = g.mul(xf, cb)?;
+            let b = g.mul(rot, sb)?;
+            let y = g.add(a, b)?;
+            g.convert(y, dt)
+        }
+        Op::Attention { scale } => {
+            let (q, k, v, mask) = (inputs[0], inputs[1], inputs[2], inputs[3]);
+            let dt = g.dtype(q);
+            let ct = compute_dtype(dt);
+            let (qs, ks, vs) = (g.dims(q).to_vec(), g.dims(k).to_vec(), g.dims(v).to_vec());
+            let (b, hq, tq, d) = (qs[0], qs[1], qs[2], qs[3]);
+            let (hkv, tk, dv) = (ks[1], ks[2], vs[3]);
+            let grp = hq / hkv;
+            let qf = g.convert(q, ct)?;
+            let kf = g.convert(k, ct)?;
+            let vf = g.convert(v, ct)?;
+            let mf = g.convert(mask, ct)?;
+            let q5 = g.reshape(qf, vec![b, hkv, grp, tq, d])?;
+            let s = g.dot_general(
+                q5,
+                kf,
+                DotDims {
+                    lhs_batch: vec![0, 1],
+                    rhs_batch: vec![0, 1],
+                    lhs_contract: vec![4],
+                    rhs_contract: vec![3],
+                },
+            )?; // [b, hkv, grp, tq, tk]
+            let s = g.binary_scalar(crate::BinaryOp::Mul, s, *scale)?;
+            let mb = g.broadcast_in_dim(mf, vec![b, hkv, grp, tq, tk], &[0, 3, 4])?;
+            let s = g.add(s, mb)?;
+            let p = softmax_primitives(g, s, 4)?;
+            let o = g.dot_general(
+                p,
+                vf,
+                DotDims {
+                    lhs_batch: vec![0, 1],
+                    rhs_batch: vec![0, 1],
+                    lhs_contract: vec![4],
+                    rhs_contract: vec![2],
+                },
+            )?; // [b, hkv, grp, tq, dv]
+            let o = g.reshape(o, vec![b, hq, tq, dv])?;
+            g.convert(o, dt)
+        }
+        other => Err(GraphError::new(other.name(), "is not a composite op")),
+    }
+}
+
+/// max-subtracted softmax from primitives, in x's dtype.
+fn softmax_primitives(g: &mut Graph, x: ValueId, axis: usize) -> Result<ValueId, GraphError> {
+    let m = g.max_keepdim(x, axis)?;
+    let z = g.sub(x, m)?;
+    let e = g.exp(z)?;
+    let s = g.sum_keepdim(e, axis)?;
+    g.div(e, s)
+}
+
+/// Copies `graph` with every composite replaced by its decomposition. Returns the new graph and,
+/// for each old value, the new value that computes it.
+pub fn decompose_graph(graph: &Graph) -> Result<(Graph, Vec<ValueId>), GraphError> {
+    let mut g = Graph::new();
+    let mut map = Vec::with_capacity(graph.nodes().len());
+    for node in graph.nodes() {
+        let inputs: Vec<ValueId> = node.inputs.iter().map(|v| map[v.index()]).collect();
+        let id = if node.op.is_composite() {
+            decompose(&mut g, &node.op, &inputs)?
+        } else {
+            g.push_node(Node {
+                inputs,
+                ..node.clone()
+            })
+        };
+        map.push(id);
+    }
+    Ok((g, map))
+}
+
+impl Graph {
+    /// Appends a copy of an already-checked node (parameters are registered as inputs).
+    pub(crate) fn push_node(&mut self, node: Node) -> ValueId {
+        if let Op::Parameter { name, .. } = &node.op {
+            return self
+                .parameter(name, node.dtype, node.shape)
+                .expect("copied parameters are unique");
+        }
+        self.push(node.op, node.inputs, node.dtype, node.shape)
+    }
+}
