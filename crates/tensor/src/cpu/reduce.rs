@@ -16,15 +16,15 @@ fn rows_last(data: &CpuData, dims: &[usize], axes: &[usize]) -> (usize, usize, C
         .all(|(i, &a)| a == r - axes.len() + i);
     let row: usize = axes.iter().map(|&a| dims[a]).product();
     let total: usize = dims.iter().product();
-    let rows = if row == 0 {
+    // With an empty reduced extent the row count still comes from the kept dims.
+    let kept = || {
         dims.iter()
             .enumerate()
             .filter(|(i, _)| !axes.contains(i))
             .map(|(_, &d)| d)
             .product()
-    } else {
-        total / row
     };
+    let rows = total.checked_div(row).unwrap_or_else(kept);
     if trailing {
         return (rows, row, data.clone());
     }

@@ -1,0 +1,26 @@
+//! silica-models: Hugging Face model folders on silica's graph API.
+//!
+//! - [`config`]: `config.json` for llama / mistral / qwen2, both config styles;
+//! - [`weights`]: checkpoint tensors (single or sharded safetensors, memory-mapped), random weights;
+//! - [`tokenizer`]: `tokenizer.json` + chat templates; streaming detokenization;
+//! - [`llama`]: the decoder written once against the graph builder;
+//! - [`runtime`]: a model on a backend, bucketed programs, KV caches, the step;
+//! - [`generate`] and [`sampling`]: generation with HF-compatible sampling;
+//! - [`presets`]: configs of well-known models for benchmarks with random weights.
+
+pub mod config;
+mod error;
+pub mod generate;
+pub mod llama;
+pub mod presets;
+pub mod rope;
+pub mod runtime;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generate::{FinishReason, GenerateOptions, Generation, GenerationStats};
+pub use llama::{LogitsMode, StepShape};
+pub use runtime::{KvCache, LoadOptions, LoadedModel, RowInput};

@@ -1,0 +1,232 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2) written once against silica's graph
+//! builder. One builder makes every program: prefill buckets (T > 1), decode (T = 1), with all
+//! logits or only the last position's, for any batch bucket.
+//!
+//! Program inputs, in order: the weights (see [`crate::weights::weight_specs`], HF names), then
+//! `input_ids` i32 [B, T], `positions` i32 [B, T], `write_pos` i32 [B] (the cache slot of each
+//! row's first token), `logits_index` i32 [B] (only with [`LogitsMode::Last`]), `rope_inv_freq`
+//! f32 [D/2], and per layer `cache_k.{l}` / `cache_v.{l}` [B, Hkv, S, D], which the outputs
+//! `cache_k.{l}.out` / `cache_v.{l}.out` update in place (aliases).
+//! Output `logits` is f32 [B, T, V] (All) or [B, V] (Last).
+//!
+//! Cache slot j holds the token at position j. Query at position p attends to slots j ≤ p (and
+//! j > p - window with a sliding window), so stale slots beyond a sequence are never read, and
+//! padded tokens (numbered after the real ones) never affect real ones.
+
+use crate::config::ModelConfig;
+use crate::weights::weight_specs;
+use silica_tensor::{CmpDir, DType, Graph, GraphError, Program, ValueId};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LogitsMode {
+    /// Logits of every position: [B, T, V].
+    All,
+    /// Logits of one position per row, chosen by the `logits_index` input: [B, V].
+    Last,
+}
+
+/// The static shape of one program.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StepShape {
+    pub batch: usize,
+    pub seq: usize,
+    /// KV cache slots per sequence (the context length).
+    pub cache_len: usize,
+    pub logits: LogitsMode,
+    /// Compute dtype (weights, activations and cache).
+    pub dtype: DType,
+}
+
+impl StepShape {
+    pub fn program_name(&self) -> String {
+        let kind = if self.seq == 1 { "decode" } else { "prefill" };
+        let l = if self.logits == LogitsMode::All {
+            "_all"
+        } else {
+            ""
+        };
+        format!(
+            "{kind}_b{}_t{}_s{}_{}{l}",
+            self.batch, self.seq, self.cache_len, self.dtype
+        )
+    }
+}
+
+pub fn cache_names(layer: usize) -> [String; 2] {
+    [format!("cache_k.{layer}"), format!("cache_v.{layer}")]
+}
+
+/// The additive-mask value for excluded positions: transformers uses finfo(dtype).min.
+pub fn mask_min(dt: DType) -> f64 {
+    match dt {
+        DType::F16 => -65504.0,
+        DType::BF16 => -3.3895313892515355e38,
+        DType::F64 => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}
+
+pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphError> {
+    let (b, t, sl, dt) = (s.batch, s.seq, s.cache_len, s.dtype);
+    let (hq, hkv, d, h) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+    );
+    if t > sl {
+        return Err(GraphError::new(
+            "model",
+            format!("bucket of {t} tokens exceeds the cache of {sl} slots"),
+        ));
+    }
+    let mut g = Graph::new();
+    let mut w = std::collections::HashMap::new();
+    for spec in weight_specs(cfg) {
+        let v = g.parameter(&spec.name, dt, spec.shape.clone())?;
+        w.insert(spec.name, v);
+    }
+    let wt = |name: &str| w[name];
+    let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
+    let positions = g.parameter("positions", DType::I32, [b, t])?;
+    let write_pos = g.parameter("write_pos", DType::I32, [b])?;
+    let logits_index = match s.logits {
+        LogitsMode::Last => Some(g.parameter("logits_index", DType::I32, [b])?),
+        LogitsMode::All => None,
+    };
+    let inv_freq = g.parameter("rope_inv_freq", DType::F32, [d / 2])?;
+    let mut caches = Vec::new();
+    for l in 0..cfg.num_hidden_layers {
+        let [kn, vn] = cache_names(l);
+        let k = g.parameter(&kn, dt, [b, hkv, sl, d])?;
+        let v = g.parameter(&vn, dt, [b, hkv, sl, d])?;
+        caches.push((k, v));
+    }
+
+    // Rotary tables: freqs[b, t, i] = pos[b, t] · inv_freq[i]; emb = [freqs, freqs].
+    let att_scale = crate::rope::rope_freqs(cfg, 0).attention_scaling as f64;
+    let posf = g.convert(positions, DType::F32)?;
+    let posb = g.broadcast_in_dim(posf, [b, t, d / 2], &[0, 1])?;
+    let invb = g.broadcast_in_dim(inv_freq, [b, t, d / 2], &[2])?;
+    let freqs = g.mul(posb, invb)?;
+    let emb = g.concat(&[freqs, freqs], 2)?;
+    let mut cos = g.cos(emb)?;
+    let mut sin = g.sin(emb)?;
+    if att_scale != 1.0 {
+        cos = g.binary_scalar(silica_tensor::BinaryOp::Mul, cos, att_scale)?;
+        sin = g.binary_scalar(silica_tensor::BinaryOp::Mul, sin, att_scale)?;
+    }
+    let cos = g.convert(cos, dt)?;
+    let sin = g.convert(sin, dt)?;
+
+    // Mask [B, T, S]: slot j visible to a query at position p iff j <= p (and p - j < window).
+    let slots = g.iota(DType::I32, [b, t, sl], 2)?;
+    let pos3 = g.broadcast_in_dim(positions, [b, t, sl], &[0, 1])?;
+    let mut visible = g.compare(slots, pos3, CmpDir::Le)?;
+    if let Some(wnd) = cfg.sliding_window {
+        let c = g.scalar(wnd as f64, DType::I32);
+        let lo = g.sub(pos3, c)?;
+        let inside = g.compare(slots, lo, CmpDir::Gt)?;
+        // visible && inside, as select(visible, inside, false).
+        let f = g.full(0.0, DType::Bool, [b, t, sl])?;
+        visible = g.select(visible, inside, f)?;
+    }
+    let zero = g.scalar(0.0, dt);
+    let neg = g.scalar(mask_min(dt), dt);
+    let mask = g.select(visible, zero, neg)?;
+
+    // Per-row write offsets as scalars for dynamic-update-slice.
+    let zero_i = g.scalar(0.0, DType::I32);
+    let wp: Vec<ValueId> = (0..b)
+        .map(|r| {
+            let x = g.slice_axis(write_pos, 0, r, r + 1)?;
+            g.reshape(x, Vec::<usize>::new())
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut x = g.gather(wt("model.embed_tokens.weight"), input_ids, 0)?; // [B, T, H]
+    let mut outputs = Vec::new();
+    let eps = cfg.rms_norm_eps;
+    let scale = 1.0 / (d as f64).sqrt();
+    for (l, &(kc, vc)) in caches.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        let hn = g.rms_norm(x, wt(&format!("{p}.input_layernorm.weight")), eps)?;
+        let proj = |g: &mut Graph, name: &str, heads: usize| -> Result<ValueId, GraphError> {
+            let mut y = g.linear(hn, wt(&format!("{p}.self_attn.{name}.weight")))?;
+            if cfg.qkv_bias {
+                y = g.add(y, wt(&format!("{p}.self_attn.{name}.bias")))?;
+            }
+            let y = g.reshape(y, [b, t, heads, d])?;
+            g.transpose(y, &[0, 2, 1, 3]) // [B, heads, T, D]
+        };
+        let q = proj(&mut g, "q_proj", hq)?;
+        let k = proj(&mut g, "k_proj", hkv)?;
+        let v = proj(&mut g, "v_proj", hkv)?;
+        let q = g.rope(q, cos, sin)?;
+        let k = g.rope(k, cos, sin)?;
+        let (mut kc, mut vc) = (kc, vc);
+        for (r, &wpr) in wp.iter().enumerate() {
+            let kr = g.slice_axis(k, 0, r, r + 1)?;
+            let vr = g.slice_axis(v, 0, r, r + 1)?;
+            let row = g.scalar(r as f64, DType::I32);
+            kc = g.dynamic_update_slice(kc, kr, &[row, zero_i, wpr, zero_i])?;
+            vc = g.dynamic_update_slice(vc, vr, &[row, zero_i, wpr, zero_i])?;
+        }
+        let [kn, vn] = cache_names(l);
+        outputs.push((format!("{kn}.out"), kc));
+        outputs.push((format!("{vn}.out"), vc));
+        let a = g.attention(q, kc, vc, mask, scale)?; // [B, Hq, T, D]
+        let a = g.transpose(a, &[0, 2, 1, 3])?;
+        let a = g.reshape(a, [b, t, hq * d])?;
+        let mut o = g.linear(a, wt(&format!("{p}.self_attn.o_proj.weight")))?;
+        if cfg.o_bias {
+            o = g.add(o, wt(&format!("{p}.self_attn.o_proj.bias")))?;
+        }
+        x = g.add(x, o)?;
+
+        let hn = g.rms_norm(x, wt(&format!("{p}.post_attention_layernorm.weight")), eps)?;
+        let lin = |g: &mut Graph, name: &str, inp: ValueId| -> Result<ValueId, GraphError> {
+            let y = g.linear(inp, wt(&format!("{p}.mlp.{name}.weight")))?;
+            if cfg.mlp_bias {
+                g.add(y, wt(&format!("{p}.mlp.{name}.bias")))
+            } else {
+                Ok(y)
+            }
+        };
+        let gate = lin(&mut g, "gate_proj", hn)?;
+        let gate = g.silu(gate)?;
+        let up = lin(&mut g, "up_proj", hn)?;
+        let m = g.mul(gate, up)?;
+        let m = lin(&mut g, "down_proj", m)?;
+        x = g.add(x, m)?;
+    }
+    let x = match logits_index {
+        // Pick one row per sequence before the norm and the (large) lm_head.
+        Some(idx) => {
+            let flat = g.reshape(x, [b * t, h])?;
+            let base = g.iota(DType::I32, [b], 0)?;
+            let tt = g.scalar(t as f64, DType::I32);
+            let base = g.mul(base, tt)?;
+            let rows = g.add(base, idx)?;
+            g.gather(flat, rows, 0)? // [B, H]
+        }
+        None => x,
+    };
+    let x = g.rms_norm(x, wt("model.norm.weight"), eps)?;
+    let head = if cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    let logits = g.linear(x, wt(head))?;
+    let logits = g.convert(logits, DType::F32)?;
+    outputs.insert(0, ("logits".into(), logits));
+
+    let mut program = Program::new(s.program_name(), g, outputs)?;
+    for l in 0..cfg.num_hidden_layers {
+        for n in cache_names(l) {
+            program = program.alias(&format!("{n}.out"), &n)?;
+        }
+    }
+    Ok(program)
+}

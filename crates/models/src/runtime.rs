@@ -1,0 +1,351 @@
+//! A model loaded onto a backend: weights uploaded once, programs compiled per bucket on first use
+//! and cached, KV caches, and the prefill/decode step.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::llama::{build_step, cache_names, LogitsMode, StepShape};
+use crate::rope::rope_freqs;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{random_weights, Checkpoint, WeightSpec};
+use silica_tensor::{Arg, Backend, Buffer, DType, Executable, HostTensor, Shape};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Smallest prefill bucket; buckets are powers of two from here up to the context.
+pub const MIN_PREFILL_BUCKET: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Compute dtype; default f32.
+    pub dtype: DType,
+    /// KV-cache slots per sequence; default min(max_position_embeddings, 2048).
+    pub max_context: Option<usize>,
+    /// Longest prefill chunk (longer prompts are prefilled in chunks); default 512.
+    pub max_prefill_chunk: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            max_context: None,
+            max_prefill_chunk: 512,
+        }
+    }
+}
+
+/// A model on a backend.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    /// Folder name or preset name.
+    pub name: String,
+    pub tokenizer: Option<Tokenizer>,
+    pub dtype: DType,
+    /// KV-cache slots per sequence.
+    pub cache_len: usize,
+    pub max_prefill_chunk: usize,
+    pub backend: Arc<dyn Backend>,
+    weights: Vec<Buffer>,
+    programs: Mutex<HashMap<StepShape, Arc<dyn Executable>>>,
+    /// Seconds spent loading and uploading weights.
+    pub load_seconds: f64,
+    compile_seconds: Mutex<f64>,
+}
+
+/// One sequence's part of a step: its new tokens, the position of the first one, and which of
+/// them to return logits for (with [`LogitsMode::Last`]).
+#[derive(Clone, Debug)]
+pub struct RowInput<'a> {
+    /// The KV-cache row this sequence lives in.
+    pub cache_row: usize,
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    pub logits_at: usize,
+}
+
+/// Per-layer K and V caches for `batch` sequences.
+pub struct KvCache {
+    pub batch: usize,
+    buffers: Vec<Buffer>,
+}
+
+impl LoadedModel {
+    /// Loads a Hugging Face folder: config.json, safetensors (single or sharded), tokenizer.
+    pub fn load(dir: &Path, backend: Arc<dyn Backend>, opts: &LoadOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        let config = ModelConfig::from_dir(dir)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(Tokenizer::from_dir(dir)?)
+        } else {
+            None
+        };
+        let ckpt = Checkpoint::open(dir)?;
+        let weights = ckpt.weights(&config)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        Self::assemble(config, name, tokenizer, &weights, backend, opts, t0)
+    }
+
+    /// A model of a preset's shape with random weights (for benchmarks; no tokenizer).
+    pub fn random(
+        config: ModelConfig,
+        name: &str,
+        backend: Arc<dyn Backend>,
+        opts: &LoadOptions,
+        seed: u64,
+    ) -> Result<Self> {
+        let t0 = Instant::now();
+        let weights = random_weights(&config, opts.dtype, seed);
+        Self::assemble(config, name.to_string(), None, &weights, backend, opts, t0)
+    }
+
+    /// A model from tensors already in memory (for tools and tests).
+    pub fn from_weights(
+        config: ModelConfig,
+        name: &str,
+        tokenizer: Option<Tokenizer>,
+        weights: &[(WeightSpec, HostTensor)],
+        backend: Arc<dyn Backend>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        Self::assemble(
+            config,
+            name.to_string(),
+            tokenizer,
+            weights,
+            backend,
+            opts,
+            Instant::now(),
+        )
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        name: String,
+        tokenizer: Option<Tokenizer>,
+        weights: &[(WeightSpec, HostTensor)],
+        backend: Arc<dyn Backend>,
+        opts: &LoadOptions,
+        t0: Instant,
+    ) -> Result<Self> {
+        if !opts.dtype.is_float() || opts.dtype == DType::F64 {
+            return Err(ModelError::Invalid(format!(
+                "compute dtype must be f32, bf16 or f16, not {}",
+                opts.dtype
+            )));
+        }
+        // Default: the model's trained context, capped to keep the KV cache modest. An explicit
+        // --max-context is honoured even beyond max_position_embeddings: that is what dynamic/
+        // yarn RoPE scaling is for, and transformers does not forbid it either.
+        let cache_len = opts
+            .max_context
+            .unwrap_or_else(|| config.max_position_embeddings.min(2048))
+            .max(1);
+        let bufs = weights
+            .iter()
+            .map(|(_, t)| {
+                let t = if t.dtype() == opts.dtype {
+                    t.clone()
+                } else {
+                    t.convert(opts.dtype)
+                };
+                backend.upload(&t)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(LoadedModel {
+            config,
+            name,
+            tokenizer,
+            dtype: opts.dtype,
+            cache_len,
+            max_prefill_chunk: opts.max_prefill_chunk.max(1).min(cache_len),
+            backend,
+            weights: bufs,
+            programs: Mutex::new(HashMap::new()),
+            load_seconds: t0.elapsed().as_secs_f64(),
+            compile_seconds: Mutex::new(0.0),
+        })
+    }
+
+    /// Total seconds spent compiling programs so far.
+    pub fn compile_seconds(&self) -> f64 {
+        *self.compile_seconds.lock().expect("not poisoned")
+    }
+
+    /// The compiled program for a shape (built and compiled on first use).
+    pub fn executable(&self, shape: StepShape) -> Result<Arc<dyn Executable>> {
+        if let Some(e) = self.programs.lock().expect("not poisoned").get(&shape) {
+            return Ok(e.clone());
+        }
+        let t0 = Instant::now();
+        let program = build_step(&self.config, &shape)?;
+        let exe = self.backend.compile(&program)?;
+        *self.compile_seconds.lock().expect("not poisoned") += t0.elapsed().as_secs_f64();
+        self.programs
+            .lock()
+            .expect("not poisoned")
+            .insert(shape, exe.clone());
+        Ok(exe)
+    }
+
+    pub fn new_cache(&self, batch: usize) -> Result<KvCache> {
+        let shape = Shape::new(vec![
+            batch,
+            self.config.num_key_value_heads,
+            self.cache_len,
+            self.config.head_dim,
+        ]);
+        let buffers = (0..2 * self.config.num_hidden_layers)
+            .map(|_| self.backend.zeros(self.dtype, &shape))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(KvCache { batch, buffers })
+    }
+
+    /// The sequence bucket for `n` new tokens of rows starting at `max_start` at the latest.
+    fn seq_bucket(&self, n: usize, max_start: usize) -> Result<usize> {
+        if n == 1 {
+            return Ok(1);
+        }
+        let room = self.cache_len - max_start;
+        let b = n.next_power_of_two().max(MIN_PREFILL_BUCKET).min(room);
+        if b < n {
+            return Err(ModelError::Invalid(format!(
+                "{n} tokens from position {max_start} do not fit the {}-slot cache",
+                self.cache_len
+            )));
+        }
+        Ok(b)
+    }
+
+    /// Runs one step for `rows` (each in its own cache row) and returns f32 logits:
+    /// [cache.batch, V] for `Last`, [cache.batch, T, V] for `All` (rows not named are padding).
+    pub fn step(
+        &self,
+        cache: &mut KvCache,
+        rows: &[RowInput],
+        mode: LogitsMode,
+    ) -> Result<HostTensor> {
+        let b = cache.batch;
+        let n = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
+        if rows.is_empty() || n == 0 {
+            return Err(ModelError::Invalid(
+                "a step needs at least one token".into(),
+            ));
+        }
+        let mut max_start = 0;
+        let mut max_pos = 0;
+        for r in rows {
+            if r.cache_row >= b || r.tokens.is_empty() || r.logits_at >= r.tokens.len() {
+                return Err(ModelError::Invalid(format!(
+                    "bad row: cache row {} of {b}, {} tokens, logits at {}",
+                    r.cache_row,
+                    r.tokens.len(),
+                    r.logits_at
+                )));
+            }
+            if r.start_pos + r.tokens.len() > self.cache_len {
+                return Err(ModelError::PromptTooLong {
+                    tokens: r.start_pos + r.tokens.len(),
+                    context: self.cache_len,
+                });
+            }
+            if let Some(&bad) = r
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return Err(ModelError::Invalid(format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    self.config.vocab_size
+                )));
+            }
+            max_start = max_start.max(r.start_pos);
+            max_pos = max_pos.max(r.start_pos + r.tokens.len() - 1);
+        }
+        let t = self.seq_bucket(n, max_start)?;
+        let shape = StepShape {
+            batch: b,
+            seq: t,
+            cache_len: self.cache_len,
+            logits: mode,
+            dtype: self.dtype,
+        };
+        let exe = self.executable(shape)?;
+
+        let mut ids = vec![0i32; b * t];
+        let mut pos = vec![0i32; b * t];
+        let mut wpos = vec![0i32; b];
+        let mut lidx = vec![0i32; b];
+        // Unused rows compute on token 0 at slot 0 of their own (unused) cache row.
+        for r in rows {
+            for j in 0..t {
+                ids[r.cache_row * t + j] = r.tokens.get(j).copied().unwrap_or(0) as i32;
+                pos[r.cache_row * t + j] = (r.start_pos + j) as i32;
+            }
+            wpos[r.cache_row] = r.start_pos as i32;
+            lidx[r.cache_row] = r.logits_at as i32;
+        }
+        let freqs = rope_freqs(&self.config, max_pos);
+        let be = &self.backend;
+        let mut runtime = vec![
+            be.upload(&HostTensor::from_vec(ids, [b, t])?)?,
+            be.upload(&HostTensor::from_vec(pos, [b, t])?)?,
+            be.upload(&HostTensor::from_vec(wpos, [b])?)?,
+        ];
+        if mode == LogitsMode::Last {
+            runtime.push(be.upload(&HostTensor::from_vec(lidx, [b])?)?);
+        }
+        let half = self.config.head_dim / 2;
+        runtime.push(be.upload(&HostTensor::from_vec(freqs.inv_freq, [half])?)?);
+        let mut args: Vec<Arg> = self.weights.iter().map(Arg::In).collect();
+        args.extend(runtime.iter().map(Arg::In));
+        args.extend(cache.buffers.iter_mut().map(Arg::InOut));
+        let out = exe.execute(&mut args)?;
+        let logits = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))?;
+        Ok(be.download(&logits)?)
+    }
+
+    /// Logits of every position of one sequence (a fresh cache): f32 [n, V]. Long inputs are
+    /// processed in chunks.
+    pub fn logits(&self, ids: &[u32]) -> Result<HostTensor> {
+        if ids.is_empty() {
+            return Err(ModelError::Invalid("no input tokens".into()));
+        }
+        if ids.len() > self.cache_len {
+            return Err(ModelError::PromptTooLong {
+                tokens: ids.len(),
+                context: self.cache_len,
+            });
+        }
+        let mut cache = self.new_cache(1)?;
+        let v = self.config.vocab_size;
+        let mut all = Vec::with_capacity(ids.len() * v);
+        for (c, chunk) in ids.chunks(self.max_prefill_chunk).enumerate() {
+            let start = c * self.max_prefill_chunk;
+            let row = RowInput {
+                cache_row: 0,
+                tokens: chunk,
+                start_pos: start,
+                logits_at: 0,
+            };
+            let l = self.step(&mut cache, &[row], LogitsMode::All)?;
+            let data = l.to_vec::<f32>()?;
+            all.extend_from_slice(&data[..chunk.len() * v]);
+        }
+        Ok(HostTensor::from_vec(all, [ids.len(), v])?)
+    }
+
+    /// Names of the cache inputs, for tools that inspect programs.
+    pub fn cache_input_names(&self) -> Vec<String> {
+        (0..self.config.num_hidden_layers)
+            .flat_map(cache_names)
+            .collect()
+    }
+}

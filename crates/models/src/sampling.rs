@@ -1,0 +1,356 @@
+//! Next-token sampling with the semantics of Hugging Face transformers' `generate()`.
+//!
+//! The processors run in the order transformers builds them (`_get_logits_processor`):
+//! `RepetitionPenaltyLogitsProcessor`, then — unless the temperature is 0, which means greedy
+//! decoding (`do_sample=False`) — `TemperatureLogitsWarper`, `TopKLogitsWarper`,
+//! `TopPLogitsWarper` and `MinPLogitsWarper`, a softmax and a categorical draw
+//! (`torch.multinomial`). Masks follow the transformers formulas exactly, including their tie and
+//! edge behaviour (top-k keeps every token tied with the k-th logit; top-p removes the tokens
+//! whose ascending cumulative probability is `<= 1 - top_p` and always keeps the most likely one;
+//! min-p keeps tokens with `prob >= min_p * max_prob`). The arithmetic is done in f32 like
+//! transformers on f32 logits.
+//!
+//! NaN logits never panic: they are treated as `-inf` (never sampled unless every logit is NaN or
+//! `-inf`, in which case token 0 is returned).
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Sampling parameters, named and defaulted like transformers' `GenerationConfig`, except that
+/// `temperature == 0` means greedy decoding. The default is greedy decoding with no penalty.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; `0` = greedy (argmax).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (ties with the k-th included); `0` = off.
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability sums to at least
+    /// `top_p`; `1` = off. Must be in (0, 1].
+    pub top_p: f32,
+    /// Keep tokens whose probability is at least `min_p` × the top probability; `0` = off.
+    pub min_p: f32,
+    /// CTRL-style repetition penalty on every token seen so far (prompt included); `1` = off.
+    pub repetition_penalty: f32,
+    /// RNG seed for reproducible sampling; `None` = a fresh random seed.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding (the default).
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+
+    /// Whether this samples (temperature > 0) rather than taking the argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Checks the ranges; the error says which parameter is wrong and what it accepts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.temperature.is_nan() || self.temperature < 0.0 || self.temperature.is_infinite() {
+            return Err(format!(
+                "temperature must be a finite number >= 0 (0 = greedy decoding), got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!(
+                "top_p must be in (0, 1] (1 = off), got {}",
+                self.top_p
+            ));
+        }
+        if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
+            return Err(format!(
+                "min_p must be in [0, 1] (0 = off), got {}",
+                self.min_p
+            ));
+        }
+        if !(self.repetition_penalty > 0.0) || self.repetition_penalty.is_infinite() {
+            return Err(format!(
+                "repetition_penalty must be a finite number > 0 (1 = off, > 1 discourages repeats), got {}",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Draws tokens from logits according to [`SamplingParams`]; owns the RNG, so one sampler per
+/// sequence gives reproducible sequences for a fixed seed.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Scratch buffers reused across calls.
+    scores: Vec<f32>,
+    order: Vec<usize>,
+    seen: Vec<u32>,
+}
+
+impl Sampler {
+    /// A sampler seeded with `params.seed`, or with a fresh random seed when it is `None`.
+    /// The parameters are expected to have passed [`SamplingParams::validate`].
+    pub fn new(params: &SamplingParams) -> Self {
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Sampler {
+            params: params.clone(),
+            rng,
+            scores: Vec::new(),
+            order: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The next token given the logits of the last position and every token so far (prompt and
+    /// generated, for the repetition penalty).
+    pub fn sample(&mut self, logits: &[f32], previous_tokens: &[u32]) -> u32 {
+        if logits.is_empty() {
+            return 0;
+        }
+        let mut scores = std::mem::take(&mut self.scores);
+        scores.clear();
+        scores.extend(
+            logits
+                .iter()
+                .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }),
+        );
+        self.apply_repetition_penalty(&mut scores, previous_tokens);
+        let token = if self.params.temperature == 0.0 {
+            argmax(&scores)
+        } else {
+            self.warp(&mut scores);
+            self.draw(&scores)
+        };
+        self.scores = scores;
+        token as u32
+    }
+
+    /// `RepetitionPenaltyLogitsProcessor`: each distinct previous token's logit is multiplied by
+    /// the penalty when negative, divided by it otherwise. Ids outside the vocabulary are ignored.
+    fn apply_repetition_penalty(&mut self, scores: &mut [f32], previous: &[u32]) {
+        let penalty = self.params.repetition_penalty;
+        if penalty == 1.0 || previous.is_empty() {
+            return;
+        }
+        self.seen.clear();
+        self.seen.extend(
+            previous
+                .iter()
+                .copied()
+                .filter(|&t| (t as usize) < scores.len()),
+        );
+        self.seen.sort_unstable();
+        self.seen.dedup();
+        for &t in &self.seen {
+            let s = &mut scores[t as usize];
+            *s = if *s < 0.0 { *s * penalty } else { *s / penalty };
+        }
+    }
+
+    /// Temperature, top-k, top-p and min-p, in this order; removed tokens become `-inf`.
+    fn warp(&mut self, scores: &mut [f32]) {
+        let p = &self.params;
+        if p.temperature != 1.0 {
+            for s in scores.iter_mut() {
+                *s /= p.temperature;
+            }
+        }
+        if p.top_k > 0 {
+            top_k_mask(scores, p.top_k, &mut self.order);
+        }
+        if p.top_p < 1.0 {
+            top_p_mask(scores, p.top_p, &mut self.order);
+        }
+        if p.min_p > 0.0 {
+            min_p_mask(scores, p.min_p);
+        }
+    }
+
+    /// Softmax and a categorical draw (inverse CDF on one uniform number).
+    fn draw(&mut self, scores: &[f32]) -> usize {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return 0;
+        }
+        if max == f32::INFINITY {
+            // Only +inf logits can be drawn; pick uniformly among them.
+            let inf: Vec<usize> = (0..scores.len())
+                .filter(|&i| scores[i] == f32::INFINITY)
+                .collect();
+            return inf[self.rng.gen_range(0..inf.len())];
+        }
+        let total: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
+        let u = self.rng.gen::<f64>() * total;
+        let mut acc = 0.0f64;
+        let mut last = 0;
+        for (i, &s) in scores.iter().enumerate() {
+            if s == f32::NEG_INFINITY {
+                continue;
+            }
+            acc += ((s - max) as f64).exp();
+            last = i;
+            if u < acc {
+                return i;
+            }
+        }
+        // Rounding left u at or past the total: the last token with nonzero probability.
+        last
+    }
+}
+
+/// Index of the largest score; the first one on ties (`torch.argmax`). NaN must have been
+/// replaced by `-inf` already.
+pub fn argmax(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &s) in scores.iter().enumerate() {
+        if s > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Softmax in f32, like `torch.softmax` on f32 logits: `exp(x - max) / sum`.
+pub fn softmax(scores: &[f32]) -> Vec<f32> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY || max.is_nan() {
+        return vec![0.0; scores.len()];
+    }
+    let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// `TopKLogitsWarper`: `scores < topk(scores, k).values[-1]` become `-inf` (ties kept).
+pub fn top_k_mask(scores: &mut [f32], k: usize, scratch: &mut Vec<usize>) {
+    let k = k.min(scores.len());
+    if k == 0 || k == scores.len() {
+        return;
+    }
+    scratch.clear();
+    scratch.extend(0..scores.len());
+    // The k-th largest value (descending order; index k - 1).
+    let (_, kth, _) =
+        scratch.select_nth_unstable_by(k - 1, |&a, &b| scores[b].total_cmp(&scores[a]));
+    let threshold = scores[*kth];
+    for s in scores.iter_mut() {
+        if *s < threshold {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// `TopPLogitsWarper`: sort ascending, take the cumulative softmax, remove tokens whose cumulative
+/// probability is `<= 1 - top_p`, but always keep the last (most likely) one.
+pub fn top_p_mask(scores: &mut [f32], top_p: f32, scratch: &mut Vec<usize>) {
+    if scores.is_empty() {
+        return;
+    }
+    scratch.clear();
+    // Tokens already at -inf have probability 0: they add nothing to the cumulative sums and
+    // stay removed, so only the others are sorted.
+    scratch.extend((0..scores.len()).filter(|&i| scores[i] > f32::NEG_INFINITY));
+    if scratch.is_empty() {
+        return;
+    }
+    // Stable ascending sort (ties keep index order).
+    scratch.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let max = scores[scratch[scratch.len() - 1]];
+    let sum: f32 = scratch.iter().map(|&i| (scores[i] - max).exp()).sum();
+    // transformers compares the f32 cumulative probabilities with the Python float `1 - top_p`,
+    // which PyTorch casts to f32.
+    let threshold = (1.0f64 - top_p as f64) as f32;
+    let mut cum = 0.0f32;
+    let last = scratch.len() - 1;
+    let mut remove = Vec::new();
+    for (pos, &i) in scratch.iter().enumerate() {
+        cum += (scores[i] - max).exp() / sum;
+        if pos < last && cum <= threshold {
+            remove.push(i);
+        }
+    }
+    for i in remove {
+        scores[i] = f32::NEG_INFINITY;
+    }
+}
+
+/// `MinPLogitsWarper`: tokens with `prob < min_p * max_prob` become `-inf` (the most likely token
+/// always stays).
+pub fn min_p_mask(scores: &mut [f32], min_p: f32) {
+    let probs = softmax(scores);
+    let top = probs.iter().copied().fold(0.0f32, f32::max);
+    let threshold = min_p * top;
+    let best = argmax(scores);
+    for (i, (s, p)) in scores.iter_mut().zip(probs).enumerate() {
+        if p < threshold && i != best {
+            *s = f32::NEG_INFINITY;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            seed: Some(7),
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn default_is_greedy_and_valid() {
+        let p = SamplingParams::default();
+        assert!(p.is_greedy());
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn greedy_takes_first_max() {
+        let mut s = Sampler::new(&SamplingParams::default());
+        assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0], &[]), 1);
+        assert_eq!(s.sample(&[f32::NAN, 0.5, f32::NAN], &[]), 1);
+        assert_eq!(s.sample(&[f32::NAN, f32::NAN], &[]), 0);
+    }
+
+    #[test]
+    fn top_k_keeps_ties() {
+        let mut v = vec![1.0, 3.0, 2.0, 2.0, 0.0];
+        top_k_mask(&mut v, 2, &mut Vec::new());
+        // The 2nd largest is 2.0, and both 2.0 entries stay.
+        assert_eq!(v, vec![f32::NEG_INFINITY, 3.0, 2.0, 2.0, f32::NEG_INFINITY]);
+    }
+
+    #[test]
+    fn nan_temperature_sampling_does_not_panic() {
+        let mut s = Sampler::new(&params(1.0));
+        for _ in 0..10 {
+            assert_eq!(s.sample(&[f32::NAN, 2.0, f32::NAN], &[]), 1);
+        }
+        assert_eq!(s.sample(&[f32::NAN, f32::NAN], &[]), 0);
+        assert_eq!(s.sample(&[], &[]), 0);
+    }
+}

@@ -1,0 +1,290 @@
+//! Checkpoint tensors: the names and shapes a config implies, loading them from a Hugging Face
+//! folder (single file or sharded with an index, memory-mapped), and random weights for presets.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use silica_tensor::{DType, HostTensor, SafetensorsFile, Shape};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A weight the model graph takes as an input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightSpec {
+    /// The Hugging Face tensor name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    pub shape: Shape,
+    /// Norm weights (initialised to 1 in random models).
+    pub is_norm: bool,
+}
+
+/// Every tensor the graph reads, in a fixed order (the order of the program inputs).
+pub fn weight_specs(cfg: &ModelConfig) -> Vec<WeightSpec> {
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim,
+        cfg.num_key_value_heads * cfg.head_dim,
+    );
+    let mut out = Vec::new();
+    let mut push = |name: String, dims: Vec<usize>, is_norm: bool| {
+        out.push(WeightSpec {
+            name,
+            shape: Shape::new(dims),
+            is_norm,
+        })
+    };
+    push("model.embed_tokens.weight".into(), vec![v, h], false);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        push(format!("{p}.input_layernorm.weight"), vec![h], true);
+        for (n, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            push(format!("{p}.self_attn.{n}.weight"), vec![rows, h], false);
+            if cfg.qkv_bias {
+                push(format!("{p}.self_attn.{n}.bias"), vec![rows], false);
+            }
+        }
+        push(format!("{p}.self_attn.o_proj.weight"), vec![h, q], false);
+        if cfg.o_bias {
+            push(format!("{p}.self_attn.o_proj.bias"), vec![h], false);
+        }
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            true,
+        );
+        for (n, dims) in [
+            ("gate_proj", vec![i, h]),
+            ("up_proj", vec![i, h]),
+            ("down_proj", vec![h, i]),
+        ] {
+            let rows = dims[0];
+            push(format!("{p}.mlp.{n}.weight"), dims, false);
+            if cfg.mlp_bias {
+                push(format!("{p}.mlp.{n}.bias"), vec![rows], false);
+            }
+        }
+    }
+    push("model.norm.weight".into(), vec![h], true);
+    if !cfg.tie_word_embeddings {
+        push("lm_head.weight".into(), vec![v, h], false);
+    }
+    out
+}
+
+/// The safetensors files of a model folder, memory-mapped.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// tensor name → index into `files`.
+    index: BTreeMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors.index.json` + its shards, or `model.safetensors`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|source| ModelError::Io {
+                path: index_path.clone(),
+                source,
+            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                    path: index_path.clone(),
+                    message: format!("malformed JSON: {e}"),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Config {
+                    path: index_path.clone(),
+                    message: "missing object `weight_map`".into(),
+                })?;
+            let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| ModelError::Config {
+                    path: index_path.clone(),
+                    message: format!("weight_map[`{name}`] must be a file name"),
+                })?;
+                if file.contains('/') || file.contains("..") {
+                    return Err(ModelError::Config {
+                        path: index_path.clone(),
+                        message: format!("shard name `{file}` must be a plain file name"),
+                    });
+                }
+                let id = match shard_ids.get(file) {
+                    Some(&id) => id,
+                    None => {
+                        files.push(SafetensorsFile::open(dir.join(file))?);
+                        shard_ids.insert(file.to_string(), files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                if files[id].get(name).is_none() {
+                    return Err(ModelError::MissingTensor {
+                        name: name.clone(),
+                        files: format!("{file} (as the index says)"),
+                    });
+                }
+                index.insert(name.clone(), id);
+            }
+        } else {
+            // Like transformers: model.safetensors or the index, never "any safetensors file"
+            // (a folder may hold unrelated ones, e.g. saved activations).
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(ModelError::NoWeights {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            let paths = vec![single];
+            for p in paths {
+                let f = SafetensorsFile::open(&p)?;
+                for n in f.names() {
+                    index.insert(n.to_string(), files.len());
+                }
+                files.push(f);
+            }
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&HostTensor> {
+        self.index
+            .get(name)
+            .and_then(|&i| self.files[i].get(name))
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                files: self
+                    .files
+                    .iter()
+                    .map(|f| {
+                        f.path
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The tensors `cfg` needs, checked for presence, shape and dtype (views, no copies).
+    pub fn weights(&self, cfg: &ModelConfig) -> Result<Vec<(WeightSpec, HostTensor)>> {
+        weight_specs(cfg)
+            .into_iter()
+            .map(|spec| {
+                let t = self.get(&spec.name)?;
+                if t.shape() != &spec.shape {
+                    return Err(ModelError::WrongShape {
+                        name: spec.name.clone(),
+                        expected: spec.shape.clone(),
+                        actual: t.shape().clone(),
+                    });
+                }
+                if !t.dtype().is_float() || t.dtype() == DType::F64 {
+                    return Err(ModelError::WrongDType {
+                        name: spec.name.clone(),
+                        dtype: t.dtype().to_string(),
+                    });
+                }
+                Ok((spec, t.clone()))
+            })
+            .collect()
+    }
+
+    /// The stored dtype of the first weight (what the checkpoint was saved in).
+    pub fn stored_dtype(&self) -> Option<DType> {
+        self.files
+            .first()
+            .and_then(|f| f.tensors().values().next().map(|t| t.dtype()))
+    }
+}
+
+/// Random weights for a config (normal, std 0.02 like transformers' `initializer_range`; norms 1).
+/// Deterministic for a seed. Generated directly in `dtype`.
+pub fn random_weights(cfg: &ModelConfig, dtype: DType, seed: u64) -> Vec<(WeightSpec, HostTensor)> {
+    random_weights_std(cfg, dtype, seed, 0.02)
+}
+
+/// Random weights with a chosen standard deviation (tests use larger ones so that logits are
+/// far from uniform and differences show).
+pub fn random_weights_std(
+    cfg: &ModelConfig,
+    dtype: DType,
+    seed: u64,
+    std: f32,
+) -> Vec<(WeightSpec, HostTensor)> {
+    use rand::Rng;
+    use rayon_free::par_fill;
+    weight_specs(cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(k, spec)| {
+            let n = spec.shape.elem_count();
+            let t = if spec.is_norm {
+                HostTensor::full(1.0, dtype, spec.shape.clone())
+            } else {
+                let mut v = vec![0f32; n];
+                par_fill(
+                    &mut v,
+                    seed.wrapping_mul(1_000_003).wrapping_add(k as u64),
+                    |rng: &mut rand::rngs::SmallRng| {
+                        // Irwin–Hall(4) approximates a normal well enough for benchmark weights and is
+                        // several times cheaper than Box–Muller on the multi-GB presets.
+                        let s: f32 = (0..4).map(|_| rng.gen::<f32>()).sum::<f32>() - 2.0;
+                        s * std * (3.0f32).sqrt()
+                    },
+                );
+                let t = HostTensor::from_vec(v, spec.shape.clone()).expect("shape matches");
+                if dtype == DType::F32 {
+                    t
+                } else {
+                    t.convert(dtype)
+                }
+            };
+            (spec, t)
+        })
+        .collect()
+}
+
+mod rayon_free {
+    use rand::SeedableRng;
+    /// Fills `v` in fixed-size blocks, each from its own seeded RNG, on scoped threads: the
+    /// result does not depend on the number of threads.
+    pub fn par_fill<R: rand::RngCore + SeedableRng>(
+        v: &mut [f32],
+        seed: u64,
+        f: impl Fn(&mut R) -> f32 + Sync,
+    ) {
+        const BLOCK: usize = 1 << 16;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let chunks: Vec<(usize, &mut [f32])> = v.chunks_mut(BLOCK).enumerate().collect();
+        let per = chunks.len().div_ceil(threads).max(1);
+        let mut groups: Vec<Vec<(usize, &mut [f32])>> = Vec::new();
+        let mut it = chunks.into_iter().peekable();
+        while it.peek().is_some() {
+            groups.push(it.by_ref().take(per).collect());
+        }
+        std::thread::scope(|s| {
+            for g in groups {
+                let f = &f;
+                s.spawn(move || {
+                    for (i, c) in g {
+                        let mut rng =
+                            R::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        c.iter_mut().for_each(|x| *x = f(&mut rng));
+                    }
+                });
+            }
+        });
+    }
+}

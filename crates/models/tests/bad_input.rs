@@ -1,0 +1,261 @@
+//! Bad model folders and requests give clear, typed errors — never a panic.
+
+use silica_models::{GenerateOptions, LoadOptions, LoadedModel, ModelError};
+use silica_tensor::cpu::CpuBackend;
+use silica_tensor::{save_safetensors, HostTensor, SafetensorsFile};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A fixture with a single model.safetensors, copied into a temp folder we can damage.
+fn fresh_copy() -> (tempfile::TempDir, PathBuf) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    dirs.sort();
+    let src = dirs
+        .into_iter()
+        .find(|d| d.join("model.safetensors").exists() && d.join("config.json").exists())
+        .expect("a single-file fixture");
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("model");
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    (tmp, dst)
+}
+
+fn load(dir: &Path) -> Result<LoadedModel, ModelError> {
+    LoadedModel::load(dir, Arc::new(CpuBackend::new()), &LoadOptions::default())
+}
+
+fn err_text(dir: &Path) -> String {
+    match load(dir) {
+        Ok(_) => panic!("{} loaded but should have failed", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn rewrite_weights(dir: &Path, f: impl FnOnce(&mut Vec<(String, HostTensor)>)) {
+    let p = dir.join("model.safetensors");
+    let mut ts: Vec<(String, HostTensor)> = SafetensorsFile::open(&p)
+        .unwrap()
+        .into_tensors()
+        .into_iter()
+        .collect();
+    // Materialise before overwriting the mapped file.
+    ts = ts
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                HostTensor::from_bytes(t.dtype(), t.shape().clone(), t.as_bytes()).unwrap(),
+            )
+        })
+        .collect();
+    f(&mut ts);
+    save_safetensors(&p, ts.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+}
+
+#[test]
+fn good_copy_loads() {
+    let (_t, dir) = fresh_copy();
+    load(&dir).unwrap();
+}
+
+#[test]
+fn missing_config() {
+    let (_t, dir) = fresh_copy();
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = err_text(&dir);
+    assert!(e.contains("config.json"), "{e}");
+}
+
+#[test]
+fn malformed_config() {
+    let (_t, dir) = fresh_copy();
+    std::fs::write(dir.join("config.json"), "{ \"model_type\": \"llama\", ").unwrap();
+    let e = err_text(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("malformed JSON"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_and_invalid_fields() {
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |v| {
+        v.as_object_mut().unwrap().remove("hidden_size");
+    });
+    let e = err_text(&dir);
+    assert!(e.contains("hidden_size"), "{e}");
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |v| v["num_key_value_heads"] = serde_json::json!(3));
+    let e = err_text(&dir);
+    assert!(e.contains("num_key_value_heads"), "{e}");
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |v| {
+        v["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 2.0})
+    });
+    edit_config(&dir, |v| {
+        v.as_object_mut().unwrap().remove("rope_parameters");
+    });
+    let e = err_text(&dir);
+    assert!(e.contains("longrope") && e.contains("yarn"), "{e}");
+}
+
+#[test]
+fn unknown_architecture_lists_supported() {
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |v| v["model_type"] = serde_json::json!("gpt2"));
+    let e = err_text(&dir);
+    assert!(
+        e.contains("gpt2") && e.contains("llama") && e.contains("qwen2") && e.contains("mistral"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_t, dir) = fresh_copy();
+    rewrite_weights(&dir, |ts| {
+        ts.retain(|(n, _)| n != "model.layers.1.mlp.up_proj.weight")
+    });
+    let e = err_text(&dir);
+    assert!(e.contains("model.layers.1.mlp.up_proj.weight"), "{e}");
+}
+
+#[test]
+fn wrong_shape_names_tensor_and_shapes() {
+    let (_t, dir) = fresh_copy();
+    rewrite_weights(&dir, |ts| {
+        let (_, t) = ts
+            .iter_mut()
+            .find(|(n, _)| n == "model.norm.weight")
+            .unwrap();
+        let n = t.elem_count();
+        *t = HostTensor::zeros(t.dtype(), [n + 1]);
+    });
+    let e = err_text(&dir);
+    assert!(e.contains("model.norm.weight") && e.contains('['), "{e}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let (_t, dir) = fresh_copy();
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_text(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
+    std::fs::write(&p, &bytes[..4]).unwrap();
+    let e = err_text(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn header_that_lies_about_offsets() {
+    let (_t, dir) = fresh_copy();
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data_len = (bytes.len() - 8 - n) as u64;
+    // Point one tensor past the end of the data.
+    let (_, t) = header
+        .as_object_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|(k, _)| *k != "__metadata__")
+        .unwrap();
+    t["data_offsets"] = serde_json::json!([data_len, data_len + 64]);
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    let e = err_text(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
+    // Garbage header JSON.
+    let mut out = 16u64.to_le_bytes().to_vec();
+    out.extend_from_slice(b"{not json at all");
+    std::fs::write(&p, out).unwrap();
+    let e = err_text(&dir);
+    assert!(e.contains("not a valid safetensors file"), "{e}");
+}
+
+#[test]
+fn no_weights_at_all() {
+    let (_t, dir) = fresh_copy();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = err_text(&dir);
+    assert!(e.contains("no weights"), "{e}");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let (_t, dir) = fresh_copy();
+    let opts = LoadOptions {
+        max_context: Some(16),
+        ..Default::default()
+    };
+    let model = LoadedModel::load(&dir, Arc::new(CpuBackend::new()), &opts).unwrap();
+    let prompt = vec![1u32; 20];
+    let e = model
+        .generate(&prompt, &GenerateOptions::default(), |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ModelError::PromptTooLong {
+                tokens: 20,
+                context: 16
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("context"), "{e}");
+    let e = model.logits(&prompt).unwrap_err();
+    assert!(matches!(e, ModelError::PromptTooLong { .. }), "{e}");
+}
+
+#[test]
+fn out_of_vocabulary_token() {
+    let (_t, dir) = fresh_copy();
+    let model = load(&dir).unwrap();
+    let v = model.config.vocab_size as u32;
+    let e = model.logits(&[1, v + 5]).unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+}
+
+#[test]
+fn bad_sampling_parameters() {
+    let (_t, dir) = fresh_copy();
+    let model = load(&dir).unwrap();
+    let mut opts = GenerateOptions::default();
+    opts.sampling.temperature = -1.0;
+    assert!(model.generate(&[1, 2], &opts, |_| {}).is_err());
+    opts.sampling.temperature = 1.0;
+    opts.sampling.top_p = 1.5;
+    assert!(model.generate(&[1, 2], &opts, |_| {}).is_err());
+}

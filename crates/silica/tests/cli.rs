@@ -1,0 +1,264 @@
+//! The CLI contract (DESIGN.md), run as a user would: the real binary, real fixture folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn silica(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_silica"))
+        .args(args)
+        .output()
+        .expect("run silica")
+}
+
+fn fixture(name_part: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").exists())
+        .collect();
+    v.sort();
+    v.into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().contains(name_part))
+        .unwrap_or_else(|| panic!("no fixture matching {name_part}"))
+}
+
+fn reference(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids_arg(v: &serde_json::Value) -> String {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn generate_json_greedy_matches_transformers() {
+    let dir = fixture("llama");
+    let r = reference(&dir);
+    let want: Vec<u64> = r["greedy"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let o = silica(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        &ids_arg(&r["input_ids"]),
+        "--max-tokens",
+        &want.len().to_string(),
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let last = stdout.lines().last().expect("a JSON line");
+    let j: serde_json::Value = serde_json::from_str(last).unwrap();
+    let got: Vec<u64> = j["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert!(j["text"].is_string());
+    assert!(j["stats"]["decode_tok_s"].as_f64().is_some());
+}
+
+#[test]
+fn generate_streams_text_and_prints_a_summary() {
+    let dir = fixture("llama");
+    let o = silica(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "The café",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("prompt tokens") && e.contains("TTFT") && e.contains("tok/s"),
+        "{e}"
+    );
+    // Same seed, same output.
+    let o2 = silica(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "The café",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(o.stdout, o2.stdout);
+}
+
+#[test]
+fn logits_writes_the_reference_logits() {
+    let dir = fixture("llama");
+    let r = reference(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("logits.safetensors");
+    let o = silica(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        &ids_arg(&r["input_ids"]),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = silica_tensor::SafetensorsFile::open(&out).unwrap();
+    let want = silica_tensor::SafetensorsFile::open(dir.join("reference.safetensors")).unwrap();
+    let (g, w) = (got.get("logits").unwrap(), want.get("logits").unwrap());
+    assert_eq!(g.shape(), w.shape());
+    let (g, w) = (g.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap());
+    let d = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d <= 1e-4, "max |diff| {d}");
+}
+
+#[test]
+fn tokenize_json_matches_transformers() {
+    let dir = fixture("qwen2");
+    let r = reference(&dir);
+    let case = &r["tokenization"][0];
+    let o = silica(&[
+        "tokenize",
+        "--model",
+        dir.to_str().unwrap(),
+        "--text",
+        case["text"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["token_ids"], case["ids"]);
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let dir = fixture("llama");
+    let d = dir.to_str().unwrap();
+    let long = "1,".repeat(40);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "generate",
+                "--model",
+                "/nonexistent/model",
+                "--token-ids",
+                "1,2",
+            ],
+            "not a folder",
+        ),
+        (
+            vec!["generate", "--model", d, "--token-ids", "1,x,3"],
+            "not a token id",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                d,
+                "--token-ids",
+                "1,2",
+                "--temperature",
+                "-1",
+            ],
+            "temperature",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                d,
+                "--token-ids",
+                "1,2",
+                "--top-p",
+                "0",
+            ],
+            "top",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                d,
+                "--token-ids",
+                "1,2",
+                "--max-tokens",
+                "0",
+            ],
+            "max-tokens",
+        ),
+        (
+            vec!["generate", "--model", d, "--token-ids", "1,99999999"],
+            "outside the vocabulary",
+        ),
+        (
+            vec![
+                "generate",
+                "--model",
+                d,
+                "--token-ids",
+                &long,
+                "--max-context",
+                "16",
+            ],
+            "context",
+        ),
+        (
+            vec![
+                "logits",
+                "--model",
+                d,
+                "--token-ids",
+                "",
+                "--out",
+                "/tmp/x.safetensors",
+            ],
+            "no token ids",
+        ),
+        (
+            vec!["tokenize", "--model", "/nonexistent", "--text", "hi"],
+            "tokenizer.json",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = silica(&args);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
+        assert!(
+            e.to_lowercase().contains(&needle.to_lowercase()),
+            "{args:?}: expected `{needle}` in: {e}"
+        );
+    }
+}
