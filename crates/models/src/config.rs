@@ -336,7 +336,7 @@ impl Parser<'_> {
             let f = self
                 .f64_opt(s, "factor")?
                 .ok_or_else(|| self.err(format!("rope scaling `{kind}` needs `factor`")))?;
-            if !(f > 0.0) {
+            if f.is_nan() || f <= 0.0 {
                 return Err(self.err(format!("rope scaling factor must be positive, found {f}")));
             }
             Ok(f)

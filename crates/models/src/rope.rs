@@ -63,7 +63,8 @@ pub fn rope_freqs(cfg: &ModelConfig, max_position: usize) -> RopeFreqs {
                 .map(|f| {
                     let wl = 2.0 * std::f64::consts::PI / f;
                     let scaled = if wl > low_wl { f / factor } else { f };
-                    let medium = !(wl < high_wl) && !(wl > low_wl);
+                    // transformers: ~(wavelen < high) & ~(wavelen > low); wavelengths are finite here.
+                    let medium = wl >= high_wl && wl <= low_wl;
                     if medium {
                         let smooth =
                             (old / wl - low_freq_factor) / (high_freq_factor - low_freq_factor);

@@ -79,7 +79,10 @@ impl SamplingParams {
                 self.min_p
             ));
         }
-        if !(self.repetition_penalty > 0.0) || self.repetition_penalty.is_infinite() {
+        if self.repetition_penalty.is_nan()
+            || self.repetition_penalty <= 0.0
+            || self.repetition_penalty.is_infinite()
+        {
             return Err(format!(
                 "repetition_penalty must be a finite number > 0 (1 = off, > 1 discourages repeats), got {}",
                 self.repetition_penalty
@@ -128,6 +131,26 @@ impl Sampler {
         if logits.is_empty() {
             return 0;
         }
+        self.process_into_scratch(logits, previous_tokens);
+        let scores = std::mem::take(&mut self.scores);
+        let token = if self.params.temperature == 0.0 {
+            argmax(&scores)
+        } else {
+            self.draw(&scores)
+        };
+        self.scores = scores;
+        token as u32
+    }
+
+    /// The scores the token is drawn from: NaN → `-inf`, the repetition penalty, and (unless
+    /// greedy) temperature, top-k, top-p and min-p, removed tokens at `-inf`. [`Sampler::sample`]
+    /// draws from `softmax` of these (greedy: takes their argmax).
+    pub fn process(&mut self, logits: &[f32], previous_tokens: &[u32]) -> &[f32] {
+        self.process_into_scratch(logits, previous_tokens);
+        &self.scores
+    }
+
+    fn process_into_scratch(&mut self, logits: &[f32], previous_tokens: &[u32]) {
         let mut scores = std::mem::take(&mut self.scores);
         scores.clear();
         scores.extend(
@@ -135,37 +158,16 @@ impl Sampler {
                 .iter()
                 .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }),
         );
-        self.apply_repetition_penalty(&mut scores, previous_tokens);
-        let token = if self.params.temperature == 0.0 {
-            argmax(&scores)
-        } else {
-            self.warp(&mut scores);
-            self.draw(&scores)
-        };
-        self.scores = scores;
-        token as u32
-    }
-
-    /// `RepetitionPenaltyLogitsProcessor`: each distinct previous token's logit is multiplied by
-    /// the penalty when negative, divided by it otherwise. Ids outside the vocabulary are ignored.
-    fn apply_repetition_penalty(&mut self, scores: &mut [f32], previous: &[u32]) {
-        let penalty = self.params.repetition_penalty;
-        if penalty == 1.0 || previous.is_empty() {
-            return;
-        }
-        self.seen.clear();
-        self.seen.extend(
-            previous
-                .iter()
-                .copied()
-                .filter(|&t| (t as usize) < scores.len()),
+        apply_repetition_penalty(
+            &mut scores,
+            previous_tokens,
+            self.params.repetition_penalty,
+            &mut self.seen,
         );
-        self.seen.sort_unstable();
-        self.seen.dedup();
-        for &t in &self.seen {
-            let s = &mut scores[t as usize];
-            *s = if *s < 0.0 { *s * penalty } else { *s / penalty };
+        if self.params.temperature != 0.0 {
+            self.warp(&mut scores);
         }
+        self.scores = scores;
     }
 
     /// Temperature, top-k, top-p and min-p, in this order; removed tokens become `-inf`.
@@ -216,6 +218,32 @@ impl Sampler {
         }
         // Rounding left u at or past the total: the last token with nonzero probability.
         last
+    }
+}
+
+/// `RepetitionPenaltyLogitsProcessor`: each distinct previous token's logit is multiplied by
+/// `penalty` when negative, divided by it otherwise. Ids outside the vocabulary are ignored.
+pub fn apply_repetition_penalty(
+    scores: &mut [f32],
+    previous: &[u32],
+    penalty: f32,
+    scratch: &mut Vec<u32>,
+) {
+    if penalty == 1.0 || previous.is_empty() {
+        return;
+    }
+    scratch.clear();
+    scratch.extend(
+        previous
+            .iter()
+            .copied()
+            .filter(|&t| (t as usize) < scores.len()),
+    );
+    scratch.sort_unstable();
+    scratch.dedup();
+    for &t in scratch.iter() {
+        let s = &mut scores[t as usize];
+        *s = if *s < 0.0 { *s * penalty } else { *s / penalty };
     }
 }
 
@@ -281,16 +309,17 @@ pub fn top_p_mask(scores: &mut [f32], top_p: f32, scratch: &mut Vec<usize>) {
     // transformers compares the f32 cumulative probabilities with the Python float `1 - top_p`,
     // which PyTorch casts to f32.
     let threshold = (1.0f64 - top_p as f64) as f32;
+    // Cumulative sums grow along the ascending order, so the removed tokens are a prefix of it.
     let mut cum = 0.0f32;
-    let last = scratch.len() - 1;
-    let mut remove = Vec::new();
-    for (pos, &i) in scratch.iter().enumerate() {
+    let mut removed = 0;
+    for &i in &scratch[..scratch.len() - 1] {
         cum += (scores[i] - max).exp() / sum;
-        if pos < last && cum <= threshold {
-            remove.push(i);
+        if cum > threshold {
+            break;
         }
+        removed += 1;
     }
-    for i in remove {
+    for &i in &scratch[..removed] {
         scores[i] = f32::NEG_INFINITY;
     }
 }

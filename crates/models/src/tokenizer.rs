@@ -581,7 +581,6 @@ fn describe(e: &minijinja::Error) -> String {
 /// `raise_exception` and `strftime_now`; Python string/dict methods through pycompat; `True`,
 /// `False` and `None` printed the Python way.
 fn build_environment(source: &str) -> std::result::Result<minijinja::Environment<'static>, String> {
-    use std::fmt::Write as _;
     let mut env = minijinja::Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -1126,6 +1125,14 @@ impl StreamDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shareable_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Tokenizer>();
+        send_sync::<StreamDecoder>();
+        send_sync::<crate::sampling::Sampler>();
+    }
 
     #[test]
     fn clean_up_matches_python() {

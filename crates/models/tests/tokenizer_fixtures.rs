@@ -641,3 +641,173 @@ fn loading_errors_name_the_file() {
         "{e}"
     );
 }
+
+// ---- Streaming on random token sequences, and with clean_up_tokenization_spaces ----
+
+/// xorshift64*: a fixed pseudo-random sequence without extra dependencies.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Random sequences mixing any token, byte tokens and tokens from `interesting`.
+fn random_sequences(
+    tok: &Tokenizer,
+    interesting: &[u32],
+    seed: u64,
+    count: usize,
+) -> Vec<Vec<u32>> {
+    let mut rng = Rng(seed);
+    let n = tok.vocab_size();
+    let bytes: Vec<u32> = (0..=255u8)
+        .filter_map(|b| tok.token_to_id(&format!("<0x{b:02X}>")))
+        .collect();
+    (0..count)
+        .map(|_| {
+            let len = 1 + rng.below(40);
+            (0..len)
+                .map(|_| match rng.below(4) {
+                    0 if !bytes.is_empty() => bytes[rng.below(bytes.len())],
+                    1 if !interesting.is_empty() => interesting[rng.below(interesting.len())],
+                    _ => rng.below(n) as u32,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Tokens whose text is only spaces or holds a space, punctuation or an apostrophe.
+fn spacey_tokens(tok: &Tokenizer) -> Vec<u32> {
+    (0..tok.vocab_size() as u32)
+        .filter(|&i| {
+            let t = tok.decode(&[100, i], false).unwrap_or_default();
+            let t = t.get(1..).unwrap_or_default().to_string();
+            let s = tok.id_to_token(i).unwrap_or_default();
+            t.contains([' ', '.', '?', '!', ',', '\''])
+                || s.contains(['▁', 'Ġ'])
+                || s.starts_with(['n', 'm', 's', 'v', 'r', 't'])
+        })
+        .collect()
+}
+
+#[test]
+fn stream_decoder_on_random_sequences() {
+    for dir in cases() {
+        let case = name(&dir);
+        let tok = load(&dir);
+        let interesting = spacey_tokens(&tok);
+        for (i, seq) in random_sequences(
+            &tok,
+            &interesting,
+            0x5eed ^ i64::from(case.len() as i32) as u64,
+            400,
+        )
+        .iter()
+        .enumerate()
+        {
+            check_stream(&case, &format!("random sequence #{i}"), &tok, seq);
+        }
+    }
+}
+
+/// transformers' `clean_up_tokenization`, written out again from the Python source.
+fn python_clean_up(s: &str) -> String {
+    let mut s = s.to_string();
+    for (a, b) in [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ] {
+        s = s.replace(a, b);
+    }
+    s
+}
+
+#[test]
+fn clean_up_tokenization_spaces_decode_and_stream() {
+    for dir in cases() {
+        let case = name(&dir);
+        let plain = load(&dir);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("tokenizer.json"), d.path().join("tokenizer.json")).unwrap();
+        let mut tc: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        tc["clean_up_tokenization_spaces"] = Value::Bool(true);
+        std::fs::write(d.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let tok = load(d.path());
+        let text =
+            "Don 't do that , she said . Is n't it ? I 'm sure ! It 's you 're we 've ' quoted '";
+        let ids = tok.encode(text, false).unwrap();
+        let raw = plain.decode(&ids, true).unwrap();
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            python_clean_up(&raw),
+            "{case}"
+        );
+        assert_ne!(
+            python_clean_up(&raw),
+            raw,
+            "{case}: the sample exercises the clean-up"
+        );
+        check_stream(&case, "clean-up sample", &tok, &ids);
+        let interesting = spacey_tokens(&tok);
+        for (i, seq) in random_sequences(&tok, &interesting, 0xc1ea, 400)
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                tok.decode(seq, true).unwrap(),
+                python_clean_up(&plain.decode(seq, true).unwrap()),
+                "{case}"
+            );
+            check_stream(&case, &format!("clean-up random sequence #{i}"), &tok, seq);
+        }
+    }
+}
+
+#[test]
+fn llama_tokenizer_class_honours_add_bos_add_eos() {
+    // transformers' LlamaTokenizerFast rebuilds the post-processor from these flags.
+    let dir = fixtures_dir().join("llama2-mha-linear");
+    let plain = load(&dir);
+    let body = plain.encode("hi there", false).unwrap();
+    for (add_bos, add_eos) in [(true, true), (false, true), (false, false), (true, false)] {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("tokenizer.json"), d.path().join("tokenizer.json")).unwrap();
+        let tc = serde_json::json!({"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+            "add_bos_token": add_bos, "add_eos_token": add_eos});
+        std::fs::write(d.path().join("tokenizer_config.json"), tc.to_string()).unwrap();
+        let tok = load(d.path());
+        let mut want = Vec::new();
+        if add_bos {
+            want.push(1);
+        }
+        want.extend(&body);
+        if add_eos {
+            want.push(2);
+        }
+        assert_eq!(
+            tok.encode("hi there", true).unwrap(),
+            want,
+            "add_bos_token={add_bos} add_eos_token={add_eos}"
+        );
+        assert_eq!(tok.encode("hi there", false).unwrap(), body);
+    }
+}

@@ -1,8 +1,8 @@
 //! `silica`: the command-line interface (see DESIGN.md "CLI contract").
 
+mod bench;
 mod common;
 mod generate;
-#[allow(dead_code)]
 mod offline;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +27,10 @@ enum Command {
     Logits(generate::LogitsArgs),
     /// Tokenize text with a model's tokenizer.
     Tokenize(generate::TokenizeArgs),
+    /// Benchmark a model (default: the embedded preset on CPU) and write a priced report.
+    Bench(bench::BenchArgs),
+    /// Render reports (silica, vLLM, llmperf JSON) side by side as markdown or HTML.
+    Report(bench::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::generate(a),
         Command::Logits(a) => generate::logits(a),
         Command::Tokenize(a) => generate::tokenize(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Report(a) => bench::report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -141,7 +141,34 @@ macro_rules! element {
 element!(u8, DType::U8, |x| x as f64, |v| v as u8);
 element!(i32, DType::I32, |x| x as f64, |v| v as i32);
 element!(i64, DType::I64, |x| x as f64, |v| v as i64);
-element!(f16, DType::F16, |x| x.to_f64(), |v| f16::from_f64(v));
-element!(bf16, DType::BF16, |x| x.to_f64(), |v| bf16::from_f64(v));
+element!(f16, DType::F16, |x| x.to_f64(), |v| f64_to_f16(v));
+element!(bf16, DType::BF16, |x| x.to_f64(), |v| f64_to_bf16(v));
+
+/// f64 → f16, rounded to nearest (ties to even). `half`'s `f16::from_f64` goes through f32 on x86
+/// (F16C) and `bf16::from_f64` drops the low 32 significand bits before rounding: both misround
+/// values just above or below a tie. Rounding to f32 with round-to-odd first and then to the
+/// 16-bit format is exact, because f32 keeps more than p + 2 bits of either format.
+pub(crate) fn f64_to_f16(v: f64) -> f16 {
+    f16::from_f32(f32_round_odd(v))
+}
+
+/// f64 → bf16, rounded to nearest (ties to even); see [`f64_to_f16`].
+pub(crate) fn f64_to_bf16(v: f64) -> bf16 {
+    bf16::from_f32(f32_round_odd(v))
+}
+
+/// f64 → f32 truncated toward zero, with the last bit set when inexact ("round to odd").
+fn f32_round_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if !f.is_finite() || f as f64 == v {
+        return f;
+    }
+    let trunc = if (f as f64).abs() > v.abs() {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    };
+    f32::from_bits(trunc.to_bits() | 1)
+}
 element!(f32, DType::F32, |x| x as f64, |v| v as f32);
 element!(f64, DType::F64, |x| x, |v| v);

@@ -368,7 +368,10 @@ impl Graph {
             ));
         }
         if dtype == DType::Bool {
-            return Err(err("iota", "dtype bool is not allowed"));
+            return Err(err(
+                "iota",
+                format!("dtype bool is not allowed (shape {shape})"),
+            ));
         }
         Ok(self.push(Op::Iota { dim }, vec![], dtype, shape))
     }
@@ -464,7 +467,14 @@ impl Graph {
             ));
         }
         if da == DType::Bool || (op == BinaryOp::Pow && !da.is_float()) {
-            return Err(err(name, format!("not defined for dtype {da}")));
+            return Err(err(
+                name,
+                format!(
+                    "not defined for dtype {da} (operands {} and {})",
+                    self.shape(a),
+                    self.shape(b)
+                ),
+            ));
         }
         let (a, b) = self.broadcast_pair(name, a, b)?;
         let shape = self.shape(a).clone();
@@ -524,12 +534,26 @@ impl Graph {
         if self.dtype(pred) != DType::Bool {
             return Err(err(
                 "select",
-                format!("predicate must be bool, found {}", self.dtype(pred)),
+                format!(
+                    "predicate must be bool, found {} {} (branches {}, {})",
+                    self.dtype(pred),
+                    self.shape(pred),
+                    self.shape(on_true),
+                    self.shape(on_false)
+                ),
             ));
         }
         let (dt, df) = (self.dtype(on_true), self.dtype(on_false));
         if dt != df {
-            return Err(err("select", format!("branch dtypes differ: {dt} vs {df}")));
+            return Err(err(
+                "select",
+                format!(
+                    "branch dtypes differ: {dt} {} vs {df} {} (predicate {})",
+                    self.shape(on_true),
+                    self.shape(on_false),
+                    self.shape(pred)
+                ),
+            ));
         }
         let s = [
             self.dims(pred).to_vec(),
@@ -570,13 +594,17 @@ impl Graph {
         self.check("reshape", &[x])?;
         let shape = shape.into();
         let from = self.shape(x);
-        if from.elem_count() != shape.elem_count() {
+        // Checked: an absurd target shape must be an error, not an overflow panic.
+        let count = |s: &Shape| s.dims().iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let (n_from, n_to) = (count(from), count(&shape));
+        if n_from.is_none() || n_from != n_to {
+            let show = |n: Option<usize>| n.map_or("too many".to_string(), |n| n.to_string());
             return Err(err(
                 "reshape",
                 format!(
                     "cannot reshape {from} ({} elements) to {shape} ({} elements)",
-                    from.elem_count(),
-                    shape.elem_count()
+                    show(n_from),
+                    show(n_to)
                 ),
             ));
         }
@@ -635,14 +663,18 @@ impl Graph {
             if d >= shape.rank() || (i > 0 && d <= dims[i - 1]) {
                 return Err(err(
                     "broadcast",
-                    format!("dims {dims:?} must be increasing and < rank of {shape}"),
+                    format!(
+                        "dims {dims:?} must be increasing and < rank of {shape} (operand {})",
+                        Shape::new(xs.clone())
+                    ),
                 ));
             }
             if xs[i] != 1 && xs[i] != shape.dim(d) {
                 return Err(err(
                     "broadcast",
                     format!(
-                        "operand dim {i} (size {}) cannot broadcast to output dim {d} of {shape}",
+                        "operand {} dim {i} (size {}) cannot broadcast to output dim {d} of {shape}",
+                        Shape::new(xs.clone()),
                         xs[i]
                     ),
                 ));
@@ -816,16 +848,34 @@ impl Graph {
             return Err(err(
                 "pad",
                 format!(
-                    "padding value must be a {} scalar, found {} {}",
+                    "padding value must be a {} scalar, found {} {} (operand {})",
                     self.dtype(x),
                     self.dtype(value),
-                    self.shape(value)
+                    self.shape(value),
+                    self.shape(x)
                 ),
             ));
         }
-        let out: Vec<usize> = (0..n)
-            .map(|i| low[i] + high[i] + dims[i] + dims[i].saturating_sub(1) * interior[i])
+        // Checked: absurd padding must be an error, not an overflow panic.
+        let out: Option<Vec<usize>> = (0..n)
+            .map(|i| {
+                dims[i]
+                    .saturating_sub(1)
+                    .checked_mul(interior[i])?
+                    .checked_add(low[i])?
+                    .checked_add(high[i])?
+                    .checked_add(dims[i])
+            })
             .collect();
+        let Some(out) = out else {
+            return Err(err(
+                "pad",
+                format!(
+                    "padded size overflows for operand {} with low {low:?}, high {high:?}, interior {interior:?}",
+                    Shape::new(dims)
+                ),
+            ));
+        };
         let dt = self.dtype(x);
         let op = Op::Pad {
             low: low.to_vec(),
@@ -848,7 +898,23 @@ impl Graph {
         if !self.dtype(indices).is_int() {
             return Err(err(
                 "gather",
-                format!("indices must be integers, found {}", self.dtype(indices)),
+                format!(
+                    "indices must be integers, found {} {} (operand {})",
+                    self.dtype(indices),
+                    self.shape(indices),
+                    Shape::new(xd)
+                ),
+            ));
+        }
+        if xd[axis] == 0 && self.shape(indices).elem_count() > 0 {
+            // No row to clamp to (XLA would reject the size-1 slice of an empty dim too).
+            return Err(err(
+                "gather",
+                format!(
+                    "axis {axis} of operand {} is empty but indices {} are not",
+                    Shape::new(xd),
+                    self.shape(indices)
+                ),
             ));
         }
         let mut out = xd[..axis].to_vec();
@@ -882,9 +948,10 @@ impl Graph {
                 return Err(err(
                     op,
                     format!(
-                        "start indices must be integer scalars of one dtype, found {} {}",
+                        "start indices must be integer scalars of one dtype, found {} {} (operand {})",
                         self.dtype(s),
-                        self.shape(s)
+                        self.shape(s),
+                        self.shape(x)
                     ),
                 ));
             }
@@ -958,7 +1025,10 @@ impl Graph {
         }
         let dt = self.dtype(x);
         if dt == DType::Bool {
-            return Err(err("reduce", "not defined for dtype bool"));
+            return Err(err(
+                "reduce",
+                format!("not defined for dtype bool (operand {})", Shape::new(xd)),
+            ));
         }
         if sorted.is_empty() {
             return Ok(x);
@@ -1011,7 +1081,10 @@ impl Graph {
             ));
         }
         if self.dtype(x) == DType::Bool {
-            return Err(err("argmax", "not defined for dtype bool"));
+            return Err(err(
+                "argmax",
+                format!("not defined for dtype bool (operand {})", Shape::new(xd)),
+            ));
         }
         let out: Vec<usize> = xd
             .iter()
@@ -1040,7 +1113,10 @@ impl Graph {
             ));
         }
         if self.dtype(lhs) == DType::Bool {
-            return Err(err("dot", "not defined for dtype bool"));
+            return Err(err(
+                "dot",
+                format!("not defined for dtype bool: lhs {ls}, rhs {rs}"),
+            ));
         }
         if dims.lhs_batch.len() != dims.rhs_batch.len()
             || dims.lhs_contract.len() != dims.rhs_contract.len()
@@ -1171,7 +1247,7 @@ impl Graph {
             return Err(err(
                 "rms_norm",
                 format!(
-                    "x and weight must share a float dtype: {} vs {}",
+                    "x and weight must share a float dtype: {} {xs} vs {} {ws}",
                     self.dtype(x),
                     self.dtype(weight)
                 ),
@@ -1205,7 +1281,7 @@ impl Graph {
         if !self.dtype(x).is_float() {
             return Err(err(
                 "silu",
-                format!("not defined for dtype {}", self.dtype(x)),
+                format!("not defined for dtype {} {}", self.dtype(x), self.shape(x)),
             ));
         }
         let (dt, xs) = (self.dtype(x), self.shape(x).clone());

@@ -5,7 +5,7 @@
 //! as any element type without copying; mapped data is viewed in place when its offset happens to be
 //! aligned (the common case) and copied otherwise.
 
-use crate::dtype::Element;
+use crate::dtype::{f64_to_bf16, f64_to_f16, Element};
 use crate::error::TensorError;
 use crate::{DType, Shape};
 use half::{bf16, f16};
@@ -117,8 +117,8 @@ impl HostTensor {
             DType::U8 => Self::from_vec(vec![value as u8; n], shape),
             DType::I32 => Self::from_vec(vec![value as i32; n], shape),
             DType::I64 => Self::from_vec(vec![value as i64; n], shape),
-            DType::F16 => Self::from_vec(vec![f16::from_f64(value); n], shape),
-            DType::BF16 => Self::from_vec(vec![bf16::from_f64(value); n], shape),
+            DType::F16 => Self::from_vec(vec![f64_to_f16(value); n], shape),
+            DType::BF16 => Self::from_vec(vec![f64_to_bf16(value); n], shape),
             DType::F32 => Self::from_vec(vec![value as f32; n], shape),
             DType::F64 => Self::from_vec(vec![value; n], shape),
         };
@@ -204,26 +204,16 @@ impl HostTensor {
         self.to_f64_vec().into_iter().map(|v| v as f32).collect()
     }
 
-    /// Converts to another dtype (round-to-nearest for floats, `as` semantics for ints).
+    /// Converts to another dtype with the semantics of the graph's `convert` op (XLA): floats round
+    /// to nearest even, float → int truncates (saturating, NaN → 0), int → int wraps like `as`,
+    /// anything → bool is `!= 0`. Shares the CPU backend's implementation so the two never differ.
     pub fn convert(&self, dtype: DType) -> HostTensor {
         if dtype == self.dtype {
             return self.clone();
         }
-        let v = self.to_f64_vec();
-        let shape = self.shape.clone();
-        let t = match dtype {
-            DType::Bool => {
-                Self::from_bools(&v.iter().map(|&x| x != 0.0).collect::<Vec<_>>(), shape)
-            }
-            DType::U8 => Self::from_vec(v.iter().map(|&x| x as u8).collect::<Vec<_>>(), shape),
-            DType::I32 => Self::from_vec(v.iter().map(|&x| x as i32).collect::<Vec<_>>(), shape),
-            DType::I64 => Self::from_vec(v.iter().map(|&x| x as i64).collect::<Vec<_>>(), shape),
-            DType::F16 => Self::from_vec(v.iter().map(|&x| f16::from_f64(x)).collect(), shape),
-            DType::BF16 => Self::from_vec(v.iter().map(|&x| bf16::from_f64(x)).collect(), shape),
-            DType::F32 => Self::from_vec(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape),
-            DType::F64 => Self::from_vec(v, shape),
-        };
-        t.expect("length preserved")
+        crate::cpu::CpuData::from_host(self)
+            .convert(dtype)
+            .to_host(&self.shape)
     }
 
     /// Same bytes, new shape with the same element count (no copy).

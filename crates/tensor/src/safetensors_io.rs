@@ -139,11 +139,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TensorError> {
         file_name.unwrap_or_default(),
         std::process::id()
     ));
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        // Leave no temporary file behind; the previous file at `path` is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     if let Ok(d) = File::open(dir) {
         // Persist the rename itself; not all filesystems support fsync on a directory.
         let _ = d.sync_all();

@@ -1,5 +1,6 @@
 //! Typed host storage of the CPU backend.
 
+use crate::dtype::{f64_to_bf16, f64_to_f16};
 use crate::{DType, HostTensor, Shape};
 use half::{bf16, f16};
 
@@ -180,8 +181,8 @@ impl CpuData {
                 DType::U8 => CpuData::U8(v.iter().map(|&x| x as u8).collect()),
                 DType::I32 => CpuData::I32(v.iter().map(|&x| x as i32).collect()),
                 DType::I64 => CpuData::I64(v),
-                DType::F16 => CpuData::F16(v.iter().map(|&x| f16::from_f64(x as f64)).collect()),
-                DType::BF16 => CpuData::BF16(v.iter().map(|&x| bf16::from_f64(x as f64)).collect()),
+                DType::F16 => CpuData::F16(v.iter().map(|&x| f64_to_f16(x as f64)).collect()),
+                DType::BF16 => CpuData::BF16(v.iter().map(|&x| f64_to_bf16(x as f64)).collect()),
                 DType::F32 => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
                 DType::F64 => CpuData::F64(v.iter().map(|&x| x as f64).collect()),
             };
@@ -198,8 +199,8 @@ impl CpuData {
             DType::U8 => CpuData::U8(v.iter().map(|&x| x as u8).collect()),
             DType::I32 => CpuData::I32(v.iter().map(|&x| x as i32).collect()),
             DType::I64 => CpuData::I64(v.iter().map(|&x| x as i64).collect()),
-            DType::F16 => CpuData::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
-            DType::BF16 => CpuData::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
+            DType::F16 => CpuData::F16(v.iter().map(|&x| f64_to_f16(x)).collect()),
+            DType::BF16 => CpuData::BF16(v.iter().map(|&x| f64_to_bf16(x)).collect()),
             DType::F32 => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
             DType::F64 => CpuData::F64(v),
         }

@@ -138,6 +138,9 @@ pub fn silu(x: &CpuData) -> CpuData {
 
 fn rope_t<R: Float + Send + Sync>(x: &mut [R], cos: &[R], sin: &[R], dims: &[usize]) {
     let (b, h, t, d) = (dims[0], dims[1], dims[2], dims[3]);
+    if x.is_empty() || d == 0 {
+        return; // nothing to rotate (and `chunks_mut(0)` would panic)
+    }
     let half = d / 2;
     let rowf = |(row, r): (usize, &mut [R])| {
         let ti = row % t;
@@ -247,6 +250,9 @@ pub fn attention(
     let grp = a.hq / a.hkv;
     let scale = scale as f32;
     let mut out = vec![0f32; a.b * a.hq * a.tq * a.dv];
+    if out.is_empty() {
+        return finish(out, q.dtype()); // no rows (and `chunks_mut(0)` would panic for Dv = 0)
+    }
     let row = |(r, o): (usize, &mut [f32])| {
         let ti = r % a.tq;
         let h = (r / a.tq) % a.hq;
@@ -295,6 +301,9 @@ pub fn attention(
 fn attention_f64(q: &[f64], k: &[f64], v: &[f64], m: &[f64], a: &AttnDims, scale: f64) -> Vec<f64> {
     let grp = a.hq / a.hkv;
     let mut out = vec![0f64; a.b * a.hq * a.tq * a.dv];
+    if out.is_empty() {
+        return out;
+    }
     for (r, o) in out.chunks_mut(a.dv).enumerate() {
         let ti = r % a.tq;
         let h = (r / a.tq) % a.hq;

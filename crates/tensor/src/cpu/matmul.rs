@@ -302,6 +302,9 @@ fn mm_naive<T: Copy + Default>(a: &[T], b: &[T], c: &Canon, fma: impl Fn(T, T, T
 fn skinny(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     let (m, n, k) = (c.m, c.n, c.k);
     let mut out = vec![0f32; c.b * m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
     for bi in 0..c.b {
         let ab = &a[bi * m * k..(bi + 1) * m * k];
         // Results in [n, m] order so each task owns a contiguous block.

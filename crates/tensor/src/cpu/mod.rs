@@ -163,6 +163,12 @@ impl Executable for CpuExecutable {
         let mut donated: Vec<Option<&mut Buffer>> = Vec::new();
         for (i, arg) in args.iter_mut().enumerate() {
             let slot = &mut slots[params[i].index()];
+            if self.signature.alias_of_input(i).is_none() {
+                // Read-only, or donated but not updated by any alias: only read.
+                *slot = Slot::Ref(data_of(arg.buffer()));
+                donated.push(None);
+                continue;
+            }
             match arg {
                 Arg::In(b) => *slot = Slot::Ref(data_of(b)),
                 Arg::InOut(b) => {

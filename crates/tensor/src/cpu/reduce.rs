@@ -109,6 +109,15 @@ pub fn reduce(kind: ReduceKind, data: &CpuData, dims: &[usize], axes: &[usize]) 
 /// Index of the first maximum along `axis` (i32). NaN is never chosen over a number.
 pub fn argmax(data: &CpuData, dims: &[usize], axis: usize) -> CpuData {
     let (rows, row, d) = rows_last(data, dims, &[axis]);
+    if d.dtype().is_int() {
+        // Integers compare exactly (i32 beyond 2^24 and i64 beyond 2^53 do not survive floats).
+        let v = d.to_i64();
+        let first_max = |r: usize| {
+            let s = &v[r * row..(r + 1) * row];
+            (1..row).fold(0, |best, j| if s[j] > s[best] { j } else { best }) as i32
+        };
+        return CpuData::I32((0..rows).map(first_max).collect());
+    }
     let v = d.convert(
         if d.dtype() == crate::DType::F64 || d.dtype() == crate::DType::I64 {
             crate::DType::F64

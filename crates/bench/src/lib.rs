@@ -1,0 +1,64 @@
+//! The data side of `silica bench` and `silica report`.
+//!
+//! - [`metrics`]: per-request timings → serving metrics with vLLM `benchmark_serving`'s exact
+//!   definitions (TTFT, TPOT, ITL, E2EL, throughputs, goodput).
+//! - [`report`]: the versioned JSON report (`schema: "silica.bench.report"`, `schema_version: 1`)
+//!   with roofline ratios against limits measured in the same run, and cost.
+//! - [`pricing`]: the embedded instance price table (`models/instances.toml`) and $/1M tokens.
+//! - [`instance`]: EC2 instance type and accelerator detection (no network off EC2).
+//! - [`render`]: Markdown and self-contained HTML (inline SVG charts) comparisons.
+//! - [`import`]: vLLM `bench serve --save-result` and llmperf `*_summary.json` → [`Report`].
+//!
+//! The field-by-field description of the report lives in `docs/report-schema.md`.
+
+pub mod import;
+pub mod instance;
+pub mod metrics;
+pub mod pricing;
+pub mod render;
+pub mod report;
+mod time;
+
+pub use import::{import_llmperf, import_vllm, load_any, Format};
+pub use instance::{
+    detect_accelerators, detect_instance, Accelerators, DetectedInstance, InstanceSource,
+};
+pub use metrics::{compute, OfflineMetrics, RequestTiming, ServingMetrics, Slo, Stats};
+pub use pricing::{usd_per_million, Instance, Instances, Price};
+pub use render::{html, markdown};
+pub use report::{
+    Cost, Machine, Metrics, Mode, ModelInfo, Report, Roofline, RunConfig, Source, SCHEMA,
+    SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS,
+};
+pub use time::now_rfc3339;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate. Messages are meant for the person at the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not valid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Schema { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+    #[error("invalid SLO {input:?}: {message}")]
+    Slo { input: String, message: String },
+    #[error("{0}")]
+    Price(String),
+    #[error("instance table: {0}")]
+    Table(String),
+    #[error("import: {0}")]
+    Import(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,607 @@
+//! Side-by-side comparisons of reports: a Markdown table, and a self-contained HTML page (inline
+//! CSS, inline SVG charts drawn with plotters; no external assets, no scripts).
+
+use crate::report::Report;
+use plotters::prelude::*;
+use std::fmt::Write as _;
+
+/// A dash for values a report does not have.
+const NONE: &str = "–";
+
+/// One row of the comparison table, formatted.
+struct Row {
+    instance: String,
+    backend: String,
+    model: String,
+    dtype: String,
+    batch_conc: String,
+    out_tok_s: String,
+    ttft: String,
+    tpot: String,
+    usd_out: String,
+    usd_total: String,
+    source: String,
+}
+
+const HEADERS: [&str; 11] = [
+    "instance",
+    "backend",
+    "model",
+    "dtype",
+    "batch / conc.",
+    "output tok/s",
+    "TTFT p50 / p99 (ms)",
+    "TPOT p50 / p99 (ms)",
+    "$/1M output tok",
+    "$/1M total tok",
+    "source",
+];
+
+impl Row {
+    fn of(r: &Report) -> Row {
+        let serving = r.metrics.serving.as_ref();
+        let pair = |s: Option<&crate::metrics::Stats>| match s {
+            Some(s) => format!("{} / {}", num(Some(s.median)), num(s.p99)),
+            None => NONE.into(),
+        };
+        let cost = r.cost.as_ref();
+        Row {
+            instance: r
+                .machine
+                .instance_type
+                .clone()
+                .unwrap_or_else(|| NONE.into()),
+            backend: r.config.backend.clone().unwrap_or_else(|| NONE.into()),
+            model: model_name(r),
+            dtype: r
+                .config
+                .dtype
+                .clone()
+                .or_else(|| r.model.dtype.clone())
+                .unwrap_or_else(|| NONE.into()),
+            batch_conc: format!(
+                "{} / {}",
+                r.config.batch.map_or(NONE.into(), |b| b.to_string()),
+                r.config.concurrency.map_or(NONE.into(), |c| c.to_string())
+            ),
+            out_tok_s: num(r.output_tok_s()),
+            ttft: pair(serving.and_then(|s| s.ttft_ms.as_ref())),
+            tpot: pair(serving.and_then(|s| s.tpot_ms.as_ref())),
+            usd_out: usd(cost.and_then(|c| c.usd_per_1m_output_tokens)),
+            usd_total: usd(cost.and_then(|c| c.usd_per_1m_total_tokens)),
+            source: r.source.as_str().into(),
+        }
+    }
+
+    fn cells(&self) -> [&str; 11] {
+        [
+            &self.instance,
+            &self.backend,
+            &self.model,
+            &self.dtype,
+            &self.batch_conc,
+            &self.out_tok_s,
+            &self.ttft,
+            &self.tpot,
+            &self.usd_out,
+            &self.usd_total,
+            &self.source,
+        ]
+    }
+}
+
+fn model_name(r: &Report) -> String {
+    if r.model.name.is_empty() {
+        r.config
+            .model
+            .clone()
+            .or_else(|| r.config.preset.clone())
+            .unwrap_or_else(|| NONE.into())
+    } else {
+        r.model.name.clone()
+    }
+}
+
+/// A number with about three significant digits, grouped for readability: 1234.5 → `1235`,
+/// 45.678 → `45.7`, 0.1234 → `0.123`.
+fn num(v: Option<f64>) -> String {
+    match v {
+        None => NONE.into(),
+        Some(v) if !v.is_finite() => NONE.into(),
+        Some(v) => {
+            let a = v.abs();
+            if a >= 100.0 {
+                format!("{v:.0}")
+            } else if a >= 10.0 {
+                format!("{v:.1}")
+            } else if a >= 1.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.3}")
+            }
+        }
+    }
+}
+
+fn usd(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => {
+            if v >= 100.0 {
+                format!("${v:.0}")
+            } else {
+                format!("${v:.3}")
+            }
+        }
+        _ => NONE.into(),
+    }
+}
+
+/// A short name for a report in charts and notes: `inf2.xlarge silica/neuron c8`.
+pub fn label(r: &Report) -> String {
+    let mut s = r
+        .machine
+        .instance_type
+        .clone()
+        .unwrap_or_else(|| "local".into());
+    s.push(' ');
+    s.push_str(r.source.as_str());
+    if let Some(b) = r
+        .config
+        .backend
+        .as_deref()
+        .filter(|b| *b != r.source.as_str())
+    {
+        s.push('/');
+        s.push_str(b);
+    }
+    if let Some(c) = r.config.concurrency {
+        let _ = write!(s, " c{c}");
+    } else if let Some(b) = r.config.batch {
+        let _ = write!(s, " b{b}");
+    }
+    s
+}
+
+/// Roofline, price and note lines for one report.
+fn detail_lines(r: &Report) -> Vec<String> {
+    let mut out = vec![];
+    if let Some(rf) = &r.roofline {
+        if let Some(d) = rf.decode_tok_s {
+            out.push(format!(
+                "decode {} tok/s = {} of the {} tok/s bandwidth limit ({} GB/s measured, {} MB read per step, batch {})",
+                num(Some(d)),
+                pct(rf.decode_fraction),
+                num(Some(rf.decode_limit_tok_s)),
+                num(Some(rf.mem_read_gbps)),
+                num(Some(rf.decode_bytes_per_token / 1e6)),
+                rf.batch
+            ));
+        }
+        if let Some(p) = rf.prefill_tok_s {
+            out.push(format!(
+                "prefill {} tok/s = {} of the {} tok/s compute limit ({} GFLOP/s FMA peak measured)",
+                num(Some(p)),
+                pct(rf.prefill_fraction),
+                num(Some(rf.prefill_limit_tok_s)),
+                num(Some(rf.fma_peak_gflops))
+            ));
+        }
+    }
+    if let Some(c) = &r.cost {
+        out.push(format!(
+            "price ${}/h ({})",
+            c.price_per_hour, c.price_source
+        ));
+    }
+    out.extend(r.notes.iter().cloned());
+    out
+}
+
+fn pct(f: Option<f64>) -> String {
+    f.map_or(NONE.into(), |f| format!("{:.1}%", f * 100.0))
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A Markdown comparison: one table with a row per report (in order, numbered), then a line per
+/// report with decode/prefill speed against the measured limits, the price used, and notes.
+pub fn markdown(reports: &[Report]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| # | {} |", HEADERS.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---|".repeat(HEADERS.len()));
+    for (i, r) in reports.iter().enumerate() {
+        let row = Row::of(r);
+        let cells: Vec<String> = row.cells().iter().map(|c| md_escape(c)).collect();
+        let _ = writeln!(s, "| {} | {} |", i + 1, cells.join(" | "));
+    }
+    let mut first = true;
+    for (i, r) in reports.iter().enumerate() {
+        let lines = detail_lines(r);
+        if lines.is_empty() {
+            continue;
+        }
+        if std::mem::take(&mut first) {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "- #{} {}", i + 1, md_escape(&label(r)));
+        for l in lines {
+            let _ = writeln!(s, "  - {}", md_escape(&l));
+        }
+    }
+    s
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const CSS: &str = "
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1f2328;background:#fff}
+h1{font-size:1.5rem;margin-bottom:.25rem}
+h2{font-size:1.15rem;margin-top:2rem}
+p.sub{color:#59636e;margin-top:0}
+div.tw{overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:.85rem}
+th,td{border:1px solid #d1d9e0;padding:.3rem .5rem;text-align:left;white-space:nowrap}
+th{background:#f6f8fa;white-space:normal;vertical-align:bottom}
+td.w{white-space:normal;overflow-wrap:anywhere;min-width:10rem}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr:nth-child(even) td{background:#fbfcfd}
+.charts{display:flex;flex-wrap:wrap;gap:1.5rem}
+.chart{flex:1 1 540px;border:1px solid #d1d9e0;border-radius:6px;padding:.5rem}
+.chart svg{width:100%;height:auto}
+ul.details{font-size:.9rem;color:#333}
+ul.details ul{margin:.2rem 0 .6rem}
+.empty{color:#59636e;font-style:italic;padding:2rem}
+";
+
+/// A self-contained HTML page: the comparison table, a throughput-vs-TPOT scatter and a
+/// $/1M-output-token bar chart (inline SVG), and the per-report details.
+pub fn html(reports: &[Report]) -> String {
+    let mut s = String::new();
+    s.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    s.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    s.push_str("<title>silica benchmark report</title>\n<style>");
+    s.push_str(CSS);
+    s.push_str("</style>\n</head>\n<body>\n<h1>silica benchmark report</h1>\n");
+    let _ = writeln!(
+        s,
+        "<p class=\"sub\">{} report{}; serving metrics use vLLM's definitions (TPOT excludes the \
+         first token); $/1M = price per hour / (tokens/s &times; 3600 / 10<sup>6</sup>).</p>",
+        reports.len(),
+        if reports.len() == 1 { "" } else { "s" }
+    );
+    s.push_str("<div class=\"tw\"><table>\n<thead><tr><th>#</th>");
+    for h in HEADERS {
+        let _ = write!(s, "<th>{}</th>", html_escape(h));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for (i, r) in reports.iter().enumerate() {
+        let row = Row::of(r);
+        let _ = write!(s, "<tr><td class=\"n\">{}</td>", i + 1);
+        for (j, c) in row.cells().iter().enumerate() {
+            let class = match j {
+                2 => " class=\"w\"",
+                5..=9 => " class=\"n\"",
+                _ => "",
+            };
+            let _ = write!(s, "<td{class}>{}</td>", html_escape(c));
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</tbody>\n</table></div>\n");
+
+    s.push_str("<h2>Charts</h2>\n<div class=\"charts\">\n<div class=\"chart\">\n");
+    s.push_str(&scatter_svg(reports));
+    s.push_str("</div>\n<div class=\"chart\">\n");
+    s.push_str(&cost_svg(reports));
+    s.push_str("</div>\n</div>\n");
+
+    let details: Vec<(usize, &Report, Vec<String>)> = reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r, detail_lines(r)))
+        .filter(|(_, _, l)| !l.is_empty())
+        .collect();
+    if !details.is_empty() {
+        s.push_str("<h2>Details</h2>\n<ul class=\"details\">\n");
+        for (i, r, lines) in details {
+            let _ = write!(s, "<li><b>#{} {}</b><ul>", i + 1, html_escape(&label(r)));
+            for l in lines {
+                let _ = write!(s, "<li>{}</li>", html_escape(&l));
+            }
+            s.push_str("</ul></li>\n");
+        }
+        s.push_str("</ul>\n");
+    }
+    s.push_str("</body>\n</html>\n");
+    s
+}
+
+const W: u32 = 640;
+const H: u32 = 420;
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// A placeholder SVG with a message.
+fn empty_svg(title: &str, message: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} 120\" width=\"{W}\" height=\"120\">\
+         <text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"18\">{}</text>\
+         <text x=\"{}\" y=\"75\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"14\" fill=\"#59636e\">{}</text></svg>\n",
+        W / 2,
+        html_escape(title),
+        W / 2,
+        html_escape(message)
+    )
+}
+
+/// An axis range over `values` (all finite, positive when `log`), padded, in plot space
+/// (log10 when `log`).
+fn axis(values: &[f64], log: bool) -> (f64, f64) {
+    let t = |v: f64| if log { v.log10() } else { v };
+    let lo = values.iter().copied().map(t).fold(f64::INFINITY, f64::min);
+    let hi = values
+        .iter()
+        .copied()
+        .map(t)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if log {
+        let pad = ((hi - lo) * 0.15).max(0.15);
+        (lo - pad, hi + pad)
+    } else {
+        let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.15).max(1e-9);
+        ((lo - pad).max(0.0), hi + pad)
+    }
+}
+
+/// Whether values spread over enough decades to want a log axis.
+fn wants_log(values: &[f64]) -> bool {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    lo > 0.0 && hi / lo > 30.0
+}
+
+fn tick(v: f64, log: bool) -> String {
+    short(if log { 10f64.powf(v) } else { v })
+}
+
+/// An axis tick: at most three significant digits, no trailing zeros, `k` for thousands.
+fn short(v: f64) -> String {
+    if !v.is_finite() {
+        return String::new();
+    }
+    if v.abs() >= 10_000.0 {
+        return format!("{}k", short(v / 1000.0));
+    }
+    let digits = if v == 0.0 {
+        0
+    } else {
+        (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize
+    };
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// Output tok/s (x) against TPOT p50 (y), one labelled point per report that has both.
+fn scatter_svg(reports: &[Report]) -> String {
+    let title = "Throughput vs latency";
+    let pts: Vec<(usize, f64, f64)> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let x = r.output_tok_s()?;
+            let y = r.metrics.serving.as_ref()?.tpot_ms.as_ref()?.median;
+            (x.is_finite() && y.is_finite() && x > 0.0 && y > 0.0).then_some((i, x, y))
+        })
+        .collect();
+    if pts.is_empty() {
+        return empty_svg(title, "no report has both output tok/s and TPOT p50");
+    }
+    let xs: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    let ys: Vec<f64> = pts.iter().map(|p| p.2).collect();
+    let (xlog, ylog) = (wants_log(&xs), wants_log(&ys));
+    let (x0, x1) = axis(&xs, xlog);
+    let (y0, y1) = axis(&ys, ylog);
+    let tx = |v: f64| if xlog { v.log10() } else { v };
+    let ty = |v: f64| if ylog { v.log10() } else { v };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(14)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1, y0..y1)?;
+            chart
+                .configure_mesh()
+                .x_desc(if xlog {
+                    "output tokens/s (log scale)"
+                } else {
+                    "output tokens/s"
+                })
+                .y_desc(if ylog {
+                    "TPOT p50, ms (log scale)"
+                } else {
+                    "TPOT p50, ms"
+                })
+                .x_label_formatter(&|v| tick(*v, xlog))
+                .y_label_formatter(&|v| tick(*v, ylog))
+                .x_labels(7)
+                .y_labels(7)
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()?;
+            for &(i, x, y) in &pts {
+                let color = PALETTE[i % PALETTE.len()];
+                let text = format!("#{} {}", i + 1, label(&reports[i]));
+                // Labels of points in the right half go to their left, so they stay inside.
+                let right_half = tx(x) > (x0 + x1) / 2.0;
+                let width = (text.len() as f64 * 15.0 * 0.46) as i32;
+                let dx = if right_half { -10 - width } else { 10 };
+                chart.draw_series(std::iter::once(
+                    EmptyElement::at((tx(x), ty(y)))
+                        + Circle::new((0, 0), 6, color.filled())
+                        + Text::new(
+                            text,
+                            (dx, -18),
+                            ("sans-serif", 15).into_font().color(&color),
+                        ),
+                ))?;
+            }
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
+
+/// $/1M output tokens per report, horizontal bars.
+fn cost_svg(reports: &[Report]) -> String {
+    let title = "$ per 1M output tokens";
+    let bars: Vec<(usize, f64)> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let c = r.cost.as_ref()?.usd_per_1m_output_tokens?;
+            (c.is_finite() && c >= 0.0).then_some((i, c))
+        })
+        .collect();
+    if bars.is_empty() {
+        return empty_svg(
+            title,
+            "no report has a price (pass --instance or --price-per-hour)",
+        );
+    }
+    let labels: Vec<String> = bars
+        .iter()
+        .map(|(i, _)| format!("#{} {}", i + 1, label(&reports[*i])))
+        .collect();
+    let longest = labels.iter().map(|l| l.len()).max().unwrap_or(8) as u32;
+    let n = bars.len();
+    let height = (110 + 44 * n as u32).max(220);
+    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, height)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(14)
+                .x_label_area_size(40)
+                .y_label_area_size((longest * 8 + 16).min(W / 2))
+                .build_cartesian_2d(0.0..max * 1.22, -0.5..(n as f64 - 0.5))?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_labels(n)
+                .y_label_formatter(&|v| {
+                    let k = v.round();
+                    if (v - k).abs() < 1e-6 && k >= 0.0 && (k as usize) < n {
+                        // Top to bottom in report order.
+                        labels[n - 1 - k as usize].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_label_formatter(&|v| format!("${}", short(*v)))
+                .x_desc("USD per 1M output tokens")
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()?;
+            for (k, &(i, c)) in bars.iter().enumerate() {
+                let y = (n - 1 - k) as f64;
+                let color = PALETTE[i % PALETTE.len()];
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, y - 0.32), (c, y + 0.32)],
+                    color.filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    usd(Some(c)),
+                    (c + max * 0.015, y + 0.12),
+                    ("sans-serif", 15).into_font().color(&BLACK),
+                )))?;
+            }
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_short() {
+        assert_eq!(num(Some(1234.56)), "1235");
+        assert_eq!(num(Some(45.678)), "45.7");
+        assert_eq!(num(Some(2.1061)), "2.11");
+        assert_eq!(num(Some(0.12345)), "0.123");
+        assert_eq!(num(None), NONE);
+        assert_eq!(num(Some(f64::NAN)), NONE);
+        assert_eq!(usd(Some(2.106111)), "$2.106");
+        assert_eq!(usd(Some(210.6)), "$211");
+        assert_eq!(usd(Some(f64::INFINITY)), NONE);
+        assert_eq!(short(10.0), "10");
+        assert_eq!(short(5.0), "5");
+        assert_eq!(short(0.0), "0");
+        assert_eq!(short(2.5), "2.5");
+        assert_eq!(short(1000.0), "1000");
+        assert_eq!(short(31.622_776), "31.6");
+        assert_eq!(short(0.012_34), "0.0123");
+        assert_eq!(short(20_000.0), "20k");
+    }
+
+    #[test]
+    fn empty_inputs_render() {
+        let m = markdown(&[]);
+        assert!(m.starts_with("| # | instance |"));
+        let h = html(&[]);
+        assert!(h.contains("<svg") && h.contains("<table>") && h.ends_with("</html>\n"));
+    }
+}

@@ -1,0 +1,885 @@
+//! The test programs: every primitive op in several dtypes, every composite, aliases, and tiny
+//! Llama prefill/decode steps. Each case is a program plus inputs; expected outputs come from the
+//! CPU reference backend.
+
+#![allow(dead_code)]
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use silica_models::config::ModelConfig;
+use silica_models::llama::{build_step, LogitsMode, StepShape};
+use silica_tensor::graph::DotDims;
+use silica_tensor::{
+    BinaryOp, CmpDir, DType, Graph, GraphError, HostTensor, Program, UnaryOp, ValueId,
+};
+use std::path::Path;
+
+pub struct Case {
+    pub name: String,
+    pub program: Program,
+    pub inputs: Vec<HostTensor>,
+    pub atol: f64,
+    pub rtol: f64,
+}
+
+/// Tolerances per dtype: XLA may reorder/fuse f32 arithmetic and its transcendental functions
+/// differ from Rust's libm by an ulp or so; half types then round the same (check_hlo.py turns
+/// off XLA's excess precision, so every op rounds like the CPU backend): one ulp of slack.
+pub fn tol(dt: DType) -> (f64, f64) {
+    match dt {
+        DType::F32 => (1e-5, 1e-5),
+        DType::F64 => (1e-12, 1e-12),
+        DType::BF16 => (4e-3, 8e-3),
+        DType::F16 => (1e-3, 1e-3),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// Uniform values in [lo, hi) as `dt` (integers truncate; bool: value > mid).
+pub fn rand_t(dt: DType, shape: &[usize], lo: f64, hi: f64, seed: u64) -> HostTensor {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
+    if dt == DType::Bool {
+        let mid = (lo + hi) / 2.0;
+        return HostTensor::from_bools(&v.iter().map(|&x| x > mid).collect::<Vec<_>>(), shape)
+            .unwrap();
+    }
+    HostTensor::from_vec(v, shape).unwrap().convert(dt)
+}
+
+type Build = dyn FnOnce(&mut Graph, &[ValueId]) -> Result<Vec<ValueId>, GraphError>;
+
+/// A case whose inputs become parameters `x0, x1, …` and whose outputs are `out0, out1, …`.
+pub fn case(
+    name: impl Into<String>,
+    inputs: Vec<HostTensor>,
+    (atol, rtol): (f64, f64),
+    build: Box<Build>,
+) -> Case {
+    let name = name.into();
+    let mut g = Graph::new();
+    let params: Vec<ValueId> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| g.parameter(&format!("x{i}"), t.dtype(), t.shape().clone()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let outs = build(&mut g, &params).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let outputs = outs
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (format!("out{i}"), v))
+        .collect();
+    let program = Program::new(name.clone(), g, outputs).unwrap();
+    Case {
+        name,
+        program,
+        inputs,
+        atol,
+        rtol,
+    }
+}
+
+macro_rules! c {
+    ($name:expr, $inputs:expr, $tol:expr, |$g:ident, $p:ident| $body:expr) => {
+        case(
+            $name,
+            $inputs,
+            $tol,
+            Box::new(move |$g: &mut Graph, $p: &[ValueId]| Ok($body)),
+        )
+    };
+}
+
+const FLOATS: [DType; 4] = [DType::F32, DType::BF16, DType::F16, DType::F64];
+
+pub fn elementwise_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let s = [3usize, 5];
+    for dt in FLOATS {
+        for (k, op) in [
+            UnaryOp::Neg,
+            UnaryOp::Abs,
+            UnaryOp::Exp,
+            UnaryOp::Log,
+            UnaryOp::Sqrt,
+            UnaryOp::Rsqrt,
+            UnaryOp::Tanh,
+            UnaryOp::Logistic,
+            UnaryOp::Sin,
+            UnaryOp::Cos,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt);
+            let (lo, hi) = if positive { (0.05, 4.0) } else { (-3.0, 3.0) };
+            let x = rand_t(dt, &s, lo, hi, k as u64);
+            v.push(c!(
+                format!("{}_{dt}", op.name()),
+                vec![x],
+                tol(dt),
+                |g, p| vec![g.unary(op, p[0])?]
+            ));
+        }
+        for (k, op) in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Max,
+            BinaryOp::Min,
+            BinaryOp::Pow,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (lo, hi) = if op == BinaryOp::Pow {
+                (0.1, 3.0)
+            } else {
+                (-3.0, 3.0)
+            };
+            let a = rand_t(dt, &s, lo, hi, 100 + k as u64);
+            let b = rand_t(dt, &s, 0.2, 2.0, 200 + k as u64);
+            let b = if op == BinaryOp::Div || op == BinaryOp::Pow {
+                b
+            } else {
+                rand_t(dt, &s, -3.0, 3.0, 300 + k as u64)
+            };
+            v.push(c!(
+                format!("{}_{dt}", op.name()),
+                vec![a, b],
+                tol(dt),
+                |g, p| vec![g.binary(op, p[0], p[1])?]
+            ));
+        }
+    }
+    // Integer arithmetic (wrapping, truncating division).
+    for dt in [DType::I32, DType::I64, DType::U8] {
+        for (k, op) in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Max,
+            BinaryOp::Min,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (lo, hi) = if dt == DType::U8 {
+                (0.0, 255.0)
+            } else {
+                (-1000.0, 1000.0)
+            };
+            let a = rand_t(dt, &s, lo, hi, 400 + k as u64);
+            let b = if op == BinaryOp::Div {
+                rand_t(dt, &s, 1.0, 30.0, 500 + k as u64)
+            } else {
+                rand_t(dt, &s, lo, hi, 600 + k as u64)
+            };
+            v.push(c!(
+                format!("{}_{dt}", op.name()),
+                vec![a, b],
+                (0.0, 0.0),
+                |g, p| vec![g.binary(op, p[0], p[1])?]
+            ));
+        }
+        if dt != DType::U8 {
+            for op in [UnaryOp::Neg, UnaryOp::Abs] {
+                let x = rand_t(dt, &s, -1000.0, 1000.0, 700);
+                v.push(c!(
+                    format!("{}_{dt}", op.name()),
+                    vec![x],
+                    (0.0, 0.0),
+                    |g, p| vec![g.unary(op, p[0])?]
+                ));
+            }
+        }
+    }
+    // Integer wrap-around and division by zero (XLA: x / 0 = -1).
+    let a = HostTensor::from_vec(vec![i32::MAX, i32::MIN, 7, -7, 5, 0], [6]).unwrap();
+    let b = HostTensor::from_vec(vec![1i32, -1, 0, 2, -2, 0], [6]).unwrap();
+    v.push(c!(
+        "int_edge_cases_i32",
+        vec![a, b],
+        (0.0, 0.0),
+        |g, p| vec![g.add(p[0], p[1])?, g.div(p[0], p[1])?, g.mul(p[0], p[1])?]
+    ));
+    // Compare: all directions, with equal elements present.
+    for dt in [
+        DType::F32,
+        DType::BF16,
+        DType::I32,
+        DType::U8,
+        DType::Bool,
+        DType::F64,
+    ] {
+        let (lo, hi) = if dt == DType::U8 {
+            (0.0, 4.0)
+        } else {
+            (-2.0, 2.0)
+        };
+        let a = rand_t(dt, &s, lo, hi, 800);
+        let mut b = rand_t(dt, &s, lo, hi, 801).to_f64_vec();
+        let av = a.to_f64_vec();
+        for i in (0..b.len()).step_by(3) {
+            b[i] = av[i];
+        }
+        let b = if dt == DType::Bool {
+            HostTensor::from_bools(&b.iter().map(|&x| x != 0.0).collect::<Vec<_>>(), s).unwrap()
+        } else {
+            HostTensor::from_vec(b, s).unwrap().convert(dt)
+        };
+        v.push(c!(
+            format!("compare_{dt}"),
+            vec![a, b],
+            (0.0, 0.0),
+            |g, p| {
+                let mut o = Vec::new();
+                for d in [
+                    CmpDir::Eq,
+                    CmpDir::Ne,
+                    CmpDir::Lt,
+                    CmpDir::Le,
+                    CmpDir::Gt,
+                    CmpDir::Ge,
+                ] {
+                    o.push(g.compare(p[0], p[1], d)?);
+                }
+                o
+            }
+        ));
+    }
+    // NaN compares unordered (IEEE), like the CPU backend.
+    let a = HostTensor::from_vec(vec![f32::NAN, 1.0, f32::NAN, -0.0], [4]).unwrap();
+    let b = HostTensor::from_vec(vec![f32::NAN, f32::NAN, 2.0, 0.0], [4]).unwrap();
+    v.push(c!("compare_nan_f32", vec![a, b], (0.0, 0.0), |g, p| {
+        let mut o = Vec::new();
+        for d in [CmpDir::Eq, CmpDir::Ne, CmpDir::Lt, CmpDir::Ge] {
+            o.push(g.compare(p[0], p[1], d)?);
+        }
+        o
+    }));
+    // Select, with a broadcast predicate and branches.
+    for dt in [DType::F32, DType::I32, DType::Bool, DType::BF16] {
+        let pr = rand_t(DType::Bool, &[3, 1], 0.0, 1.0, 900);
+        let t = rand_t(dt, &s, -5.0, 5.0, 901);
+        let f = rand_t(dt, &[5], -5.0, 5.0, 902);
+        v.push(c!(
+            format!("select_{dt}"),
+            vec![pr, t, f],
+            (0.0, 0.0),
+            |g, p| vec![g.select(p[0], p[1], p[2])?]
+        ));
+    }
+    // Convert between every pair worth having (values in range of the target).
+    let pairs = [
+        (DType::F32, DType::BF16),
+        (DType::BF16, DType::F32),
+        (DType::F32, DType::F16),
+        (DType::F16, DType::F32),
+        (DType::F32, DType::F64),
+        (DType::F64, DType::F32),
+        (DType::F32, DType::I32),
+        (DType::I32, DType::F32),
+        (DType::F32, DType::Bool),
+        (DType::Bool, DType::F32),
+        (DType::I32, DType::I64),
+        (DType::I64, DType::I32),
+        (DType::U8, DType::I32),
+        (DType::I32, DType::U8),
+        (DType::BF16, DType::I32),
+        (DType::I32, DType::BF16),
+        (DType::Bool, DType::I32),
+        (DType::I32, DType::Bool),
+        (DType::BF16, DType::F16),
+    ];
+    for (k, (from, to)) in pairs.into_iter().enumerate() {
+        let (lo, hi) = if to == DType::U8 || from == DType::U8 {
+            (0.0, 200.0)
+        } else {
+            (-100.0, 100.0)
+        };
+        let mut x = rand_t(from, &[4, 6], lo, hi, 1000 + k as u64);
+        if from.is_float() && to == DType::Bool {
+            // Exact zeros must stay false.
+            let mut d = x.to_f64_vec();
+            d[0] = 0.0;
+            d[5] = -0.0;
+            x = HostTensor::from_vec(d, [4, 6]).unwrap().convert(from);
+        }
+        v.push(c!(
+            format!("convert_{from}_to_{to}"),
+            vec![x],
+            tol(to),
+            |g, p| vec![g.convert(p[0], to)?]
+        ));
+    }
+    // Constants of every dtype, and iota.
+    v.push(c!("constants", vec![], (0.0, 0.0), |g, _p| {
+        let mut o = Vec::new();
+        for (k, dt) in DType::ALL.into_iter().enumerate() {
+            let t = rand_t(dt, &[2, 3], -50.0, 50.0, 1100 + k as u64);
+            let t = if dt == DType::U8 {
+                rand_t(dt, &[2, 3], 0.0, 250.0, 1100)
+            } else {
+                t
+            };
+            o.push(g.constant(t));
+        }
+        o.push(g.scalar(-0.5, DType::BF16));
+        o.push(g.scalar(f64::NEG_INFINITY, DType::F32));
+        o
+    }));
+    v.push(c!("iota", vec![], (0.0, 0.0), |g, _p| vec![
+        g.iota(DType::I32, [3, 4], 0)?,
+        g.iota(DType::I32, [3, 4], 1)?,
+        g.iota(DType::F32, [2, 3, 4], 2)?,
+        g.iota(DType::BF16, [5], 0)?,
+        g.iota(DType::I64, [2, 2], 1)?,
+        g.iota(DType::U8, [4], 0)?
+    ]));
+    v
+}
+
+pub fn layout_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in [DType::F32, DType::BF16, DType::I32, DType::Bool] {
+        let x = rand_t(dt, &[2, 3, 4], -9.0, 9.0, 2000);
+        v.push(c!(
+            format!("reshape_transpose_{dt}"),
+            vec![x],
+            (0.0, 0.0),
+            |g, p| vec![
+                g.reshape(p[0], [6, 4])?,
+                g.reshape(p[0], [4, 3, 2])?,
+                g.transpose(p[0], &[2, 0, 1])?,
+                g.transpose(p[0], &[1, 2, 0])?,
+                g.reshape(p[0], [24])?
+            ]
+        ));
+        let x = rand_t(dt, &[3, 1], -9.0, 9.0, 2001);
+        let y = rand_t(dt, &[], -9.0, 9.0, 2002);
+        v.push(c!(
+            format!("broadcast_{dt}"),
+            vec![x, y],
+            (0.0, 0.0),
+            |g, p| vec![
+                g.broadcast_in_dim(p[0], [2, 3, 4], &[1, 2])?,
+                g.broadcast_in_dim(p[0], [3, 5, 1], &[0, 2])?,
+                g.broadcast_in_dim(p[1], [2, 2], &[])?,
+                g.broadcast_to(p[0], [2, 3, 6])?
+            ]
+        ));
+        let x = rand_t(dt, &[5, 7], -9.0, 9.0, 2003);
+        v.push(c!(format!("slice_{dt}"), vec![x], (0.0, 0.0), |g, p| vec![
+            g.slice(p[0], &[1, 0], &[4, 7], &[1, 2])?,
+            g.slice(p[0], &[0, 2], &[5, 6], &[3, 1])?,
+            g.slice_axis(p[0], 1, 3, 4)?
+        ]));
+        let a = rand_t(dt, &[2, 3], -9.0, 9.0, 2004);
+        let b = rand_t(dt, &[2, 1], -9.0, 9.0, 2005);
+        let c2 = rand_t(dt, &[2, 4], -9.0, 9.0, 2006);
+        v.push(c!(
+            format!("concatenate_{dt}"),
+            vec![a, b, c2],
+            (0.0, 0.0),
+            |g, p| {
+                let ab = g.concat(&[p[0], p[1], p[2]], 1)?;
+                let t = g.transpose(ab, &[1, 0])?;
+                vec![ab, g.concat(&[t, t], 0)?]
+            }
+        ));
+        let x = rand_t(dt, &[2, 3], -9.0, 9.0, 2007);
+        let pv = rand_t(dt, &[], -9.0, 9.0, 2008);
+        v.push(c!(
+            format!("pad_{dt}"),
+            vec![x, pv],
+            (0.0, 0.0),
+            |g, p| vec![
+                g.pad(p[0], p[1], &[1, 0], &[2, 3], &[0, 2])?,
+                g.pad(p[0], p[1], &[0, 0], &[0, 0], &[1, 1])?
+            ]
+        ));
+    }
+    // Gather (`take`) along each axis, with matrix, vector and scalar indices; out-of-range and
+    // negative indices clamp.
+    for dt in [DType::F32, DType::BF16, DType::I32] {
+        let x = rand_t(dt, &[4, 5, 3], -9.0, 9.0, 2100);
+        let i2 = HostTensor::from_vec(vec![3i32, 0, 1, 1, 2, 3], [2, 3]).unwrap();
+        let i1 = HostTensor::from_vec(vec![4i32, 0, 9, -2], [4]).unwrap();
+        let i0 = HostTensor::from_vec(vec![2i64], []).unwrap();
+        let iu = HostTensor::from_vec(vec![2u8, 0, 1], [3]).unwrap();
+        v.push(c!(
+            format!("gather_{dt}"),
+            vec![x, i2, i1, i0, iu],
+            (0.0, 0.0),
+            |g, p| vec![
+                g.gather(p[0], p[1], 0)?,
+                g.gather(p[0], p[2], 1)?,
+                g.gather(p[0], p[1], 2)?,
+                g.gather(p[0], p[3], 1)?,
+                g.gather(p[0], p[4], 2)?
+            ]
+        ));
+    }
+    // Dynamic slice / update slice with runtime starts, clamped.
+    for dt in [DType::F32, DType::BF16, DType::I32] {
+        let x = rand_t(dt, &[4, 6], -9.0, 9.0, 2200);
+        let u = rand_t(dt, &[2, 3], -9.0, 9.0, 2201);
+        let s: Vec<HostTensor> = [1i32, 2, 3, 5, -1, 0]
+            .iter()
+            .map(|&k| HostTensor::from_vec(vec![k], []).unwrap())
+            .collect();
+        let mut inputs = vec![x, u];
+        inputs.extend(s);
+        v.push(c!(
+            format!("dynamic_slice_{dt}"),
+            inputs,
+            (0.0, 0.0),
+            |g, p| vec![
+                g.dynamic_slice(p[0], &[p[2], p[3]], &[2, 3])?,
+                g.dynamic_slice(p[0], &[p[4], p[5]], &[2, 3])?,
+                g.dynamic_slice(p[0], &[p[6], p[7]], &[3, 4])?,
+                g.dynamic_update_slice(p[0], p[1], &[p[2], p[3]])?,
+                g.dynamic_update_slice(p[0], p[1], &[p[4], p[5]])?,
+                g.dynamic_update_slice(p[0], p[1], &[p[6], p[7]])?
+            ]
+        ));
+    }
+    let x = rand_t(DType::F32, &[3, 4], -9.0, 9.0, 2300);
+    let u = rand_t(DType::F32, &[1, 4], -9.0, 9.0, 2301);
+    let r = HostTensor::from_vec(vec![2i64], []).unwrap();
+    v.push(c!(
+        "dynamic_update_slice_i64_starts",
+        vec![x, u, r],
+        (0.0, 0.0),
+        |g, p| {
+            let z = g.scalar(0.0, DType::I64);
+            vec![g.dynamic_update_slice(p[0], p[1], &[p[2], z])?]
+        }
+    ));
+    v
+}
+
+pub fn reduce_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in [
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::F64,
+        DType::I32,
+        DType::I64,
+        DType::U8,
+    ] {
+        let (lo, hi) = if dt == DType::U8 {
+            (0.0, 60.0)
+        } else {
+            (-50.0, 50.0)
+        };
+        let x = rand_t(dt, &[3, 4, 5], lo, hi, 3000);
+        let (atol, rtol) = tol(dt);
+        v.push(c!(
+            format!("reduce_{dt}"),
+            vec![x],
+            (atol * 10.0, rtol),
+            |g, p| vec![
+                g.reduce_sum(p[0], &[2])?,
+                g.reduce_sum(p[0], &[0, 2])?,
+                g.reduce_sum(p[0], &[0, 1, 2])?,
+                g.reduce_max(p[0], &[1])?,
+                g.reduce_max(p[0], &[0, 2])?,
+                g.reduce_max(p[0], &[0, 1, 2])?,
+                g.sum_keepdim(p[0], 1)?
+            ]
+        ));
+        if dt != DType::U8 {
+            let x = rand_t(dt, &[4, 6], lo, hi, 3001);
+            v.push(c!(
+                format!("argmax_{dt}"),
+                vec![x],
+                (0.0, 0.0),
+                |g, p| vec![g.argmax(p[0], 0)?, g.argmax(p[0], 1)?]
+            ));
+        }
+    }
+    // argmax: ties take the first index; NaN never wins except at index 0; -inf rows give 0.
+    let inf = f32::INFINITY;
+    let rows: Vec<f32> = vec![
+        1.0,
+        3.0,
+        3.0,
+        2.0, //
+        5.0,
+        5.0,
+        5.0,
+        5.0, //
+        f32::NAN,
+        1.0,
+        9.0,
+        9.0, //
+        1.0,
+        f32::NAN,
+        9.0,
+        f32::NAN, //
+        -inf,
+        -inf,
+        -inf,
+        -inf, //
+        -inf,
+        f32::NAN,
+        -inf,
+        -1.0, //
+        2.0,
+        inf,
+        inf,
+        f32::NAN, //
+        -0.0,
+        0.0,
+        -0.0,
+        0.0,
+    ];
+    let x = HostTensor::from_vec(rows, [8, 4]).unwrap();
+    v.push(c!(
+        "argmax_edge_cases_f32",
+        vec![x.clone()],
+        (0.0, 0.0),
+        |g, p| {
+            let t = g.transpose(p[0], &[1, 0])?;
+            vec![g.argmax(p[0], 1)?, g.argmax(t, 0)?]
+        }
+    ));
+    let xb = x.convert(DType::BF16);
+    v.push(c!(
+        "argmax_edge_cases_bf16",
+        vec![xb],
+        (0.0, 0.0),
+        |g, p| vec![g.argmax(p[0], 1)?]
+    ));
+    // max with NaN propagates (HLO maximum does).
+    let x = HostTensor::from_vec(vec![1.0f32, f32::NAN, 3.0, -inf, -inf, -inf], [2, 3]).unwrap();
+    v.push(c!(
+        "reduce_max_nan_inf_f32",
+        vec![x],
+        (0.0, 0.0),
+        |g, p| vec![g.reduce_max(p[0], &[1])?]
+    ));
+    v
+}
+
+pub fn dot_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in [DType::F32, DType::BF16, DType::F16, DType::F64, DType::I32] {
+        let (lo, hi) = if dt == DType::I32 {
+            (-20.0, 20.0)
+        } else {
+            (-1.0, 1.0)
+        };
+        let (atol, rtol) = tol(dt);
+        let (atol, rtol) = if dt.is_float() {
+            (atol * 5.0, rtol * 5.0)
+        } else {
+            (0.0, 0.0)
+        };
+        let a = rand_t(dt, &[5, 16], lo, hi, 4000);
+        let b = rand_t(dt, &[16, 7], lo, hi, 4001);
+        let w = rand_t(dt, &[7, 16], lo, hi, 4002);
+        let q = rand_t(dt, &[2, 3, 4, 8], lo, hi, 4003);
+        let k = rand_t(dt, &[2, 3, 6, 8], lo, hi, 4004);
+        v.push(c!(
+            format!("dot_{dt}"),
+            vec![a, b, w, q, k],
+            (atol, rtol),
+            |g, p| {
+                let mm = g.matmul(p[0], p[1])?;
+                let lin = g.linear(p[0], p[2])?;
+                // Batched q·kᵀ: batch dims (0, 1), contract the last.
+                let s = g.dot_general(
+                    p[3],
+                    p[4],
+                    DotDims {
+                        lhs_batch: vec![0, 1],
+                        rhs_batch: vec![0, 1],
+                        lhs_contract: vec![3],
+                        rhs_contract: vec![3],
+                    },
+                )?;
+                // Batch dims not leading, two contracting dims, rhs free dim first.
+                let odd = g.dot_general(
+                    p[3],
+                    p[4],
+                    DotDims {
+                        lhs_batch: vec![1],
+                        rhs_batch: vec![1],
+                        lhs_contract: vec![0, 3],
+                        rhs_contract: vec![0, 3],
+                    },
+                )?;
+                // Outer product (no contraction).
+                let x = g.slice_axis(p[0], 0, 0, 1)?;
+                let x = g.reshape(x, [16])?;
+                let y = g.slice_axis(p[1], 1, 0, 1)?;
+                let y = g.reshape(y, [16])?;
+                let outer = g.dot_general(x, y, DotDims::default())?;
+                vec![mm, lin, s, odd, outer]
+            }
+        ));
+    }
+    v
+}
+
+pub fn composite_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for dt in [DType::F32, DType::BF16] {
+        let (atol, rtol) = tol(dt);
+        let (atol, rtol) = (atol * 5.0, rtol * 2.0);
+        let x = rand_t(dt, &[2, 3, 8], -2.0, 2.0, 5000);
+        let w = rand_t(dt, &[8], 0.5, 1.5, 5001);
+        v.push(c!(
+            format!("rms_norm_{dt}"),
+            vec![x.clone(), w],
+            (atol, rtol),
+            |g, p| vec![g.rms_norm(p[0], p[1], 1e-5)?]
+        ));
+        v.push(c!(
+            format!("softmax_{dt}"),
+            vec![x.clone()],
+            (atol, rtol),
+            |g, p| vec![g.softmax(p[0], 2)?, g.softmax(p[0], 1)?]
+        ));
+        v.push(c!(
+            format!("silu_{dt}"),
+            vec![x],
+            (atol, rtol),
+            |g, p| vec![g.silu(p[0])?]
+        ));
+        let x = rand_t(dt, &[2, 3, 4, 8], -2.0, 2.0, 5002);
+        let ang = rand_t(DType::F32, &[2, 4, 8], -3.0, 3.0, 5003);
+        let cos = HostTensor::from_vec(
+            ang.to_f32_vec().iter().map(|a| a.cos()).collect::<Vec<_>>(),
+            [2, 4, 8],
+        )
+        .unwrap()
+        .convert(dt);
+        let sin = HostTensor::from_vec(
+            ang.to_f32_vec().iter().map(|a| a.sin()).collect::<Vec<_>>(),
+            [2, 4, 8],
+        )
+        .unwrap()
+        .convert(dt);
+        v.push(c!(
+            format!("rope_{dt}"),
+            vec![x, cos, sin],
+            (atol, rtol),
+            |g, p| vec![g.rope(p[0], p[1], p[2])?]
+        ));
+        // GQA attention (4 query heads over 2 kv heads) with a causal-style additive mask.
+        let q = rand_t(dt, &[2, 4, 3, 8], -1.0, 1.0, 5004);
+        let k = rand_t(dt, &[2, 2, 5, 8], -1.0, 1.0, 5005);
+        let vv = rand_t(dt, &[2, 2, 5, 6], -1.0, 1.0, 5006);
+        let mut m = vec![0f32; 2 * 3 * 5];
+        for b in 0..2 {
+            for t in 0..3 {
+                for s in 0..5 {
+                    if s > t + 2 {
+                        m[(b * 3 + t) * 5 + s] = silica_models::llama::mask_min(dt) as f32;
+                    }
+                }
+            }
+        }
+        let mask = HostTensor::from_vec(m, [2, 3, 5]).unwrap().convert(dt);
+        v.push(c!(
+            format!("attention_{dt}"),
+            vec![q, k, vv, mask],
+            (atol, rtol),
+            |g, p| vec![g.attention(p[0], p[1], p[2], p[3], 0.35)?]
+        ));
+    }
+    v
+}
+
+/// A KV-cache-style update aliased to its input, plus a plain output that reads the new cache.
+pub fn alias_case() -> Case {
+    let mut g = Graph::new();
+    let cache = g.parameter("cache", DType::F32, [2, 3, 8, 4]).unwrap();
+    let upd = g.parameter("update", DType::F32, [1, 3, 2, 4]).unwrap();
+    let row = g.parameter("row", DType::I32, []).unwrap();
+    let pos = g.parameter("pos", DType::I32, []).unwrap();
+    let z = g.scalar(0.0, DType::I32);
+    let new = g
+        .dynamic_update_slice(cache, upd, &[row, z, pos, z])
+        .unwrap();
+    let sum = g.reduce_sum(new, &[1, 3]).unwrap();
+    let program = Program::new(
+        "kv_alias",
+        g,
+        vec![("sum".into(), sum), ("cache.out".into(), new)],
+    )
+    .unwrap()
+    .alias("cache.out", "cache")
+    .unwrap();
+    let inputs = vec![
+        rand_t(DType::F32, &[2, 3, 8, 4], -1.0, 1.0, 6000),
+        rand_t(DType::F32, &[1, 3, 2, 4], -1.0, 1.0, 6001),
+        HostTensor::from_vec(vec![1i32], []).unwrap(),
+        HostTensor::from_vec(vec![5i32], []).unwrap(),
+    ];
+    Case {
+        name: "kv_alias".into(),
+        program,
+        inputs,
+        atol: 1e-5,
+        rtol: 1e-5,
+    }
+}
+
+fn tiny_config(arch: &str, extra: &str) -> ModelConfig {
+    let text = format!(
+        r#"{{"model_type": "{arch}", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50, "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5 {extra}}}"#
+    );
+    ModelConfig::from_json_str(&text, Path::new("test-config")).unwrap()
+}
+
+/// Inputs of a Llama step program: weights, then ids/positions/write_pos/(logits_index)/inv_freq,
+/// then the caches (filled with random "earlier" entries so cached slots matter).
+fn llama_inputs(cfg: &ModelConfig, s: &StepShape, start: &[usize], seed: u64) -> Vec<HostTensor> {
+    let weights = silica_models::weights::random_weights_std(cfg, s.dtype, seed, 0.25);
+    let mut inputs: Vec<HostTensor> = weights.into_iter().map(|(_, t)| t).collect();
+    let (b, t) = (s.batch, s.seq);
+    let ids: Vec<i32> = (0..b * t)
+        .map(|i| ((i * 7 + 3) % cfg.vocab_size) as i32)
+        .collect();
+    inputs.push(HostTensor::from_vec(ids, [b, t]).unwrap());
+    let pos: Vec<i32> = (0..b * t).map(|i| (start[i / t] + i % t) as i32).collect();
+    inputs.push(HostTensor::from_vec(pos, [b, t]).unwrap());
+    inputs.push(
+        HostTensor::from_vec(start.iter().map(|&p| p as i32).collect::<Vec<_>>(), [b]).unwrap(),
+    );
+    if s.logits == LogitsMode::Last {
+        inputs.push(HostTensor::from_vec(vec![(t - 1) as i32; b], [b]).unwrap());
+    }
+    let f = silica_models::rope::rope_freqs(cfg, s.cache_len);
+    inputs.push(HostTensor::from_vec(f.inv_freq, [cfg.head_dim / 2]).unwrap());
+    for l in 0..2 * cfg.num_hidden_layers {
+        let shape = [b, cfg.num_key_value_heads, s.cache_len, cfg.head_dim];
+        inputs.push(rand_t(s.dtype, &shape, -1.0, 1.0, seed + 100 + l as u64));
+    }
+    inputs
+}
+
+pub fn llama_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    let cfg = tiny_config("llama", "");
+    let mistral = tiny_config("mistral", r#", "sliding_window": 3, "rope_theta": 1000.0"#);
+    let qwen = tiny_config("qwen2", r#", "tie_word_embeddings": true"#);
+    let shapes = [
+        (
+            "llama_prefill_f32",
+            &cfg,
+            2,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![0, 2],
+        ),
+        (
+            "llama_decode_f32",
+            &cfg,
+            2,
+            1,
+            LogitsMode::Last,
+            DType::F32,
+            vec![3, 6],
+        ),
+        (
+            "mistral_prefill_window_f32",
+            &mistral,
+            2,
+            4,
+            LogitsMode::Last,
+            DType::F32,
+            vec![0, 3],
+        ),
+        (
+            "qwen2_decode_f32",
+            &qwen,
+            1,
+            1,
+            LogitsMode::Last,
+            DType::F32,
+            vec![5],
+        ),
+        (
+            "llama_prefill_bf16",
+            &cfg,
+            1,
+            4,
+            LogitsMode::All,
+            DType::BF16,
+            vec![1],
+        ),
+        (
+            "llama_decode_bf16",
+            &cfg,
+            2,
+            1,
+            LogitsMode::Last,
+            DType::BF16,
+            vec![3, 6],
+        ),
+    ];
+    for (k, (name, cfg, batch, seq, logits, dtype, start)) in shapes.into_iter().enumerate() {
+        let s = StepShape {
+            batch,
+            seq,
+            cache_len: 8,
+            logits,
+            dtype,
+        };
+        let program = build_step(cfg, &s).unwrap();
+        let inputs = llama_inputs(cfg, &s, &start, 11 + k as u64);
+        // Whole-model chains: f32 sums over 32–48 wide dots reordered by XLA; bf16 rounds like
+        // the CPU backend after every op, but one flipped rounding propagates a few ulps.
+        let (atol, rtol) = if dtype == DType::F32 {
+            (2e-5, 2e-5)
+        } else {
+            (2e-2, 2e-2)
+        };
+        v.push(Case {
+            name: name.into(),
+            program,
+            inputs,
+            atol,
+            rtol,
+        });
+    }
+    v
+}
+
+/// Outputs that are inputs, repeated values and unused inputs.
+pub fn output_edge_case() -> Case {
+    let x = rand_t(DType::F32, &[2, 3], -1.0, 1.0, 7000);
+    let y = rand_t(DType::I32, &[4], -9.0, 9.0, 7001);
+    c!("outputs_edge_cases", vec![x, y], (0.0, 0.0), |g, p| {
+        let one = g.scalar(1.0, DType::F32);
+        let z = g.add(p[0], one)?;
+        vec![p[0], z, z, p[0]]
+    })
+}
+
+pub fn all_cases() -> Vec<Case> {
+    let mut v = elementwise_cases();
+    v.push(output_edge_case());
+    v.extend(layout_cases());
+    v.extend(reduce_cases());
+    v.extend(dot_cases());
+    v.extend(composite_cases());
+    v.push(alias_case());
+    v.extend(llama_cases());
+    v
+}

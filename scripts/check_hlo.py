@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Executes lowered silica programs (serialized XLA HloModuleProtos) on XLA CPU through jax and
+compares their outputs with the CPU reference backend's.
+
+    check_hlo.py CASES_DIR [--filter SUBSTRING] [--verbose]
+
+Every folder under CASES_DIR that holds a `module.pb` is a case:
+  module.pb             serialized xla.HloModuleProto (silica_hlo::lower)
+  inputs.safetensors    in0, in1, ... in parameter order
+  expected.safetensors  out0, out1, ... in output (result tuple) order
+  case.json             {"name": ..., "atol": ..., "rtol": ..., "aliases": [[output, parameter], ...]}
+An output passes when |got - expected| <= atol + rtol * |expected| elementwise (NaN matches NaN,
+infinities must match exactly); integer and boolean outputs must be equal; the module's
+input_output_alias, as XLA parsed it, must be the case's aliases. One line per case;
+the exit status is non-zero if any case fails or cannot be compiled.
+
+Needs the pinned jax of scripts/requirements-hlo.txt (private xla_client API; see DESIGN.md,
+"Lowering"): `bash scripts/check_hlo.sh` makes .venv-hlo with it.
+"""
+
+import json
+import os
+import re
+import struct
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# XLA may otherwise skip the rounding of f16/bf16 intermediates inside fusions; silica's CPU
+# reference rounds after every op, as neuronx-cc with --auto-cast none does.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_allow_excess_precision=false").strip()
+
+import numpy as np
+import ml_dtypes
+import jax
+import jax.extend.backend
+from jax._src.lib import xla_client as xc
+
+# f64/i64 inputs must reach XLA unchanged (jax would canonicalize them to 32 bits).
+jax.config.update("jax_enable_x64", True)
+
+SAFETENSORS_DTYPES = {
+    "BOOL": np.bool_,
+    "U8": np.uint8,
+    "I32": np.int32,
+    "I64": np.int64,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "F32": np.float32,
+    "F64": np.float64,
+}
+
+
+def read_safetensors(path):
+    """A minimal safetensors reader (the format is an 8-byte header length, JSON, raw bytes)."""
+    data = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dt = SAFETENSORS_DTYPES[info["dtype"]]
+        arr = np.frombuffer(data[base + start : base + end], dtype=dt).reshape(info["shape"])
+        out[name] = arr.copy()
+    return out
+
+
+def ordered(tensors, prefix):
+    return [tensors[f"{prefix}{i}"] for i in range(len(tensors))]
+
+
+def compare(got, want, atol, rtol):
+    """Returns (ok, max_abs_diff, message)."""
+    got = np.asarray(got)
+    if got.shape != want.shape:
+        return False, float("inf"), f"shape {got.shape} != expected {want.shape}"
+    if got.dtype != want.dtype:
+        return False, float("inf"), f"dtype {got.dtype} != expected {want.dtype}"
+    if got.size == 0:
+        return True, 0.0, ""
+    if want.dtype == np.bool_ or np.issubdtype(want.dtype, np.integer):
+        bad = got != want
+        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+        if bad.any():
+            i = np.unravel_index(np.argmax(bad), bad.shape)
+            return False, diff, f"{int(bad.sum())} mismatches, first at {i}: {got[i]} vs {want[i]}"
+        return True, diff, ""
+    g = got.astype(np.float64)
+    w = want.astype(np.float64)
+    both_nan = np.isnan(g) & np.isnan(w)
+    same_inf = np.isinf(w) & (g == w)
+    with np.errstate(invalid="ignore"):
+        d = np.abs(g - w)
+    d = np.where(both_nan | same_inf, 0.0, d)
+    d = np.where(np.isnan(d), np.inf, d)
+    bad = d > atol + rtol * np.abs(np.where(np.isfinite(w), w, 0.0))
+    diff = float(d.max())
+    if bad.any():
+        i = np.unravel_index(np.argmax(bad), bad.shape)
+        return False, diff, f"{int(bad.sum())} of {bad.size} beyond tolerance, first at {i}: {g[i]} vs {w[i]}"
+    return True, diff, ""
+
+
+def run_case(backend, devices, folder):
+    meta = json.loads((folder / "case.json").read_text())
+    proto = (folder / "module.pb").read_bytes()
+    inputs = ordered(read_safetensors(folder / "inputs.safetensors"), "in")
+    expected = ordered(read_safetensors(folder / "expected.safetensors"), "out")
+    t0 = time.perf_counter()
+    computation = xc.XlaComputation(proto)
+    header = computation.as_hlo_text().split("\n", 1)[0]
+    got_aliases = sorted([int(o), int(p)] for o, p in re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header))
+    want_aliases = sorted(meta.get("aliases", []))
+    if got_aliases != want_aliases:
+        return meta["name"], False, float("inf"), f"aliases {got_aliases} != expected {want_aliases}: {header}", (0.0, 0.0)
+    module = xc._xla.mlir.xla_computation_to_mlir_module(computation)
+    exe = backend.compile_and_load(module, devices, xc.CompileOptions())
+    t1 = time.perf_counter()
+    args = [jax.device_put(x, devices[0]) for x in inputs]
+    outs = exe.execute(args)
+    outs = [np.asarray(o) for o in outs]
+    t2 = time.perf_counter()
+    if len(outs) != len(expected):
+        return meta["name"], False, float("inf"), f"{len(outs)} outputs, expected {len(expected)}", (t1 - t0, t2 - t1)
+    worst, msgs, ok_all = 0.0, [], True
+    for k, (g, w) in enumerate(zip(outs, expected)):
+        ok, diff, msg = compare(g, w, meta["atol"], meta["rtol"])
+        worst = max(worst, diff)
+        if not ok:
+            ok_all = False
+            msgs.append(f"out{k}: {msg}")
+    return meta["name"], ok_all, worst, "; ".join(msgs), (t1 - t0, t2 - t1)
+
+
+def main(argv):
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    verbose = "--verbose" in argv
+    flt = None
+    if "--filter" in argv:
+        flt = argv[argv.index("--filter") + 1]
+        args.remove(flt)
+    if len(args) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    root = Path(args[0])
+    cases = sorted(p.parent for p in root.rglob("module.pb"))
+    if flt:
+        cases = [c for c in cases if flt in c.name]
+    if not cases:
+        print(f"no case folders (with module.pb) under {root}", file=sys.stderr)
+        return 2
+    backend = jax.extend.backend.get_backend("cpu")
+    devices = xc.DeviceList(tuple(backend.local_devices()[:1]))
+    print(f"check_hlo: jax {jax.__version__}, XLA {backend.platform} ({backend.platform_version}), {len(cases)} cases")
+    failed = 0
+    t_start = time.perf_counter()
+    def attempt(folder):
+        try:
+            return run_case(backend, devices, folder)
+        except Exception as e:  # noqa: BLE001 - report and go on with the other cases
+            hlo = ""
+            if verbose:
+                try:
+                    hlo = "\n" + xc.XlaComputation((folder / "module.pb").read_bytes()).as_hlo_text()
+                except Exception as e2:  # noqa: BLE001
+                    hlo = f"\n(cannot print HLO: {e2})"
+            return folder.name, False, float("nan"), f"{type(e).__name__}: {e}{hlo}", (0.0, 0.0)
+
+    # XLA compiles without holding the GIL: a few threads keep every core busy.
+    workers = int(os.environ.get("CHECK_HLO_THREADS", "0")) or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for name, ok, diff, msg, (tc, te) in pool.map(attempt, cases):
+            failed += not ok
+            status = "ok  " if ok else "FAIL"
+            line = f"{status} {name:<40} max|diff| {diff:.3e}  compile {tc * 1e3:7.1f} ms  run {te * 1e3:7.1f} ms"
+            if msg:
+                line += f"\n     {msg}"
+            print(line, flush=True)
+    total = time.perf_counter() - t_start
+    print(f"check_hlo: {len(cases) - failed} passed, {failed} failed, {total:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
