@@ -606,7 +606,8 @@ impl<'m> CompBuilder<'m> {
                     .map(|d| SliceDimensions {
                         start: start[d] as i64,
                         limit: limit[d] as i64,
-                        stride: stride[d] as i64,
+                        // A stride past the extent takes one element: say so in i64 terms.
+                        stride: stride[d].min(limit[d].saturating_sub(start[d]).max(1)) as i64,
                     })
                     .collect()
             }),
@@ -623,7 +624,13 @@ impl<'m> CompBuilder<'m> {
                         .map(|d| PaddingConfigDimension {
                             edge_padding_low: low[d] as i64,
                             edge_padding_high: high[d] as i64,
-                            interior_padding: interior[d] as i64,
+                            // Interior padding along an extent-1 axis is never taken; the
+                            // builder accepts any value there, XLA wants one that fits i64.
+                            interior_padding: if ins[0].dims[d] <= 1 {
+                                0
+                            } else {
+                                interior[d] as i64
+                            },
                         })
                         .collect(),
                 })

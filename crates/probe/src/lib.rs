@@ -181,8 +181,9 @@ pub struct HostInfo {
     pub arch: String,
 }
 
-pub fn host_info() -> HostInfo {
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+/// The CPU model name from /proc/cpuinfo ("unknown" where there is none).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -190,9 +191,12 @@ pub fn host_info() -> HostInfo {
                 .and_then(|l| l.split(':').nth(1))
                 .map(|m| m.trim().to_string())
         })
-        .unwrap_or_else(|| "unknown".into());
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn host_info() -> HostInfo {
     HostInfo {
-        cpu_model,
+        cpu_model: cpu_model(),
         logical_cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),

@@ -66,8 +66,16 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
         })
 }
 
+/// The per-run case count, raised with `PROPTEST_CASES=N` for a long fuzzing session.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(cases(256)))]
 
     #[test]
     fn broadcast_is_commutative_and_numpy((a, b) in broadcast_pair()) {
@@ -535,7 +543,7 @@ fn fuzz_input(r: &mut rand::rngs::StdRng, dt: DType, dims: &[usize]) -> HostTens
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(3000))]
+    #![proptest_config(ProptestConfig::with_cases(cases(3000)))]
 
     #[test]
     fn builder_never_panics_and_errors_name_op_and_shapes(c in case()) {
@@ -621,4 +629,22 @@ fn builder_rejects_absurd_sizes_without_panicking() {
     assert!(g.transpose(x, &[max, 0]).is_err());
     assert!(g.reduce_sum(x, &[max]).is_err());
     assert!(g.iota(DType::I32, [2], max).is_err());
+}
+
+/// Found by the fuzzer: interior padding and strides are never taken along an extent-1 axis,
+/// so the builder accepts any value there; execution must not overflow computing them.
+#[test]
+fn huge_interior_and_stride_on_unit_axes_execute() {
+    let max = usize::MAX;
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::F32, [1, 3]).unwrap();
+    let v = g.scalar(-1.0, DType::F32);
+    let p = g.pad(x, v, &[1, 0], &[2, 0], &[max, 1]).unwrap();
+    assert_eq!(g.dims(p), &[4, 5]);
+    let s = g.slice(p, &[1, 0], &[2, 5], &[max, 2]).unwrap();
+    assert_eq!(g.dims(s), &[1, 3]);
+    let prog = Program::new("unit", g, vec![("pad".into(), p), ("slice".into(), s)]).unwrap();
+    let input = HostTensor::from_vec(vec![1.0f32, 2.0, 3.0], [1, 3]).unwrap();
+    let out = check_program(&prog, &[input], Tol::ulps(0.0));
+    assert_eq!(out[1].to_f32_vec(), vec![1.0, 2.0, 3.0]);
 }

@@ -6,6 +6,18 @@ use rayon::prelude::*;
 /// Rows (of the last dim) copied per rayon task; below this, stay on one thread.
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
+/// Offset of the first element of row `row_idx` (a row = the last dim) of a strided view:
+/// the row index decomposed over the outer dims, each times its stride.
+fn row_base(row_idx: usize, offset: usize, strides: &[usize], dims: &[usize]) -> usize {
+    let mut rem = row_idx;
+    let mut base = offset;
+    for k in (0..dims.len() - 1).rev() {
+        base += (rem % dims[k]) * strides[k];
+        rem /= dims[k];
+    }
+    base
+}
+
 /// `out[idx] = src[offset + Σ idx_k · strides_k]` over `dims` (row-major output).
 pub fn strided_gather<T: Copy + Send + Sync>(
     src: &[T],
@@ -27,14 +39,7 @@ pub fn strided_gather<T: Copy + Send + Sync>(
     // SAFETY-free fill: write every element exactly once through chunks below.
     out.resize(n, src[offset]);
     let row = |row_idx: usize, chunk: &mut [T]| {
-        // Decompose the row index into the outer dims.
-        let mut rem = row_idx;
-        let mut base = offset;
-        for k in (0..r - 1).rev() {
-            let i = rem % dims[k];
-            rem /= dims[k];
-            base += i * strides[k];
-        }
+        let base = row_base(row_idx, offset, strides, dims);
         if inner_stride == 1 {
             chunk.copy_from_slice(&src[base..base + inner]);
         } else {
@@ -75,13 +80,7 @@ pub fn strided_scatter<T: Copy>(
     let inner = dims[r - 1];
     let inner_stride = strides[r - 1];
     for (row_idx, chunk) in src.chunks(inner).enumerate() {
-        let mut rem = row_idx;
-        let mut base = offset;
-        for k in (0..r - 1).rev() {
-            let i = rem % dims[k];
-            rem /= dims[k];
-            base += i * strides[k];
-        }
+        let base = row_base(row_idx, offset, strides, dims);
         if inner_stride == 1 {
             dst[base..base + inner].copy_from_slice(chunk);
         } else {
@@ -122,9 +121,19 @@ pub fn slice<T: Copy + Send + Sync>(
     stride: &[usize],
     out_dims: &[usize],
 ) -> Vec<T> {
+    if out_dims.contains(&0) {
+        return Vec::new();
+    }
     let st = crate::shape::contiguous_strides(dims);
     let offset = start.iter().zip(&st).map(|(a, b)| a * b).sum();
-    let strides: Vec<usize> = st.iter().zip(stride).map(|(a, b)| a * b).collect();
+    // A stride is only taken between output elements; an extent-1 output axis may carry
+    // any stride (the builder accepts one past the input's extent).
+    let strides: Vec<usize> = st
+        .iter()
+        .zip(stride)
+        .zip(out_dims)
+        .map(|((a, b), &o)| if o <= 1 { 0 } else { a * b })
+        .collect();
     strided_gather(src, offset, &strides, out_dims)
 }
 
@@ -151,9 +160,19 @@ pub fn pad<T: Copy>(
 ) -> Vec<T> {
     let n: usize = out_dims.iter().product();
     let mut out = vec![value; n];
+    if n == 0 || src.is_empty() {
+        return out;
+    }
     let ost = crate::shape::contiguous_strides(out_dims);
     let offset = low.iter().zip(&ost).map(|(a, b)| a * b).sum();
-    let strides: Vec<usize> = ost.iter().zip(interior).map(|(s, i)| s * (i + 1)).collect();
+    // Interior padding only matters between elements: along an axis of extent 1 the
+    // stride is never taken, and the builder accepts any interior there (even usize::MAX).
+    let strides: Vec<usize> = ost
+        .iter()
+        .zip(interior)
+        .zip(dims)
+        .map(|((s, i), &d)| if d <= 1 { 0 } else { s * (i + 1) })
+        .collect();
     strided_scatter(&mut out, offset, &strides, src, dims);
     out
 }

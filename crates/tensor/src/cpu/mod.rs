@@ -55,7 +55,11 @@ impl Backend for CpuBackend {
     }
 
     fn device_description(&self) -> String {
-        format!("{} ({} threads)", cpu_model(), rayon::current_num_threads())
+        format!(
+            "{} ({} threads)",
+            silica_probe::cpu_model(),
+            rayon::current_num_threads()
+        )
     }
 
     fn compile(&self, program: &Program) -> Result<Arc<dyn Executable>, BackendError> {
@@ -86,19 +90,6 @@ impl Backend for CpuBackend {
             Box::new(CpuBuffer(CpuData::zeros(dtype, shape.elem_count()))),
         ))
     }
-}
-
-/// The CPU model name from /proc/cpuinfo (or the architecture when unavailable).
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 struct CpuExecutable {

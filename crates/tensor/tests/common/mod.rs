@@ -592,10 +592,11 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                     let Some(p) = idx[k].checked_sub(low[k]) else {
                         return pad_value;
                     };
-                    if p % (interior[k] + 1) != 0 || p / (interior[k] + 1) >= xd[k] {
+                    let step = interior[k].saturating_add(1);
+                    if p % step != 0 || p / step >= xd[k] {
                         return pad_value;
                     }
-                    src.push(p / (interior[k] + 1));
+                    src.push(p / step);
                 }
                 a[0].at(&src)
             })
