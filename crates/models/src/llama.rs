@@ -66,44 +66,38 @@ pub fn mask_min(dt: DType) -> f64 {
     }
 }
 
-pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphError> {
-    let (b, t, sl, dt) = (s.batch, s.seq, s.cache_len, s.dtype);
-    let (hq, hkv, d, h) = (
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-        cfg.hidden_size,
-    );
-    if t > sl {
-        return Err(GraphError::new(
-            "model",
-            format!("bucket of {t} tokens exceeds the cache of {sl} slots"),
-        ));
-    }
-    let mut g = Graph::new();
-    let mut w = std::collections::HashMap::new();
-    for spec in weight_specs(cfg) {
-        let v = g.parameter(&spec.name, dt, spec.shape.clone())?;
-        w.insert(spec.name, v);
-    }
-    let wt = |name: &str| w[name];
-    let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
-    let positions = g.parameter("positions", DType::I32, [b, t])?;
-    let write_pos = g.parameter("write_pos", DType::I32, [b])?;
-    let logits_index = match s.logits {
-        LogitsMode::Last => Some(g.parameter("logits_index", DType::I32, [b])?),
-        LogitsMode::All => None,
-    };
-    let inv_freq = g.parameter("rope_inv_freq", DType::F32, [d / 2])?;
-    let mut caches = Vec::new();
-    for l in 0..cfg.num_hidden_layers {
-        let [kn, vn] = cache_names(l);
-        let k = g.parameter(&kn, dt, [b, hkv, sl, d])?;
-        let v = g.parameter(&vn, dt, [b, hkv, sl, d])?;
-        caches.push((k, v));
+/// The model's weights as graph parameters, in [`weight_specs`] order (HF names).
+pub struct WeightParams(std::collections::HashMap<String, ValueId>);
+
+impl WeightParams {
+    /// Declares every weight of `cfg` as a parameter of dtype `dt`, in checkpoint order.
+    pub fn declare(g: &mut Graph, cfg: &ModelConfig, dt: DType) -> Result<Self, GraphError> {
+        let mut w = std::collections::HashMap::new();
+        for spec in weight_specs(cfg) {
+            let v = g.parameter(&spec.name, dt, spec.shape.clone())?;
+            w.insert(spec.name, v);
+        }
+        Ok(WeightParams(w))
     }
 
-    // Rotary tables: freqs[b, t, i] = pos[b, t] · inv_freq[i]; emb = [freqs, freqs].
+    /// The parameter of weight `name` (an HF tensor name of this model).
+    pub fn get(&self, name: &str) -> ValueId {
+        self.0[name]
+    }
+}
+
+/// Rotary tables for `positions` i32 [B, T]: (cos, sin), each [B, T, D] in dtype `dt`, with the
+/// rope type's attention scaling folded in. `inv_freq` is f32 [D/2].
+pub fn rope_tables(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    positions: ValueId,
+    inv_freq: ValueId,
+    dt: DType,
+) -> Result<(ValueId, ValueId), GraphError> {
+    let dims = g.dims(positions).to_vec();
+    let (b, t, d) = (dims[0], dims[1], cfg.head_dim);
+    // freqs[b, t, i] = pos[b, t] · inv_freq[i]; emb = [freqs, freqs].
     let att_scale = crate::rope::rope_freqs(cfg, 0).attention_scaling as f64;
     let posf = g.convert(positions, DType::F32)?;
     let posb = g.broadcast_in_dim(posf, [b, t, d / 2], &[0, 1])?;
@@ -116,10 +110,21 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
         cos = g.binary_scalar(silica_tensor::BinaryOp::Mul, cos, att_scale)?;
         sin = g.binary_scalar(silica_tensor::BinaryOp::Mul, sin, att_scale)?;
     }
-    let cos = g.convert(cos, dt)?;
-    let sin = g.convert(sin, dt)?;
+    Ok((g.convert(cos, dt)?, g.convert(sin, dt)?))
+}
 
-    // Mask [B, T, S]: slot j visible to a query at position p iff j <= p (and p - j < window).
+/// Additive mask [B, T, S] in dtype `dt` for queries at `positions` i32 [B, T] over `slots`
+/// keys where key slot j holds position j: visible iff j ≤ p (and j > p - window with a
+/// sliding window).
+pub fn causal_mask(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    positions: ValueId,
+    slots: usize,
+    dt: DType,
+) -> Result<ValueId, GraphError> {
+    let dims = g.dims(positions).to_vec();
+    let (b, t, sl) = (dims[0], dims[1], slots);
     let slots = g.iota(DType::I32, [b, t, sl], 2)?;
     let pos3 = g.broadcast_in_dim(positions, [b, t, sl], &[0, 1])?;
     let mut visible = g.compare(slots, pos3, CmpDir::Le)?;
@@ -133,22 +138,37 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
     }
     let zero = g.scalar(0.0, dt);
     let neg = g.scalar(mask_min(dt), dt);
-    let mask = g.select(visible, zero, neg)?;
+    g.select(visible, zero, neg)
+}
 
-    // Per-row write offsets as scalars for dynamic-update-slice.
-    let zero_i = g.scalar(0.0, DType::I32);
-    let wp: Vec<ValueId> = (0..b)
-        .map(|r| {
-            let x = g.slice_axis(write_pos, 0, r, r + 1)?;
-            g.reshape(x, Vec::<usize>::new())
-        })
-        .collect::<Result<_, _>>()?;
+/// One layer's attention, given the roped queries and the new keys and values, each
+/// [B, heads, T, D]: it stores k/v wherever the caller keeps them and returns the attention
+/// output [B, Hq, T, D]. This is the one place the cached, paged and training programs differ.
+pub type AttendFn<'a> =
+    dyn FnMut(&mut Graph, usize, ValueId, ValueId, ValueId) -> Result<ValueId, GraphError> + 'a;
 
+/// The decoder stack on token ids `input_ids` i32 [B, T]: embedding, every layer (attention
+/// through `attend`). Returns the hidden states [B, T, H] before the final norm ([`lm_head`]).
+pub fn decoder(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    w: &WeightParams,
+    input_ids: ValueId,
+    cos: ValueId,
+    sin: ValueId,
+    attend: &mut AttendFn<'_>,
+) -> Result<ValueId, GraphError> {
+    let dims = g.dims(input_ids).to_vec();
+    let (b, t) = (dims[0], dims[1]);
+    let (hq, hkv, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let wt = |name: &str| w.get(name);
     let mut x = g.gather(wt("model.embed_tokens.weight"), input_ids, 0)?; // [B, T, H]
-    let mut outputs = Vec::new();
     let eps = cfg.rms_norm_eps;
-    let scale = 1.0 / (d as f64).sqrt();
-    for (l, &(kc, vc)) in caches.iter().enumerate() {
+    for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let hn = g.rms_norm(x, wt(&format!("{p}.input_layernorm.weight")), eps)?;
         let proj = |g: &mut Graph, name: &str, heads: usize| -> Result<ValueId, GraphError> {
@@ -159,23 +179,12 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
             let y = g.reshape(y, [b, t, heads, d])?;
             g.transpose(y, &[0, 2, 1, 3]) // [B, heads, T, D]
         };
-        let q = proj(&mut g, "q_proj", hq)?;
-        let k = proj(&mut g, "k_proj", hkv)?;
-        let v = proj(&mut g, "v_proj", hkv)?;
+        let q = proj(g, "q_proj", hq)?;
+        let k = proj(g, "k_proj", hkv)?;
+        let v = proj(g, "v_proj", hkv)?;
         let q = g.rope(q, cos, sin)?;
         let k = g.rope(k, cos, sin)?;
-        let (mut kc, mut vc) = (kc, vc);
-        for (r, &wpr) in wp.iter().enumerate() {
-            let kr = g.slice_axis(k, 0, r, r + 1)?;
-            let vr = g.slice_axis(v, 0, r, r + 1)?;
-            let row = g.scalar(r as f64, DType::I32);
-            kc = g.dynamic_update_slice(kc, kr, &[row, zero_i, wpr, zero_i])?;
-            vc = g.dynamic_update_slice(vc, vr, &[row, zero_i, wpr, zero_i])?;
-        }
-        let [kn, vn] = cache_names(l);
-        outputs.push((format!("{kn}.out"), kc));
-        outputs.push((format!("{vn}.out"), vc));
-        let a = g.attention(q, kc, vc, mask, scale)?; // [B, Hq, T, D]
+        let a = attend(g, l, q, k, v)?; // [B, Hq, T, D]
         let a = g.transpose(a, &[0, 2, 1, 3])?;
         let a = g.reshape(a, [b, t, hq * d])?;
         let mut o = g.linear(a, wt(&format!("{p}.self_attn.o_proj.weight")))?;
@@ -193,13 +202,113 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
                 Ok(y)
             }
         };
-        let gate = lin(&mut g, "gate_proj", hn)?;
+        let gate = lin(g, "gate_proj", hn)?;
         let gate = g.silu(gate)?;
-        let up = lin(&mut g, "up_proj", hn)?;
+        let up = lin(g, "up_proj", hn)?;
         let m = g.mul(gate, up)?;
-        let m = lin(&mut g, "down_proj", m)?;
+        let m = lin(g, "down_proj", m)?;
         x = g.add(x, m)?;
     }
+    Ok(x)
+}
+
+/// Final norm and LM head on hidden states [.., H]: logits [.., V] in the compute dtype.
+pub fn lm_head(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    w: &WeightParams,
+    x: ValueId,
+) -> Result<ValueId, GraphError> {
+    let x = g.rms_norm(x, w.get("model.norm.weight"), cfg.rms_norm_eps)?;
+    let head = if cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
+    g.linear(x, w.get(head))
+}
+
+/// The cache-free forward for training and scoring: inputs are the weights, `input_ids` i32
+/// [B, T] and `rope_inv_freq` f32 [D/2]; positions are 0..T in every row, attention is causal.
+/// Returns the graph and the logits [B, T, V] (compute dtype) for the caller to build on.
+pub fn build_forward(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    dt: DType,
+) -> Result<(Graph, WeightParams, ValueId), GraphError> {
+    let mut g = Graph::new();
+    let w = WeightParams::declare(&mut g, cfg, dt)?;
+    let input_ids = g.parameter("input_ids", DType::I32, [batch, seq])?;
+    let inv_freq = g.parameter("rope_inv_freq", DType::F32, [cfg.head_dim / 2])?;
+    let positions = g.iota(DType::I32, [batch, seq], 1)?;
+    let (cos, sin) = rope_tables(&mut g, cfg, positions, inv_freq, dt)?;
+    let mask = causal_mask(&mut g, cfg, positions, seq, dt)?;
+    let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+    let mut attend = |g: &mut Graph, _l: usize, q, k, v| g.attention(q, k, v, mask, scale);
+    let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
+    let logits = lm_head(&mut g, cfg, &w, x)?;
+    Ok((g, w, logits))
+}
+
+pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphError> {
+    let (b, t, sl, dt) = (s.batch, s.seq, s.cache_len, s.dtype);
+    let (hkv, d, h) = (cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
+    if t > sl {
+        return Err(GraphError::new(
+            "model",
+            format!("bucket of {t} tokens exceeds the cache of {sl} slots"),
+        ));
+    }
+    let mut g = Graph::new();
+    let w = WeightParams::declare(&mut g, cfg, dt)?;
+    let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
+    let positions = g.parameter("positions", DType::I32, [b, t])?;
+    let write_pos = g.parameter("write_pos", DType::I32, [b])?;
+    let logits_index = match s.logits {
+        LogitsMode::Last => Some(g.parameter("logits_index", DType::I32, [b])?),
+        LogitsMode::All => None,
+    };
+    let inv_freq = g.parameter("rope_inv_freq", DType::F32, [d / 2])?;
+    let mut caches = Vec::new();
+    for l in 0..cfg.num_hidden_layers {
+        let [kn, vn] = cache_names(l);
+        let k = g.parameter(&kn, dt, [b, hkv, sl, d])?;
+        let v = g.parameter(&vn, dt, [b, hkv, sl, d])?;
+        caches.push((k, v));
+    }
+    let (cos, sin) = rope_tables(&mut g, cfg, positions, inv_freq, dt)?;
+    // Cache slot j holds position j, so the mask over slots is the causal mask.
+    let mask = causal_mask(&mut g, cfg, positions, sl, dt)?;
+
+    // Per-row write offsets as scalars for dynamic-update-slice.
+    let zero_i = g.scalar(0.0, DType::I32);
+    let wp: Vec<ValueId> = (0..b)
+        .map(|r| {
+            let x = g.slice_axis(write_pos, 0, r, r + 1)?;
+            g.reshape(x, Vec::<usize>::new())
+        })
+        .collect::<Result<_, _>>()?;
+
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut outputs = Vec::new();
+    let mut attend = |g: &mut Graph, l: usize, q, k, v| {
+        let (mut kc, mut vc) = caches[l];
+        for (r, &wpr) in wp.iter().enumerate() {
+            let kr = g.slice_axis(k, 0, r, r + 1)?;
+            let vr = g.slice_axis(v, 0, r, r + 1)?;
+            let row = g.scalar(r as f64, DType::I32);
+            kc = g.dynamic_update_slice(kc, kr, &[row, zero_i, wpr, zero_i])?;
+            vc = g.dynamic_update_slice(vc, vr, &[row, zero_i, wpr, zero_i])?;
+        }
+        let [kn, vn] = cache_names(l);
+        outputs.push((format!("{kn}.out"), kc));
+        outputs.push((format!("{vn}.out"), vc));
+        g.attention(q, kc, vc, mask, scale)
+    };
+    // The final norm is per position, so picking rows before it (in lm_head) is exact; the
+    // decoder returns pre-norm hidden states for that reason.
+    let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
     let x = match logits_index {
         // Pick one row per sequence before the norm and the (large) lm_head.
         Some(idx) => {
@@ -212,13 +321,7 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
         }
         None => x,
     };
-    let x = g.rms_norm(x, wt("model.norm.weight"), eps)?;
-    let head = if cfg.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
-    let logits = g.linear(x, wt(head))?;
+    let logits = lm_head(&mut g, cfg, &w, x)?;
     let logits = g.convert(logits, DType::F32)?;
     outputs.insert(0, ("logits".into(), logits));
 
