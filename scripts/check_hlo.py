@@ -3,6 +3,14 @@
 compares their outputs with the CPU reference backend's.
 
     check_hlo.py CASES_DIR [--filter SUBSTRING] [--verbose]
+    check_hlo.py --model DIR [--model DIR ...] [--silica PATH] [--atol 1e-4]
+
+With --model: `silica compile --target hlo` the folder's prefill (16-token bucket) and decode
+programs, execute them on XLA CPU with the checkpoint's weights (the prompt of the folder's
+reference.json when it has one, else fixed ids), and compare logits with `silica logits` on the
+same ids (and with transformers' reference logits when the folder is an HF fixture). Prints
+max |diff| per comparison; exits non-zero above --atol (default 1e-4, for f32). The silica
+binary is --silica, else $SILICA_BIN, else built with `cargo build --release -p silica`.
 
 Every folder under CASES_DIR that holds a `module.pb` is a case:
   module.pb             serialized xla.HloModuleProto (silica_hlo::lower)
@@ -185,5 +193,160 @@ def main(argv):
     return 1 if failed else 0
 
 
+# ---- --model mode: whole-model prefill + decode against `silica logits` -------------------------
+
+def find_silica(explicit):
+    import subprocess
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("SILICA_BIN"):
+        return Path(os.environ["SILICA_BIN"])
+    root = Path(__file__).resolve().parent.parent
+    target = Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
+    if not target.is_absolute():
+        target = root / target
+    print("check_hlo: building silica (cargo build --release -p silica)", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "silica"], cwd=root, check=True)
+    return target / "release" / "silica"
+
+
+def load_checkpoint(folder):
+    """Every tensor of the folder's safetensors files (single or sharded), by name."""
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        if f.name.startswith("reference"):
+            continue
+        out.update(read_safetensors(f))
+    return out
+
+
+def np_dtype(name):
+    return {"f32": np.float32, "f16": np.float16, "bf16": ml_dtypes.bfloat16, "f64": np.float64,
+            "i32": np.int32, "i64": np.int64, "u8": np.uint8, "bool": np.bool_}[name]
+
+
+def check_model(backend, devices, folder, silica, atol):
+    import subprocess
+    import tempfile
+    folder = Path(folder)
+    ref_json = folder / "reference.json"
+    ids = None
+    if ref_json.exists():
+        ids = json.loads(ref_json.read_text()).get("input_ids")
+    config = json.loads((folder / "config.json").read_text())
+    vocab = config["vocab_size"]
+    if not ids:
+        ids = [(7 * i + 3) % vocab for i in range(11)]
+    ids = [int(i) for i in ids][:15]  # a 16-token prefill bucket, then one decode step
+    n = len(ids) - 1
+    prompt, next_id = ids[:n], ids[n]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="silica-check-") as tmp:
+        tmp = Path(tmp)
+        out = tmp / "hlo"
+        subprocess.run([str(silica), "compile", "--model", str(folder), "--target", "hlo",
+                        "--buckets", "1x16,1x1", "--logits", "all", "--max-context", "32",
+                        "--out", str(out)], check=True, capture_output=True, text=True)
+        subprocess.run([str(silica), "logits", "--model", str(folder),
+                        "--token-ids", ",".join(map(str, ids)), "--out", str(tmp / "logits.safetensors")],
+                       check=True, capture_output=True, text=True)
+        want = read_safetensors(tmp / "logits.safetensors")["logits"]  # [n + 1, V]
+        manifest = json.loads((out / "manifest.json").read_text())
+        runtime_inputs = read_safetensors(out / manifest["runtime_inputs"]["file"])
+        weights = load_checkpoint(folder)
+        progs = {p["kind"]: p for p in manifest["programs"]}
+        caches = {}
+
+        def run(prog, token_ids, start):
+            t = prog["bucket"]["seq"]
+            rt = {
+                "input_ids": np.array([token_ids + [0] * (t - len(token_ids))], np.int32),
+                "positions": np.array([list(range(start, start + t))], np.int32),
+                "write_pos": np.array([start], np.int32),
+                "rope_inv_freq": runtime_inputs["rope_inv_freq"],
+            }
+            args = []
+            for spec in prog["inputs"]:
+                src, dt = spec["source"], np_dtype(spec["dtype"])
+                if "checkpoint" in src:
+                    x = weights[src["checkpoint"]]
+                elif "kv_cache" in src:
+                    x = caches.get(spec["name"], np.zeros(spec["shape"], dt))
+                else:
+                    x = rt[src["runtime"]]
+                x = np.asarray(x).astype(dt)
+                if list(x.shape) != spec["shape"]:
+                    raise ValueError(f"{spec['name']}: shape {list(x.shape)} != manifest {spec['shape']}")
+                args.append(jax.device_put(x, devices[0]))
+            proto = (out / prog["file"]).read_bytes()
+            m = xc._xla.mlir.xla_computation_to_mlir_module(xc.XlaComputation(proto))
+            exe = backend.compile_and_load(m, devices, xc.CompileOptions())
+            outs = [np.asarray(o) for o in exe.execute(args)]
+            names = [o["name"] for o in prog["outputs"]]
+            by_name = dict(zip(names, outs))
+            for a in prog["aliases"]:
+                caches[a["input"]] = by_name[a["output"]]
+            return by_name["logits"][0]  # [T, V]
+
+        pre = run(progs["prefill"], prompt, 0)[:n]
+        dec = run(progs["decode"], [next_id], n)[0]
+        results.append(("prefill vs silica logits", float(np.max(np.abs(pre - want[:n])))))
+        results.append(("decode vs silica logits", float(np.max(np.abs(dec - want[n])))))
+        ref = folder / "reference.safetensors"
+        if ref.exists() and ref_json.exists():
+            hf = read_safetensors(ref)["logits"]
+            if hf.shape[0] >= n + 1:
+                results.append(("prefill vs transformers", float(np.max(np.abs(pre - hf[:n])))))
+                results.append(("decode vs transformers", float(np.max(np.abs(dec - hf[n])))))
+    ok = True
+    for what, diff in results:
+        good = diff <= atol
+        ok &= good
+        print(f"{'ok  ' if good else 'FAIL'} {folder.name:<28} {what:<26} max|diff| {diff:.3e} (atol {atol:g})", flush=True)
+    return ok
+
+
+def main_model(argv):
+    folders, silica, atol = [], None, 1e-4
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--model", "--silica", "--atol") and i + 1 < len(argv):
+            v = argv[i + 1]
+            if a == "--model":
+                folders.append(v)
+            elif a == "--silica":
+                silica = v
+            else:
+                atol = float(v)
+            i += 2
+        else:
+            print(f"unexpected argument {a!r}\n{__doc__}", file=sys.stderr)
+            return 2
+    for f in folders:
+        if not (Path(f) / "config.json").exists():
+            print(f"--model {f}: not a Hugging Face model folder (no config.json)", file=sys.stderr)
+            return 2
+    silica = find_silica(silica)
+    backend = jax.extend.backend.get_backend("cpu")
+    devices = xc.DeviceList(tuple(backend.local_devices()[:1]))
+    print(f"check_hlo --model: jax {jax.__version__}, XLA {backend.platform}, silica {silica}")
+    def attempt(f):
+        import subprocess
+        try:
+            return check_model(backend, devices, f, silica, atol)
+        except subprocess.CalledProcessError as e:
+            print(f"FAIL {Path(f).name}: {' '.join(map(str, e.cmd))} exited {e.returncode}\n{e.stderr or ''}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report and go on with the other folders
+            print(f"FAIL {Path(f).name}: {type(e).__name__}: {e}", flush=True)
+        return False
+
+    failed = [f for f in folders if not attempt(f)]
+    print(f"check_hlo --model: {len(folders) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
+    if "--model" in sys.argv:
+        sys.exit(main_model(sys.argv))
     sys.exit(main(sys.argv))

@@ -66,7 +66,9 @@ pub struct Generation {
 }
 
 /// Holds back text that may be the start of a stop string, so streamed text never shows one.
-struct StopFilter {
+/// Shared by [`LoadedModel::generate`] and the serving engine.
+#[derive(Debug, Default)]
+pub struct StopFilter {
     stops: Vec<String>,
     /// All text accepted so far (emitted + held back).
     text: String,
@@ -74,8 +76,17 @@ struct StopFilter {
 }
 
 impl StopFilter {
-    /// Adds `piece`; returns (text safe to emit now, whether a stop string was hit).
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    /// A filter for `stops` (empty strings are ignored).
+    pub fn new(stops: &[String]) -> Self {
+        StopFilter {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds `piece`; returns (text safe to emit now, whether a stop string was hit). After a hit
+    /// the text is cut before the stop string.
+    pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
         // Search from a little before the unemitted part: a stop may straddle pieces.
         let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
@@ -113,7 +124,8 @@ impl StopFilter {
         (out, false)
     }
 
-    fn finish(&mut self) -> String {
+    /// The held-back text (call once, at the end).
+    pub fn finish(&mut self) -> String {
         let out = self.text[self.emitted..].to_string();
         self.emitted = self.text.len();
         out
@@ -146,16 +158,7 @@ impl LoadedModel {
             None => self.config.eos_token_ids.clone(),
         };
         let mut decoder = self.tokenizer.as_ref().map(StreamDecoder::new);
-        let mut stop = StopFilter {
-            stops: opts
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect(),
-            text: String::new(),
-            emitted: 0,
-        };
+        let mut stop = StopFilter::new(&opts.stop);
         let mut cache = self.new_cache(1)?;
 
         // Prefill in chunks; the last chunk's last position gives the first token's logits.
@@ -262,11 +265,8 @@ mod tests {
     use super::StopFilter;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let mut f = StopFilter {
-            stops: stops.iter().map(|s| s.to_string()).collect(),
-            text: String::new(),
-            emitted: 0,
-        };
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut f = StopFilter::new(&stops);
         let mut out = String::new();
         for p in pieces {
             let (o, hit) = f.push(p);

@@ -12,6 +12,7 @@ pub mod config;
 mod error;
 pub mod generate;
 pub mod llama;
+pub mod paged;
 pub mod presets;
 pub mod rope;
 pub mod runtime;

@@ -171,6 +171,17 @@ impl LoadedModel {
         })
     }
 
+    /// The weights as uploaded, in [`crate::weights::weight_specs`] order (the first inputs of
+    /// every step program; the paged programs of [`crate::paged`] bind the same buffers).
+    pub fn weight_buffers(&self) -> &[Buffer] {
+        &self.weights
+    }
+
+    /// Adds time spent compiling programs built outside this type (the paged programs).
+    pub fn add_compile_seconds(&self, s: f64) {
+        *self.compile_seconds.lock().expect("not poisoned") += s;
+    }
+
     /// Total seconds spent compiling programs so far.
     pub fn compile_seconds(&self) -> f64 {
         *self.compile_seconds.lock().expect("not poisoned")

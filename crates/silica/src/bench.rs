@@ -3,6 +3,7 @@
 
 use crate::common::{backend, BackendName, DTypeArg};
 use crate::offline::{self, OfflineConfig};
+use crate::online::{self, HttpTarget, OnlineConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use silica_bench::{
@@ -12,6 +13,7 @@ use silica_bench::{
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::{LoadOptions, LoadedModel};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -57,9 +59,36 @@ pub struct BenchArgs {
     /// Report path (JSON); a .md and a .html with the same stem are written beside it.
     #[arg(long, default_value = "silica-bench.json")]
     out: PathBuf,
+    /// Online mode: at most N requests in flight (streams), against the in-process engine or --url.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Online mode: Poisson arrivals at this many requests per second (default: all at once).
+    #[arg(long)]
+    request_rate: Option<f64>,
+    /// Online mode against an OpenAI-compatible server (silica serve, vLLM, …), e.g.
+    /// http://127.0.0.1:8000. The limits and price are then the server's: pass --instance.
+    #[arg(long)]
+    url: Option<String>,
+    /// The served model id for --url (default: the first of GET /v1/models).
+    #[arg(long, requires = "url")]
+    served_model: Option<String>,
+    /// Bearer token for --url.
+    #[arg(long, env = "SILICA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(r) = a.request_rate {
+        if r.is_nan() || r <= 0.0 {
+            bail!("--request-rate {r}: expected requests per second > 0 (omit it to send all at once)");
+        }
+    }
+    if a.concurrency == Some(0) {
+        bail!("--concurrency must be at least 1");
+    }
+    if let Some(url) = a.url.clone() {
+        return bench_url(a, &url);
+    }
     let slo = a.slo.as_deref().map(Slo::parse).transpose()?;
     let batch = a.batch.unwrap_or(4);
     let input_len = a.input_len.unwrap_or(if a.quick { 64 } else { 128 });
@@ -69,22 +98,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("--batch and --num-requests must be at least 1");
     }
     let iterations = num_requests.div_ceil(batch);
-    let instance_flag = a.instance.clone().or_else(|| {
-        std::env::var("SILICA_INSTANCE")
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
     // Resolve the price early so a bad --price-per-hour fails before minutes of benchmarking.
-    let machine = Machine::detect(instance_flag.as_deref());
-    let price =
-        Instances::embedded().resolve_price(machine.instance_type.as_deref(), a.price_per_hour);
-    if let (Some(p), Err(e)) = (a.price_per_hour, &price) {
-        bail!("--price-per-hour {p}: {e}");
-    }
+    let (machine, price) = resolve_price(&a)?;
 
+    // The backend first: one that cannot run here fails before the limit probes.
+    let be = backend(a.backend)?;
     eprintln!("measuring this machine's limits (memory bandwidth, FMA peak)…");
     let limits = silica_probe::measure(a.quick);
-    let be = backend(a.backend);
     let opts = LoadOptions {
         dtype: a.dtype.dtype(),
         max_context: Some(input_len + output_len),
@@ -122,6 +142,19 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             )
         }
     };
+    if a.concurrency.is_some() || a.request_rate.is_some() {
+        let cfg = OnlineConfig {
+            input_len,
+            output_len,
+            num_requests,
+            concurrency: a.concurrency,
+            request_rate: a.request_rate,
+            warmup: a.warmup,
+            seed: a.seed,
+            token_range: (0, model.config.vocab_size as u32),
+        };
+        return bench_engine(&a, model, preset, cfg, (machine, price), limits, slo);
+    }
     eprintln!(
         "offline: {num_requests} requests in batches of {batch}, {input_len} prompt + {output_len} generated tokens, {} on {}",
         model.dtype,
@@ -214,6 +247,220 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The price for the report: `--price-per-hour`, else the instance table (`--instance`,
+/// `$SILICA_INSTANCE`, or EC2 detection). A bad `--price-per-hour` is an error.
+fn resolve_price(a: &BenchArgs) -> Result<(Machine, silica_bench::Result<silica_bench::Price>)> {
+    let instance_flag = a.instance.clone().or_else(|| {
+        std::env::var("SILICA_INSTANCE")
+            .ok()
+            .filter(|s| !s.is_empty())
+    });
+    let machine = Machine::detect(instance_flag.as_deref());
+    let price =
+        Instances::embedded().resolve_price(machine.instance_type.as_deref(), a.price_per_hour);
+    if let (Some(p), Err(e)) = (a.price_per_hour, &price) {
+        bail!("--price-per-hour {p}: {e}");
+    }
+    Ok((machine, price))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs the online load on `rt` with a request progress bar.
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    target: Arc<dyn online::Target>,
+    cfg: &OnlineConfig,
+) -> Result<(Vec<silica_bench::RequestTiming>, f64)> {
+    let bar = indicatif::ProgressBar::new(cfg.num_requests as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} requests (eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    let b = bar.clone();
+    let res = rt.block_on(online::run(target, cfg, move || b.inc(1)));
+    bar.finish_and_clear();
+    res
+}
+
+fn online_run_config(a: &BenchArgs, cfg: &OnlineConfig, slo: Option<Slo>) -> RunConfig {
+    let mut run = RunConfig::new(Mode::Online);
+    run.input_len = Some(cfg.input_len);
+    run.output_len = Some(cfg.output_len);
+    run.num_requests = Some(cfg.num_requests);
+    run.concurrency = cfg.concurrency;
+    run.request_rate = cfg.request_rate;
+    run.warmup = Some(cfg.warmup);
+    run.seed = Some(cfg.seed);
+    run.slo = slo;
+    run.url = a.url.clone();
+    run
+}
+
+/// Notes failures, prices, prints and saves an online report; fails when nothing succeeded.
+fn finish_online(
+    mut report: Report,
+    timings: &[silica_bench::RequestTiming],
+    price: &silica_bench::Result<silica_bench::Price>,
+    out: &Path,
+) -> Result<()> {
+    let failed: Vec<_> = timings.iter().filter(|t| !t.ok).collect();
+    if let Some(first) = failed.first() {
+        report.notes.push(format!(
+            "{} of {} requests failed; first error: {}",
+            failed.len(),
+            timings.len(),
+            first.error.as_deref().unwrap_or("?")
+        ));
+    }
+    match price {
+        Ok(p) => report.set_cost(p),
+        Err(e) => report.notes.push(format!("no cost: {e}")),
+    }
+    print_summary(&report);
+    save_all(&report, out)?;
+    if !failed.is_empty() && failed.len() == timings.len() {
+        bail!(
+            "every request failed; first error: {}",
+            failed[0].error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// Online mode against silica's engine in this process (continuous batching, paged KV cache).
+fn bench_engine(
+    a: &BenchArgs,
+    model: LoadedModel,
+    preset: Option<String>,
+    cfg: OnlineConfig,
+    (machine, price): (Machine, silica_bench::Result<silica_bench::Price>),
+    limits: silica_probe::MachineLimits,
+    slo: Option<Slo>,
+) -> Result<()> {
+    let c = model.config.clone();
+    let (name, dtype, backend_name) = (
+        model.name.clone(),
+        model.dtype,
+        model.backend.name().to_string(),
+    );
+    let (load_s, device) = (model.load_seconds, model.backend.device_description());
+    let engine_cfg = silica_serve::EngineConfig {
+        max_num_seqs: cfg.concurrency.unwrap_or(64).clamp(1, 64),
+        ..Default::default()
+    };
+    let engine = Arc::new(silica_serve::Engine::new(model, engine_cfg)?);
+    eprintln!(
+        "online (in-process engine): {} requests of {} prompt + {} generated tokens, concurrency {}, rate {}, {dtype} on {device}",
+        cfg.num_requests,
+        cfg.input_len,
+        cfg.output_len,
+        cfg.concurrency.map_or("unlimited".into(), |c| c.to_string()),
+        cfg.request_rate.map_or("all at once".into(), |r| format!("{r}/s")),
+    );
+    let target = Arc::new(online::EngineTarget {
+        engine: engine.clone(),
+    });
+    let (timings, duration) = drive(&runtime()?, target, &cfg)?;
+    let stats = engine.stats();
+    engine.shutdown();
+    let mut run = online_run_config(a, &cfg, slo.clone());
+    run.model = Some(name.clone());
+    run.preset = preset;
+    run.backend = Some(backend_name);
+    run.dtype = Some(dtype.to_string());
+    let info = ModelInfo {
+        name,
+        architecture: Some(c.architecture.name().to_string()),
+        params: Some(c.num_params()),
+        dtype: Some(dtype.to_string()),
+        weight_bytes_per_token: Some(c.weight_bytes_per_token(dtype)),
+    };
+    let mut report = Report::new(Source::Silica, run, machine, info);
+    report.limits = Some(limits);
+    report.metrics.serving = Some(silica_bench::compute(&timings, duration, slo.as_ref()));
+    report.metrics.offline = Some(OfflineMetrics {
+        prefill_tok_s: None,
+        decode_tok_s: None,
+        output_tok_s: None,
+        total_tok_s: None,
+        prefill_s: None,
+        decode_s: None,
+        prompt_tokens: Some(timings.iter().map(|t| t.prompt_tokens as u64).sum()),
+        output_tokens: Some(timings.iter().map(|t| t.output_tokens as u64).sum()),
+        load_s: Some(load_s),
+        compile_s: None,
+        peak_rss_bytes: silica_probe::peak_rss_bytes(),
+    });
+    report.notes.push(format!(
+        "engine: {} KV blocks of {} tokens, {} in use after the run",
+        stats.blocks_total, stats.block_size, stats.blocks_in_use
+    ));
+    finish_online(report, &timings, &price, &a.out)
+}
+
+/// Online mode against an OpenAI-compatible server.
+fn bench_url(a: BenchArgs, url: &str) -> Result<()> {
+    let slo = a.slo.as_deref().map(Slo::parse).transpose()?;
+    let (machine, price) = resolve_price(&a)?;
+    let cfg = OnlineConfig {
+        input_len: a.input_len.unwrap_or(if a.quick { 64 } else { 128 }),
+        output_len: a.output_len.unwrap_or(if a.quick { 32 } else { 128 }),
+        num_requests: a.num_requests.unwrap_or(if a.quick { 8 } else { 32 }),
+        concurrency: a.concurrency,
+        request_rate: a.request_rate,
+        warmup: a.warmup,
+        seed: a.seed,
+        // Byte-level tokenizers (every Llama-family one) have at least 256 ids; ids past the
+        // control bytes make prompts that any such server accepts.
+        token_range: (32, 256),
+    };
+    if cfg.input_len == 0 || cfg.output_len == 0 || cfg.num_requests == 0 {
+        bail!("--input-len, --output-len and --num-requests must be at least 1");
+    }
+    // One runtime for the model query and the load: the client's pooled connections live on it.
+    let rt = runtime()?;
+    let target = rt.block_on(HttpTarget::connect(
+        url,
+        a.served_model.clone(),
+        a.api_key.clone(),
+    ))?;
+    let model_id = target.model().to_string();
+    eprintln!(
+        "online: {} requests of {} prompt + {} generated tokens to {url} (model {model_id}), concurrency {}, rate {}",
+        cfg.num_requests,
+        cfg.input_len,
+        cfg.output_len,
+        cfg.concurrency.map_or("unlimited".into(), |c| c.to_string()),
+        cfg.request_rate.map_or("all at once".into(), |r| format!("{r}/s")),
+    );
+    let (timings, duration) = drive(&rt, Arc::new(target), &cfg)?;
+    let mut run = online_run_config(&a, &cfg, slo.clone());
+    run.model = Some(model_id.clone());
+    run.backend = Some("openai".into());
+    let info = ModelInfo {
+        name: model_id,
+        architecture: None,
+        params: None,
+        dtype: None,
+        weight_bytes_per_token: None,
+    };
+    let mut report = Report::new(Source::Silica, run, machine, info);
+    report.metrics.serving = Some(silica_bench::compute(&timings, duration, slo.as_ref()));
+    report.notes.push(
+        "machine facts are the load generator's; the server's instance (--instance) sets the price"
+            .into(),
+    );
+    finish_online(report, &timings, &price, &a.out)
+}
+
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}"))
         .unwrap_or_else(|| "–".into())
@@ -235,21 +482,27 @@ fn print_summary(r: &Report) {
             .unwrap_or_else(|| "–".into())
     };
     println!();
-    println!(
-        "silica bench — {} ({}, {} params, {}) on {}",
-        r.model.name,
-        r.model.architecture.as_deref().unwrap_or("?"),
-        r.model
-            .params
-            .map(|p| format!("{:.1}M", p as f64 / 1e6))
-            .unwrap_or_default(),
-        r.model.dtype.as_deref().unwrap_or("?"),
-        r.machine
-            .host
-            .as_ref()
-            .map(|h| format!("{} ({} cores)", h.cpu_model, h.logical_cores))
-            .unwrap_or_default()
-    );
+    let mut about: Vec<String> = Vec::new();
+    if let Some(a) = &r.model.architecture {
+        about.push(a.clone());
+    }
+    if let Some(p) = r.model.params {
+        about.push(format!("{:.1}M params", p as f64 / 1e6));
+    }
+    if let Some(d) = &r.model.dtype {
+        about.push(d.clone());
+    }
+    let about = if about.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", about.join(", "))
+    };
+    let place = match (&r.config.url, &r.machine.host) {
+        (Some(url), _) => format!("served at {url}"),
+        (None, Some(h)) => format!("on {} ({} cores)", h.cpu_model, h.logical_cores),
+        (None, None) => String::new(),
+    };
+    println!("silica bench — {}{about} {place}", r.model.name);
     if let Some(l) = &r.limits {
         println!(
             "  machine limits (this run): memory read {:.1} GB/s, f32 FMA peak {:.1} GFLOP/s",

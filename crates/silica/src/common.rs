@@ -12,6 +12,12 @@ use std::sync::Arc;
 pub enum BackendName {
     /// The CPU reference backend (always available).
     Cpu,
+    /// A GPU through a PJRT plugin (jax's CUDA plugin; `bash scripts/pjrt_plugin.sh`, or
+    /// SILICA_PJRT_PLUGIN=/path/to/plugin.so).
+    Pjrt,
+    /// AWS Inferentia2 / Trainium through libnrt (see `silica doctor`; target from the
+    /// instance type or SILICA_NEURON_TARGET, NEFF cache in SILICA_NEFF_CACHE).
+    Neuron,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -33,9 +39,10 @@ impl DTypeArg {
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json). Default: the
+    /// small embedded model trained by silica itself (docs/training.md).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendName,
     /// Compute precision (weights are converted at load).
@@ -46,17 +53,81 @@ pub struct ModelArgs {
     pub max_context: Option<usize>,
 }
 
-pub fn backend(name: BackendName) -> Arc<dyn Backend> {
-    match name {
+/// Creates the backend; an accelerator that cannot run here is an error that says why
+/// (e.g. "pjrt backend unavailable: no GPU visible: …").
+pub fn backend(name: BackendName) -> Result<Arc<dyn Backend>> {
+    Ok(match name {
         BackendName::Cpu => Arc::new(CpuBackend::new()),
+        BackendName::Pjrt => Arc::new(
+            silica_pjrt::PjrtBackend::new()
+                .map_err(silica_tensor::BackendError::from)
+                .context("--backend pjrt")?,
+        ),
+        BackendName::Neuron => Arc::new(
+            silica_neuron::NeuronBackend::new(silica_neuron::NeuronOptions::default())
+                .map_err(silica_tensor::BackendError::from)
+                .context("--backend neuron")?,
+        ),
+    })
+}
+
+/// The default model's files (models/default/, made by scripts/train_default_model.sh), embedded
+/// so that `silica generate` shows real text with no download and no --model.
+const DEFAULT_MODEL: &[(&str, &[u8])] = &[
+    (
+        "config.json",
+        include_bytes!("../../../models/default/config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../../../models/default/model.safetensors"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("../../../models/default/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../../../models/default/tokenizer_config.json"),
+    ),
+];
+
+/// Writes the embedded default model to a cache folder (once per content) and returns it: the
+/// loader reads Hugging Face folders, and a file on disk is memory-mapped rather than copied.
+pub fn default_model_dir() -> Result<PathBuf> {
+    // FNV-1a over every file: a new build with a retrained model gets a new folder.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, bytes) in DEFAULT_MODEL {
+        for b in name.as_bytes().iter().chain(bytes.iter()) {
+            h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+        }
     }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("silica").join(format!("default-model-{h:016x}"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating the default model folder {}", dir.display()))?;
+    for (name, bytes) in DEFAULT_MODEL {
+        let p = dir.join(name);
+        if std::fs::metadata(&p).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+            silica_tensor::write_atomic(&p, bytes)
+                .with_context(|| format!("writing the default model to {}", p.display()))?;
+        }
+    }
+    Ok(dir)
 }
 
 pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
-    if !args.model.is_dir() {
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => default_model_dir()?,
+    };
+    if !model.is_dir() {
         bail!(
             "--model {}: not a folder (expected a Hugging Face model folder with config.json)",
-            args.model.display()
+            model.display()
         );
     }
     let opts = LoadOptions {
@@ -64,8 +135,8 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         max_context: args.max_context,
         ..Default::default()
     };
-    LoadedModel::load(&args.model, backend(args.backend), &opts)
-        .with_context(|| format!("loading {}", args.model.display()))
+    LoadedModel::load(&model, backend(args.backend)?, &opts)
+        .with_context(|| format!("loading {}", model.display()))
 }
 
 /// Parses "1,2,3" into token ids.

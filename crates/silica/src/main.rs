@@ -2,8 +2,14 @@
 
 mod bench;
 mod common;
+mod compile;
+mod compile_neuron;
+mod doctor;
 mod generate;
 mod offline;
+mod online;
+mod serve;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +37,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Render reports (silica, vLLM, llmperf JSON) side by side as markdown or HTML.
     Report(bench::ReportArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (default: the embedded preset).
+    Serve(serve::ServeArgs),
+    /// Lower a model's programs to XLA HLO (and NEFFs for Neuron targets) with a manifest.
+    Compile(compile::CompileArgs),
+    /// Train or fine-tune a model (autograd + AdamW as one program); writes a Hugging Face folder.
+    Train(train::TrainArgs),
+    /// Say which backends can run here, and exactly why not (--json for a JSON object).
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +55,10 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => generate::tokenize(a),
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => bench::report(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Compile(a) => compile::compile(a),
+        Command::Train(a) => train::train(a),
+        Command::Doctor(a) => doctor::doctor(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

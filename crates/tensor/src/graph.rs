@@ -20,6 +20,11 @@ impl ValueId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The value of node `i` (for graph transforms that walk nodes by index, e.g. autograd).
+    pub(crate) fn from_index(i: usize) -> ValueId {
+        ValueId(i as u32)
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

@@ -5,6 +5,7 @@
 //!   [`Program`] (ordered named inputs, outputs, in-place aliases);
 //! - the [`Backend`] trait and the CPU reference backend ([`cpu::CpuBackend`]).
 
+pub mod autograd;
 pub mod backend;
 pub mod cpu;
 pub mod decompose;
@@ -16,6 +17,7 @@ pub mod program;
 mod safetensors_io;
 mod shape;
 
+pub use autograd::{backward, grad};
 pub use backend::{run_host, Arg, Backend, Buffer, Executable};
 pub use dtype::{DType, Element};
 pub use error::{BackendError, GraphError, TensorError};

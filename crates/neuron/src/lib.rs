@@ -1,0 +1,28 @@
+//! silica-neuron: silica's backend for AWS Inferentia2 / Trainium.
+//!
+//! - [`sys`]: the libnrt ABI, resolved at run time with `libloading` (`SILICA_NRT_LIB`,
+//!   `libnrt.so.1`, `libnrt.so`, `/opt/aws/neuron/lib`) — no build-time link, no Python;
+//! - [`runtime`]: safe wrappers ([`Runtime`], [`Model`], [`DeviceTensor`], [`TensorSet`]) with
+//!   every status code mapped to a typed, actionable [`NeuronError`];
+//! - [`compile`]: the `neuronx-cc` command line and a content-addressed NEFF cache safe with
+//!   concurrent processes;
+//! - [`backend`]: [`NeuronBackend`], silica's `Backend` on all of the above;
+//! - [`tp`]: tensor-parallel plans (valid degrees per target, weight sharding, all-reduce points);
+//! - [`probe`]: what `silica doctor` reports.
+//!
+//! Tested against `silica-nrt-double`, a host-memory stand-in for libnrt: that proves the
+//! marshalling, lifetimes and error paths, not the hardware. No Neuron hardware run has happened.
+
+pub mod backend;
+pub mod compile;
+mod error;
+pub mod probe;
+pub mod runtime;
+pub mod sys;
+pub mod tp;
+
+pub use backend::{Binding, NeuronBackend, NeuronExecutable, NeuronOptions};
+pub use compile::{CacheOutcome, CachedNeff, CompileOptions, NeffCache, Target};
+pub use error::{Attempt, NeuronError, NrtStatus};
+pub use probe::{probe, NeuronProbe};
+pub use runtime::{DeviceTensor, Model, Runtime, TensorInfo, TensorSet, Usage};

@@ -1,0 +1,741 @@
+//! silica-nrt-double: a test-only stand-in for `libnrt.so`.
+//!
+//! It exports the `nrt_*` functions silica-neuron binds (same names, same C signatures as the
+//! public headers in aws-neuron-sdk `src/libnrt/include/nrt/`), over host memory. Tests load it
+//! through `SILICA_NRT_LIB` exactly as silica loads the real library, so they prove the marshalling,
+//! handle lifetimes and error paths of the binding — not the hardware.
+//!
+//! **Stand-in NEFF**: the bytes [`NEFF_MAGIC`] followed by a serialized XLA `HloModuleProto`
+//! (what `silica_hlo::lower` writes). Loading decodes the HLO back into a silica program and
+//! executing runs it on the CPU reference backend, so outputs read back are real results. Tensor
+//! names follow XLA-compiled NEFFs: `input{i}` for parameter `i`, `output{i}` for tuple element `i`.
+//!
+//! **Test controls** (extra exports, prefixed `silica_double_`): call log, error injection,
+//! live-handle counters (leak checks), the reported version, per-core memory, visible cores.
+//! The number of visible NeuronCores is read from `SILICA_NRT_DOUBLE_CORES` at `nrt_init`
+//! (default 2, one Inferentia2 chip), as the real runtime reads `NEURON_RT_VISIBLE_CORES`.
+//!
+//! Behaviour chosen to be at least as strict as the real runtime: a second `nrt_init` fails,
+//! `nrt_init` after `nrt_close` returns `NRT_CLOSED`, calls before `nrt_init` return
+//! `NRT_UNINITIALIZED`, unknown handles return `NRT_INVALID_HANDLE` instead of crashing.
+
+#![allow(clippy::missing_safety_doc)]
+
+mod hlo_exec;
+
+use silica_tensor::cpu::CpuBackend;
+use silica_tensor::{Backend, Executable, HostTensor};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// First bytes of a stand-in NEFF (format version 1).
+pub const NEFF_MAGIC: &[u8] = b"SILICA-NRT-DOUBLE-NEFF/1\n";
+const NEFF_PREFIX: &[u8] = b"SILICA-NRT-DOUBLE-NEFF/";
+
+// NRT_STATUS values (nrt_status.h).
+const NRT_SUCCESS: c_int = 0;
+const NRT_FAILURE: c_int = 1;
+const NRT_INVALID: c_int = 2;
+const NRT_INVALID_HANDLE: c_int = 3;
+const NRT_RESOURCE: c_int = 4;
+const NRT_LOAD_NOT_ENOUGH_NC: c_int = 9;
+const NRT_UNSUPPORTED_NEFF_VERSION: c_int = 10;
+const NRT_UNINITIALIZED: c_int = 13;
+const NRT_CLOSED: c_int = 14;
+const NRT_EXEC_BAD_INPUT: c_int = 1002;
+
+const PLACEMENT_DEVICE: c_int = 0;
+
+/// `nrt_version_t` (nrt_version.h).
+#[repr(C)]
+pub struct NrtVersion {
+    pub rt_major: u64,
+    pub rt_minor: u64,
+    pub rt_patch: u64,
+    pub rt_maintenance: u64,
+    pub rt_detail: [c_char; 128],
+    pub git_hash: [c_char; 64],
+}
+
+/// `nrt_tensor_info_t` (nrt_experimental.h).
+#[repr(C)]
+pub struct NrtTensorInfo {
+    pub name: [c_char; 256],
+    pub usage: c_int,
+    pub size: usize,
+    pub dtype: c_int,
+    pub shape: *mut u32,
+    pub ndim: u32,
+}
+
+/// The header of `nrt_tensor_info_array_t`; `tensor_count` infos follow it.
+#[repr(C)]
+pub struct NrtTensorInfoArray {
+    pub tensor_count: u64,
+    pub tensor_array: [NrtTensorInfo; 0],
+}
+
+struct Tensor {
+    data: Vec<u8>,
+    /// Core whose memory it uses (device placement only).
+    core: Option<usize>,
+}
+
+struct Model {
+    exe: Arc<dyn Executable>,
+    inputs: Vec<hlo_exec::IoSpec>,
+    outputs: Vec<hlo_exec::IoSpec>,
+}
+
+struct InfoAlloc {
+    layout: std::alloc::Layout,
+    shapes: Vec<Box<[u32]>>,
+}
+
+struct State {
+    initialized: bool,
+    closed: bool,
+    init_calls: u64,
+    cores: usize,
+    core_memory: u64,
+    core_used: Vec<u64>,
+    version: (u64, u64, u64),
+    calls: Vec<String>,
+    /// Call name → (calls to let through first, status to return then); fires once.
+    inject: HashMap<String, (u32, c_int)>,
+    tensors: HashMap<usize, Box<Tensor>>,
+    // Boxed on purpose: the box's address is the handle handed to C, unique while it lives.
+    #[allow(clippy::box_collection)]
+    sets: HashMap<usize, Box<HashMap<String, usize>>>,
+    models: HashMap<usize, Box<Model>>,
+    infos: HashMap<usize, InfoAlloc>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn state() -> MutexGuard<'static, Option<State>> {
+    // A panic while the lock was held (it would be a bug in the double) must not hide later calls.
+    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if g.is_none() {
+        *g = Some(State {
+            initialized: false,
+            closed: false,
+            init_calls: 0,
+            cores: 0,
+            core_memory: 16 << 30,
+            core_used: vec![],
+            version: (2, 21, 0),
+            calls: vec![],
+            inject: HashMap::new(),
+            tensors: HashMap::new(),
+            sets: HashMap::new(),
+            models: HashMap::new(),
+            infos: HashMap::new(),
+        });
+    }
+    g
+}
+
+impl State {
+    /// Logs the call and returns an injected status, if one is due.
+    fn enter(&mut self, call: &str) -> Option<c_int> {
+        self.calls.push(call.to_string());
+        if let Some((skip, status)) = self.inject.get_mut(call) {
+            if *skip == 0 {
+                let s = *status;
+                self.inject.remove(call);
+                return Some(s);
+            }
+            *skip -= 1;
+        }
+        None
+    }
+
+    fn ready(&self) -> Result<(), c_int> {
+        if self.closed {
+            Err(NRT_CLOSED)
+        } else if !self.initialized {
+            Err(NRT_UNINITIALIZED)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs `f` on the state after logging `call` and applying injection and init checks.
+fn with_state(call: &str, needs_init: bool, f: impl FnOnce(&mut State) -> c_int) -> c_int {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    if let Some(s) = st.enter(call) {
+        return s;
+    }
+    if needs_init {
+        if let Err(s) = st.ready() {
+            return s;
+        }
+    }
+    f(st)
+}
+
+// --------------------------------------------------------------------------- lifecycle
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_version(ver: *mut NrtVersion, size: usize) -> c_int {
+    with_state("nrt_get_version", false, |st| {
+        if ver.is_null() {
+            return NRT_INVALID;
+        }
+        let mut v = NrtVersion {
+            rt_major: st.version.0,
+            rt_minor: st.version.1,
+            rt_patch: st.version.2,
+            rt_maintenance: 0,
+            rt_detail: [0; 128],
+            git_hash: [0; 64],
+        };
+        for (d, s) in v.rt_detail.iter_mut().zip(b"silica-nrt-double") {
+            *d = *s as c_char;
+        }
+        let n = size.min(std::mem::size_of::<NrtVersion>());
+        std::ptr::copy_nonoverlapping(&v as *const NrtVersion as *const u8, ver as *mut u8, n);
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_init(
+    framework: c_int,
+    _fw_version: *const c_char,
+    _fal_version: *const c_char,
+) -> c_int {
+    with_state("nrt_init", false, |st| {
+        st.init_calls += 1;
+        if st.closed {
+            return NRT_CLOSED;
+        }
+        if st.initialized || framework != 1 {
+            // Stricter than needed on purpose: a second init is a caller bug silica must not have.
+            return NRT_FAILURE;
+        }
+        st.cores = std::env::var("SILICA_NRT_DOUBLE_CORES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2);
+        st.core_used = vec![0; st.cores];
+        st.initialized = true;
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_close() {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.calls.push("nrt_close".into());
+    st.initialized = false;
+    st.closed = true;
+}
+
+unsafe fn visible(out: *mut u32, call: &str) -> c_int {
+    with_state(call, true, |st| {
+        if out.is_null() {
+            return NRT_INVALID;
+        }
+        *out = st.cores as u32;
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_visible_vnc_count(out: *mut u32) -> c_int {
+    visible(out, "nrt_get_visible_vnc_count")
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_visible_nc_count(out: *mut u32) -> c_int {
+    visible(out, "nrt_get_visible_nc_count")
+}
+
+// ------------------------------------------------------------------------------ models
+
+unsafe fn load(
+    call: &str,
+    neff: *const c_void,
+    size: usize,
+    vnc: i32,
+    collectives: Option<(u32, u32)>,
+    out: *mut *mut c_void,
+) -> c_int {
+    with_state(call, true, |st| {
+        if neff.is_null() || out.is_null() {
+            return NRT_INVALID;
+        }
+        let core = if vnc < 0 { 0 } else { vnc as usize };
+        if core >= st.cores {
+            return NRT_LOAD_NOT_ENOUGH_NC;
+        }
+        if let Some((rank, world)) = collectives {
+            if world == 0 || rank >= world {
+                return NRT_INVALID;
+            }
+        }
+        let bytes = std::slice::from_raw_parts(neff as *const u8, size);
+        let Some(rest) = bytes.strip_prefix(NEFF_PREFIX) else {
+            eprintln!("silica-nrt-double: not a stand-in NEFF (no magic)");
+            return NRT_INVALID;
+        };
+        let Some(hlo) = rest.strip_prefix(b"1\n") else {
+            return NRT_UNSUPPORTED_NEFF_VERSION;
+        };
+        let decoded = match hlo_exec::decode(hlo) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("silica-nrt-double: cannot load stand-in NEFF: {e}");
+                return NRT_INVALID;
+            }
+        };
+        let exe = match CpuBackend::new().compile(&decoded.program) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("silica-nrt-double: {e}");
+                return NRT_INVALID;
+            }
+        };
+        let m = Box::new(Model {
+            exe,
+            inputs: decoded.inputs,
+            outputs: decoded.outputs,
+        });
+        let key = &*m as *const Model as usize;
+        st.models.insert(key, m);
+        *out = key as *mut c_void;
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_load(
+    neff: *const c_void,
+    size: usize,
+    vnc: i32,
+    _vnc_count: i32,
+    model: *mut *mut c_void,
+) -> c_int {
+    load("nrt_load", neff, size, vnc, None, model)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_load_collectives(
+    neff: *const c_void,
+    size: usize,
+    vnc: i32,
+    _vnc_count: i32,
+    ctx_device_id: u32,
+    ctx_device_count: u32,
+    model: *mut *mut c_void,
+) -> c_int {
+    load(
+        "nrt_load_collectives",
+        neff,
+        size,
+        vnc,
+        Some((ctx_device_id, ctx_device_count)),
+        model,
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_unload(model: *mut c_void) -> c_int {
+    with_state("nrt_unload", true, |st| {
+        match st.models.remove(&(model as usize)) {
+            Some(_) => NRT_SUCCESS,
+            None => NRT_INVALID_HANDLE,
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_model_tensor_info(
+    model: *mut c_void,
+    out: *mut *mut NrtTensorInfoArray,
+) -> c_int {
+    with_state("nrt_get_model_tensor_info", true, |st| {
+        let Some(m) = st.models.get(&(model as usize)) else {
+            return NRT_INVALID_HANDLE;
+        };
+        if out.is_null() {
+            return NRT_INVALID;
+        }
+        let specs: Vec<(&hlo_exec::IoSpec, c_int)> = m
+            .inputs
+            .iter()
+            .map(|s| (s, 0))
+            .chain(m.outputs.iter().map(|s| (s, 1)))
+            .collect();
+        let layout = std::alloc::Layout::new::<NrtTensorInfoArray>()
+            .extend(std::alloc::Layout::array::<NrtTensorInfo>(specs.len()).expect("small"))
+            .expect("small")
+            .0
+            .pad_to_align();
+        let base = std::alloc::alloc_zeroed(layout);
+        if base.is_null() {
+            return NRT_RESOURCE;
+        }
+        let arr = base as *mut NrtTensorInfoArray;
+        (*arr).tensor_count = specs.len() as u64;
+        let first = (*arr).tensor_array.as_mut_ptr();
+        let mut shapes = Vec::new();
+        for (k, (s, usage)) in specs.iter().enumerate() {
+            let mut shape: Box<[u32]> = s.dims.iter().map(|&d| d as u32).collect();
+            let mut name = [0 as c_char; 256];
+            for (d, c) in name.iter_mut().zip(s.name.bytes().take(255)) {
+                *d = c as c_char;
+            }
+            first.add(k).write(NrtTensorInfo {
+                name,
+                usage: *usage,
+                size: s.bytes(),
+                dtype: nrt_dtype(s.dtype),
+                shape: shape.as_mut_ptr(),
+                ndim: s.dims.len() as u32,
+            });
+            shapes.push(shape);
+        }
+        st.infos.insert(base as usize, InfoAlloc { layout, shapes });
+        *out = arr;
+        NRT_SUCCESS
+    })
+}
+
+/// `nrt_dtype_t` values of the current headers (silica never relies on them: see DESIGN.md).
+fn nrt_dtype(dt: silica_tensor::DType) -> c_int {
+    use silica_tensor::DType::*;
+    match dt {
+        F16 => 0x7,
+        BF16 => 0x6,
+        F32 => 0xA,
+        U8 | Bool => 0x3,
+        I32 => 0x8,
+        I64 => 0xC,
+        F64 => 0,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_free_model_tensor_info(info: *mut NrtTensorInfoArray) -> c_int {
+    with_state("nrt_free_model_tensor_info", false, |st| {
+        match st.infos.remove(&(info as usize)) {
+            Some(a) => {
+                std::alloc::dealloc(info as *mut u8, a.layout);
+                drop(a.shapes);
+                NRT_SUCCESS
+            }
+            None => NRT_INVALID_HANDLE,
+        }
+    })
+}
+
+// ----------------------------------------------------------------------------- tensors
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_allocate(
+    placement: c_int,
+    vnc: c_int,
+    size: usize,
+    _name: *const c_char,
+    out: *mut *mut c_void,
+) -> c_int {
+    with_state("nrt_tensor_allocate", true, |st| {
+        if out.is_null() {
+            return NRT_INVALID;
+        }
+        let core = if placement == PLACEMENT_DEVICE {
+            if vnc < 0 || vnc as usize >= st.cores {
+                return NRT_INVALID;
+            }
+            let c = vnc as usize;
+            if st.core_used[c] + size as u64 > st.core_memory {
+                return NRT_RESOURCE;
+            }
+            st.core_used[c] += size as u64;
+            Some(c)
+        } else {
+            None
+        };
+        let t = Box::new(Tensor {
+            data: vec![0; size],
+            core,
+        });
+        let key = &*t as *const Tensor as usize;
+        st.tensors.insert(key, t);
+        *out = key as *mut c_void;
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_free(tensor: *mut *mut c_void) {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.calls.push("nrt_tensor_free".into());
+    if tensor.is_null() {
+        return;
+    }
+    if let Some(t) = st.tensors.remove(&(*tensor as usize)) {
+        if let Some(c) = t.core {
+            st.core_used[c] -= t.data.len() as u64;
+        }
+    }
+    *tensor = std::ptr::null_mut();
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_write(
+    tensor: *mut c_void,
+    buf: *const c_void,
+    offset: usize,
+    size: usize,
+) -> c_int {
+    with_state("nrt_tensor_write", true, |st| {
+        let Some(t) = st.tensors.get_mut(&(tensor as usize)) else {
+            return NRT_INVALID_HANDLE;
+        };
+        if buf.is_null() || offset.checked_add(size).is_none_or(|e| e > t.data.len()) {
+            return NRT_INVALID;
+        }
+        let src = std::slice::from_raw_parts(buf as *const u8, size);
+        t.data[offset..offset + size].copy_from_slice(src);
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_read(
+    tensor: *const c_void,
+    buf: *mut c_void,
+    offset: usize,
+    size: usize,
+) -> c_int {
+    with_state("nrt_tensor_read", true, |st| {
+        let Some(t) = st.tensors.get(&(tensor as usize)) else {
+            return NRT_INVALID_HANDLE;
+        };
+        if buf.is_null() || offset.checked_add(size).is_none_or(|e| e > t.data.len()) {
+            return NRT_INVALID;
+        }
+        std::ptr::copy_nonoverlapping(t.data.as_ptr().add(offset), buf as *mut u8, size);
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_get_size(tensor: *const c_void) -> usize {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.calls.push("nrt_tensor_get_size".into());
+    st.tensors
+        .get(&(tensor as usize))
+        .map_or(0, |t| t.data.len())
+}
+
+// ------------------------------------------------------------------------- tensor sets
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_allocate_tensor_set(out: *mut *mut c_void) -> c_int {
+    with_state("nrt_allocate_tensor_set", true, |st| {
+        if out.is_null() {
+            return NRT_INVALID;
+        }
+        let s: Box<HashMap<String, usize>> = Box::default();
+        let key = &*s as *const HashMap<String, usize> as usize;
+        st.sets.insert(key, s);
+        *out = key as *mut c_void;
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_destroy_tensor_set(set: *mut *mut c_void) {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.calls.push("nrt_destroy_tensor_set".into());
+    if !set.is_null() {
+        st.sets.remove(&(*set as usize));
+        *set = std::ptr::null_mut();
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_add_tensor_to_tensor_set(
+    set: *mut c_void,
+    name: *const c_char,
+    tensor: *mut c_void,
+) -> c_int {
+    with_state("nrt_add_tensor_to_tensor_set", true, |st| {
+        if name.is_null() || !st.tensors.contains_key(&(tensor as usize)) {
+            return NRT_INVALID;
+        }
+        let Some(s) = st.sets.get_mut(&(set as usize)) else {
+            return NRT_INVALID_HANDLE;
+        };
+        let n = CStr::from_ptr(name).to_string_lossy().into_owned();
+        s.insert(n, tensor as usize);
+        NRT_SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nrt_execute(
+    model: *mut c_void,
+    input_set: *const c_void,
+    output_set: *mut c_void,
+) -> c_int {
+    with_state("nrt_execute", true, |st| {
+        let Some(m) = st.models.get(&(model as usize)) else {
+            return NRT_INVALID_HANDLE;
+        };
+        let (Some(ins), Some(outs)) = (
+            st.sets.get(&(input_set as usize)),
+            st.sets.get(&(output_set as usize)),
+        ) else {
+            return NRT_INVALID_HANDLE;
+        };
+        // Resolve and check every tensor before computing anything (the real runtime rejects
+        // a call whose tensors do not match the NEFF with NRT_EXEC_BAD_INPUT).
+        let mut args = Vec::with_capacity(m.inputs.len());
+        for spec in &m.inputs {
+            let Some(t) = ins.get(&spec.name).and_then(|k| st.tensors.get(k)) else {
+                eprintln!("silica-nrt-double: input `{}` missing", spec.name);
+                return NRT_EXEC_BAD_INPUT;
+            };
+            if t.data.len() != spec.bytes() {
+                return NRT_EXEC_BAD_INPUT;
+            }
+            match HostTensor::from_bytes(spec.dtype, spec.dims.clone(), &t.data) {
+                Ok(h) => args.push(h),
+                Err(_) => return NRT_EXEC_BAD_INPUT,
+            }
+        }
+        let mut targets = Vec::with_capacity(m.outputs.len());
+        for spec in &m.outputs {
+            match outs.get(&spec.name) {
+                Some(&k)
+                    if st
+                        .tensors
+                        .get(&k)
+                        .is_some_and(|t| t.data.len() == spec.bytes()) =>
+                {
+                    targets.push(k)
+                }
+                _ => {
+                    eprintln!(
+                        "silica-nrt-double: output `{}` missing or wrong size",
+                        spec.name
+                    );
+                    return NRT_EXEC_BAD_INPUT;
+                }
+            }
+        }
+        let cpu = CpuBackend::new();
+        let results = match silica_tensor::run_host(&cpu, &*m.exe, &args) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("silica-nrt-double: execution failed: {e}");
+                return NRT_FAILURE;
+            }
+        };
+        // All outputs are computed before any is written, so an output tensor that is also an
+        // input (in-place KV cache) is read before it is overwritten.
+        for (k, r) in targets.into_iter().zip(results) {
+            let t = st.tensors.get_mut(&k).expect("checked above");
+            t.data.copy_from_slice(r.as_bytes());
+        }
+        NRT_SUCCESS
+    })
+}
+
+// ------------------------------------------------------------------------ test controls
+
+/// Clears the call log and pending injections (not the runtime state or live handles).
+#[no_mangle]
+pub extern "C" fn silica_double_reset() {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.calls.clear();
+    st.inject.clear();
+}
+
+/// Copies the call log (names joined by `\n`) into `buf` (up to `cap` bytes, not
+/// NUL-terminated) and returns the full length.
+#[no_mangle]
+pub unsafe extern "C" fn silica_double_calls(buf: *mut c_char, cap: usize) -> usize {
+    let g = state();
+    let st = g.as_ref().expect("state made above");
+    let s = st.calls.join("\n");
+    if !buf.is_null() {
+        let n = s.len().min(cap);
+        std::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, n);
+    }
+    s.len()
+}
+
+/// Makes the call named `name` return `status` once, after letting `skip` calls through.
+#[no_mangle]
+pub unsafe extern "C" fn silica_double_inject(name: *const c_char, status: c_int, skip: u32) {
+    let n = CStr::from_ptr(name).to_string_lossy().into_owned();
+    let mut g = state();
+    g.as_mut()
+        .expect("state made above")
+        .inject
+        .insert(n, (skip, status));
+}
+
+/// Live handles of one kind: 0 tensors, 1 tensor sets, 2 models, 3 tensor-info arrays.
+#[no_mangle]
+pub extern "C" fn silica_double_live(kind: c_int) -> u64 {
+    let g = state();
+    let st = g.as_ref().expect("state made above");
+    (match kind {
+        0 => st.tensors.len(),
+        1 => st.sets.len(),
+        2 => st.models.len(),
+        3 => st.infos.len(),
+        _ => 0,
+    }) as u64
+}
+
+/// How many times `nrt_init` was called.
+#[no_mangle]
+pub extern "C" fn silica_double_init_calls() -> u64 {
+    state().as_ref().expect("state made above").init_calls
+}
+
+/// The version `nrt_get_version` reports from now on.
+#[no_mangle]
+pub extern "C" fn silica_double_set_version(major: u64, minor: u64, patch: u64) {
+    state().as_mut().expect("state made above").version = (major, minor, patch);
+}
+
+/// Device memory per NeuronCore in bytes (default 16 GiB, as on Inf2/Trn1).
+#[no_mangle]
+pub extern "C" fn silica_double_set_core_memory(bytes: u64) {
+    state().as_mut().expect("state made above").core_memory = bytes;
+}
+
+/// Bytes currently allocated on `core`.
+#[no_mangle]
+pub extern "C" fn silica_double_core_used(core: u32) -> u64 {
+    let g = state();
+    let st = g.as_ref().expect("state made above");
+    st.core_used.get(core as usize).copied().unwrap_or(0)
+}
+
+/// Distinct tensors currently referenced by any tensor set (lets tests see shared weights).
+#[no_mangle]
+pub extern "C" fn silica_double_distinct_set_tensors() -> u64 {
+    let g = state();
+    let st = g.as_ref().expect("state made above");
+    let all: HashSet<usize> = st.sets.values().flat_map(|s| s.values().copied()).collect();
+    all.len() as u64
+}

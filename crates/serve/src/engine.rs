@@ -1,0 +1,907 @@
+//! The engine: a scheduler thread that owns the model's paged KV pool and runs continuous
+//! batching over every submitted request.
+//!
+//! Each iteration: take new requests; drop cancelled ones (freeing their blocks); admit waiting
+//! requests while blocks allow (FIFO, reusing prefix-cached blocks); run one batched prefill
+//! chunk for requests still reading their prompt (chunks of whole blocks, up to
+//! `max_prefill_tokens` per step); then one batched decode step for every request generating,
+//! allocating a block when a sequence crosses into a new one. When the pool is exhausted the
+//! most recently admitted request is preempted (its blocks freed, its tokens recomputed when it
+//! is re-admitted at the front of the queue). A request is only accepted if it fits the pool
+//! alone, so the oldest running request can always make progress: the engine never deadlocks.
+
+use crate::blocks::{BlockManager, PrefixCursor};
+use crate::metrics::Metrics;
+use crate::ServeError;
+use silica_models::generate::StopFilter;
+use silica_models::paged::{PagedModel, PagedRow};
+use silica_models::sampling::{Sampler, SamplingParams};
+use silica_models::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
+use silica_models::{LoadedModel, LogitsMode};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Token slots per KV block.
+    pub block_size: usize,
+    /// Blocks in the pool (one is scratch); default: from `kv_cache_bytes`.
+    pub num_blocks: Option<usize>,
+    /// Memory for the pool; default: a quarter of the memory available now, at most what
+    /// `max_num_seqs` full-context sequences need.
+    pub kv_cache_bytes: Option<usize>,
+    /// Most sequences decoding at once (the largest decode batch bucket).
+    pub max_num_seqs: usize,
+    /// Most prompt tokens (batch × chunk bucket) per prefill step.
+    pub max_prefill_tokens: usize,
+    /// Most requests waiting for admission; more are refused ([`ServeError::QueueFull`]).
+    pub max_queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_size: 16,
+            num_blocks: None,
+            kv_cache_bytes: None,
+            max_num_seqs: 64,
+            max_prefill_tokens: 512,
+            max_queue: 4096,
+        }
+    }
+}
+
+/// What to complete.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Text, tokenized with the model's special tokens (BOS where the tokenizer adds one).
+    Text(String),
+    /// Token ids as they are.
+    Tokens(Vec<u32>),
+    /// Chat messages, rendered with the model's chat template and a generation prompt.
+    Chat(Vec<ChatMessage>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub prompt: Prompt,
+    /// Most tokens to generate; None = until the context is full.
+    pub max_tokens: Option<usize>,
+    /// Sampling, with `seed` for a reproducible stream per request.
+    pub sampling: SamplingParams,
+    /// Generation ends at the first of these strings (which is not returned).
+    pub stop: Vec<String>,
+    /// Keep going after an end-of-sequence token.
+    pub ignore_eos: bool,
+}
+
+impl Request {
+    pub fn new(prompt: Prompt) -> Self {
+        Request {
+            prompt,
+            max_tokens: Some(16),
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why a request ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token.
+    Eos,
+    /// A stop string.
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+    /// Cancelled by the caller (or its stream was dropped).
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The OpenAI `finish_reason`.
+    pub fn openai(self) -> &'static str {
+        match self {
+            FinishReason::Eos | FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "abort",
+        }
+    }
+}
+
+/// Token counts of a finished request.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// One event of a request's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A generated token and the text it completes (may be empty: text is held back while it
+    /// could be part of a stop string or of a multi-byte character).
+    Token { id: u32, text: String },
+    /// The end: the remaining text (if any), why, and the token counts. Always the last event.
+    Finished {
+        text: String,
+        reason: FinishReason,
+        usage: Usage,
+    },
+    /// The engine failed on this request (a backend error); always the last event.
+    Error(String),
+}
+
+/// The receiving end of a request: its events, in order. Dropping it cancels the request.
+pub struct RequestStream {
+    pub id: u64,
+    /// Prompt tokens after tokenization / templating.
+    pub prompt_tokens: usize,
+    rx: UnboundedReceiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl RequestStream {
+    /// The next event (None after the last one).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event, blocking the calling thread (not for use inside an async runtime).
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    /// Stops the request; its blocks are freed at the next engine step and the stream ends
+    /// with `Finished { reason: Cancelled }`.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that can cancel this request from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Cancels one request.
+#[derive(Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the engine's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub blocks_total: usize,
+    pub blocks_in_use: usize,
+    pub block_size: usize,
+    /// Requests waiting for admission (including preempted ones).
+    pub waiting: usize,
+    /// Requests admitted (prefilling or decoding).
+    pub running: usize,
+    pub preemptions: u64,
+    pub prefix_hit_blocks: u64,
+}
+
+pub(crate) struct Shared {
+    pub blocks_total: usize,
+    pub block_size: usize,
+    pub blocks_in_use: AtomicUsize,
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub preemptions: AtomicU64,
+    pub prefix_hit_blocks: AtomicU64,
+    pub metrics: Mutex<Metrics>,
+}
+
+struct NewSeq {
+    tokens: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    ignore_eos: bool,
+    tx: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+    arrival: Instant,
+}
+
+enum Msg {
+    New(Box<NewSeq>),
+}
+
+/// The embeddable engine. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Engine {
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    next_id: AtomicU64,
+    model_name: String,
+    tokenizer: Option<Tokenizer>,
+    eos: Vec<u32>,
+    vocab_size: usize,
+    context_len: usize,
+    max_queue: usize,
+}
+
+/// Memory available to this process now (Linux), for sizing the pool.
+fn available_memory() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Engine {
+    /// Starts an engine on `model`: allocates the block pool and the scheduler thread.
+    pub fn new(model: LoadedModel, cfg: EngineConfig) -> Result<Engine, ServeError> {
+        if cfg.block_size == 0 || cfg.max_num_seqs == 0 || cfg.max_prefill_tokens == 0 {
+            return Err(ServeError::Config(
+                "block size, max_num_seqs and max_prefill_tokens must be at least 1".into(),
+            ));
+        }
+        let bs = cfg.block_size;
+        let block_bytes = PagedModel::block_bytes(&model.config, bs, model.dtype);
+        let ctx = model.cache_len;
+        let num_blocks = match cfg.num_blocks {
+            Some(n) => n,
+            None => {
+                let want = cfg.max_num_seqs * ctx.div_ceil(bs) + 1;
+                let budget = cfg
+                    .kv_cache_bytes
+                    .unwrap_or_else(|| available_memory().unwrap_or(1 << 30) / 4);
+                (budget / block_bytes).min(want)
+            }
+        };
+        if num_blocks < 2 {
+            return Err(ServeError::Config(format!(
+                "the KV pool would hold {num_blocks} blocks of {block_bytes} bytes; it needs at least 2 (give more memory)"
+            )));
+        }
+        let model = Arc::new(model);
+        let tokenizer = model.tokenizer.clone();
+        let eos = match &tokenizer {
+            Some(t) if !t.eos_token_ids().is_empty() => t.eos_token_ids().to_vec(),
+            _ => model.config.eos_token_ids.clone(),
+        };
+        let paged = PagedModel::new(model.clone(), bs, num_blocks)?;
+        let shared = Arc::new(Shared {
+            blocks_total: num_blocks - 1,
+            block_size: bs,
+            blocks_in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            preemptions: AtomicU64::new(0),
+            prefix_hit_blocks: AtomicU64::new(0),
+            metrics: Mutex::new(Metrics::default()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let mut sched = Scheduler {
+            paged,
+            blocks: BlockManager::new(num_blocks, bs),
+            cfg: cfg.clone(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            shared: shared.clone(),
+            tokenizer: tokenizer.clone(),
+            eos: eos.clone(),
+            context_len: ctx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("silica-engine".into())
+            .spawn(move || sched.run(rx))
+            .map_err(|e| ServeError::Config(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine {
+            tx: Mutex::new(Some(tx)),
+            shared,
+            thread: Mutex::new(Some(thread)),
+            next_id: AtomicU64::new(1),
+            model_name: model.name.clone(),
+            tokenizer,
+            eos,
+            vocab_size: model.config.vocab_size,
+            context_len: ctx,
+            max_queue: cfg.max_queue,
+        })
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Token slots per sequence (prompt + generated).
+    pub fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    /// The end-of-sequence token ids.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.shared;
+        EngineStats {
+            blocks_total: s.blocks_total,
+            blocks_in_use: s.blocks_in_use.load(Ordering::Relaxed),
+            block_size: s.block_size,
+            waiting: s.waiting.load(Ordering::Relaxed),
+            running: s.running.load(Ordering::Relaxed),
+            preemptions: s.preemptions.load(Ordering::Relaxed),
+            prefix_hit_blocks: s.prefix_hit_blocks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Latency histograms and token counters, in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let stats = self.stats();
+        self.shared
+            .metrics
+            .lock()
+            .expect("not poisoned")
+            .render(&stats)
+    }
+
+    /// Counts an HTTP response for `/metrics` (used by the server).
+    pub fn record_http_status(&self, status: u16) {
+        self.shared
+            .metrics
+            .lock()
+            .expect("not poisoned")
+            .http_status(status);
+    }
+
+    /// Tokenizes a prompt as [`Engine::submit`] would.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, ServeError> {
+        let tok = || {
+            self.tokenizer.as_ref().ok_or_else(|| {
+                ServeError::InvalidRequest(
+                    "this model has no tokenizer; send the prompt as token ids".into(),
+                )
+            })
+        };
+        let ids = match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(s) => tok()?.encode(s, true)?,
+            Prompt::Chat(msgs) => {
+                if msgs.is_empty() {
+                    return Err(ServeError::InvalidRequest("`messages` is empty".into()));
+                }
+                let t = tok()?;
+                let text = t.apply_chat_template(msgs, true)?;
+                t.encode(&text, false)?
+            }
+        };
+        if ids.is_empty() {
+            return Err(ServeError::InvalidRequest(
+                "the prompt is empty (no tokens)".into(),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(ServeError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.vocab_size
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Validates and queues a request; its events arrive on the returned stream.
+    pub fn submit(&self, req: Request) -> Result<RequestStream, ServeError> {
+        req.sampling
+            .validate()
+            .map_err(ServeError::InvalidRequest)?;
+        let tokens = self.tokenize(&req.prompt)?;
+        let n = tokens.len();
+        if n >= self.context_len {
+            return Err(ServeError::PromptTooLong {
+                tokens: n,
+                context: self.context_len,
+            });
+        }
+        let room = self.context_len - n;
+        // A request must fit the pool alone, or it could wait forever (see the module docs).
+        let cap = self.shared.blocks_total * self.shared.block_size;
+        let max_tokens = match req.max_tokens {
+            // Unbounded: as much as both the context and the pool allow.
+            None if n < cap => room.min(cap - n),
+            None => {
+                return Err(ServeError::InvalidRequest(format!(
+                    "the prompt ({n} tokens) does not fit the KV cache of {cap} tokens"
+                )))
+            }
+            Some(0) => {
+                return Err(ServeError::InvalidRequest(
+                    "max_tokens must be at least 1".into(),
+                ))
+            }
+            Some(m) if m > room => {
+                return Err(ServeError::InvalidRequest(format!(
+                    "this model's context is {} tokens; the prompt has {n}, so max_tokens can be at most {room}, not {m}",
+                    self.context_len
+                )))
+            }
+            Some(m) => m,
+        };
+        if n + max_tokens > cap {
+            return Err(ServeError::InvalidRequest(format!(
+                "prompt ({n}) + max_tokens ({max_tokens}) exceed the KV cache of {cap} tokens; lower max_tokens"
+            )));
+        }
+        if self.shared.waiting.load(Ordering::Relaxed) >= self.max_queue {
+            return Err(ServeError::QueueFull(self.max_queue));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let seq = NewSeq {
+            tokens,
+            max_tokens,
+            sampling: req.sampling,
+            stop: req.stop,
+            ignore_eos: req.ignore_eos,
+            tx,
+            cancel: cancel.clone(),
+            arrival: Instant::now(),
+        };
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .tx
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|t| t.send(Msg::New(Box::new(seq))).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(ServeError::ShuttingDown);
+        }
+        Ok(RequestStream {
+            id,
+            prompt_tokens: n,
+            rx,
+            cancel,
+        })
+    }
+
+    /// Stops taking requests, lets the ones in flight finish, and joins the engine thread.
+    pub fn shutdown(&self) {
+        self.tx.lock().expect("not poisoned").take();
+        if let Some(t) = self.thread.lock().expect("not poisoned").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Seq {
+    /// Prompt and generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose K/V are in `blocks`.
+    computed: usize,
+    blocks: Vec<u32>,
+    cursor: PrefixCursor,
+    max_tokens: usize,
+    ignore_eos: bool,
+    sampler: Sampler,
+    decoder: Option<StreamDecoder>,
+    stop: StopFilter,
+    tx: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+    arrival: Instant,
+    first_token: Option<Instant>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.tx.is_closed()
+    }
+}
+
+struct Scheduler {
+    paged: PagedModel,
+    blocks: BlockManager,
+    cfg: EngineConfig,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    shared: Arc<Shared>,
+    tokenizer: Option<Tokenizer>,
+    eos: Vec<u32>,
+    context_len: usize,
+}
+
+/// Smallest power of two ≥ n (n ≥ 1), capped at `cap` when n ≤ cap.
+fn pow2_bucket(n: usize, cap: usize) -> usize {
+    n.next_power_of_two().min(cap.max(n))
+}
+
+impl Scheduler {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        let mut open = true;
+        loop {
+            // Take new requests; block only when idle.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(m) => self.take(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => self.take(m),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.drop_cancelled();
+            self.admit();
+            if let Err(e) = self.prefill_step() {
+                self.fail_all(&e.to_string());
+            }
+            if let Err(e) = self.decode_step() {
+                self.fail_all(&e.to_string());
+            }
+            self.publish();
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        let Msg::New(n) = m;
+        let n = *n;
+        let prompt_len = n.tokens.len();
+        self.waiting.push_back(Seq {
+            tokens: n.tokens,
+            prompt_len,
+            computed: 0,
+            blocks: vec![],
+            cursor: PrefixCursor::default(),
+            max_tokens: n.max_tokens,
+            ignore_eos: n.ignore_eos,
+            sampler: Sampler::new(&n.sampling),
+            decoder: self.tokenizer.as_ref().map(StreamDecoder::new),
+            stop: StopFilter::new(&n.stop),
+            tx: n.tx,
+            cancel: n.cancel,
+            arrival: n.arrival,
+            first_token: None,
+        });
+        // `waiting` was counted at submit.
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.blocks_in_use
+            .store(self.blocks.in_use(), Ordering::Relaxed);
+        s.running.store(self.running.len(), Ordering::Relaxed);
+    }
+
+    fn finish(&mut self, mut seq: Seq, reason: FinishReason) {
+        self.blocks.release(&seq.blocks);
+        seq.blocks.clear();
+        let mut text = String::new();
+        if reason != FinishReason::Stop && reason != FinishReason::Cancelled {
+            if let Some(d) = seq.decoder.as_mut() {
+                let (out, _hit) = seq.stop.push(&d.finish());
+                text.push_str(&out);
+                text.push_str(&seq.stop.finish());
+            }
+        }
+        let usage = Usage {
+            prompt_tokens: seq.prompt_len,
+            completion_tokens: seq.generated(),
+        };
+        let now = Instant::now();
+        {
+            let mut m = self.shared.metrics.lock().expect("not poisoned");
+            m.finished(reason, usage, seq.arrival, seq.first_token, now);
+        }
+        let _ = seq.tx.send(Event::Finished {
+            text,
+            reason,
+            usage,
+        });
+    }
+
+    fn fail_all(&mut self, msg: &str) {
+        let seqs: Vec<Seq> = self
+            .running
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect();
+        self.shared.waiting.store(0, Ordering::Relaxed);
+        for s in seqs {
+            self.blocks.release(&s.blocks);
+            let _ = s.tx.send(Event::Error(format!("engine error: {msg}")));
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].cancelled() {
+                let s = self.waiting.remove(i).expect("in range");
+                self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.finish(s, FinishReason::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].cancelled() {
+                let s = self.running.remove(i);
+                self.finish(s, FinishReason::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Admits waiting sequences (FIFO) while there are sequence slots and blocks for their
+    /// whole current token list.
+    fn admit(&mut self) {
+        let bs = self.blocks.block_size;
+        while self.running.len() < self.cfg.max_num_seqs {
+            let Some(seq) = self.waiting.front_mut() else {
+                break;
+            };
+            // Reuse cached full blocks, keeping at least one token to compute (for logits).
+            let (hit, cursor) = self.blocks.lookup(&seq.tokens, (seq.tokens.len() - 1) / bs);
+            let need = seq.tokens.len().div_ceil(bs) - hit.len();
+            if need > self.blocks.num_free() {
+                self.blocks.release(&hit);
+                break;
+            }
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.shared
+                .prefix_hit_blocks
+                .fetch_add(hit.len() as u64, Ordering::Relaxed);
+            seq.computed = hit.len() * bs;
+            seq.blocks = hit;
+            seq.cursor = cursor;
+            for _ in 0..need {
+                seq.blocks
+                    .push(self.blocks.allocate().expect("counted free"));
+            }
+            self.running.push(seq);
+        }
+    }
+
+    /// Frees the most recently admitted running sequence other than `keep` (or `keep` itself
+    /// when it is the only one) and puts it back at the front of the queue to be recomputed.
+    fn preempt(&mut self, keep: usize) -> usize {
+        let victim = if self.running.len() - 1 != keep || self.running.len() == 1 {
+            self.running.len() - 1
+        } else {
+            self.running.len() - 2
+        };
+        let mut s = self.running.remove(victim);
+        self.blocks.release(&s.blocks);
+        s.blocks.clear();
+        s.computed = 0;
+        s.cursor = PrefixCursor::default();
+        self.shared.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        self.waiting.push_front(s);
+        victim
+    }
+
+    fn prefill_step(&mut self) -> Result<(), ServeError> {
+        let bs = self.blocks.block_size;
+        let max_chunk = (self.cfg.max_prefill_tokens / bs).max(1) * bs;
+        let cands: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].tokens.len() - self.running[i].computed > 1)
+            .collect();
+        if cands.is_empty() {
+            return Ok(());
+        }
+        // The chunk bucket is set by the first (oldest) candidate; others join while the
+        // batch stays within the token budget.
+        let chunk_of = |s: &Seq| (s.tokens.len() - s.computed).min(max_chunk);
+        let first = chunk_of(&self.running[cands[0]]);
+        let t = (first.div_ceil(bs).next_power_of_two() * bs).min(max_chunk.next_power_of_two());
+        let t = t.max(first.div_ceil(bs) * bs);
+        let max_rows = (self.cfg.max_prefill_tokens / t).max(1);
+        let picked: Vec<usize> = cands
+            .into_iter()
+            .filter(|&i| chunk_of(&self.running[i]) <= t)
+            .take(max_rows)
+            .collect();
+        let b = pow2_bucket(picked.len(), max_rows);
+        let mut m = 1;
+        let chunks: Vec<(usize, usize)> = picked
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                let c = chunk_of(s);
+                m = m.max(s.blocks.len());
+                (i, c)
+            })
+            .collect();
+        let m = m.next_power_of_two().max(t / bs);
+        let rows: Vec<PagedRow> = chunks
+            .iter()
+            .map(|&(i, c)| {
+                let s = &self.running[i];
+                PagedRow {
+                    tokens: &s.tokens[s.computed..s.computed + c],
+                    start_pos: s.computed,
+                    block_table: &s.blocks,
+                    logits_at: c - 1,
+                }
+            })
+            .collect();
+        let logits = self.paged.step(&rows, b, t, m, LogitsMode::Last)?;
+        let v = self.paged.model.config.vocab_size;
+        let l = logits.to_vec::<f32>()?;
+        let mut done = Vec::new();
+        for (r, &(i, c)) in chunks.iter().enumerate() {
+            let s = &mut self.running[i];
+            s.computed += c;
+            self.blocks
+                .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
+            if s.computed == s.tokens.len() {
+                if let Some(reason) = self.sample(i, &l[r * v..(r + 1) * v]) {
+                    done.push((i, reason));
+                }
+            }
+        }
+        self.retire(done);
+        Ok(())
+    }
+
+    fn decode_step(&mut self) -> Result<(), ServeError> {
+        let bs = self.blocks.block_size;
+        // Every decoding sequence needs the block of its next position.
+        let mut i = 0;
+        while i < self.running.len() {
+            let s = &self.running[i];
+            if s.tokens.len() - s.computed != 1 || s.computed / bs < s.blocks.len() {
+                i += 1;
+                continue;
+            }
+            match self.blocks.allocate() {
+                Some(b) => {
+                    self.running[i].blocks.push(b);
+                    i += 1;
+                }
+                None => {
+                    let victim = self.preempt(i);
+                    if victim < i {
+                        i -= 1;
+                    }
+                }
+            }
+        }
+        let idx: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].tokens.len() - self.running[i].computed == 1)
+            .collect();
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let b = pow2_bucket(idx.len(), self.cfg.max_num_seqs);
+        let m = idx
+            .iter()
+            .map(|&i| self.running[i].blocks.len())
+            .max()
+            .unwrap_or(1)
+            .next_power_of_two();
+        let rows: Vec<PagedRow> = idx
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                PagedRow {
+                    tokens: &s.tokens[s.computed..],
+                    start_pos: s.computed,
+                    block_table: &s.blocks,
+                    logits_at: 0,
+                }
+            })
+            .collect();
+        let logits = self.paged.step(&rows, b, 1, m, LogitsMode::Last)?;
+        let v = self.paged.model.config.vocab_size;
+        let l = logits.to_vec::<f32>()?;
+        let mut done = Vec::new();
+        for (r, &i) in idx.iter().enumerate() {
+            let s = &mut self.running[i];
+            s.computed += 1;
+            self.blocks
+                .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
+            if let Some(reason) = self.sample(i, &l[r * v..(r + 1) * v]) {
+                done.push((i, reason));
+            }
+        }
+        self.retire(done);
+        Ok(())
+    }
+
+    /// Removes finished sequences (indices into `running`, any order).
+    fn retire(&mut self, mut done: Vec<(usize, FinishReason)>) {
+        done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in done {
+            let s = self.running.remove(i);
+            self.finish(s, reason);
+        }
+    }
+
+    /// Samples the next token of running sequence `i` and streams it; returns why it finished,
+    /// if it did.
+    fn sample(&mut self, i: usize, logits: &[f32]) -> Option<FinishReason> {
+        let ctx = self.context_len;
+        let s = &mut self.running[i];
+        let tok = s.sampler.sample(logits, &s.tokens);
+        s.tokens.push(tok);
+        if s.first_token.is_none() {
+            let now = Instant::now();
+            s.first_token = Some(now);
+            self.shared
+                .metrics
+                .lock()
+                .expect("not poisoned")
+                .first_token(now - s.arrival);
+        }
+        if !s.ignore_eos && self.eos.contains(&tok) {
+            let _ = s.tx.send(Event::Token {
+                id: tok,
+                text: String::new(),
+            });
+            return Some(FinishReason::Eos);
+        }
+        let mut text = String::new();
+        let mut hit = false;
+        if let Some(d) = s.decoder.as_mut() {
+            if let Some(piece) = d.push(tok) {
+                let (out, h) = s.stop.push(&piece);
+                text = out;
+                hit = h;
+            }
+        }
+        let _ = s.tx.send(Event::Token { id: tok, text });
+        if hit {
+            Some(FinishReason::Stop)
+        } else if s.generated() >= s.max_tokens || s.tokens.len() >= ctx {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The engine as a library: per-token events, cancellation, prefix sharing, seeds, and that
+//! outputs do not depend on batching, block placement or prefix reuse.
+
+use silica_models::presets::{self, DEFAULT_PRESET};
+use silica_models::{LoadOptions, LoadedModel};
+use silica_serve::{Engine, EngineConfig, Event, FinishReason, Prompt, Request};
+use std::sync::Arc;
+
+fn engine(num_blocks: usize) -> Engine {
+    let cfg = presets::preset(DEFAULT_PRESET).unwrap();
+    let opts = LoadOptions {
+        max_context: Some(256),
+        ..Default::default()
+    };
+    let be = Arc::new(silica_tensor::cpu::CpuBackend::new());
+    let mut model = LoadedModel::random(cfg, "tiny", be, &opts, 3).unwrap();
+    model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config).unwrap());
+    Engine::new(
+        model,
+        EngineConfig {
+            block_size: 8,
+            num_blocks: Some(num_blocks),
+            max_num_seqs: 8,
+            max_prefill_tokens: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Runs a request to the end: (token ids, text, finish reason, completion tokens).
+fn run(e: &Engine, req: Request) -> (Vec<u32>, String, FinishReason, usize) {
+    let mut s = e.submit(req).unwrap();
+    let (mut ids, mut text) = (vec![], String::new());
+    loop {
+        match s
+            .blocking_next()
+            .expect("a Finished event ends every stream")
+        {
+            Event::Token { id, text: t } => {
+                ids.push(id);
+                text.push_str(&t);
+            }
+            Event::Finished {
+                text: t,
+                reason,
+                usage,
+            } => {
+                text.push_str(&t);
+                assert_eq!(usage.completion_tokens, ids.len());
+                assert_eq!(usage.prompt_tokens, s.prompt_tokens);
+                return (ids, text, reason, usage.completion_tokens);
+            }
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn greedy(prompt: &str, n: usize) -> Request {
+    let mut r = Request::new(Prompt::Text(prompt.into()));
+    r.max_tokens = Some(n);
+    r.ignore_eos = true;
+    r
+}
+
+#[test]
+fn prefix_sharing_reuses_blocks_and_keeps_outputs_identical() {
+    let e = engine(64);
+    // 70 prompt tokens: 8 full blocks of 8 can be shared.
+    let prompt = "a shared system prompt that is long enough to fill several blocks of eight";
+    let (a, ..) = run(&e, greedy(prompt, 20));
+    assert_eq!(e.stats().blocks_in_use, 0);
+    let before = e.stats().prefix_hit_blocks;
+    let (b, ..) = run(&e, greedy(prompt, 20));
+    assert!(e.stats().prefix_hit_blocks >= before + 8, "{:?}", e.stats());
+    assert_eq!(a, b, "reusing cached blocks changed the output");
+    assert_eq!(e.stats().blocks_in_use, 0);
+}
+
+#[test]
+fn concurrent_requests_match_their_solo_runs_and_seeds_reproduce() {
+    let e = engine(200);
+    let prompts = ["one", "a somewhat longer prompt for two", "3"];
+    let solo: Vec<Vec<u32>> = prompts.iter().map(|p| run(&e, greedy(p, 24)).0).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|p| e.submit(greedy(p, 24)).unwrap())
+        .collect();
+    for (mut s, want) in streams.into_iter().zip(&solo) {
+        let mut ids = vec![];
+        while let Some(ev) = s.blocking_next() {
+            if let Event::Token { id, .. } = ev {
+                ids.push(id);
+            }
+        }
+        assert_eq!(&ids, want);
+    }
+    let mut r = greedy("seeded", 16);
+    r.sampling.temperature = 1.0;
+    r.sampling.seed = Some(99);
+    let x = run(&e, r.clone()).0;
+    assert_eq!(x, run(&e, r.clone()).0);
+    r.sampling.seed = Some(100);
+    assert_ne!(x, run(&e, r).0, "different seeds gave the same 16 tokens");
+}
+
+#[test]
+fn cancel_frees_blocks_and_ends_the_stream() {
+    let e = engine(64);
+    let mut s = e.submit(greedy("cancel me", 200)).unwrap();
+    let mut n = 0;
+    while let Some(ev) = s.blocking_next() {
+        match ev {
+            Event::Token { .. } => {
+                n += 1;
+                if n == 3 {
+                    s.cancel();
+                }
+            }
+            Event::Finished { reason, .. } => {
+                assert_eq!(reason, FinishReason::Cancelled);
+                break;
+            }
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    assert!(n < 200);
+    // The engine frees the blocks in the same iteration that reports the cancellation.
+    let t0 = std::time::Instant::now();
+    while e.stats().blocks_in_use != 0 {
+        assert!(t0.elapsed().as_secs() < 30, "{:?}", e.stats());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn invalid_requests_are_refused_at_submit() {
+    let e = engine(16); // 15 blocks of 8 = 120 tokens, less than the context of 256
+    let mut r = greedy("x", 1);
+    r.sampling.top_p = 0.0;
+    assert!(e.submit(r).is_err());
+    assert!(e.submit(greedy("", 1)).is_err());
+    assert!(e.submit(greedy("x", 0)).is_err());
+    assert!(e.submit(greedy("x", 200)).is_err()); // beyond the pool
+    assert!(e
+        .submit(Request::new(Prompt::Tokens(vec![100_000])))
+        .is_err());
+    // Unbounded max_tokens is capped by the pool, not refused.
+    let mut r = greedy("x", 1);
+    r.max_tokens = None;
+    let (_, _, reason, n) = run(&e, r);
+    assert_eq!((reason, n), (FinishReason::Length, 119));
+}

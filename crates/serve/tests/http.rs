@@ -1,0 +1,570 @@
+//! The HTTP server over a real socket: the OpenAI endpoints, SSE streaming, validation errors,
+//! the API key, client disconnects and a pool small enough to force preemption. The model is the
+//! default preset with random weights and the preset tokenizer (no downloads).
+
+use serde_json::{json, Value};
+use silica_models::presets::{self, DEFAULT_PRESET};
+use silica_models::{LoadOptions, LoadedModel};
+use silica_serve::{Engine, EngineConfig, ServerConfig};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MODEL: &str = "silica-tiny";
+
+struct Server {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start(num_blocks: usize, api_key: Option<&str>) -> Server {
+    let cfg = presets::preset(DEFAULT_PRESET).unwrap();
+    let opts = LoadOptions {
+        max_context: Some(256),
+        ..Default::default()
+    };
+    let be = Arc::new(silica_tensor::cpu::CpuBackend::new());
+    let mut model = LoadedModel::random(cfg, MODEL, be, &opts, 7).unwrap();
+    model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config).unwrap());
+    let engine = Arc::new(
+        Engine::new(
+            model,
+            EngineConfig {
+                block_size: 16,
+                num_blocks: Some(num_blocks),
+                max_num_seqs: 16,
+                max_prefill_tokens: 128,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = ServerConfig {
+        api_key: api_key.map(str::to_string),
+        max_body_bytes: 64 << 10,
+    };
+    rt.spawn(silica_serve::serve(
+        listener,
+        engine.clone(),
+        cfg,
+        std::future::pending(),
+    ));
+    Server {
+        addr,
+        engine,
+        _rt: rt,
+    }
+}
+
+/// One HTTP/1.0 exchange (the server closes the connection, so the body needs no framing).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // A body the server refuses early may not be read in full: ignore a reset while writing.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let (st, b) = http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    (
+        st,
+        serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")),
+    )
+}
+
+/// The `data:` payloads of an SSE body.
+fn sse(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+fn wait_idle(e: &Engine) {
+    let t0 = Instant::now();
+    loop {
+        let s = e.stats();
+        if s.blocks_in_use == 0 && s.running == 0 && s.waiting == 0 {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "engine never went idle: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn completions_chat_streaming_and_usage() {
+    let srv = start(200, None);
+    let a = srv.addr;
+    let (st, r) = post(
+        a,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "Hello there",
+        "max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(st, 200, "{r}");
+    let prompt_tokens = srv
+        .engine
+        .tokenizer()
+        .unwrap()
+        .encode("Hello there", true)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(r["object"], "text_completion");
+    assert_eq!(r["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(r["usage"]["completion_tokens"], 12);
+    assert_eq!(r["usage"]["total_tokens"], prompt_tokens + 12);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    let text = r["choices"][0]["text"].as_str().unwrap().to_string();
+
+    // The same request streamed gives the same text, then [DONE]; usage on request.
+    let body = json!({"model": MODEL, "prompt": "Hello there", "max_tokens": 12, "temperature": 0,
+        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
+    let (st, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(st, 200);
+    let events = sse(&b);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 12);
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "length"));
+
+    // Seeded sampling is reproducible; token-id prompts work.
+    let req = json!({"model": MODEL, "prompt": [5, 6, 7, 8], "max_tokens": 10, "temperature": 0.9,
+        "top_p": 0.95, "seed": 1234, "ignore_eos": true});
+    let (_, r1) = post(a, "/v1/completions", &req);
+    let (_, r2) = post(a, "/v1/completions", &req);
+    assert_eq!(r1["choices"][0]["text"], r2["choices"][0]["text"]);
+    assert_eq!(r1["usage"]["prompt_tokens"], 4);
+
+    // Chat, plain and streamed.
+    let msgs =
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]);
+    let (st, r) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": msgs,
+        "max_tokens": 8, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["object"], "chat.completion");
+    assert_eq!(r["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(r["usage"]["completion_tokens"], 8);
+    let chat_text = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"model": MODEL, "messages": msgs, "max_tokens": 8, "temperature": 0,
+        "ignore_eos": true, "stream": true});
+    let (_, b) = http(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    let events = sse(&b);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, chat_text);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+
+    // A stop string ends generation early and is not returned.
+    if text.chars().count() > 4 {
+        let stop: String = text.chars().skip(3).take(2).collect();
+        let (_, r) = post(
+            a,
+            "/v1/completions",
+            &json!({"model": MODEL, "prompt": "Hello there",
+            "max_tokens": 12, "temperature": 0, "ignore_eos": true, "stop": [stop.clone()]}),
+        );
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+        let got = r["choices"][0]["text"].as_str().unwrap();
+        assert!(
+            !got.contains(&stop) && text.starts_with(got),
+            "{got:?} vs {text:?}"
+        );
+    }
+
+    // Models, health, metrics.
+    let (st, b) = http(a, "GET", "/v1/models", &[], b"");
+    assert_eq!(st, 200);
+    let m: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(m["data"][0]["id"], MODEL);
+    assert_eq!(http(a, "GET", "/health", &[], b"").0, 200);
+    wait_idle(&srv.engine);
+    let (st, b) = http(a, "GET", "/metrics", &[], b"");
+    assert_eq!(st, 200);
+    for name in [
+        "silica_requests_total{finish_reason=\"length\"}",
+        "silica_generation_tokens_total",
+        "silica_time_to_first_token_seconds_bucket",
+        "silica_time_per_output_token_seconds_count",
+        "silica_kv_blocks_in_use 0",
+        "silica_queue_depth 0",
+        "silica_kv_blocks_total 199",
+    ] {
+        assert!(b.contains(name), "/metrics lacks {name}:\n{b}");
+    }
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let srv = start(12, None);
+    let a = srv.addr;
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "/v1/completions",
+            b"{not json".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        ("/v1/completions", b"[1,2]".to_vec(), 400, "JSON object"),
+        (
+            "/v1/completions",
+            json!({"model": "nope", "prompt": "x"})
+                .to_string()
+                .into_bytes(),
+            404,
+            "does not exist",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL}).to_string().into_bytes(),
+            400,
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x"}).to_string().into_bytes(),
+            400,
+            "model",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "max_tokens": -5})
+                .to_string()
+                .into_bytes(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 0})
+                .to_string()
+                .into_bytes(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 100000000000u64})
+                .to_string()
+                .into_bytes(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "max_tokens": "ten"})
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "y".repeat(300)})
+                .to_string()
+                .into_bytes(),
+            400,
+            "context",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "temperature": -1})
+                .to_string()
+                .into_bytes(),
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "top_p": 2})
+                .to_string()
+                .into_bytes(),
+            400,
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "top_k": -3})
+                .to_string()
+                .into_bytes(),
+            400,
+            "top_k",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "n": 2})
+                .to_string()
+                .into_bytes(),
+            400,
+            "n = 1",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": ""})
+                .to_string()
+                .into_bytes(),
+            400,
+            "empty",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": [1, 100000]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "vocabulary",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": ["a", "b"]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "batched",
+        ),
+        // 11 usable blocks of 16 hold 176 tokens, less than the context of 256.
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 200})
+                .to_string()
+                .into_bytes(),
+            400,
+            "KV cache",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": []})
+                .to_string()
+                .into_bytes(),
+            400,
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user"}], "stream": "yes"})
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL}).to_string().into_bytes(),
+            400,
+            "messages",
+        ),
+        ("/v1/completions", vec![b' '; 100 << 10], 413, "too large"),
+        ("/v1/nothing", b"{}".to_vec(), 404, "no such endpoint"),
+    ];
+    for (path, body, want, needle) in cases {
+        let (st, b) = http(a, "POST", path, &[], &body);
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        assert_eq!(st, want, "{path} {shown}: {b}");
+        let v: Value = serde_json::from_str(&b)
+            .unwrap_or_else(|e| panic!("{path} {shown}: not JSON ({e}): {b}"));
+        let msg = v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error object: {b}"));
+        assert!(
+            msg.contains(needle),
+            "{path} {shown}: {msg:?} lacks {needle:?}"
+        );
+        assert!(v["error"]["type"].is_string());
+    }
+    assert_eq!(http(a, "GET", "/v1/completions", &[], b"").0, 405);
+    // The server still works afterwards, and nothing leaked.
+    let (st, _) = post(
+        a,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "ok", "max_tokens": 2}),
+    );
+    assert_eq!(st, 200);
+    wait_idle(&srv.engine);
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let srv = start(40, Some("s3cret"));
+    let a = srv.addr;
+    let body = json!({"model": MODEL, "prompt": "x", "max_tokens": 2}).to_string();
+    let (st, b) = http(a, "POST", "/v1/completions", &[], body.as_bytes());
+    assert_eq!(st, 401, "{b}");
+    assert!(b.contains("invalid_api_key"));
+    let (st, _) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &[("Authorization", "Bearer wrong")],
+        body.as_bytes(),
+    );
+    assert_eq!(st, 401);
+    let (st, _) = http(a, "GET", "/v1/models", &[], b"");
+    assert_eq!(st, 401);
+    let (st, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &[("Authorization", "Bearer s3cret")],
+        body.as_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    // Probes stay open.
+    assert_eq!(http(a, "GET", "/health", &[], b"").0, 200);
+}
+
+#[test]
+fn disconnects_free_blocks_and_a_small_pool_preempts_without_failures() {
+    // 24 usable blocks of 16 = 384 token slots for 12 requests of up to 8 + 60 tokens (5 blocks
+    // each at the end): they cannot all stay resident, so the engine must queue and preempt.
+    let srv = start(25, None);
+    let a = srv.addr;
+
+    // A client that goes away mid-stream.
+    let mut s = TcpStream::connect(a).unwrap();
+    let body = json!({"model": MODEL, "prompt": "a long one", "max_tokens": 200, "ignore_eos": true, "stream": true}).to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until a few tokens have streamed: the request is running and holds blocks.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.windows(5).filter(|w| w == b"data:").count() < 3 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let st = srv.engine.stats();
+    assert!(st.blocks_in_use > 0 && st.running == 1, "{st:?}");
+    drop(s);
+    wait_idle(&srv.engine);
+
+    // Greedy results alone…
+    let prompts: Vec<String> = (0..12).map(|i| format!("request number {i}")).collect();
+    let req = |p: &str| json!({"model": MODEL, "prompt": p, "max_tokens": 60, "temperature": 0, "ignore_eos": true});
+    let alone: Vec<Value> = prompts
+        .iter()
+        .take(3)
+        .map(|p| post(a, "/v1/completions", &req(p)).1)
+        .collect();
+    // …and all twelve at once, with preemption.
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let body = req(p);
+            std::thread::spawn(move || post(a, "/v1/completions", &body))
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (st, r) in &results {
+        assert_eq!(*st, 200, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], 60);
+    }
+    for (i, r) in alone.iter().enumerate() {
+        assert_eq!(
+            results[i].1["choices"][0]["text"], r["choices"][0]["text"],
+            "request {i}: batched (and possibly preempted) output differs from its output alone"
+        );
+    }
+    assert!(
+        srv.engine.stats().preemptions > 0,
+        "{:?}",
+        srv.engine.stats()
+    );
+    wait_idle(&srv.engine);
+}

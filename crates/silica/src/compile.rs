@@ -1,0 +1,398 @@
+//! `silica compile`: lowers a model's programs (one per batch × sequence bucket) to XLA HLO and
+//! writes them with a `manifest.json` that says how to feed them: every input's name, shape,
+//! dtype and source (a checkpoint tensor, a runtime input, or a KV-cache buffer), the outputs,
+//! the in-place aliases and each module's content hash.
+//!
+//! The manifest is what a runner needs that the HLO alone does not say; `scripts/check_hlo.py
+//! --model DIR` uses it to execute the modules on XLA CPU with the checkpoint's weights.
+
+use crate::common::DTypeArg;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use silica_hlo::HloModule;
+use silica_models::llama::{build_step, cache_names};
+use silica_models::presets::{self, DEFAULT_PRESET};
+use silica_models::rope::rope_freqs;
+use silica_models::runtime::MIN_PREFILL_BUCKET;
+use silica_models::weights::weight_specs;
+use silica_models::{LogitsMode, ModelConfig, StepShape};
+use silica_tensor::{save_safetensors, HostTensor, Program};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// Version of `manifest.json`'s layout; bumped on any incompatible change.
+pub const MANIFEST_SCHEMA: &str = "silica-compile/1";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Serialized XLA HloModuleProtos only (for PJRT, jax, or neuronx-cc elsewhere).
+    Hlo,
+    /// AWS Inferentia2 (neuronx-cc --target inf2).
+    Inf2,
+    /// AWS Trainium (neuronx-cc --target trn1).
+    Trn1,
+    /// AWS Trainium2 (neuronx-cc --target trn2).
+    Trn2,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Hlo => "hlo",
+            Target::Inf2 => "inf2",
+            Target::Trn1 => "trn1",
+            Target::Trn2 => "trn2",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogitsArg {
+    /// Logits of one position per sequence (generation).
+    Last,
+    /// Logits of every position (scoring, `silica logits`).
+    All,
+}
+
+#[derive(Args)]
+pub struct CompileArgs {
+    /// A Hugging Face model folder (config.json; weights are not read, only named).
+    #[arg(long, conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// An architecture preset instead of a folder (default: the embedded preset).
+    #[arg(long)]
+    preset: Option<String>,
+    #[arg(long, value_enum, default_value = "hlo")]
+    target: Target,
+    /// Buckets as BATCHxSEQ, comma separated (SEQ 1 is a decode step), e.g. 1x1,4x1,1x128.
+    /// Default: decode at batch 1 and prefill at batch 1 for every power of two from 16 up to
+    /// the prefill chunk.
+    #[arg(long, value_delimiter = ',')]
+    buckets: Vec<String>,
+    /// Which logits the programs return.
+    #[arg(long, value_enum, default_value = "last")]
+    logits: LogitsArg,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DTypeArg,
+    /// KV-cache slots per sequence (default: min(max_position_embeddings, 2048)).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Longest prefill chunk (the largest default prefill bucket).
+    #[arg(long, default_value_t = 512)]
+    max_prefill_chunk: usize,
+    /// Output folder (created; existing files of the same names are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// NEFF cache folder for Neuron targets (default: $SILICA_NEFF_CACHE or ~/.cache/silica/neff).
+    #[arg(long)]
+    neff_cache: Option<PathBuf>,
+    /// Compile the training step (forward, loss, backward, AdamW: one module) instead of the
+    /// inference buckets.
+    #[arg(long)]
+    train: bool,
+    /// Training: sequences per step.
+    #[arg(long, default_value_t = 8, requires = "train")]
+    train_batch: usize,
+    /// Training: positions per sequence.
+    #[arg(long, default_value_t = 128, requires = "train")]
+    seq_len: usize,
+    /// Training: gradient-accumulation micro-batches per step.
+    #[arg(long, default_value_t = 1, requires = "train")]
+    micro_batches: usize,
+    /// Training: clip the global gradient norm to this value.
+    #[arg(long, requires = "train")]
+    grad_clip: Option<f64>,
+}
+
+/// Parses `BxT` bucket strings.
+fn parse_buckets(specs: &[String]) -> Result<Vec<(usize, usize)>> {
+    specs
+        .iter()
+        .map(|s| {
+            let (b, t) = s
+                .split_once(['x', 'X'])
+                .with_context(|| format!("--buckets {s:?}: expected BATCHxSEQ, e.g. 1x128"))?;
+            let parse = |v: &str, what: &str| -> Result<usize> {
+                let n: usize = v.trim().parse().with_context(|| {
+                    format!("--buckets {s:?}: {what} {v:?} is not a positive integer")
+                })?;
+                if n == 0 {
+                    bail!("--buckets {s:?}: {what} must be at least 1");
+                }
+                Ok(n)
+            };
+            Ok((parse(b, "batch")?, parse(t, "sequence length")?))
+        })
+        .collect()
+}
+
+/// The default buckets: decode at batch 1, prefill at batch 1 for powers of two from
+/// [`MIN_PREFILL_BUCKET`] up to the chunk (and the chunk itself when it is not one).
+fn default_buckets(cache_len: usize, chunk: usize) -> Vec<(usize, usize)> {
+    let top = chunk.min(cache_len);
+    let mut v = vec![(1, 1)];
+    let mut t = MIN_PREFILL_BUCKET.min(top);
+    while t <= top {
+        v.push((1, t));
+        if t == top {
+            break;
+        }
+        t = (t * 2).min(top);
+    }
+    v
+}
+
+pub fn compile(a: CompileArgs) -> Result<()> {
+    let (cfg, model_name, source): (ModelConfig, String, Value) = match &a.model {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!(
+                    "--model {}: not a folder (expected a Hugging Face model folder with config.json)",
+                    dir.display()
+                );
+            }
+            let cfg = ModelConfig::from_dir(dir)?;
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string());
+            (cfg, name, json!({"folder": dir.display().to_string()}))
+        }
+        None => {
+            let name = a.preset.as_deref().unwrap_or(DEFAULT_PRESET);
+            let cfg = presets::preset(name)?;
+            let canonical = presets::canonical_name(name).unwrap_or(name).to_string();
+            (cfg, canonical.clone(), json!({"preset": canonical}))
+        }
+    };
+    let dtype = a.dtype.dtype();
+    let cache_len = a
+        .max_context
+        .unwrap_or_else(|| cfg.max_position_embeddings.min(2048))
+        .max(1);
+    let buckets = if a.buckets.is_empty() {
+        default_buckets(cache_len, a.max_prefill_chunk.max(1))
+    } else {
+        parse_buckets(&a.buckets)?
+    };
+    if let Some(&(_, t)) = buckets.iter().find(|&&(_, t)| t > cache_len) {
+        bail!("bucket of {t} tokens exceeds the {cache_len}-slot KV cache (raise --max-context)");
+    }
+    let logits = match a.logits {
+        LogitsArg::Last => LogitsMode::Last,
+        LogitsArg::All => LogitsMode::All,
+    };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("creating --out {}", a.out.display()))?;
+
+    let weight_names: HashSet<String> = weight_specs(&cfg).into_iter().map(|s| s.name).collect();
+    let cache_inputs: HashSet<String> = (0..cfg.num_hidden_layers).flat_map(cache_names).collect();
+    let mut programs = Vec::new();
+    let mut modules = Vec::new();
+    let mut seen = HashSet::new();
+    if a.train {
+        if dtype != silica_tensor::DType::F32 {
+            bail!("--train compiles an f32 step (training runs in f32); drop --dtype");
+        }
+        let mut sc = silica_train::StepConfig::new(a.train_batch, a.seq_len);
+        sc.micro_batches = a.micro_batches;
+        sc.grad_clip = a.grad_clip;
+        let program = silica_train::train_step_program(&cfg, &sc)?;
+        let (mut entry, module) = write_program(&a.out, &program, &weight_names, &cache_inputs)
+            .with_context(|| format!("lowering {}", program.name))?;
+        entry["kind"] = json!("train");
+        entry["bucket"] =
+            json!({"batch": a.train_batch, "seq": a.seq_len, "micro_batches": a.micro_batches});
+        modules.push(module);
+        programs.push(entry);
+    }
+    for &(batch, seq) in buckets.iter().filter(|_| !a.train) {
+        let shape = StepShape {
+            batch,
+            seq,
+            cache_len,
+            logits,
+            dtype,
+        };
+        if !seen.insert(shape) {
+            continue;
+        }
+        let program = build_step(&cfg, &shape)?;
+        let (entry, module) = write_program(&a.out, &program, &weight_names, &cache_inputs)
+            .with_context(|| format!("lowering {}", program.name))?;
+        modules.push(module);
+        eprintln!(
+            "{:<40} {:>9} bytes  sha256 {}",
+            entry["file"].as_str().unwrap_or_default(),
+            entry["bytes"],
+            &entry["sha256"].as_str().unwrap_or_default()[..12]
+        );
+        let mut entry = entry;
+        entry["kind"] = json!(if seq == 1 { "decode" } else { "prefill" });
+        entry["bucket"] = json!({
+            "batch": batch, "seq": seq, "cache_len": cache_len,
+            "logits": if logits == LogitsMode::All { "all" } else { "last" },
+        });
+        programs.push(entry);
+    }
+
+    if a.target != Target::Hlo {
+        crate::compile_neuron::compile_neffs(
+            &a.out,
+            a.target.name(),
+            &mut programs,
+            &modules,
+            a.neff_cache.clone(),
+        )?;
+    }
+
+    // rope_inv_freq is a runtime input (dynamic NTK scaling changes it with the sequence
+    // length); its value for sequences within the trained context is the same every step.
+    let freqs = rope_freqs(&cfg, 0);
+    let half = cfg.head_dim / 2;
+    let constants = "runtime_inputs.safetensors";
+    save_safetensors(
+        a.out.join(constants),
+        [(
+            "rope_inv_freq",
+            &HostTensor::from_vec(freqs.inv_freq.clone(), [half])?,
+        )],
+        None,
+    )
+    .with_context(|| format!("writing {}", a.out.join(constants).display()))?;
+
+    let manifest = json!({
+        "schema": MANIFEST_SCHEMA,
+        "silica_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": silica_bench::report::build_git_commit(),
+        "target": a.target.name(),
+        "model": {
+            "name": model_name,
+            "source": source,
+            "architecture": cfg.architecture.name(),
+            "params": cfg.num_params(),
+            "dtype": dtype.to_string(),
+            "cache_len": cache_len,
+            "num_layers": cfg.num_hidden_layers,
+            "vocab_size": cfg.vocab_size,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
+        },
+        "runtime_inputs": {
+            "file": constants,
+            "rope_inv_freq": "f32 [head_dim/2]; the file's value is exact for positions below the trained context (dynamic NTK rope recomputes it beyond)",
+            "input_ids": "i32 [B, T]: token ids, padded rows/positions with any valid id",
+            "positions": "i32 [B, T]: position of each token (write_pos + j)",
+            "write_pos": "i32 [B]: KV-cache slot of each row's first token",
+            "logits_index": "i32 [B]: which of the T positions to return logits for (logits=last only)",
+            "tokens": "train: i32 [B, T + 1] token windows (inputs are [.., :T], targets [.., 1:])",
+            "lr": "train: f32 scalar, the schedule's learning rate for this step (computed on the host)",
+        },
+        "programs": programs,
+    });
+    let path = a.out.join("manifest.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {} program(s) and {} for {} (target {}) in {}",
+        manifest["programs"].as_array().map_or(0, |p| p.len()),
+        path.display(),
+        model_name,
+        a.target.name(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Lowers one program, writes `NAME.hlo.pb`, and returns its manifest entry and the module.
+fn write_program(
+    out: &Path,
+    program: &Program,
+    weights: &HashSet<String>,
+    caches: &HashSet<String>,
+) -> Result<(Value, HloModule)> {
+    let module = silica_hlo::lower(program)?;
+    let file = format!("{}.hlo.pb", program.name);
+    module
+        .write(out.join(&file))
+        .with_context(|| format!("writing {}", out.join(&file).display()))?;
+    let sig = &module.signature;
+    let inputs: Vec<Value> = sig
+        .inputs
+        .iter()
+        .map(|s| {
+            let source = if weights.contains(&s.name) {
+                json!({"checkpoint": s.name})
+            } else if s.name == "step"
+                || s.name.starts_with("exp_avg.")
+                || s.name.starts_with("exp_avg_sq.")
+            {
+                // AdamW state: zeros at the start, optimizer.safetensors of a checkpoint after.
+                json!({"optimizer_state": s.name})
+            } else if caches.contains(&s.name) {
+                json!({"kv_cache": s.name})
+            } else {
+                json!({"runtime": s.name})
+            };
+            json!({"name": s.name, "shape": s.shape.dims(), "dtype": s.dtype.to_string(), "source": source})
+        })
+        .collect();
+    let outputs: Vec<Value> = sig
+        .outputs
+        .iter()
+        .map(|s| json!({"name": s.name, "shape": s.shape.dims(), "dtype": s.dtype.to_string()}))
+        .collect();
+    let aliases: Vec<Value> = sig
+        .aliases
+        .iter()
+        .map(|a| json!({"output": sig.outputs[a.output].name, "input": sig.inputs[a.input].name}))
+        .collect();
+    let entry = json!({
+        "name": program.name,
+        "file": file,
+        "bytes": module.bytes.len(),
+        "sha256": module.hash,
+        "inputs": inputs,
+        "outputs": outputs,
+        "aliases": aliases,
+    });
+    Ok((entry, module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_parse_and_reject() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_buckets(&v(&["1x1", "4X1", " 2x128"])).unwrap(),
+            vec![(1, 1), (4, 1), (2, 128)]
+        );
+        for bad in ["1", "0x1", "1x0", "ax1", "1x-3"] {
+            let e = parse_buckets(&v(&[bad])).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_buckets_cover_the_chunk() {
+        assert_eq!(
+            default_buckets(2048, 512),
+            vec![
+                (1, 1),
+                (1, 16),
+                (1, 32),
+                (1, 64),
+                (1, 128),
+                (1, 256),
+                (1, 512)
+            ]
+        );
+        assert_eq!(default_buckets(100, 512), {
+            vec![(1, 1), (1, 16), (1, 32), (1, 64), (1, 100)]
+        });
+        assert_eq!(default_buckets(8, 512), vec![(1, 1), (1, 8)]);
+    }
+}

@@ -1,0 +1,61 @@
+//! The Neuron half of `silica compile`: NEFFs from the written HLO modules, through the same
+//! flags and content-addressed NEFF cache as `--backend neuron` (silica-neuron), so a NEFF made
+//! here is one the backend will find. Without `neuronx-cc` it prints the exact commands.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use silica_hlo::HloModule;
+use silica_neuron::compile::{
+    command_line, compiler_version, default_cache_dir, find_compiler, CompileOptions,
+};
+use silica_neuron::{NeffCache, Target};
+use std::path::{Path, PathBuf};
+
+/// Compiles every module (in `programs` order) and records `neff` in each manifest entry.
+pub fn compile_neffs(
+    out: &Path,
+    target: &str,
+    programs: &mut [Value],
+    modules: &[HloModule],
+    cache_dir: Option<PathBuf>,
+) -> Result<()> {
+    let opts = CompileOptions::new(Target::parse(target)?);
+    let Some(compiler) = find_compiler() else {
+        println!(
+            "neuronx-cc is not on PATH here (nor SILICA_NEURONX_CC); the HLO is in {}. On a machine \
+             with the Neuron compiler (pip package neuronx-cc from AWS's Neuron repository), run:",
+            out.display()
+        );
+        println!("  cd {}", out.display());
+        for p in programs.iter() {
+            let file = p["file"].as_str().unwrap_or_default();
+            let neff = file.trim_end_matches(".hlo.pb").to_string() + ".neff";
+            println!(
+                "  {}",
+                command_line("neuronx-cc", &opts.args(Path::new(file), Path::new(&neff)))
+            );
+        }
+        return Ok(());
+    };
+    let version = compiler_version(&compiler)?;
+    let cache = NeffCache::new(cache_dir.unwrap_or_else(default_cache_dir));
+    eprintln!(
+        "neuronx-cc {} ({version}), NEFF cache {}",
+        compiler.display(),
+        cache.dir().display()
+    );
+    for (p, module) in programs.iter_mut().zip(modules) {
+        let name = p["name"].as_str().unwrap_or_default().to_string();
+        eprintln!("compiling {name} for {target} (minutes for large models)…");
+        let cached = cache
+            .get_or_compile(module, &opts, Some((&compiler, &version)))
+            .with_context(|| format!("compiling {name}"))?;
+        let neff = format!("{name}.neff");
+        std::fs::copy(&cached.path, out.join(&neff))
+            .with_context(|| format!("copying {} to {}", cached.path.display(), neff))?;
+        eprintln!("  {name}: {:?} ({})", cached.outcome, cached.path.display());
+        p["neff"] = Value::String(neff);
+        p["neff_cache_key"] = Value::String(cached.key);
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! `silica compile`: HLO modules plus a manifest that says how to feed them.
+//! (The modules' numerics are checked on XLA CPU by `scripts/check_hlo.py --model`, in CI.)
+
+use sha2::{Digest, Sha256};
+use std::process::{Command, Output};
+
+fn silica(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_silica"))
+        .args(args)
+        .env("PATH", "/usr/bin:/bin") // no neuronx-cc here, whatever the developer has
+        .env_remove("SILICA_NEURONX_CC")
+        .output()
+        .expect("run silica")
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/../../models/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn hlo_target_writes_modules_and_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let o = silica(&[
+        "compile",
+        "--model",
+        &fixture("qwen2-bias-tied"),
+        "--target",
+        "hlo",
+        "--max-context",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["schema"], "silica-compile/1");
+    assert_eq!(m["target"], "hlo");
+    assert_eq!(m["model"]["cache_len"], 64);
+    let progs = m["programs"].as_array().unwrap();
+    // Default buckets: decode plus prefill 16, 32 and 64 (the cache caps the 512 chunk).
+    let buckets: Vec<(u64, u64)> = progs
+        .iter()
+        .map(|p| {
+            (
+                p["bucket"]["batch"].as_u64().unwrap(),
+                p["bucket"]["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(buckets, vec![(1, 1), (1, 16), (1, 32), (1, 64)]);
+    let layers = m["model"]["num_layers"].as_u64().unwrap() as usize;
+    for p in progs {
+        let bytes = std::fs::read(out.join(p["file"].as_str().unwrap())).unwrap();
+        assert_eq!(p["bytes"], bytes.len());
+        let hash: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(p["sha256"], hash.as_str());
+        let inputs = p["inputs"].as_array().unwrap();
+        let source = |name: &str| {
+            inputs
+                .iter()
+                .find(|i| i["name"] == name)
+                .unwrap_or_else(|| panic!("no input {name}"))["source"]
+                .clone()
+        };
+        assert_eq!(
+            source("model.layers.0.self_attn.q_proj.bias")["checkpoint"],
+            "model.layers.0.self_attn.q_proj.bias"
+        );
+        assert_eq!(source("input_ids")["runtime"], "input_ids");
+        assert_eq!(source("logits_index")["runtime"], "logits_index");
+        assert_eq!(source("cache_v.1")["kv_cache"], "cache_v.1");
+        // Tied embeddings: no lm_head input.
+        assert!(inputs.iter().all(|i| i["name"] != "lm_head.weight"));
+        assert_eq!(p["aliases"].as_array().unwrap().len(), 2 * layers);
+        assert_eq!(p["aliases"][0]["output"], "cache_k.0.out");
+        assert_eq!(p["aliases"][0]["input"], "cache_k.0");
+        assert_eq!(p["outputs"][0]["name"], "logits");
+    }
+    assert!(out.join("runtime_inputs.safetensors").exists());
+}
+
+#[test]
+fn presets_compile_with_explicit_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p");
+    let o = silica(&[
+        "compile",
+        "--preset",
+        "silica-tiny",
+        "--buckets",
+        "1x1,4x1,2x32",
+        "--logits",
+        "all",
+        "--max-context",
+        "128",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let names: Vec<&str> = m["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "decode_b1_t1_s128_f32_all",
+            "decode_b4_t1_s128_f32_all",
+            "prefill_b2_t32_s128_f32_all"
+        ]
+    );
+    assert_eq!(m["model"]["source"]["preset"], "silica-tiny");
+}
+
+#[test]
+fn neuron_targets_print_the_compiler_command_without_neuronx_cc() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("n");
+    let o = silica(&[
+        "compile",
+        "--preset",
+        "silica-tiny",
+        "--target",
+        "inf2",
+        "--buckets",
+        "1x1",
+        "--max-context",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("neuronx-cc"), "{text}");
+    assert!(text.contains("--target inf2"), "{text}");
+    assert!(text.contains("decode_b1_t1_s64_f32.hlo.pb"), "{text}");
+}
+
+#[test]
+fn bad_requests_fail_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let out = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--preset", "silica-tiny", "--buckets", "1x0"],
+            "must be at least 1",
+        ),
+        (
+            &["--preset", "silica-tiny", "--buckets", "4"],
+            "expected BATCHxSEQ",
+        ),
+        (
+            &[
+                "--preset",
+                "silica-tiny",
+                "--buckets",
+                "1x4096",
+                "--max-context",
+                "64",
+            ],
+            "exceeds the 64-slot KV cache",
+        ),
+        (&["--model", "/nonexistent/model"], "not a folder"),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["compile", "--out", out];
+        a.extend_from_slice(args);
+        let o = silica(&a);
+        assert!(!o.status.success(), "{a:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{a:?}: {err}");
+    }
+}
+
+/// A stand-in `neuronx-cc`: answers `--version` and turns `compile IN … --output OUT` into a
+/// NEFF-named copy of the HLO (what the real one does to the content is beside the point here:
+/// the flags, the cache and the manifest are).
+fn fake_neuronx_cc(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("neuronx-cc");
+    std::fs::write(
+        &path,
+        r#"#!/bin/sh
+if [ "$1" = "--version" ]; then echo "NeuronX Compiler version 2.99.0+fake"; exit 0; fi
+[ "$1" = "compile" ] || exit 2
+in="$2"; out=""; prev=""
+for a in "$@"; do [ "$prev" = "--output" ] && out="$a"; prev="$a"; done
+echo "$*" | grep -q -- "--framework XLA" || exit 3
+{ printf 'FAKENEFF'; cat "$in"; } > "$out"
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn neuron_targets_compile_through_the_neff_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    fake_neuronx_cc(&bin);
+    let cache = dir.path().join("cache");
+    let run = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_silica"))
+            .args(["compile", "--preset", "silica-tiny", "--target", "trn1"])
+            .args(["--buckets", "1x1,1x16", "--max-context", "64"])
+            .args(["--neff-cache", cache.to_str().unwrap()])
+            .args(["--out", dir.path().join(out).to_str().unwrap()])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env_remove("SILICA_NEURONX_CC")
+            .output()
+            .unwrap()
+    };
+    let o = run("a");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Compiled"));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["target"], "trn1");
+    for p in m["programs"].as_array().unwrap() {
+        let neff = std::fs::read(dir.path().join("a").join(p["neff"].as_str().unwrap())).unwrap();
+        let hlo = std::fs::read(dir.path().join("a").join(p["file"].as_str().unwrap())).unwrap();
+        assert_eq!(&neff[..8], b"FAKENEFF");
+        assert_eq!(&neff[8..], &hlo[..]);
+        assert_eq!(p["neff_cache_key"].as_str().unwrap().len(), 64);
+    }
+    // A second compile of the same programs is served by the cache.
+    let o = run("b");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Hit") && !err.contains("Compiled"), "{err}");
+}
+
+#[test]
+fn the_train_step_compiles_to_one_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t");
+    let o = silica(&[
+        "compile",
+        "--model",
+        &fixture("llama3-tied"),
+        "--train",
+        "--train-batch",
+        "2",
+        "--seq-len",
+        "8",
+        "--grad-clip",
+        "1.0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let progs = m["programs"].as_array().unwrap();
+    assert_eq!(progs.len(), 1);
+    let p = &progs[0];
+    assert_eq!(p["kind"], "train");
+    let inputs = p["inputs"].as_array().unwrap();
+    let weights = inputs
+        .iter()
+        .filter(|i| i["source"]["checkpoint"].is_string())
+        .count();
+    let state = inputs
+        .iter()
+        .filter(|i| i["source"]["optimizer_state"].is_string())
+        .count();
+    // Two moments per weight plus the step counter; weights, moments and step update in place.
+    assert_eq!(state, 2 * weights + 1);
+    assert_eq!(p["aliases"].as_array().unwrap().len(), 3 * weights + 1);
+    let tokens = inputs.iter().find(|i| i["name"] == "tokens").unwrap();
+    assert_eq!(tokens["shape"], serde_json::json!([2, 9]));
+    assert_eq!(p["outputs"][0]["name"], "loss");
+    assert!(out.join(p["file"].as_str().unwrap()).exists());
+}

@@ -1,0 +1,185 @@
+//! `silica serve` as a user runs it: the real binary on a real HF fixture folder, over a socket.
+//! The served greedy completion must equal transformers' greedy continuation (the outside
+//! reference), and SIGTERM must let a stream in flight finish before the process exits 0.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/fixtures")
+        .join(name)
+}
+
+/// Kills the server if a test fails before stopping it.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `silica serve` on a free port; returns the child and its address.
+fn start(args: &[&str]) -> (Guard, String, std::thread::JoinHandle<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_silica"))
+        .arg("serve")
+        .args(["--port", "0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run silica serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut addr = None;
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = Some(rest.split_whitespace().next().unwrap().to_string());
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("serve did not start:\n{seen}"));
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let rest = std::thread::spawn(move || {
+        let mut s = String::new();
+        for l in lines.map_while(Result::ok) {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    });
+    (Guard(child), addr, rest)
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, out.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+#[test]
+fn serves_a_fixture_with_hf_greedy_output_and_shuts_down_gracefully() {
+    let dir = fixture("llama3-tied");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let (mut child, addr, stderr) =
+        start(&["--model", dir.to_str().unwrap(), "--max-context", "128"]);
+
+    let (st, b) = http(&addr, "GET", "/v1/models", "");
+    assert_eq!(st, 200, "{b}");
+    let name = serde_json::from_str::<Value>(&b).unwrap()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(name, "llama3-tied");
+
+    let want_ids = r["greedy"]["ids"].as_array().unwrap().len();
+    let body = json!({"model": name, "prompt": r["input_ids"], "max_tokens": want_ids,
+        "temperature": 0, "ignore_eos": true});
+    let (st, b) = http(&addr, "POST", "/v1/completions", &body.to_string());
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["choices"][0]["text"], r["greedy"]["text"],
+        "HF greedy text"
+    );
+
+    // The chat template of the model renders the prompt.
+    let body = json!({"model": name, "messages": r["chat"]["messages"], "max_tokens": 3});
+    let (st, b) = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        r["chat"]["ids"].as_array().unwrap().len()
+    );
+
+    // SIGTERM during a stream: the stream still ends with [DONE], then the process exits 0.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    let body = json!({"model": name, "prompt": "café", "max_tokens": 40, "ignore_eos": true,
+        "stream": true})
+    .to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    assert!(s.read(&mut first).unwrap() > 0);
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "stream cut short: {rest}");
+    let status = child.0.wait().unwrap();
+    let log = stderr.join().unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn bad_serve_arguments_fail_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_silica"))
+        .args(["serve", "--model", "/no/such/folder", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a folder"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_silica"))
+        .args(["serve", "--preset", "no-such-preset", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset"));
+}
+
+/// `silica bench --url` against `silica serve`: token-id prompts, `ignore_eos`, streamed
+/// usage — every request completes with exactly the tokens asked for.
+#[test]
+fn bench_url_measures_silica_serve() {
+    let (_guard, addr, _rest) = start(&["--preset", "silica-tiny", "--max-context", "256"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("url.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_silica"))
+        .args(["bench", "--url", &format!("http://{addr}")])
+        .args(["--num-requests", "6", "--concurrency", "3", "--warmup", "1"])
+        .args(["--input-len", "16", "--output-len", "8"])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let s = &r["metrics"]["serving"];
+    assert_eq!(s["completed"], 6, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(s["total_input_tokens"], 6 * 16, "{s}");
+    assert_eq!(s["total_output_tokens"], 6 * 8, "{s}");
+    assert_eq!(r["model"]["name"], "silica-tiny");
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Starts `silica serve` on the embedded preset (random weights, no download) on a free port and
+# drives it with the real `openai` Python client (scripts/serve_openai_check.py): completions,
+# chat, streaming, errors, and a load test of 64 concurrent streams with zero failures after
+# which the KV blocks in use must be back to 0. Non-zero exit on any failure.
+# Extra arguments go to the Python script (e.g. --bench 1,8,32).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv-serve
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-serve.txt
+
+cargo build --release --quiet -p silica
+BIN="${CARGO_TARGET_DIR:-target}/release/silica"
+
+LOG=$(mktemp)
+KEY="serve-check-$$"
+"$BIN" serve --port 0 --api-key "$KEY" --max-context 512 >"$LOG" 2>&1 &
+PID=$!
+cleanup() {
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    rm -f "$LOG"
+}
+trap cleanup EXIT
+
+URL=""
+for _ in $(seq 1 600); do
+    URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
+    [ -n "$URL" ] && break
+    if ! kill -0 "$PID" 2>/dev/null; then
+        cat "$LOG"; echo "silica serve exited early" >&2; exit 1
+    fi
+    sleep 0.1
+done
+[ -n "$URL" ] || { cat "$LOG"; echo "silica serve did not start" >&2; exit 1; }
+echo "silica serve at $URL"
+
+# Without the key: 401.
+CODE=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/models" || true)
+[ "$CODE" = "401" ] || { echo "expected 401 without the API key, got $CODE" >&2; exit 1; }
+
+"$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model silica-tiny --api-key "$KEY" "$@"
+
+# Graceful shutdown: SIGTERM, and the server exits cleanly.
+kill -TERM "$PID"
+wait "$PID"
+grep -q "stopped" "$LOG" || { cat "$LOG"; echo "no clean shutdown" >&2; exit 1; }
+trap - EXIT
+rm -f "$LOG"
+echo "serve_check: ok"

@@ -1,0 +1,203 @@
+"""Drives `silica serve` with the real `openai` Python client.
+
+Checks completions, chat, streaming (SSE, [DONE], usage), OpenAI error types, then a load test of
+N concurrent streams that must all succeed, and that the server's KV blocks in use return to 0.
+With --bench, also measures output throughput and inter-token latency at given concurrencies.
+Exits non-zero on any failure. Usage:
+
+    python scripts/serve_openai_check.py --base-url http://127.0.0.1:8000 --model silica-tiny
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+
+import openai
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def metrics(base):
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+def wait_blocks_zero(base):
+    deadline = time.time() + 60
+    while True:
+        m = metrics(base)
+        if m["silica_kv_blocks_in_use"] == 0 and m["silica_running_requests"] == 0 and m["silica_queue_depth"] == 0:
+            return m
+        if time.time() > deadline:
+            fail(f"KV blocks in use never returned to 0: {m['silica_kv_blocks_in_use']}")
+        time.sleep(0.1)
+
+
+def functional(client, model, base):
+    names = [m.id for m in client.models.list().data]
+    check(model in names, f"/v1/models lists {names}, not {model}")
+
+    greedy = dict(max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    c = client.completions.create(model=model, prompt="The quick brown fox", **greedy)
+    check(c.object == "text_completion", f"object {c.object}")
+    check(c.usage.completion_tokens == 12, f"usage {c.usage}")
+    check(c.usage.total_tokens == c.usage.prompt_tokens + 12, f"usage {c.usage}")
+    check(c.choices[0].finish_reason == "length", f"finish_reason {c.choices[0].finish_reason}")
+    text = c.choices[0].text
+
+    chunks = list(client.completions.create(model=model, prompt="The quick brown fox", stream=True,
+                                            stream_options={"include_usage": True}, **greedy))
+    streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    check(streamed == text, f"streamed {streamed!r} != non-streamed {text!r}")
+    check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12, "usage chunk")
+    check(sum(1 for ch in chunks if ch.choices and ch.choices[0].finish_reason is None) == 12,
+          "one chunk per generated token")
+
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}]
+    r = client.chat.completions.create(model=model, messages=msgs, **greedy)
+    check(r.choices[0].message.role == "assistant", "chat role")
+    check(r.usage.completion_tokens == 12, f"chat usage {r.usage}")
+    ctext = r.choices[0].message.content
+    parts = []
+    for ch in client.chat.completions.create(model=model, messages=msgs, stream=True, **greedy):
+        if ch.choices and ch.choices[0].delta.content:
+            parts.append(ch.choices[0].delta.content)
+    check("".join(parts) == ctext, "streamed chat text differs")
+
+    s1 = client.completions.create(model=model, prompt="seeded", max_tokens=16, temperature=1.0, seed=7)
+    s2 = client.completions.create(model=model, prompt="seeded", max_tokens=16, temperature=1.0, seed=7)
+    check(s1.choices[0].text == s2.choices[0].text, "same seed, different text")
+
+    for kwargs, exc in [
+        (dict(model="no-such-model", prompt="x"), openai.NotFoundError),
+        (dict(model=model, prompt="x", max_tokens=-1), openai.BadRequestError),
+        (dict(model=model, prompt="x", temperature=-2), openai.BadRequestError),
+        (dict(model=model, prompt="x" * 100000), openai.BadRequestError),
+    ]:
+        try:
+            client.completions.create(**kwargs)
+            fail(f"{kwargs} succeeded")
+        except exc as e:
+            check(isinstance(e.body, dict) and "message" in e.body, f"error body {e.body}")
+    print("functional checks: ok")
+
+
+async def one_stream(aclient, model, i, max_tokens):
+    t0 = time.perf_counter()
+    times = []
+    usage = None
+    finish = None
+    stream = await aclient.completions.create(
+        model=model, prompt=f"Load test request {i}: tell me a story.", max_tokens=max_tokens,
+        temperature=0.8, seed=i, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True})
+    async for ch in stream:
+        if ch.choices and ch.choices[0].finish_reason is None:
+            times.append(time.perf_counter())
+        if ch.choices and ch.choices[0].finish_reason:
+            finish = ch.choices[0].finish_reason
+        if ch.usage:
+            usage = ch.usage
+    return t0, times, usage, finish
+
+
+async def run_concurrent(base, key, model, concurrency, total, max_tokens):
+    aclient = openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=600)
+    queue = list(range(total))
+    results, errors = [], []
+
+    async def worker():
+        while queue:
+            i = queue.pop()
+            try:
+                results.append(await one_stream(aclient, model, i, max_tokens))
+            except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+                errors.append(repr(e))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    await aclient.close()
+    return results, errors, wall
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def load_test(base, key, model, n, max_tokens):
+    results, errors, wall = asyncio.run(run_concurrent(base, key, model, n, n, max_tokens))
+    check(not errors, f"{len(errors)} of {n} streams failed: {errors[:3]}")
+    check(len(results) == n, f"{len(results)} results")
+    for _, times, usage, finish in results:
+        check(finish == "length" and usage is not None and usage.completion_tokens == max_tokens,
+              f"stream ended with {finish}, usage {usage}")
+        check(len(times) == max_tokens, f"{len(times)} token chunks, expected {max_tokens}")
+    m = wait_blocks_zero(base)
+    print(f"load test: {n} concurrent streams x {max_tokens} tokens, 0 failures, {wall:.1f} s; "
+          f"KV blocks in use afterwards: {int(m['silica_kv_blocks_in_use'])} of {int(m['silica_kv_blocks_total'])}, "
+          f"preemptions {int(m['silica_preemptions_total'])}")
+
+
+def bench(base, key, model, levels, max_tokens):
+    rows = []
+    for c in levels:
+        total = max(c, 4) * 2 if c > 1 else 4
+        results, errors, wall = asyncio.run(run_concurrent(base, key, model, c, total, max_tokens))
+        check(not errors, f"bench at {c}: {errors[:3]}")
+        toks = sum(u.completion_tokens for _, _, u, _ in results)
+        itl = [b - a for _, t, _, _ in results for a, b in zip(t, t[1:])]
+        ttft = [t[0] - t0 for t0, t, _, _ in results if t]
+        row = {"concurrency": c, "requests": total, "output_tokens": toks, "wall_s": round(wall, 3),
+               "output_tok_s": round(toks / wall, 1),
+               "ttft_p50_ms": round(pct(ttft, 50) * 1e3, 1), "ttft_p99_ms": round(pct(ttft, 99) * 1e3, 1),
+               "itl_p50_ms": round(pct(itl, 50) * 1e3, 2), "itl_p99_ms": round(pct(itl, 99) * 1e3, 2)}
+        rows.append(row)
+        print(json.dumps(row))
+    m = wait_blocks_zero(base)
+    print(f"bench done; KV blocks in use afterwards: {int(m['silica_kv_blocks_in_use'])}")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--api-key", default="none")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--bench", default="", help="comma-separated concurrencies to measure, e.g. 1,8,32")
+    ap.add_argument("--bench-out", default="")
+    a = ap.parse_args()
+    base = a.base_url.rstrip("/")
+    client = openai.OpenAI(base_url=base + "/v1", api_key=a.api_key, max_retries=0, timeout=600)
+    functional(client, a.model, base)
+    load_test(base, a.api_key, a.model, a.concurrency, a.max_tokens)
+    if a.bench:
+        rows = bench(base, a.api_key, a.model, [int(x) for x in a.bench.split(",")], a.max_tokens)
+        if a.bench_out:
+            with open(a.bench_out, "w") as f:
+                json.dump(rows, f, indent=1)
+    print("serve_openai_check: all passed")
+
+
+if __name__ == "__main__":
+    main()
