@@ -228,6 +228,34 @@ pub fn lm_head(
     g.linear(x, w.get(head))
 }
 
+/// A step program's `logits` output from the decoder's hidden states [B, T, H]: f32 [B, T, V],
+/// or with `logits_index` (i32 [B]) one position per row, f32 [B, V].
+pub fn step_logits(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    w: &WeightParams,
+    x: ValueId,
+    logits_index: Option<ValueId>,
+) -> Result<ValueId, GraphError> {
+    let x = match logits_index {
+        // Pick one row per sequence before the norm and the (large) lm_head: both are per
+        // position, so this is exact.
+        Some(idx) => {
+            let dims = g.dims(x).to_vec();
+            let (b, t, h) = (dims[0], dims[1], dims[2]);
+            let flat = g.reshape(x, [b * t, h])?;
+            let base = g.iota(DType::I32, [b], 0)?;
+            let tt = g.scalar(t as f64, DType::I32);
+            let base = g.mul(base, tt)?;
+            let rows = g.add(base, idx)?;
+            g.gather(flat, rows, 0)? // [B, H]
+        }
+        None => x,
+    };
+    let logits = lm_head(g, cfg, w, x)?;
+    g.convert(logits, DType::F32)
+}
+
 /// The cache-free forward for training and scoring: inputs are the weights, `input_ids` i32
 /// [B, T] and `rope_inv_freq` f32 [D/2]; positions are 0..T in every row, attention is causal.
 /// Returns the graph and the logits [B, T, V] (compute dtype) for the caller to build on.
@@ -253,7 +281,7 @@ pub fn build_forward(
 
 pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphError> {
     let (b, t, sl, dt) = (s.batch, s.seq, s.cache_len, s.dtype);
-    let (hkv, d, h) = (cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
+    let (hkv, d) = (cfg.num_key_value_heads, cfg.head_dim);
     if t > sl {
         return Err(GraphError::new(
             "model",
@@ -306,23 +334,8 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
         outputs.push((format!("{vn}.out"), vc));
         g.attention(q, kc, vc, mask, scale)
     };
-    // The final norm is per position, so picking rows before it (in lm_head) is exact; the
-    // decoder returns pre-norm hidden states for that reason.
     let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
-    let x = match logits_index {
-        // Pick one row per sequence before the norm and the (large) lm_head.
-        Some(idx) => {
-            let flat = g.reshape(x, [b * t, h])?;
-            let base = g.iota(DType::I32, [b], 0)?;
-            let tt = g.scalar(t as f64, DType::I32);
-            let base = g.mul(base, tt)?;
-            let rows = g.add(base, idx)?;
-            g.gather(flat, rows, 0)? // [B, H]
-        }
-        None => x,
-    };
-    let logits = lm_head(&mut g, cfg, &w, x)?;
-    let logits = g.convert(logits, DType::F32)?;
+    let logits = step_logits(&mut g, cfg, &w, x, logits_index)?;
     outputs.insert(0, ("logits".into(), logits));
 
     let mut program = Program::new(s.program_name(), g, outputs)?;

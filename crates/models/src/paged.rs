@@ -23,13 +23,11 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::llama::{causal_mask, decoder, lm_head, rope_tables, LogitsMode, WeightParams};
+use crate::llama::{causal_mask, decoder, rope_tables, step_logits, LogitsMode, WeightParams};
 use crate::rope::rope_freqs;
 use crate::runtime::LoadedModel;
 use silica_tensor::ValueId;
-use silica_tensor::{
-    Arg, Buffer, DType, Executable, Graph, GraphError, HostTensor, Program, Shape,
-};
+use silica_tensor::{Buffer, DType, Executable, Graph, GraphError, HostTensor, Program, Shape};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -93,7 +91,7 @@ pub fn build_paged_step(
 ) -> std::result::Result<Program, GraphError> {
     let (b, t, dt) = (s.batch, s.seq, s.dtype);
     let (bs, m, n) = (s.block_size, s.max_blocks, s.num_blocks);
-    let (hkv, d, h) = (cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
+    let (hkv, d) = (cfg.num_key_value_heads, cfg.head_dim);
     let bad = |msg: String| Err(GraphError::new("paged", msg));
     if b == 0 || t == 0 || bs == 0 || m == 0 || n < 2 {
         return bad(format!(
@@ -186,19 +184,7 @@ pub fn build_paged_step(
         g.attention(q, kc, vc, mask, scale)
     };
     let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
-    let x = match logits_index {
-        Some(idx) => {
-            let flat = g.reshape(x, [b * t, h])?;
-            let base = g.iota(DType::I32, [b], 0)?;
-            let tt = g.scalar(t as f64, DType::I32);
-            let base = g.mul(base, tt)?;
-            let rows = g.add(base, idx)?;
-            g.gather(flat, rows, 0)?
-        }
-        None => x,
-    };
-    let logits = lm_head(&mut g, cfg, &w, x)?;
-    let logits = g.convert(logits, DType::F32)?;
+    let logits = step_logits(&mut g, cfg, &w, x, logits_index)?;
     outputs.insert(0, ("logits".into(), logits));
     let mut program = Program::new(s.program_name(), g, outputs)?;
     for l in 0..cfg.num_hidden_layers {
@@ -395,26 +381,22 @@ impl PagedModel {
         }
         let freqs = rope_freqs(cfg, max_pos);
         let be = &self.model.backend;
-        let mut runtime = vec![
+        let runtime = vec![
             be.upload(&HostTensor::from_vec(ids, [b, t])?)?,
             be.upload(&HostTensor::from_vec(pos, [b, t])?)?,
             be.upload(&HostTensor::from_vec(tables, [b, m])?)?,
             be.upload(&HostTensor::from_vec(wblocks, [b, w_n])?)?,
             be.upload(&HostTensor::from_vec(woff, [b])?)?,
         ];
-        if mode == LogitsMode::Last {
-            runtime.push(be.upload(&HostTensor::from_vec(lidx, [b])?)?);
-        }
-        let half = cfg.head_dim / 2;
-        runtime.push(be.upload(&HostTensor::from_vec(freqs.inv_freq, [half])?)?);
-        let mut args: Vec<Arg> = self.model.weight_buffers().iter().map(Arg::In).collect();
-        args.extend(runtime.iter().map(Arg::In));
-        args.extend(self.pools.iter_mut().map(Arg::InOut));
-        let out = exe.execute(&mut args)?;
-        let logits = out
-            .into_iter()
-            .next()
-            .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))?;
-        Ok(be.download(&logits)?)
+        let lidx = (mode == LogitsMode::Last).then_some(lidx);
+        crate::runtime::run_step(
+            be,
+            &*exe,
+            self.model.weight_buffers(),
+            runtime,
+            lidx,
+            freqs.inv_freq,
+            &mut self.pools,
+        )
     }
 }

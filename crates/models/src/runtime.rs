@@ -302,25 +302,21 @@ impl LoadedModel {
         }
         let freqs = rope_freqs(&self.config, max_pos);
         let be = &self.backend;
-        let mut runtime = vec![
+        let runtime = vec![
             be.upload(&HostTensor::from_vec(ids, [b, t])?)?,
             be.upload(&HostTensor::from_vec(pos, [b, t])?)?,
             be.upload(&HostTensor::from_vec(wpos, [b])?)?,
         ];
-        if mode == LogitsMode::Last {
-            runtime.push(be.upload(&HostTensor::from_vec(lidx, [b])?)?);
-        }
-        let half = self.config.head_dim / 2;
-        runtime.push(be.upload(&HostTensor::from_vec(freqs.inv_freq, [half])?)?);
-        let mut args: Vec<Arg> = self.weights.iter().map(Arg::In).collect();
-        args.extend(runtime.iter().map(Arg::In));
-        args.extend(cache.buffers.iter_mut().map(Arg::InOut));
-        let out = exe.execute(&mut args)?;
-        let logits = out
-            .into_iter()
-            .next()
-            .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))?;
-        Ok(be.download(&logits)?)
+        let lidx = (mode == LogitsMode::Last).then_some(lidx);
+        run_step(
+            be,
+            &*exe,
+            &self.weights,
+            runtime,
+            lidx,
+            freqs.inv_freq,
+            &mut cache.buffers,
+        )
     }
 
     /// Logits of every position of one sequence (a fresh cache): f32 [n, V]. Long inputs are
@@ -359,4 +355,33 @@ impl LoadedModel {
             .flat_map(cache_names)
             .collect()
     }
+}
+
+/// The common tail of a step (contiguous or paged): uploads `logits_index` (when given) and
+/// `rope_inv_freq` after the step's other runtime inputs, executes with the weights read-only
+/// and `state` (KV cache or pools) updated in place, and downloads the logits.
+pub(crate) fn run_step(
+    be: &Arc<dyn Backend>,
+    exe: &dyn Executable,
+    weights: &[Buffer],
+    mut runtime: Vec<Buffer>,
+    logits_index: Option<Vec<i32>>,
+    inv_freq: Vec<f32>,
+    state: &mut [Buffer],
+) -> Result<HostTensor> {
+    if let Some(lidx) = logits_index {
+        let b = lidx.len();
+        runtime.push(be.upload(&HostTensor::from_vec(lidx, [b])?)?);
+    }
+    let half = inv_freq.len();
+    runtime.push(be.upload(&HostTensor::from_vec(inv_freq, [half])?)?);
+    let mut args: Vec<Arg> = weights.iter().map(Arg::In).collect();
+    args.extend(runtime.iter().map(Arg::In));
+    args.extend(state.iter_mut().map(Arg::InOut));
+    let out = exe.execute(&mut args)?;
+    let logits = out
+        .into_iter()
+        .next()
+        .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))?;
+    Ok(be.download(&logits)?)
 }

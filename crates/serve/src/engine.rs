@@ -616,6 +616,11 @@ impl Scheduler {
     fn finish(&mut self, mut seq: Seq, reason: FinishReason) {
         self.blocks.release(&seq.blocks);
         seq.blocks.clear();
+        // Publish before the Finished event: a caller that sees its request end must see its
+        // blocks back in the pool.
+        self.shared
+            .blocks_in_use
+            .store(self.blocks.in_use(), Ordering::Relaxed);
         let mut text = String::new();
         if reason != FinishReason::Stop && reason != FinishReason::Cancelled {
             if let Some(d) = seq.decoder.as_mut() {

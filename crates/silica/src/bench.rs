@@ -1,7 +1,7 @@
 //! `silica bench` (offline mode: fixed batches through the prefill and decode programs) and
 //! `silica report` (side-by-side markdown/HTML of silica, vLLM and llmperf results).
 
-use crate::common::{backend, BackendName, DTypeArg};
+use crate::common::{backend, load_folder_or_preset, BackendName, DTypeArg};
 use crate::offline::{self, OfflineConfig};
 use crate::online::{self, HttpTarget, OnlineConfig};
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,6 @@ use silica_bench::{
     Instances, Machine, Mode, ModelInfo, OfflineMetrics, Report, RequestTiming, RunConfig, Slo,
     Source,
 };
-use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::{LoadOptions, LoadedModel};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,38 +109,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         max_context: Some(input_len + output_len),
         ..Default::default()
     };
-    let (model, preset) = match &a.model {
-        Some(dir) => {
-            if !dir.is_dir() {
-                bail!(
-                    "--model {}: not a folder (expected a Hugging Face model folder)",
-                    dir.display()
-                );
-            }
-            (
-                LoadedModel::load(dir, be, &opts)
-                    .with_context(|| format!("loading {}", dir.display()))?,
-                None,
-            )
-        }
-        None => {
-            let name = a.preset.as_deref().unwrap_or(DEFAULT_PRESET);
-            let cfg = presets::preset(name)?;
-            let canonical = presets::canonical_name(name).unwrap_or(name).to_string();
-            if input_len + output_len > cfg.max_position_embeddings {
-                bail!("--input-len + --output-len = {} exceed {canonical}'s max_position_embeddings {}", input_len + output_len, cfg.max_position_embeddings);
-            }
-            eprintln!(
-                "building {canonical} ({:.1} M parameters) with random weights in {}…",
-                cfg.num_params() as f64 / 1e6,
-                a.dtype.dtype()
-            );
-            (
-                LoadedModel::random(cfg, &canonical, be, &opts, a.seed)?,
-                Some(canonical),
-            )
-        }
-    };
+    let (model, preset) = load_folder_or_preset(
+        a.model.as_deref(),
+        a.preset.as_deref(),
+        be,
+        &opts,
+        a.seed,
+        Some(input_len + output_len),
+    )?;
     if a.concurrency.is_some() || a.request_rate.is_some() {
         let cfg = OnlineConfig {
             input_len,

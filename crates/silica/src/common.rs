@@ -157,3 +157,45 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     }
     Ok(ids)
 }
+
+/// A Hugging Face folder (`--model`) or, without one, an embedded preset (`--preset`, default
+/// [`DEFAULT_PRESET`](silica_models::presets::DEFAULT_PRESET)) with random weights from `seed`.
+/// Returns the model and, for a preset, its canonical name. `needs_positions`: the longest
+/// sequence the caller will run, checked against a preset's trained context.
+pub fn load_folder_or_preset(
+    model: Option<&std::path::Path>,
+    preset: Option<&str>,
+    be: Arc<dyn Backend>,
+    opts: &LoadOptions,
+    seed: u64,
+    needs_positions: Option<usize>,
+) -> Result<(LoadedModel, Option<String>)> {
+    use silica_models::presets;
+    if let Some(dir) = model {
+        if !dir.is_dir() {
+            bail!(
+                "--model {}: not a folder (expected a Hugging Face model folder)",
+                dir.display()
+            );
+        }
+        let m = LoadedModel::load(dir, be, opts)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        return Ok((m, None));
+    }
+    let name = preset.unwrap_or(presets::DEFAULT_PRESET);
+    let cfg = presets::preset(name)?;
+    let canonical = presets::canonical_name(name).unwrap_or(name).to_string();
+    if let Some(n) = needs_positions.filter(|&n| n > cfg.max_position_embeddings) {
+        bail!(
+            "{n} positions (prompt + output tokens) exceed {canonical}'s max_position_embeddings {}",
+            cfg.max_position_embeddings
+        );
+    }
+    eprintln!(
+        "building {canonical} ({:.1} M parameters) with random weights in {} (its output is gibberish)…",
+        cfg.num_params() as f64 / 1e6,
+        opts.dtype
+    );
+    let m = LoadedModel::random(cfg, &canonical, be, opts, seed)?;
+    Ok((m, Some(canonical)))
+}

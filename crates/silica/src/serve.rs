@@ -1,10 +1,9 @@
 //! `silica serve`: the OpenAI-compatible server (silica-serve) on a model folder or a preset.
 
-use crate::common::{backend, BackendName, DTypeArg};
-use anyhow::{bail, Context, Result};
+use crate::common::{backend, load_folder_or_preset, BackendName, DTypeArg};
+use anyhow::{Context, Result};
 use clap::Args;
-use silica_models::presets::{self, DEFAULT_PRESET};
-use silica_models::{LoadOptions, LoadedModel};
+use silica_models::LoadOptions;
 use silica_serve::{Engine, EngineConfig, ServerConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,30 +66,18 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_context: a.max_context,
         ..Default::default()
     };
-    let mut model = match &a.model {
-        Some(dir) => {
-            if !dir.is_dir() {
-                bail!(
-                    "--model {}: not a folder (expected a Hugging Face model folder)",
-                    dir.display()
-                );
-            }
-            LoadedModel::load(dir, be, &opts)
-                .with_context(|| format!("loading {}", dir.display()))?
-        }
-        None => {
-            let name = a.preset.as_deref().unwrap_or(DEFAULT_PRESET);
-            let cfg = presets::preset(name)?;
-            let canonical = presets::canonical_name(name).unwrap_or(name).to_string();
-            eprintln!(
-                "building {canonical} ({:.1} M parameters) with random weights; its output is gibberish",
-                cfg.num_params() as f64 / 1e6
-            );
-            let mut m = LoadedModel::random(cfg, &canonical, be, &opts, a.seed)?;
-            m.tokenizer = Some(silica_serve::preset_tokenizer(&m.config)?);
-            m
-        }
-    };
+    let (mut model, preset) = load_folder_or_preset(
+        a.model.as_deref(),
+        a.preset.as_deref(),
+        be,
+        &opts,
+        a.seed,
+        None,
+    )?;
+    if preset.is_some() {
+        // Presets ship no tokenizer: a byte-level one makes text prompts and chat work.
+        model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config)?);
+    }
     if model.tokenizer.is_none() {
         eprintln!("note: this model has no tokenizer.json; only token-id prompts will work");
     }
