@@ -37,14 +37,21 @@ pub struct StepShape {
     pub dtype: DType,
 }
 
+/// The parts of a step program's name that say what it does: `decode`/`prefill` (one new
+/// token or several) and the `_all` suffix when it returns every position's logits.
+pub(crate) fn step_kind(seq: usize, logits: LogitsMode) -> (&'static str, &'static str) {
+    let kind = if seq == 1 { "decode" } else { "prefill" };
+    let l = if logits == LogitsMode::All {
+        "_all"
+    } else {
+        ""
+    };
+    (kind, l)
+}
+
 impl StepShape {
     pub fn program_name(&self) -> String {
-        let kind = if self.seq == 1 { "decode" } else { "prefill" };
-        let l = if self.logits == LogitsMode::All {
-            "_all"
-        } else {
-            ""
-        };
+        let (kind, l) = step_kind(self.seq, self.logits);
         format!(
             "{kind}_b{}_t{}_s{}_{}{l}",
             self.batch, self.seq, self.cache_len, self.dtype

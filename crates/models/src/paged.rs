@@ -50,12 +50,7 @@ pub struct PagedShape {
 
 impl PagedShape {
     pub fn program_name(&self) -> String {
-        let kind = if self.seq == 1 { "decode" } else { "prefill" };
-        let l = if self.logits == LogitsMode::All {
-            "_all"
-        } else {
-            ""
-        };
+        let (kind, l) = crate::llama::step_kind(self.seq, self.logits);
         format!(
             "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{l}",
             self.batch, self.seq, self.max_blocks, self.block_size, self.num_blocks, self.dtype

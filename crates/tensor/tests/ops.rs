@@ -11,18 +11,7 @@ use silica_tensor::{
 };
 
 const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::BF16, DType::F16];
-const UNARY: [UnaryOp; 10] = [
-    UnaryOp::Neg,
-    UnaryOp::Abs,
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Rsqrt,
-    UnaryOp::Tanh,
-    UnaryOp::Logistic,
-    UnaryOp::Sin,
-    UnaryOp::Cos,
-];
+const UNARY: [UnaryOp; 10] = UnaryOp::ALL;
 const BINARY: [BinaryOp; 7] = [
     BinaryOp::Add,
     BinaryOp::Sub,

@@ -98,21 +98,7 @@ pub fn elementwise_cases() -> Vec<Case> {
     let mut v = Vec::new();
     let s = [3usize, 5];
     for dt in FLOATS {
-        for (k, op) in [
-            UnaryOp::Neg,
-            UnaryOp::Abs,
-            UnaryOp::Exp,
-            UnaryOp::Log,
-            UnaryOp::Sqrt,
-            UnaryOp::Rsqrt,
-            UnaryOp::Tanh,
-            UnaryOp::Logistic,
-            UnaryOp::Sin,
-            UnaryOp::Cos,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (k, op) in UnaryOp::ALL.into_iter().enumerate() {
             let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt);
             let (lo, hi) = if positive { (0.05, 4.0) } else { (-3.0, 3.0) };
             let x = rand_t(dt, &s, lo, hi, k as u64);
