@@ -404,6 +404,7 @@ mod tests {
             ],
             outputs: vec![spec("logits", &[3, 4])],
             aliases: vec![],
+            world: 1,
         }
     }
 

@@ -454,6 +454,18 @@ fn vjp(g: &mut Graph, node: &Node, y: ValueId, gy: ValueId) -> R<Vec<Option<Valu
             let (ga, gb) = dot_vjp(g, ins[0], ins[1], dims, gy)?;
             vec![Some(ga), Some(gb)]
         }
+        op @ (Op::AllReduce { .. } | Op::AllGather { .. }) => {
+            // Which VJP is right depends on whether the loss is replicated or per rank
+            // (Megatron's f/g pairs); tensor-parallel training is not built yet.
+            return Err(GraphError::new(
+                "grad",
+                format!(
+                    "`{}`: differentiating tensor-parallel programs is not supported; train with \
+                     one rank",
+                    op.name()
+                ),
+            ));
+        }
         op => {
             // Composites are decomposed by the sweep before their VJP is needed.
             return Err(GraphError::new(

@@ -82,6 +82,38 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, dtype: DType, shape: &Shape) -> Result<Buffer, BackendError> {
         self.upload(&HostTensor::zeros(dtype, shape.clone()))
     }
+    /// The largest tensor-parallel group (ranks of one program) this backend can run here;
+    /// `None` when there is no fixed limit (the CPU backend runs ranks as threads).
+    fn max_world(&self) -> Option<usize> {
+        Some(1)
+    }
+    /// Uploads `t` for rank `rank` of a tensor-parallel group (its own device: NeuronCore
+    /// `rank` of the group on Neuron). Backends without groups serve rank 0 only.
+    fn upload_to(&self, t: &HostTensor, rank: usize) -> Result<Buffer, BackendError> {
+        if rank == 0 {
+            self.upload(t)
+        } else {
+            Err(no_groups(self.name(), rank + 1))
+        }
+    }
+    /// `zeros` for rank `rank` of a group.
+    fn zeros_on(&self, dtype: DType, shape: &Shape, rank: usize) -> Result<Buffer, BackendError> {
+        if rank == 0 {
+            self.zeros(dtype, shape)
+        } else {
+            self.upload_to(&HostTensor::zeros(dtype, shape.clone()), rank)
+        }
+    }
+}
+
+fn no_groups(backend: &'static str, world: usize) -> BackendError {
+    BackendError::Unavailable {
+        backend,
+        reason: format!(
+            "tensor parallelism over {world} ranks is not supported by the {backend} backend \
+             (use --tp 1, or the cpu or neuron backend)"
+        ),
+    }
 }
 
 pub trait Executable: Send + Sync {
@@ -90,6 +122,37 @@ pub trait Executable: Send + Sync {
     /// passed as [`Arg::InOut`] and holds the aliased output afterwards. Returns the outputs that
     /// are not aliased, in output order. On error no argument is modified.
     fn execute(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, BackendError>;
+    /// Runs a tensor-parallel program on every rank of its group at once: `args[r]` are rank
+    /// r's arguments (uploaded with [`Backend::upload_to`] for rank r) and the result's entry r
+    /// its outputs, as [`Executable::execute`] returns them. A single-rank program runs as
+    /// `execute`. On error no argument is modified.
+    fn execute_group(&self, args: &mut [Vec<Arg<'_>>]) -> Result<Vec<Vec<Buffer>>, BackendError> {
+        let sig = self.signature();
+        if sig.world == 1 && args.len() == 1 {
+            return Ok(vec![self.execute(&mut args[0])?]);
+        }
+        check_group_size(sig, args.len())?;
+        Err(no_groups("this", sig.world))
+    }
+}
+
+/// Checks that a group call passes one argument list per rank of `sig`'s group.
+pub fn check_group_size(sig: &Signature, ranks: usize) -> Result<(), BackendError> {
+    if ranks != sig.world {
+        return Err(BackendError::InvalidArgument(format!(
+            "program `{}` runs on a group of {} ranks, got arguments for {ranks}",
+            sig.name, sig.world
+        )));
+    }
+    Ok(())
+}
+
+/// The error of `execute` on a program that needs a group.
+pub fn needs_group(sig: &Signature) -> BackendError {
+    BackendError::InvalidArgument(format!(
+        "program `{}` is tensor-parallel over {} ranks: run it with execute_group",
+        sig.name, sig.world
+    ))
 }
 
 /// Checks count, backend, dtype, shape and donation of `args` against `sig`.
@@ -148,37 +211,65 @@ pub fn run_host(
     exe: &dyn Executable,
     inputs: &[HostTensor],
 ) -> Result<Vec<HostTensor>, BackendError> {
+    let mut out = run_host_group(backend, exe, &[inputs.to_vec()])?;
+    Ok(out.pop().expect("one rank"))
+}
+
+/// [`run_host`] for a tensor-parallel program: `inputs[r]` are rank r's inputs; returns every
+/// rank's outputs.
+pub fn run_host_group(
+    backend: &dyn Backend,
+    exe: &dyn Executable,
+    inputs: &[Vec<HostTensor>],
+) -> Result<Vec<Vec<HostTensor>>, BackendError> {
     let sig = exe.signature().clone();
     let mut bufs = inputs
         .iter()
-        .map(|t| backend.upload(t))
+        .enumerate()
+        .map(|(r, ts)| {
+            ts.iter()
+                .map(|t| backend.upload_to(t, r))
+                .collect::<Result<Vec<_>, _>>()
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let returned = {
-        let mut args: Vec<Arg> = bufs
+        let mut args: Vec<Vec<Arg>> = bufs
             .iter_mut()
-            .enumerate()
-            .map(|(i, b)| {
-                if sig.alias_of_input(i).is_some() {
-                    Arg::InOut(b)
-                } else {
-                    Arg::In(b)
-                }
+            .map(|rank| {
+                rank.iter_mut()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        if sig.alias_of_input(i).is_some() {
+                            Arg::InOut(b)
+                        } else {
+                            Arg::In(b)
+                        }
+                    })
+                    .collect()
             })
             .collect();
-        exe.execute(&mut args)?
+        if args.len() == 1 && sig.world == 1 {
+            vec![exe.execute(&mut args[0])?]
+        } else {
+            exe.execute_group(&mut args)?
+        }
     };
-    let mut returned = returned.into_iter();
-    let mut out = Vec::with_capacity(sig.outputs.len());
-    for o in 0..sig.outputs.len() {
-        match sig.aliases.iter().find(|a| a.output == o) {
-            Some(a) => out.push(backend.download(&bufs[a.input])?),
-            None => {
-                let b = returned.next().ok_or_else(|| {
-                    BackendError::InvalidArgument("backend returned too few outputs".into())
-                })?;
-                out.push(backend.download(&b)?);
+    let mut all = Vec::with_capacity(bufs.len());
+    for (bufs, returned) in bufs.iter().zip(returned) {
+        let mut returned = returned.into_iter();
+        let mut out = Vec::with_capacity(sig.outputs.len());
+        for o in 0..sig.outputs.len() {
+            match sig.aliases.iter().find(|a| a.output == o) {
+                Some(a) => out.push(backend.download(&bufs[a.input])?),
+                None => {
+                    let b = returned.next().ok_or_else(|| {
+                        BackendError::InvalidArgument("backend returned too few outputs".into())
+                    })?;
+                    out.push(backend.download(&b)?);
+                }
             }
         }
+        all.push(out);
     }
-    Ok(out)
+    Ok(all)
 }

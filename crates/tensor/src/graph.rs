@@ -187,6 +187,19 @@ pub enum Op {
         axis: usize,
     },
     Dot(DotDims),
+    // ---- collectives (tensor parallelism; every rank of a group runs the same program) ----
+    /// Elementwise sum over the `world` ranks of the group (HLO `all-reduce` with an add
+    /// computation over one replica group of every rank); every rank receives the same sum,
+    /// added in rank order.
+    AllReduce {
+        world: usize,
+    },
+    /// Every rank's operand concatenated along `axis` in rank order (HLO `all-gather`); the
+    /// output's `axis` is `world` times the operand's.
+    AllGather {
+        axis: usize,
+        world: usize,
+    },
     // ---- composites (fused on CPU; decomposed for lowering and autograd) ----
     /// Inputs x [..., D], weight [D]. Computed in f32, rounded to x's dtype, then times weight.
     RmsNorm {
@@ -232,11 +245,21 @@ impl Op {
             Op::Reduce { .. } => "reduce",
             Op::ArgMax { .. } => "argmax",
             Op::Dot(_) => "dot",
+            Op::AllReduce { .. } => "all-reduce",
+            Op::AllGather { .. } => "all-gather",
             Op::RmsNorm { .. } => "rms_norm",
             Op::Softmax { .. } => "softmax",
             Op::Rope => "rope",
             Op::Silu => "silu",
             Op::Attention { .. } => "attention",
+        }
+    }
+
+    /// The group size of a collective op (`None` for every other op).
+    pub fn collective_world(&self) -> Option<usize> {
+        match self {
+            Op::AllReduce { world } | Op::AllGather { world, .. } => Some(*world),
+            _ => None,
         }
     }
 
@@ -1088,6 +1111,69 @@ impl Graph {
         let mut d = self.dims(x).to_vec();
         d[axis] = 1;
         self.reshape(r, d)
+    }
+
+    /// Sums `x` over the `world` ranks of a tensor-parallel group. At `world` 1 it is `x` itself
+    /// (no node), so single-rank programs are unchanged.
+    pub fn all_reduce(&mut self, x: ValueId, world: usize) -> R {
+        self.check("all-reduce", &[x])?;
+        if world == 0 {
+            return Err(err("all-reduce", "a group needs at least one rank"));
+        }
+        if !self.dtype(x).is_float() {
+            return Err(err(
+                "all-reduce",
+                format!("sums float values, not {}", self.dtype(x)),
+            ));
+        }
+        if world == 1 {
+            return Ok(x);
+        }
+        let (dt, shape) = (self.dtype(x), self.shape(x).clone());
+        Ok(self.push(Op::AllReduce { world }, vec![x], dt, shape))
+    }
+
+    /// Concatenates every rank's `x` along `axis` in rank order. At `world` 1 it is `x` itself.
+    pub fn all_gather(&mut self, x: ValueId, axis: usize, world: usize) -> R {
+        self.check("all-gather", &[x])?;
+        let mut dims = self.dims(x).to_vec();
+        if world == 0 || axis >= dims.len() {
+            return Err(err(
+                "all-gather",
+                format!(
+                    "axis {axis} over {world} ranks is invalid for operand {}",
+                    Shape::new(dims)
+                ),
+            ));
+        }
+        if world == 1 {
+            return Ok(x);
+        }
+        dims[axis] = dims[axis].checked_mul(world).ok_or_else(|| {
+            err("all-gather", format!("axis {axis} overflows at {world} ranks"))
+        })?;
+        let dt = self.dtype(x);
+        Ok(self.push(Op::AllGather { axis, world }, vec![x], dt, Shape::new(dims)))
+    }
+
+    /// The group size of the collectives in this graph: 1 without any; an error if two
+    /// collectives name different group sizes.
+    pub fn world(&self) -> Result<usize, GraphError> {
+        let mut world = None;
+        for n in &self.nodes {
+            if let Some(w) = n.op.collective_world() {
+                match world {
+                    Some(v) if v != w => {
+                        return Err(err(
+                            n.op.name(),
+                            format!("collectives over {v} and over {w} ranks in one program"),
+                        ))
+                    }
+                    _ => world = Some(w),
+                }
+            }
+        }
+        Ok(world.unwrap_or(1))
     }
 
     pub fn argmax(&mut self, x: ValueId, axis: usize) -> R {

@@ -7,6 +7,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod collective;
 pub mod cpu;
 pub mod decompose;
 mod dtype;
@@ -18,7 +19,8 @@ mod safetensors_io;
 mod shape;
 
 pub use autograd::{backward, grad};
-pub use backend::{run_host, Arg, Backend, Buffer, Executable};
+pub use backend::{run_host, run_host_group, Arg, Backend, Buffer, Executable};
+pub use collective::{Collective, Group, Member, Solo};
 pub use dtype::{DType, Element};
 pub use error::{BackendError, GraphError, TensorError};
 pub use graph::{BinaryOp, CmpDir, DotDims, Graph, Node, Op, ReduceKind, UnaryOp, ValueId};

@@ -28,6 +28,9 @@ pub struct Signature {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub aliases: Vec<Alias>,
+    /// Ranks of the tensor-parallel group the program runs on (1: no collectives). Each rank
+    /// gets its own arguments; see [`crate::Executable::execute_group`].
+    pub world: usize,
 }
 
 impl Signature {
@@ -87,6 +90,8 @@ impl Program {
                 ));
             }
         }
+        // Collectives must agree on one group size (checked here so `world()` cannot fail).
+        graph.world()?;
         Ok(Program {
             name: name.into(),
             graph,
@@ -127,6 +132,11 @@ impl Program {
         Ok(self)
     }
 
+    /// Ranks of the tensor-parallel group this program runs on (1 without collectives).
+    pub fn world(&self) -> usize {
+        self.graph.world().unwrap_or(1)
+    }
+
     pub fn inputs(&self) -> Vec<TensorSpec> {
         self.graph
             .params()
@@ -159,6 +169,7 @@ impl Program {
                 })
                 .collect(),
             aliases: self.aliases.clone(),
+            world: self.world(),
         }
     }
 

@@ -20,7 +20,8 @@ pub use data::CpuData;
 pub use fused::MASK_SKIP;
 pub use matmul::{dot_bf16, dot_f16, dot_f32};
 
-use crate::backend::{validate_args, Arg, Backend, Buffer, Executable};
+use crate::backend::{check_group_size, needs_group, validate_args, Arg, Backend, Buffer, Executable};
+use crate::collective::{Collective, Group, Solo};
 use crate::error::BackendError;
 use crate::graph::{Node, Op};
 use crate::program::{Program, Signature};
@@ -90,9 +91,25 @@ impl Backend for CpuBackend {
             Box::new(CpuBuffer(CpuData::zeros(dtype, shape.elem_count()))),
         ))
     }
+
+    /// Ranks are threads sharing host memory: any group size runs (slowly beyond the cores).
+    fn max_world(&self) -> Option<usize> {
+        None
+    }
+
+    fn upload_to(&self, t: &HostTensor, _rank: usize) -> Result<Buffer, BackendError> {
+        self.upload(t)
+    }
+
+    fn zeros_on(&self, dtype: DType, shape: &Shape, _rank: usize) -> Result<Buffer, BackendError> {
+        self.zeros(dtype, shape)
+    }
 }
 
-struct CpuExecutable {
+/// A program compiled for the CPU. Besides the [`Executable`] calls it can run as one rank of a
+/// group whose other ranks live elsewhere ([`CpuExecutable::execute_rank`]): the libnrt double
+/// runs its NeuronCores that way.
+pub struct CpuExecutable {
     program: Program,
     signature: Signature,
     /// Live nodes in execution order.
@@ -102,7 +119,7 @@ struct CpuExecutable {
 }
 
 impl CpuExecutable {
-    fn new(program: &Program) -> Self {
+    pub fn new(program: &Program) -> Self {
         let outs: Vec<_> = program.outputs.iter().map(|(_, v)| *v).collect();
         let live = program.graph.live(&outs);
         let order: Vec<usize> = (0..live.len()).filter(|&i| live[i]).collect();
@@ -146,7 +163,75 @@ impl Executable for CpuExecutable {
     }
 
     fn execute(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, BackendError> {
+        if self.signature.world != 1 {
+            return Err(needs_group(&self.signature));
+        }
+        self.execute_rank(args, &Solo)
+    }
+
+    fn execute_group(&self, args: &mut [Vec<Arg<'_>>]) -> Result<Vec<Vec<Buffer>>, BackendError> {
+        check_group_size(&self.signature, args.len())?;
+        // Every rank's arguments are checked before any rank starts, so no rank can fail after
+        // its peers have consumed their donated buffers.
+        for a in args.iter() {
+            validate_args(&self.signature, NAME, a)?;
+        }
+        if args.len() == 1 {
+            return Ok(vec![self.execute_rank(&mut args[0], &Solo)?]);
+        }
+        let group = Group::new(args.len(), None);
+        let results: Vec<Result<Vec<Buffer>, BackendError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = args
+                .iter_mut()
+                .enumerate()
+                .map(|(rank, a)| {
+                    let member = group.member(rank);
+                    s.spawn(move || {
+                        let r = self.execute_rank(a, &member);
+                        if let Err(e) = &r {
+                            member.group().abort(&format!("rank {rank} failed: {e}"));
+                        }
+                        r
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        group.abort("a rank panicked");
+                        Err(BackendError::Device {
+                            backend: NAME,
+                            message: "a rank of the group panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+}
+
+impl CpuExecutable {
+    /// Executes as rank `comm.rank()` of a group of `comm.world()` ranks, each running this
+    /// program on its own arguments; collectives meet through `comm`. If an exchange fails
+    /// (a peer failed or timed out) the donated arguments are left unspecified, as a device's
+    /// would be after a failed collective.
+    pub fn execute_rank(
+        &self,
+        args: &mut [Arg<'_>],
+        comm: &dyn Collective,
+    ) -> Result<Vec<Buffer>, BackendError> {
         validate_args(&self.signature, NAME, args)?;
+        if comm.world() != self.signature.world || comm.rank() >= comm.world() {
+            return Err(BackendError::InvalidArgument(format!(
+                "program `{}` runs on {} ranks, not as rank {} of {}",
+                self.signature.name,
+                self.signature.world,
+                comm.rank(),
+                comm.world()
+            )));
+        }
         let nodes = self.program.graph.nodes();
         let params = self.program.graph.params();
         let mut slots: Vec<Slot> = (0..nodes.len()).map(|_| Slot::Empty).collect();
@@ -174,6 +259,16 @@ impl Executable for CpuExecutable {
         for (pos, &i) in self.order.iter().enumerate() {
             let node = &nodes[i];
             if matches!(node.op, Op::Parameter { .. }) {
+                continue;
+            }
+            if node.op.collective_world().is_some() {
+                let out = collective(node, nodes, &slots, comm)?;
+                slots[i] = Slot::Own(out);
+                for v in &node.inputs {
+                    if self.last_use[v.index()] == pos {
+                        slots[v.index()] = Slot::Empty;
+                    }
+                }
                 continue;
             }
             // An input may be consumed in place if this is its last use and we own it.
@@ -313,6 +408,9 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
         Op::Softmax { axis } => fused::softmax(inp0(&first, slots, node), dims(0), *axis),
         Op::Silu => fused::silu(inp0(&first, slots, node)),
         Op::Rope => fused::rope(inp0(&first, slots, node), inp(1), inp(2), dims(0)),
+        Op::AllReduce { .. } | Op::AllGather { .. } => {
+            unreachable!("collectives are evaluated by the executor, which holds the group")
+        }
         Op::Attention { scale } => {
             let (q, k, v) = (dims(0), dims(1), dims(2));
             let a = fused::AttnDims {
@@ -334,6 +432,50 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
             )
         }
     }
+}
+
+/// An all-reduce or all-gather: exchanges the operand with the group and combines every rank's
+/// contribution in rank order, so all ranks compute the same bits.
+fn collective(
+    node: &Node,
+    nodes: &[Node],
+    slots: &[Slot],
+    comm: &dyn Collective,
+) -> Result<CpuData, BackendError> {
+    let x = slots[node.inputs[0].index()].get();
+    let dims = nodes[node.inputs[0].index()].shape.dims();
+    let all = comm.exchange(x.to_host(&Shape::new(dims.to_vec())))?;
+    if let Some(bad) = all
+        .iter()
+        .position(|t| t.dtype() != node.dtype || t.dims() != dims)
+    {
+        return Err(BackendError::Device {
+            backend: NAME,
+            message: format!(
+                "{}: rank {bad} contributed {} {} where {} {:?} was expected",
+                node.op.name(),
+                all[bad].dtype(),
+                all[bad].shape(),
+                node.dtype,
+                dims
+            ),
+        });
+    }
+    let parts: Vec<CpuData> = all.iter().map(CpuData::from_host).collect();
+    Ok(match &node.op {
+        Op::AllReduce { .. } => {
+            let mut parts = parts.into_iter();
+            let first = parts.next().expect("a group has a rank");
+            parts.fold(first, |acc, p| {
+                elementwise::binary(crate::graph::BinaryOp::Add, acc, &p)
+            })
+        }
+        Op::AllGather { axis, .. } => {
+            let refs: Vec<(&CpuData, &[usize])> = parts.iter().map(|p| (p, dims)).collect();
+            concat(&refs, *axis)
+        }
+        _ => unreachable!("called for collectives only"),
+    })
 }
 
 fn inp0<'a>(first: &'a Option<CpuData>, slots: &'a [Slot], node: &Node) -> &'a CpuData {

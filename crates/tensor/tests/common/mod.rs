@@ -720,6 +720,9 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                 S::F(x.at(idx).f() * c.at(&[b, t, j]).f() + rot * s.at(&[b, t, j]).f())
             })
         }
+        Op::AllReduce { .. } | Op::AllGather { .. } => {
+            panic!("the reference interpreter runs single-rank programs only")
+        }
         Op::Attention { scale } => {
             let (q, k, v, m) = (a[0], a[1], a[2], a[3]);
             let (hq, d) = (q.dims[1], q.dims[3]);
