@@ -18,6 +18,7 @@ pub mod rope;
 pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
+pub mod tp;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
@@ -25,3 +26,4 @@ pub use error::{ModelError, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, GenerationStats};
 pub use llama::{LogitsMode, StepShape};
 pub use runtime::{KvCache, LoadOptions, LoadedModel, RowInput};
+pub use tp::TpLayout;

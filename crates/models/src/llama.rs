@@ -9,12 +9,17 @@
 //! `cache_k.{l}.out` / `cache_v.{l}.out` update in place (aliases).
 //! Output `logits` is f32 [B, T, V] (All) or [B, V] (Last).
 //!
+//! With tensor parallelism ([`StepShape::tp`] > 1) the same builder makes one rank's program:
+//! weights are that rank's shards ([`crate::tp::TpLayout::specs`]), caches hold its KV heads,
+//! row-parallel projections end in an all-reduce and the logits are all-gathered, so every rank
+//! returns the whole logits.
+//!
 //! Cache slot j holds the token at position j. Query at position p attends to slots j ≤ p (and
 //! j > p - window with a sliding window), so stale slots beyond a sequence are never read, and
 //! padded tokens (numbered after the real ones) never affect real ones.
 
 use crate::config::ModelConfig;
-use crate::weights::weight_specs;
+use crate::tp::TpLayout;
 use silica_tensor::{CmpDir, DType, Graph, GraphError, Program, ValueId};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -35,6 +40,9 @@ pub struct StepShape {
     pub logits: LogitsMode,
     /// Compute dtype (weights, activations and cache).
     pub dtype: DType,
+    /// Tensor-parallel degree: ranks the program runs on, each with its shard of the weights
+    /// and of the KV heads (see [`crate::tp`]).
+    pub tp: usize,
 }
 
 /// The parts of a step program's name that say what it does: `decode`/`prefill` (one new
@@ -52,8 +60,13 @@ pub(crate) fn step_kind(seq: usize, logits: LogitsMode) -> (&'static str, &'stat
 impl StepShape {
     pub fn program_name(&self) -> String {
         let (kind, l) = step_kind(self.seq, self.logits);
+        let tp = if self.tp > 1 {
+            format!("_tp{}", self.tp)
+        } else {
+            String::new()
+        };
         format!(
-            "{kind}_b{}_t{}_s{}_{}{l}",
+            "{kind}_b{}_t{}_s{}_{}{l}{tp}",
             self.batch, self.seq, self.cache_len, self.dtype
         )
     }
@@ -73,23 +86,40 @@ pub fn mask_min(dt: DType) -> f64 {
     }
 }
 
-/// The model's weights as graph parameters, in [`weight_specs`] order (HF names).
-pub struct WeightParams(std::collections::HashMap<String, ValueId>);
+/// The model's weights as graph parameters, in [`TpLayout::specs`] order (HF names), and how
+/// they are split over ranks.
+pub struct WeightParams {
+    params: std::collections::HashMap<String, ValueId>,
+    pub tp: TpLayout,
+}
 
 impl WeightParams {
     /// Declares every weight of `cfg` as a parameter of dtype `dt`, in checkpoint order.
     pub fn declare(g: &mut Graph, cfg: &ModelConfig, dt: DType) -> Result<Self, GraphError> {
-        let mut w = std::collections::HashMap::new();
-        for spec in weight_specs(cfg) {
+        Self::declare_sharded(g, cfg, &TpLayout::single(cfg), dt)
+    }
+
+    /// Declares one rank's shards of the weights of `cfg` split by `tp`.
+    pub fn declare_sharded(
+        g: &mut Graph,
+        cfg: &ModelConfig,
+        tp: &TpLayout,
+        dt: DType,
+    ) -> Result<Self, GraphError> {
+        let mut params = std::collections::HashMap::new();
+        for spec in tp.specs(cfg) {
             let v = g.parameter(&spec.name, dt, spec.shape.clone())?;
-            w.insert(spec.name, v);
+            params.insert(spec.name, v);
         }
-        Ok(WeightParams(w))
+        Ok(WeightParams {
+            params,
+            tp: tp.clone(),
+        })
     }
 
     /// The parameter of weight `name` (an HF tensor name of this model).
     pub fn get(&self, name: &str) -> ValueId {
-        self.0[name]
+        self.params[name]
     }
 }
 
@@ -167,11 +197,8 @@ pub fn decoder(
 ) -> Result<ValueId, GraphError> {
     let dims = g.dims(input_ids).to_vec();
     let (b, t) = (dims[0], dims[1]);
-    let (hq, hkv, d) = (
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-    );
+    // This rank's heads; row-parallel outputs are summed over the group (identity at one rank).
+    let (hq, hkv, d, world) = (w.tp.heads, w.tp.kv_heads, cfg.head_dim, w.tp.world);
     let wt = |name: &str| w.get(name);
     let mut x = g.gather(wt("model.embed_tokens.weight"), input_ids, 0)?; // [B, T, H]
     let eps = cfg.rms_norm_eps;
@@ -194,7 +221,8 @@ pub fn decoder(
         let a = attend(g, l, q, k, v)?; // [B, Hq, T, D]
         let a = g.transpose(a, &[0, 2, 1, 3])?;
         let a = g.reshape(a, [b, t, hq * d])?;
-        let mut o = g.linear(a, wt(&format!("{p}.self_attn.o_proj.weight")))?;
+        let o = g.linear(a, wt(&format!("{p}.self_attn.o_proj.weight")))?;
+        let mut o = g.all_reduce(o, world)?;
         if cfg.o_bias {
             o = g.add(o, wt(&format!("{p}.self_attn.o_proj.bias")))?;
         }
@@ -203,6 +231,12 @@ pub fn decoder(
         let hn = g.rms_norm(x, wt(&format!("{p}.post_attention_layernorm.weight")), eps)?;
         let lin = |g: &mut Graph, name: &str, inp: ValueId| -> Result<ValueId, GraphError> {
             let y = g.linear(inp, wt(&format!("{p}.mlp.{name}.weight")))?;
+            // down_proj is row-parallel: sum the partial products before its bias.
+            let y = if name == "down_proj" {
+                g.all_reduce(y, world)?
+            } else {
+                y
+            };
             if cfg.mlp_bias {
                 g.add(y, wt(&format!("{p}.mlp.{name}.bias")))
             } else {
@@ -227,6 +261,17 @@ pub fn lm_head(
     x: ValueId,
 ) -> Result<ValueId, GraphError> {
     let x = g.rms_norm(x, w.get("model.norm.weight"), cfg.rms_norm_eps)?;
+    if w.tp.world > 1 {
+        // Vocab-parallel: each rank's shard of the logits, gathered and cut to the vocabulary.
+        let part = g.linear(x, w.get("lm_head.weight"))?;
+        let last = g.rank(part) - 1;
+        let all = g.all_gather(part, last, w.tp.world)?;
+        return if g.dims(all)[last] == cfg.vocab_size {
+            Ok(all)
+        } else {
+            g.slice_axis(all, last, 0, cfg.vocab_size)
+        };
+    }
     let head = if cfg.tie_word_embeddings {
         "model.embed_tokens.weight"
     } else {
@@ -286,17 +331,20 @@ pub fn build_forward(
     Ok((g, w, logits))
 }
 
+/// A step program; with `s.tp` > 1, one rank's program of a tensor-parallel group (its weight
+/// inputs are shards, its caches hold its KV heads; see [`crate::tp`]).
 pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphError> {
     let (b, t, sl, dt) = (s.batch, s.seq, s.cache_len, s.dtype);
-    let (hkv, d) = (cfg.num_key_value_heads, cfg.head_dim);
     if t > sl {
         return Err(GraphError::new(
             "model",
             format!("bucket of {t} tokens exceeds the cache of {sl} slots"),
         ));
     }
+    let tp = TpLayout::new(cfg, s.tp).map_err(|e| GraphError::new("model", e.to_string()))?;
+    let (hkv, d) = (tp.kv_heads, cfg.head_dim);
     let mut g = Graph::new();
-    let w = WeightParams::declare(&mut g, cfg, dt)?;
+    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt)?;
     let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
     let positions = g.parameter("positions", DType::I32, [b, t])?;
     let write_pos = g.parameter("write_pos", DType::I32, [b])?;

@@ -2,7 +2,7 @@
 //! fixed-size blocks shared by all sequences (vLLM's PagedAttention layout, written with the
 //! graph's primitive ops so every backend runs it).
 //!
-//! Program inputs, in order: the weights ([`crate::weights::weight_specs`] order), then
+//! Program inputs, in order: the weights ([`crate::tp::TpLayout::specs`] order), then
 //! `input_ids` i32 [B, T], `positions` i32 [B, T], `block_tables` i32 [B, M] (row r's i-th block
 //! holds positions i·S .. (i+1)·S, S = block size), `write_blocks` i32 [B, W] and `write_offset`
 //! i32 [B] (where the T new tokens go, see below), `logits_index` i32 [B] (only with
@@ -20,12 +20,17 @@
 //! Reads: the row's blocks are gathered into a contiguous [B, Hkv, M·S, D] view where slot j
 //! holds position j, so the causal mask of [`crate::llama::causal_mask`] applies unchanged. The
 //! writes happen before the gather, so a token attends to itself and to the chunk's earlier tokens.
+//!
+//! With tensor parallelism ([`PagedShape::tp`] > 1) each rank's program holds its shard of the
+//! weights and pools of its KV heads (Hkv is then the rank's count); every rank gets the same
+//! block tables, so one block allocator serves the whole group.
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::llama::{causal_mask, decoder, rope_tables, step_logits, LogitsMode, WeightParams};
 use crate::rope::rope_freqs;
 use crate::runtime::LoadedModel;
+use crate::tp::TpLayout;
 use silica_tensor::ValueId;
 use silica_tensor::{Buffer, DType, Executable, Graph, GraphError, HostTensor, Program, Shape};
 use std::collections::HashMap;
@@ -46,13 +51,20 @@ pub struct PagedShape {
     pub max_blocks: usize,
     pub logits: LogitsMode,
     pub dtype: DType,
+    /// Tensor-parallel degree.
+    pub tp: usize,
 }
 
 impl PagedShape {
     pub fn program_name(&self) -> String {
         let (kind, l) = crate::llama::step_kind(self.seq, self.logits);
+        let tp = if self.tp > 1 {
+            format!("_tp{}", self.tp)
+        } else {
+            String::new()
+        };
         format!(
-            "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{l}",
+            "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{l}{tp}",
             self.batch, self.seq, self.max_blocks, self.block_size, self.num_blocks, self.dtype
         )
     }
@@ -86,7 +98,8 @@ pub fn build_paged_step(
 ) -> std::result::Result<Program, GraphError> {
     let (b, t, dt) = (s.batch, s.seq, s.dtype);
     let (bs, m, n) = (s.block_size, s.max_blocks, s.num_blocks);
-    let (hkv, d) = (cfg.num_key_value_heads, cfg.head_dim);
+    let tp = TpLayout::new(cfg, s.tp).map_err(|e| GraphError::new("paged", e.to_string()))?;
+    let (hkv, d) = (tp.kv_heads, cfg.head_dim);
     let bad = |msg: String| Err(GraphError::new("paged", msg));
     if b == 0 || t == 0 || bs == 0 || m == 0 || n < 2 {
         return bad(format!(
@@ -105,7 +118,7 @@ pub fn build_paged_step(
     }
     let w_n = s.write_blocks();
     let mut g = Graph::new();
-    let w = WeightParams::declare(&mut g, cfg, dt)?;
+    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt)?;
     let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
     let positions = g.parameter("positions", DType::I32, [b, t])?;
     let tables = g.parameter("block_tables", DType::I32, [b, m])?;
@@ -210,7 +223,8 @@ pub struct PagedModel {
     pub model: Arc<LoadedModel>,
     pub block_size: usize,
     pub num_blocks: usize,
-    pools: Vec<Buffer>,
+    /// Each rank's pools.
+    pools: Vec<Vec<Buffer>>,
     programs: Mutex<HashMap<PagedShape, Arc<dyn Executable>>>,
 }
 
@@ -232,14 +246,13 @@ impl PagedModel {
             )));
         }
         let c = &model.config;
-        let shape = Shape::new(vec![
-            num_blocks,
-            block_size,
-            c.num_key_value_heads,
-            c.head_dim,
-        ]);
-        let pools = (0..2 * c.num_hidden_layers)
-            .map(|_| model.backend.zeros(model.dtype, &shape))
+        let shape = Shape::new(vec![num_blocks, block_size, model.tp.kv_heads, c.head_dim]);
+        let pools = (0..model.tp.world)
+            .map(|rank| {
+                (0..2 * c.num_hidden_layers)
+                    .map(|_| model.backend.zeros_on(model.dtype, &shape, rank))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(PagedModel {
             model,
@@ -347,6 +360,7 @@ impl PagedModel {
             max_blocks,
             logits: mode,
             dtype: self.model.dtype,
+            tp: self.model.tp.world,
         };
         let w_n = shape.write_blocks();
         let exe = self.executable(shape)?;
@@ -375,17 +389,16 @@ impl PagedModel {
             lidx[i] = r.logits_at as i32;
         }
         let freqs = rope_freqs(cfg, max_pos);
-        let be = &self.model.backend;
         let runtime = vec![
-            be.upload(&HostTensor::from_vec(ids, [b, t])?)?,
-            be.upload(&HostTensor::from_vec(pos, [b, t])?)?,
-            be.upload(&HostTensor::from_vec(tables, [b, m])?)?,
-            be.upload(&HostTensor::from_vec(wblocks, [b, w_n])?)?,
-            be.upload(&HostTensor::from_vec(woff, [b])?)?,
+            HostTensor::from_vec(ids, [b, t])?,
+            HostTensor::from_vec(pos, [b, t])?,
+            HostTensor::from_vec(tables, [b, m])?,
+            HostTensor::from_vec(wblocks, [b, w_n])?,
+            HostTensor::from_vec(woff, [b])?,
         ];
         let lidx = (mode == LogitsMode::Last).then_some(lidx);
         crate::runtime::run_step(
-            be,
+            &self.model.backend,
             &*exe,
             self.model.weight_buffers(),
             runtime,

@@ -6,6 +6,7 @@ use crate::error::{ModelError, Result};
 use crate::llama::{build_step, cache_names, LogitsMode, StepShape};
 use crate::rope::rope_freqs;
 use crate::tokenizer::Tokenizer;
+use crate::tp::TpLayout;
 use crate::weights::{random_weights, Checkpoint, WeightSpec};
 use silica_tensor::{Arg, Backend, Buffer, DType, Executable, HostTensor, Shape};
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub struct LoadOptions {
     pub max_context: Option<usize>,
     /// Longest prefill chunk (longer prompts are prefilled in chunks); default 512.
     pub max_prefill_chunk: usize,
+    /// Tensor-parallel degree (ranks, each with a shard of the weights); default 1.
+    pub tp: usize,
 }
 
 impl Default for LoadOptions {
@@ -32,6 +35,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             max_context: None,
             max_prefill_chunk: 512,
+            tp: 1,
         }
     }
 }
@@ -47,7 +51,10 @@ pub struct LoadedModel {
     pub cache_len: usize,
     pub max_prefill_chunk: usize,
     pub backend: Arc<dyn Backend>,
-    weights: Vec<Buffer>,
+    /// How the weights are split over ranks (world 1: not split).
+    pub tp: TpLayout,
+    /// Each rank's weight buffers, in [`TpLayout::specs`] order.
+    weights: Vec<Vec<Buffer>>,
     programs: Mutex<HashMap<StepShape, Arc<dyn Executable>>>,
     /// Seconds spent loading and uploading weights.
     pub load_seconds: f64,
@@ -65,10 +72,10 @@ pub struct RowInput<'a> {
     pub logits_at: usize,
 }
 
-/// Per-layer K and V caches for `batch` sequences.
+/// Per-layer K and V caches for `batch` sequences (each rank's, for its KV heads).
 pub struct KvCache {
     pub batch: usize,
-    buffers: Vec<Buffer>,
+    buffers: Vec<Vec<Buffer>>,
 }
 
 impl LoadedModel {
@@ -145,17 +152,40 @@ impl LoadedModel {
             .max_context
             .unwrap_or_else(|| config.max_position_embeddings.min(2048))
             .max(1);
-        let bufs = weights
-            .iter()
-            .map(|(_, t)| {
-                let t = if t.dtype() == opts.dtype {
-                    t.clone()
-                } else {
-                    t.convert(opts.dtype)
-                };
-                backend.upload(&t)
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let tp = TpLayout::new(&config, opts.tp)?;
+        if let Some(max) = backend.max_world() {
+            if tp.world > max {
+                return Err(ModelError::Invalid(format!(
+                    "tensor-parallel degree {} needs {} ranks but the {} backend runs at most {max} \
+                     here",
+                    tp.world,
+                    tp.world,
+                    backend.name()
+                )));
+            }
+        }
+        let upload = |t: &HostTensor, rank: usize| {
+            if t.dtype() == opts.dtype {
+                backend.upload_to(t, rank)
+            } else {
+                backend.upload_to(&t.convert(opts.dtype), rank)
+            }
+        };
+        let bufs = if tp.world == 1 {
+            vec![weights
+                .iter()
+                .map(|(_, t)| upload(t, 0))
+                .collect::<std::result::Result<Vec<_>, _>>()?]
+        } else {
+            (0..tp.world)
+                .map(|rank| -> Result<Vec<Buffer>> {
+                    tp.shard(&config, weights, rank)?
+                        .iter()
+                        .map(|t| Ok(upload(t, rank)?))
+                        .collect()
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
         Ok(LoadedModel {
             config,
             name,
@@ -164,6 +194,7 @@ impl LoadedModel {
             cache_len,
             max_prefill_chunk: opts.max_prefill_chunk.max(1).min(cache_len),
             backend,
+            tp,
             weights: bufs,
             programs: Mutex::new(HashMap::new()),
             load_seconds: t0.elapsed().as_secs_f64(),
@@ -171,9 +202,9 @@ impl LoadedModel {
         })
     }
 
-    /// The weights as uploaded, in [`crate::weights::weight_specs`] order (the first inputs of
+    /// Every rank's weights as uploaded, in [`TpLayout::specs`] order (the first inputs of
     /// every step program; the paged programs of [`crate::paged`] bind the same buffers).
-    pub fn weight_buffers(&self) -> &[Buffer] {
+    pub fn weight_buffers(&self) -> &[Vec<Buffer>] {
         &self.weights
     }
 
@@ -206,12 +237,16 @@ impl LoadedModel {
     pub fn new_cache(&self, batch: usize) -> Result<KvCache> {
         let shape = Shape::new(vec![
             batch,
-            self.config.num_key_value_heads,
+            self.tp.kv_heads,
             self.cache_len,
             self.config.head_dim,
         ]);
-        let buffers = (0..2 * self.config.num_hidden_layers)
-            .map(|_| self.backend.zeros(self.dtype, &shape))
+        let buffers = (0..self.tp.world)
+            .map(|rank| {
+                (0..2 * self.config.num_hidden_layers)
+                    .map(|_| self.backend.zeros_on(self.dtype, &shape, rank))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(KvCache { batch, buffers })
     }
@@ -284,6 +319,7 @@ impl LoadedModel {
             cache_len: self.cache_len,
             logits: mode,
             dtype: self.dtype,
+            tp: self.tp.world,
         };
         let exe = self.executable(shape)?;
 
@@ -301,15 +337,14 @@ impl LoadedModel {
             lidx[r.cache_row] = r.logits_at as i32;
         }
         let freqs = rope_freqs(&self.config, max_pos);
-        let be = &self.backend;
         let runtime = vec![
-            be.upload(&HostTensor::from_vec(ids, [b, t])?)?,
-            be.upload(&HostTensor::from_vec(pos, [b, t])?)?,
-            be.upload(&HostTensor::from_vec(wpos, [b])?)?,
+            HostTensor::from_vec(ids, [b, t])?,
+            HostTensor::from_vec(pos, [b, t])?,
+            HostTensor::from_vec(wpos, [b])?,
         ];
         let lidx = (mode == LogitsMode::Last).then_some(lidx);
         run_step(
-            be,
+            &self.backend,
             &*exe,
             &self.weights,
             runtime,
@@ -357,28 +392,52 @@ impl LoadedModel {
     }
 }
 
-/// The common tail of a step (contiguous or paged): uploads `logits_index` (when given) and
-/// `rope_inv_freq` after the step's other runtime inputs, executes with the weights read-only
-/// and `state` (KV cache or pools) updated in place, and downloads the logits.
+/// The common tail of a step (contiguous or paged): uploads the step's `runtime` inputs, then
+/// `logits_index` (when given) and `rope_inv_freq`, to every rank; executes with each rank's
+/// `weights` read-only and its `state` (KV cache or pools) updated in place; and downloads the
+/// logits (rank 0's: every rank returns the whole, gathered logits).
 pub(crate) fn run_step(
     be: &Arc<dyn Backend>,
     exe: &dyn Executable,
-    weights: &[Buffer],
-    mut runtime: Vec<Buffer>,
+    weights: &[Vec<Buffer>],
+    mut runtime: Vec<HostTensor>,
     logits_index: Option<Vec<i32>>,
     inv_freq: Vec<f32>,
-    state: &mut [Buffer],
+    state: &mut [Vec<Buffer>],
 ) -> Result<HostTensor> {
     if let Some(lidx) = logits_index {
         let b = lidx.len();
-        runtime.push(be.upload(&HostTensor::from_vec(lidx, [b])?)?);
+        runtime.push(HostTensor::from_vec(lidx, [b])?);
     }
     let half = inv_freq.len();
-    runtime.push(be.upload(&HostTensor::from_vec(inv_freq, [half])?)?);
-    let mut args: Vec<Arg> = weights.iter().map(Arg::In).collect();
-    args.extend(runtime.iter().map(Arg::In));
-    args.extend(state.iter_mut().map(Arg::InOut));
-    let out = exe.execute(&mut args)?;
+    runtime.push(HostTensor::from_vec(inv_freq, [half])?);
+    let uploaded = (0..weights.len())
+        .map(|rank| {
+            runtime
+                .iter()
+                .map(|t| be.upload_to(t, rank))
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut args: Vec<Vec<Arg>> = weights
+        .iter()
+        .zip(&uploaded)
+        .zip(state.iter_mut())
+        .map(|((w, rt), st)| {
+            let mut a: Vec<Arg> = w.iter().map(Arg::In).collect();
+            a.extend(rt.iter().map(Arg::In));
+            a.extend(st.iter_mut().map(Arg::InOut));
+            a
+        })
+        .collect();
+    let out = if args.len() == 1 {
+        exe.execute(&mut args[0])?
+    } else {
+        exe.execute_group(&mut args)?
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    };
     let logits = out
         .into_iter()
         .next()

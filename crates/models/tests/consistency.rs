@@ -167,6 +167,7 @@ fn decomposed_model_graph_matches_fused() {
         cache_len: 8,
         logits: LogitsMode::All,
         dtype: DType::F32,
+        tp: 1,
     };
     let program = build_step(&cfg, &shape).unwrap();
     let dec = program.decomposed().unwrap();

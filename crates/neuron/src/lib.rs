@@ -7,7 +7,7 @@
 //! - [`compile`]: the `neuronx-cc` command line and a content-addressed NEFF cache safe with
 //!   concurrent processes;
 //! - [`backend`]: [`NeuronBackend`], silica's `Backend` on all of the above;
-//! - [`tp`]: tensor-parallel plans (valid degrees per target, weight sharding, all-reduce points);
+//! - [`tp`]: tensor-parallel degrees per target and the per-core memory fit;
 //! - [`probe`]: what `silica doctor` reports.
 //!
 //! Tested against `silica-nrt-double`, a host-memory stand-in for libnrt: that proves the

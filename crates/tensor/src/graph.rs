@@ -1150,7 +1150,10 @@ impl Graph {
             return Ok(x);
         }
         dims[axis] = dims[axis].checked_mul(world).ok_or_else(|| {
-            err("all-gather", format!("axis {axis} overflows at {world} ranks"))
+            err(
+                "all-gather",
+                format!("axis {axis} overflows at {world} ranks"),
+            )
         })?;
         let dt = self.dtype(x);
         Ok(self.push(Op::AllGather { axis, world }, vec![x], dt, Shape::new(dims)))

@@ -20,7 +20,9 @@ pub use data::CpuData;
 pub use fused::MASK_SKIP;
 pub use matmul::{dot_bf16, dot_f16, dot_f32};
 
-use crate::backend::{check_group_size, needs_group, validate_args, Arg, Backend, Buffer, Executable};
+use crate::backend::{
+    check_group_size, needs_group, validate_args, Arg, Backend, Buffer, Executable,
+};
 use crate::collective::{Collective, Group, Solo};
 use crate::error::BackendError;
 use crate::graph::{Node, Op};

@@ -1,0 +1,256 @@
+//! Tensor parallelism for the Llama family, Megatron-style (as NxD and Transformers-NeuronX
+//! shard Llama over NeuronCores): every rank runs the same program on its shard of the weights.
+//!
+//! - Column-parallel: q/k/v/gate/up projections are split along their output features (dim 0
+//!   of the `[out, in]` weight, and their biases); each rank computes its own attention heads
+//!   and its slice of the MLP, with no communication.
+//! - Row-parallel: o/down projections are split along their input features (dim 1); each rank's
+//!   partial output is summed by one all-reduce (two per layer), and their biases are added once,
+//!   after the sum.
+//! - With fewer KV heads than ranks, each KV head is replicated onto the ranks whose query heads
+//!   use it (rank r holds KV head `r / (world / kv_heads)`).
+//! - Vocab-parallel LM head: rank r holds rows `[r·Vp, (r+1)·Vp)` of the head (the last shard
+//!   zero-padded to Vp = ⌈V / world⌉; a tied head is a copy of the embedding's rows), and the
+//!   logits are all-gathered and cut back to V. The embedding and the norms are replicated.
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{weight_specs, WeightSpec};
+use silica_tensor::{DType, HostTensor, Shape};
+
+/// How one model is split over `world` ranks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpLayout {
+    pub world: usize,
+    /// Query heads per rank.
+    pub heads: usize,
+    /// KV heads per rank (1 when KV heads are replicated).
+    pub kv_heads: usize,
+    /// LM-head rows per rank (the vocabulary at world 1).
+    pub vocab_shard: usize,
+}
+
+/// How one weight is distributed over ranks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shard {
+    /// Every rank holds the whole tensor.
+    Replicated,
+    /// Split into `world` equal parts along `dim`; rank r holds part r.
+    Split { dim: usize },
+    /// KV projections with fewer KV heads than ranks: rank r holds the rows of KV head
+    /// `r / ranks_per_head`.
+    KvReplicated { ranks_per_head: usize },
+    /// The LM head: rows split in shards of `vocab_shard`, the last one zero-padded.
+    Vocab,
+}
+
+impl TpLayout {
+    /// The layout of one rank holding everything.
+    pub fn single(cfg: &ModelConfig) -> TpLayout {
+        TpLayout {
+            world: 1,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            vocab_shard: cfg.vocab_size,
+        }
+    }
+
+    /// Checks that `cfg` splits over `world` ranks.
+    pub fn new(cfg: &ModelConfig, world: usize) -> Result<TpLayout> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
+        let (hq, kv, i) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.intermediate_size,
+        );
+        if world == 0 {
+            return bad("the tensor-parallel degree must be at least 1".into());
+        }
+        if world == 1 {
+            return Ok(Self::single(cfg));
+        }
+        let divisors = |n: usize| {
+            (1..=n)
+                .filter(|d| n % d == 0)
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if hq % world != 0 {
+            return bad(format!(
+                "{hq} attention heads do not split over {world} ranks; the degree must divide \
+                 the head count ({})",
+                divisors(hq)
+            ));
+        }
+        if kv % world != 0 && world % kv != 0 {
+            return bad(format!(
+                "{kv} KV heads neither split over {world} ranks nor replicate evenly onto them \
+                 (the degree must divide {kv} or be a multiple of it)"
+            ));
+        }
+        if i % world != 0 {
+            return bad(format!(
+                "the MLP width {i} does not split over {world} ranks"
+            ));
+        }
+        Ok(TpLayout {
+            world,
+            heads: hq / world,
+            kv_heads: if kv % world == 0 { kv / world } else { 1 },
+            vocab_shard: cfg.vocab_size.div_ceil(world),
+        })
+    }
+
+    /// The distribution of weight `name` (an entry of [`TpLayout::specs`]).
+    pub fn shard_of(&self, cfg: &ModelConfig, name: &str) -> Shard {
+        if self.world == 1 {
+            return Shard::Replicated;
+        }
+        let is = |suffixes: &[&str]| suffixes.iter().any(|s| name.ends_with(s));
+        if name == "lm_head.weight" {
+            return Shard::Vocab;
+        }
+        let kv = is(&[
+            "k_proj.weight",
+            "k_proj.bias",
+            "v_proj.weight",
+            "v_proj.bias",
+        ]);
+        if kv && cfg.num_key_value_heads % self.world != 0 {
+            return Shard::KvReplicated {
+                ranks_per_head: self.world / cfg.num_key_value_heads,
+            };
+        }
+        if kv
+            || is(&[
+                "q_proj.weight",
+                "q_proj.bias",
+                "gate_proj.weight",
+                "gate_proj.bias",
+                "up_proj.weight",
+                "up_proj.bias",
+            ])
+        {
+            Shard::Split { dim: 0 }
+        } else if is(&["o_proj.weight", "down_proj.weight"]) {
+            Shard::Split { dim: 1 }
+        } else {
+            // Embedding, norms, and the row-parallel biases (added once, after the all-reduce).
+            Shard::Replicated
+        }
+    }
+
+    /// Every rank's weights (names and shapes), in program-input order. At world 1 this is
+    /// [`weight_specs`]; beyond, shapes are the shards', and a tied model gains an
+    /// `lm_head.weight` shard (the embedding stays whole for the token lookup).
+    pub fn specs(&self, cfg: &ModelConfig) -> Vec<WeightSpec> {
+        let mut specs = weight_specs(cfg);
+        if self.world == 1 {
+            return specs;
+        }
+        if cfg.tie_word_embeddings {
+            specs.push(WeightSpec {
+                name: "lm_head.weight".into(),
+                shape: Shape::new(vec![cfg.vocab_size, cfg.hidden_size]),
+                is_norm: false,
+            });
+        }
+        for s in &mut specs {
+            let mut dims = s.shape.dims().to_vec();
+            match self.shard_of(cfg, &s.name) {
+                Shard::Replicated => {}
+                Shard::Split { dim } => dims[dim] /= self.world,
+                Shard::KvReplicated { .. } => dims[0] = cfg.head_dim,
+                Shard::Vocab => dims[0] = self.vocab_shard,
+            }
+            s.shape = Shape::new(dims);
+        }
+        specs
+    }
+
+    /// Weight bytes each rank holds in `dtype`.
+    pub fn bytes_per_rank(&self, cfg: &ModelConfig, dtype: DType) -> u64 {
+        self.specs(cfg)
+            .iter()
+            .map(|s| (s.shape.elem_count() * dtype.size_in_bytes()) as u64)
+            .sum()
+    }
+
+    /// Rank `rank`'s weights in [`TpLayout::specs`] order, from the whole model's `weights`
+    /// (in [`weight_specs`] order, as a checkpoint loads them).
+    pub fn shard(
+        &self,
+        cfg: &ModelConfig,
+        weights: &[(WeightSpec, HostTensor)],
+        rank: usize,
+    ) -> Result<Vec<HostTensor>> {
+        if rank >= self.world {
+            return Err(ModelError::Invalid(format!(
+                "rank {rank} is outside a group of {}",
+                self.world
+            )));
+        }
+        if let Some((spec, t)) = weights.iter().find(|(s, t)| s.shape.dims() != t.dims()) {
+            return Err(ModelError::Invalid(format!(
+                "weight `{}` is {} but the model needs {}",
+                spec.name,
+                t.shape(),
+                spec.shape
+            )));
+        }
+        let find = |name: &str| -> Result<&HostTensor> {
+            weights
+                .iter()
+                .find(|(s, _)| s.name == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| ModelError::Invalid(format!("weight `{name}` is missing")))
+        };
+        self.specs(cfg)
+            .iter()
+            .map(|spec| {
+                let source = if spec.name == "lm_head.weight" && cfg.tie_word_embeddings {
+                    "model.embed_tokens.weight"
+                } else {
+                    spec.name.as_str()
+                };
+                let w = find(source)?;
+                let t = match self.shard_of(cfg, &spec.name) {
+                    Shard::Replicated => w.clone(),
+                    Shard::Split { dim } => {
+                        let len = w.dims()[dim] / self.world;
+                        rows_of(w, dim, rank * len, len, len)
+                    }
+                    Shard::KvReplicated { ranks_per_head } => {
+                        let d = cfg.head_dim;
+                        rows_of(w, 0, rank / ranks_per_head * d, d, d)
+                    }
+                    Shard::Vocab => {
+                        let (vp, v) = (self.vocab_shard, w.dims()[0]);
+                        let start = (rank * vp).min(v);
+                        rows_of(w, 0, start, vp.min(v - start), vp)
+                    }
+                };
+                debug_assert_eq!(t.dims(), spec.shape.dims(), "{}", spec.name);
+                Ok(t)
+            })
+            .collect()
+    }
+}
+
+/// `len` entries of `w` along `dim` from `start`, zero-padded to `padded` entries.
+fn rows_of(w: &HostTensor, dim: usize, start: usize, len: usize, padded: usize) -> HostTensor {
+    let dims = w.dims();
+    let outer: usize = dims[..dim].iter().product();
+    let inner: usize = dims[dim + 1..].iter().product::<usize>() * w.dtype().size_in_bytes();
+    let src = w.as_bytes();
+    let mut out = vec![0u8; outer * padded * inner];
+    for o in 0..outer {
+        let from = (o * dims[dim] + start) * inner;
+        let to = o * padded * inner;
+        out[to..to + len * inner].copy_from_slice(&src[from..from + len * inner]);
+    }
+    let mut nd = dims.to_vec();
+    nd[dim] = padded;
+    HostTensor::from_bytes(w.dtype(), nd, &out).expect("sizes computed from the shape")
+}

@@ -1,0 +1,210 @@
+//! Collectives: all-reduce and all-gather in the graph, the CPU backend's group execution (ranks
+//! as threads), and the rendezvous they meet at, including its failure paths (a failed or
+//! missing peer must end in an error, never a hang).
+
+use silica_tensor::collective::{Collective, Group};
+use silica_tensor::cpu::{CpuBackend, CpuExecutable};
+use silica_tensor::{
+    grad, run_host, run_host_group, Arg, Backend, DType, Graph, HostTensor, Program,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn f32s(v: &[f32], dims: &[usize]) -> HostTensor {
+    HostTensor::from_vec(v.to_vec(), dims.to_vec()).unwrap()
+}
+
+/// out = all_reduce(x · w) and gathered = all_gather(x, axis 1): one rank's program.
+fn program(world: usize, dt: DType) -> Program {
+    let mut g = Graph::new();
+    let x = g.parameter("x", dt, [2, 3]).unwrap();
+    let w = g.parameter("w", dt, [3, 2]).unwrap();
+    let y = g.matmul(x, w).unwrap();
+    let s = g.all_reduce(y, world).unwrap();
+    let a = g.all_gather(x, 1, world).unwrap();
+    Program::new("tp", g, vec![("sum".into(), s), ("gathered".into(), a)]).unwrap()
+}
+
+fn rank_inputs(world: usize, dt: DType) -> Vec<Vec<HostTensor>> {
+    (0..world)
+        .map(|r| {
+            let x: Vec<f32> = (0..6).map(|i| (i + 10 * r) as f32 * 0.5).collect();
+            let w: Vec<f32> = (0..6).map(|i| ((i * (r + 1)) % 5) as f32 - 2.0).collect();
+            vec![f32s(&x, &[2, 3]).convert(dt), f32s(&w, &[3, 2]).convert(dt)]
+        })
+        .collect()
+}
+
+#[test]
+fn group_results_equal_the_single_rank_computation() {
+    let be = CpuBackend::new();
+    for world in [2, 3, 4] {
+        for dt in [DType::F32, DType::BF16] {
+            let exe = be.compile(&program(world, dt)).unwrap();
+            assert_eq!(exe.signature().world, world);
+            let inputs = rank_inputs(world, dt);
+            let out = run_host_group(&be, exe.as_ref(), &inputs).unwrap();
+            // Reference: each rank's x·w on one rank, summed in rank order in the same dtype.
+            let single = be.compile(&program(1, dt)).unwrap();
+            let mut sum: Option<HostTensor> = None;
+            let mut gathered: Vec<Vec<f32>> = vec![Vec::new(); 2];
+            for inp in &inputs {
+                let o = run_host(&be, single.as_ref(), inp).unwrap();
+                sum = Some(match sum {
+                    None => o[0].clone(),
+                    Some(acc) => {
+                        let mut g = Graph::new();
+                        let a = g.constant(acc);
+                        let b = g.constant(o[0].clone());
+                        let c = g.add(a, b).unwrap();
+                        let p = Program::new("add", g, vec![("c".into(), c)]).unwrap();
+                        let e = be.compile(&p).unwrap();
+                        run_host(&be, e.as_ref(), &[]).unwrap().remove(0)
+                    }
+                });
+                let x = inp[0].convert(DType::F32).to_vec::<f32>().unwrap();
+                for row in 0..2 {
+                    gathered[row].extend_from_slice(&x[row * 3..row * 3 + 3]);
+                }
+            }
+            let want_sum = sum.unwrap().convert(DType::F32).to_vec::<f32>().unwrap();
+            let want_gather: Vec<f32> = gathered.concat();
+            for (r, o) in out.iter().enumerate() {
+                assert_eq!(o[0].dtype(), dt);
+                assert_eq!(
+                    o[0].convert(DType::F32).to_vec::<f32>().unwrap(),
+                    want_sum,
+                    "world {world} {dt} rank {r}: sum"
+                );
+                assert_eq!(o[1].dims(), [2, 3 * world]);
+                assert_eq!(
+                    o[1].convert(DType::F32).to_vec::<f32>().unwrap(),
+                    want_gather,
+                    "world {world} {dt} rank {r}: gather"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn world_one_collectives_are_the_operand_itself() {
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::F32, [4]).unwrap();
+    assert_eq!(g.all_reduce(x, 1).unwrap(), x);
+    assert_eq!(g.all_gather(x, 0, 1).unwrap(), x);
+    assert_eq!(g.nodes().len(), 1);
+    assert_eq!(g.world().unwrap(), 1);
+}
+
+#[test]
+fn bad_collectives_are_refused_when_built() {
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::F32, [4]).unwrap();
+    let i = g.parameter("i", DType::I32, [4]).unwrap();
+    assert!(g.all_reduce(x, 0).is_err());
+    assert!(g
+        .all_reduce(i, 2)
+        .unwrap_err()
+        .to_string()
+        .contains("float"));
+    assert!(g.all_gather(x, 1, 2).is_err(), "axis out of range");
+    assert!(g.all_gather(x, 0, usize::MAX).is_err(), "overflowing axis");
+    // Two group sizes in one program.
+    let a = g.all_reduce(x, 2).unwrap();
+    let b = g.all_reduce(x, 4).unwrap();
+    let c = g.add(a, b).unwrap();
+    let e = Program::new("mixed", g, vec![("c".into(), c)]).unwrap_err();
+    assert!(e.to_string().contains("over 2 and over 4 ranks"), "{e}");
+}
+
+#[test]
+fn group_calls_are_checked_before_any_rank_runs() {
+    let be = CpuBackend::new();
+    let exe = be.compile(&program(2, DType::F32)).unwrap();
+    let inputs = rank_inputs(2, DType::F32);
+    // One rank's arguments to a two-rank program.
+    let bufs: Vec<_> = inputs[0].iter().map(|t| be.upload(t).unwrap()).collect();
+    let mut args: Vec<Arg> = bufs.iter().map(Arg::In).collect();
+    let e = exe.execute(&mut args).unwrap_err();
+    assert!(e.to_string().contains("run it with execute_group"), "{e}");
+    let e = run_host(&be, exe.as_ref(), &inputs[0]).unwrap_err();
+    assert!(e.to_string().contains("group of 2 ranks"), "{e}");
+    let e = run_host_group(&be, exe.as_ref(), &inputs[..1]).unwrap_err();
+    assert!(e.to_string().contains("group of 2 ranks"), "{e}");
+    // Rank 1 passes a wrong shape: refused up front, so rank 0 never waits for it.
+    let mut bad = inputs.clone();
+    bad[1][0] = f32s(&[0.0; 4], &[2, 2]);
+    let e = run_host_group(&be, exe.as_ref(), &bad).unwrap_err();
+    assert!(e.to_string().contains("must be f32 [2, 3]"), "{e}");
+}
+
+#[test]
+fn a_failing_rank_releases_its_waiting_peers() {
+    // Rank 0 runs through the CPU executor and blocks at its all-reduce; rank 1 never arrives
+    // and aborts the group instead: rank 0 must return an error.
+    let p = program(2, DType::F32);
+    let exe = CpuExecutable::new(&p);
+    let be = CpuBackend::new();
+    let group = Group::new(2, None);
+    let bufs: Vec<_> = rank_inputs(2, DType::F32)[0]
+        .iter()
+        .map(|t| be.upload(t).unwrap())
+        .collect();
+    let m0 = group.member(0);
+    let g2 = group.clone();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut args: Vec<Arg> = bufs.iter().map(Arg::In).collect();
+            exe.execute_rank(&mut args, &m0)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        g2.abort("rank 1 failed: out of memory");
+        let e = h.join().unwrap().unwrap_err().to_string();
+        assert!(e.contains("rank 1 failed: out of memory"), "{e}");
+    });
+}
+
+#[test]
+fn a_missing_peer_times_out() {
+    let group = Group::new(3, Some(Duration::from_millis(100)));
+    let m = group.member(0);
+    let e = m.exchange(f32s(&[1.0], &[1])).unwrap_err().to_string();
+    assert!(e.contains("1 of 3 ranks"), "{e}");
+    // The group stays failed: a late peer gets the error too instead of waiting.
+    let late = group.member(2).exchange(f32s(&[1.0], &[1])).unwrap_err();
+    assert!(late.to_string().contains("aborted"), "{late}");
+}
+
+#[test]
+fn many_rounds_keep_ranks_in_step() {
+    // Ranks exchange 200 times without barriers of their own; a rank racing ahead into the next
+    // round must not overwrite a round its peers have not collected.
+    let world = 4;
+    let group = Group::new(world, Some(Duration::from_secs(30)));
+    std::thread::scope(|s| {
+        for r in 0..world {
+            let m = group.member(r);
+            s.spawn(move || {
+                for round in 0..200 {
+                    let got = m.exchange(f32s(&[(round * 10 + r) as f32], &[1])).unwrap();
+                    let vals: Vec<f32> =
+                        got.iter().map(|t| t.to_vec::<f32>().unwrap()[0]).collect();
+                    let want: Vec<f32> = (0..world).map(|k| (round * 10 + k) as f32).collect();
+                    assert_eq!(vals, want, "rank {r} round {round}");
+                }
+            });
+        }
+    });
+    assert_eq!(Arc::strong_count(&group), 1);
+}
+
+#[test]
+fn tensor_parallel_programs_are_not_differentiated_silently() {
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::F32, [3]).unwrap();
+    let y = g.all_reduce(x, 2).unwrap();
+    let l = g.reduce_sum(y, &[0]).unwrap();
+    let e = grad(&g, l, &[x]).unwrap_err().to_string();
+    assert!(e.contains("tensor-parallel"), "{e}");
+}
