@@ -51,7 +51,11 @@ impl Row {
                 .instance_type
                 .clone()
                 .unwrap_or_else(|| NONE.into()),
-            backend: r.config.backend.clone().unwrap_or_else(|| NONE.into()),
+            backend: match (&r.config.backend, r.config.tensor_parallel) {
+                (Some(b), Some(tp)) if tp > 1 => format!("{b} tp{tp}"),
+                (Some(b), _) => b.clone(),
+                (None, _) => NONE.into(),
+            },
             model: model_name(r),
             dtype: r
                 .config

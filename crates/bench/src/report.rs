@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub backend: Option<String>,
     /// `f32`, `bf16`, `f16`.
     pub dtype: Option<String>,
+    /// Tensor-parallel degree (ranks the model is split over), when more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_parallel: Option<usize>,
     /// Sequences per batch (offline).
     pub batch: Option<usize>,
     /// Prompt tokens per request (mean, for imported runs).
@@ -89,6 +92,7 @@ impl RunConfig {
             preset: None,
             backend: None,
             dtype: None,
+            tensor_parallel: None,
             batch: None,
             input_len: None,
             output_len: None,

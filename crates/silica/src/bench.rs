@@ -26,6 +26,10 @@ pub struct BenchArgs {
     backend: BackendName,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeArg,
+    /// Tensor-parallel degree: split the model over this many ranks (NeuronCores on neuron,
+    /// threads on cpu); it must divide the attention heads and the MLP width.
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
     /// Sequences per batch.
     #[arg(long)]
     batch: Option<usize>,
@@ -107,6 +111,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let opts = LoadOptions {
         dtype: a.dtype.dtype(),
         max_context: Some(input_len + output_len),
+        tp: a.tp,
         ..Default::default()
     };
     let (model, preset) = load_folder_or_preset(
@@ -174,6 +179,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     run.preset = preset;
     run.backend = Some(model.backend.name().to_string());
     run.dtype = Some(model.dtype.to_string());
+    run.tensor_parallel = (model.tp.world > 1).then_some(model.tp.world);
     run.batch = Some(batch);
     run.input_len = Some(input_len);
     run.output_len = Some(output_len);
@@ -321,10 +327,11 @@ fn bench_engine(
     slo: Option<Slo>,
 ) -> Result<()> {
     let c = model.config.clone();
-    let (name, dtype, backend_name) = (
+    let (name, dtype, backend_name, tp) = (
         model.name.clone(),
         model.dtype,
         model.backend.name().to_string(),
+        model.tp.world,
     );
     let (load_s, device) = (model.load_seconds, model.backend.device_description());
     let engine_cfg = silica_serve::EngineConfig {
@@ -351,6 +358,7 @@ fn bench_engine(
     run.preset = preset;
     run.backend = Some(backend_name);
     run.dtype = Some(dtype.to_string());
+    run.tensor_parallel = (tp > 1).then_some(tp);
     let info = ModelInfo {
         name,
         architecture: Some(c.architecture.name().to_string()),

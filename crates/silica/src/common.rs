@@ -51,6 +51,10 @@ pub struct ModelArgs {
     /// KV-cache slots per sequence (default: min(max_position_embeddings, 2048)).
     #[arg(long)]
     pub max_context: Option<usize>,
+    /// Tensor-parallel degree: split the model over this many ranks (NeuronCores on neuron,
+    /// threads on cpu); it must divide the attention heads and the MLP width.
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
 }
 
 /// Creates the backend; an accelerator that cannot run here is an error that says why
@@ -133,6 +137,7 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     let opts = LoadOptions {
         dtype: args.dtype.dtype(),
         max_context: args.max_context,
+        tp: args.tp,
         ..Default::default()
     };
     LoadedModel::load(&model, backend(args.backend)?, &opts)

@@ -15,10 +15,10 @@ use silica_models::llama::{build_step, cache_names};
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::rope::rope_freqs;
 use silica_models::runtime::MIN_PREFILL_BUCKET;
-use silica_models::weights::weight_specs;
+use silica_models::tp::{Shard, TpLayout};
 use silica_models::{LogitsMode, ModelConfig, StepShape};
 use silica_tensor::{save_safetensors, HostTensor, Program};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Version of `manifest.json`'s layout; bumped on any incompatible change.
@@ -81,6 +81,10 @@ pub struct CompileArgs {
     /// Longest prefill chunk (the largest default prefill bucket).
     #[arg(long, default_value_t = 512)]
     max_prefill_chunk: usize,
+    /// Tensor-parallel degree: every program becomes one rank's program of a group of this
+    /// many (one NEFF, loaded once per NeuronCore); the manifest says how to shard each weight.
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
     /// Output folder (created; existing files of the same names are replaced).
     #[arg(long)]
     out: PathBuf,
@@ -186,7 +190,30 @@ pub fn compile(a: CompileArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("creating --out {}", a.out.display()))?;
 
-    let weight_names: HashSet<String> = weight_specs(&cfg).into_iter().map(|s| s.name).collect();
+    let layout = TpLayout::new(&cfg, a.tp).with_context(|| format!("--tp {}", a.tp))?;
+    if a.tp > 1 {
+        if a.train {
+            bail!("--train with --tp {}: tensor-parallel training is not supported (compile the train step with --tp 1)", a.tp);
+        }
+        if let Some(t) = neuron_target(a.target) {
+            let ok = silica_neuron::tp::valid_degrees(t);
+            if !ok.contains(&a.tp) {
+                bail!(
+                    "--tp {}: {} supports tensor-parallel degrees {ok:?}",
+                    a.tp,
+                    a.target.name()
+                );
+            }
+        }
+    }
+    let weights: HashMap<String, Value> = layout
+        .specs(&cfg)
+        .into_iter()
+        .map(|s| {
+            let source = weight_source(&cfg, &layout, &s.name);
+            (s.name, source)
+        })
+        .collect();
     let cache_inputs: HashSet<String> = (0..cfg.num_hidden_layers).flat_map(cache_names).collect();
     let mut programs = Vec::new();
     let mut modules = Vec::new();
@@ -199,7 +226,7 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         sc.micro_batches = a.micro_batches;
         sc.grad_clip = a.grad_clip;
         let program = silica_train::train_step_program(&cfg, &sc)?;
-        let (mut entry, module) = write_program(&a.out, &program, &weight_names, &cache_inputs)
+        let (mut entry, module) = write_program(&a.out, &program, &weights, &cache_inputs)
             .with_context(|| format!("lowering {}", program.name))?;
         entry["kind"] = json!("train");
         entry["bucket"] =
@@ -214,12 +241,13 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             cache_len,
             logits,
             dtype,
+            tp: a.tp,
         };
         if !seen.insert(shape) {
             continue;
         }
         let program = build_step(&cfg, &shape)?;
-        let (entry, module) = write_program(&a.out, &program, &weight_names, &cache_inputs)
+        let (entry, module) = write_program(&a.out, &program, &weights, &cache_inputs)
             .with_context(|| format!("lowering {}", program.name))?;
         modules.push(module);
         eprintln!(
@@ -278,6 +306,14 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             "vocab_size": cfg.vocab_size,
             "tie_word_embeddings": cfg.tie_word_embeddings,
         },
+        "tensor_parallel": {
+            "degree": layout.world,
+            "heads_per_rank": layout.heads,
+            "kv_heads_per_rank": layout.kv_heads,
+            "vocab_rows_per_rank": layout.vocab_shard,
+            "weight_bytes_per_rank": layout.bytes_per_rank(&cfg, dtype),
+            "how": "every program is one rank's (SPMD): rank r gets shard r of each weight (see each input's source.shard) and its own KV caches; all ranks run together (all-reduce / all-gather over one replica group of all ranks) and each returns the whole logits",
+        },
         "runtime_inputs": {
             "file": constants,
             "rope_inv_freq": "f32 [head_dim/2]; the file's value is exact for positions below the trained context (dynamic NTK rope recomputes it beyond)",
@@ -304,11 +340,50 @@ pub fn compile(a: CompileArgs) -> Result<()> {
     Ok(())
 }
 
+/// The Neuron target of a compile target (none for plain HLO).
+fn neuron_target(t: Target) -> Option<silica_neuron::Target> {
+    match t {
+        Target::Hlo => None,
+        Target::Inf2 => Some(silica_neuron::Target::Inf2),
+        Target::Trn1 => Some(silica_neuron::Target::Trn1),
+        Target::Trn2 => Some(silica_neuron::Target::Trn2),
+    }
+}
+
+/// Where a weight input comes from: its checkpoint tensor and, with tensor parallelism, which
+/// part of it rank r holds.
+fn weight_source(cfg: &ModelConfig, layout: &TpLayout, name: &str) -> Value {
+    let tensor = if name == "lm_head.weight" && cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        name
+    };
+    let shard = match layout.shard_of(cfg, name) {
+        Shard::Replicated => return json!({"checkpoint": tensor}),
+        Shard::Split { dim } => json!({
+            "kind": "split", "dim": dim, "parts": layout.world,
+            "rank_r": format!("the r-th of {} equal parts along dim {dim}", layout.world),
+        }),
+        Shard::KvReplicated { ranks_per_head } => json!({
+            "kind": "kv_head", "dim": 0, "rows": cfg.head_dim, "ranks_per_head": ranks_per_head,
+            "rank_r": format!("rows [h*{d}, (h+1)*{d}) with h = r / {ranks_per_head}", d = cfg.head_dim),
+        }),
+        Shard::Vocab => json!({
+            "kind": "vocab", "dim": 0, "rows": layout.vocab_shard,
+            "rank_r": format!(
+                "rows [r*{v}, (r+1)*{v}), zero-padded to {v} rows past the vocabulary",
+                v = layout.vocab_shard
+            ),
+        }),
+    };
+    json!({"checkpoint": tensor, "shard": shard})
+}
+
 /// Lowers one program, writes `NAME.hlo.pb`, and returns its manifest entry and the module.
 fn write_program(
     out: &Path,
     program: &Program,
-    weights: &HashSet<String>,
+    weights: &HashMap<String, Value>,
     caches: &HashSet<String>,
 ) -> Result<(Value, HloModule)> {
     let module = silica_hlo::lower(program)?;
@@ -321,8 +396,8 @@ fn write_program(
         .inputs
         .iter()
         .map(|s| {
-            let source = if weights.contains(&s.name) {
-                json!({"checkpoint": s.name})
+            let source = if let Some(w) = weights.get(&s.name) {
+                w.clone()
             } else if s.name == "step"
                 || s.name.starts_with("exp_avg.")
                 || s.name.starts_with("exp_avg_sq.")

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Token slots per sequence (default: min(max_position_embeddings, 2048)).
     #[arg(long)]
     max_context: Option<usize>,
+    /// Tensor-parallel degree: split the model over this many ranks (NeuronCores on neuron,
+    /// threads on cpu); it must divide the attention heads and the MLP width.
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -64,6 +68,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let opts = LoadOptions {
         dtype: a.dtype.dtype(),
         max_context: a.max_context,
+        tp: a.tp,
         ..Default::default()
     };
     let (mut model, preset) = load_folder_or_preset(

@@ -262,3 +262,92 @@ fn bad_inputs_fail_cleanly() {
         );
     }
 }
+
+/// `--tp N` splits the model over N ranks (threads on the CPU backend, meeting at real
+/// all-reduces): the same transformers logits and greedy tokens as one rank.
+#[test]
+fn tensor_parallel_runs_match_transformers() {
+    let dir = fixture("qwen2-bias-tied");
+    let r = reference(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let want_logits = silica_tensor::SafetensorsFile::open(dir.join("reference.safetensors"))
+        .unwrap()
+        .get("logits")
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let want_ids: Vec<u64> = r["greedy"]["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    for tp in ["2", "4"] {
+        let out = tmp.path().join(format!("logits{tp}.safetensors"));
+        let o = silica(&[
+            "logits",
+            "--model",
+            dir.to_str().unwrap(),
+            "--token-ids",
+            &ids_arg(&r["input_ids"]),
+            "--tp",
+            tp,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "tp {tp}: {}", stderr(&o));
+        let got = silica_tensor::SafetensorsFile::open(&out)
+            .unwrap()
+            .get("logits")
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let d = got
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-4, "tp {tp}: max |diff| {d}");
+
+        let o = silica(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--token-ids",
+            &ids_arg(&r["input_ids"]),
+            "--max-tokens",
+            &want_ids.len().to_string(),
+            "--ignore-eos",
+            "--json",
+            "--tp",
+            tp,
+        ]);
+        assert!(o.status.success(), "tp {tp}: {}", stderr(&o));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let got: Vec<u64> = j["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        assert_eq!(got, want_ids, "tp {tp}");
+    }
+    // A degree the model cannot be split by says why and which degrees work.
+    let o = silica(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--token-ids",
+        "1,2",
+        "--tp",
+        "3",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("4 attention heads do not split over 3 ranks") && e.contains("1, 2, 4"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+}

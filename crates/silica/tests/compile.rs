@@ -287,3 +287,95 @@ fn the_train_step_compiles_to_one_module() {
     assert_eq!(p["outputs"][0]["name"], "loss");
     assert!(out.join(p["file"].as_str().unwrap()).exists());
 }
+
+/// `--tp N`: one rank's program per bucket (collectives inside) and a manifest saying how each
+/// weight is sharded. The modules' numerics on N XLA CPU devices: `scripts/check_hlo.py --model
+/// DIR --tp N`, in CI.
+#[test]
+fn tensor_parallel_programs_and_shard_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let o = silica(&[
+        "compile",
+        "--model",
+        &fixture("llama3-tied"),
+        "--tp",
+        "4",
+        "--buckets",
+        "1x1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let tp = &m["tensor_parallel"];
+    // 4 query heads and 2 KV heads over 4 ranks: one query head each, KV heads replicated in pairs;
+    // a 400-row vocabulary in shards of 100.
+    assert_eq!(tp["degree"], 4);
+    assert_eq!(tp["heads_per_rank"], 1);
+    assert_eq!(tp["kv_heads_per_rank"], 1);
+    assert_eq!(tp["vocab_rows_per_rank"], 100);
+    let p = &m["programs"][0];
+    assert_eq!(p["name"], "decode_b1_t1_s2048_f32_tp4");
+    let input = |name: &str| {
+        p["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no input {name}"))
+            .clone()
+    };
+    let q = input("model.layers.0.self_attn.q_proj.weight");
+    assert_eq!(q["shape"], serde_json::json!([16, 64]));
+    assert_eq!(q["source"]["shard"]["kind"], "split");
+    assert_eq!(
+        input("model.layers.0.mlp.down_proj.weight")["source"]["shard"]["dim"],
+        1
+    );
+    let k = input("model.layers.1.self_attn.k_proj.weight");
+    assert_eq!(k["source"]["shard"]["kind"], "kv_head");
+    assert_eq!(k["source"]["shard"]["ranks_per_head"], 2);
+    // The tied model's head is a vocab shard of the embedding.
+    let head = input("lm_head.weight");
+    assert_eq!(head["source"]["checkpoint"], "model.embed_tokens.weight");
+    assert_eq!(head["source"]["shard"]["kind"], "vocab");
+    assert_eq!(head["shape"], serde_json::json!([100, 64]));
+    assert!(input("model.embed_tokens.weight")["source"]
+        .get("shard")
+        .is_none());
+    assert_eq!(
+        input("cache_k.0")["shape"],
+        serde_json::json!([1, 1, 2048, 16])
+    );
+
+    // Degrees the target or the model cannot take, and tensor-parallel training, are refused.
+    let fixture_path = fixture("llama3-tied");
+    for (args, want) in [
+        (
+            vec!["--tp", "3"],
+            "4 attention heads do not split over 3 ranks",
+        ),
+        (
+            vec!["--tp", "4", "--target", "trn1"],
+            "trn1 supports tensor-parallel degrees [1, 2, 8, 16, 32]",
+        ),
+        (
+            vec!["--tp", "2", "--train"],
+            "tensor-parallel training is not supported",
+        ),
+    ] {
+        let mut a = vec![
+            "compile",
+            "--model",
+            &fixture_path,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(args);
+        let o = silica(&a);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(want), "{a:?}: {e}");
+    }
+}
