@@ -16,7 +16,12 @@ Every folder under CASES_DIR that holds a `module.pb` is a case:
   module.pb             serialized xla.HloModuleProto (silica_hlo::lower)
   inputs.safetensors    in0, in1, ... in parameter order
   expected.safetensors  out0, out1, ... in output (result tuple) order
-  case.json             {"name": ..., "atol": ..., "rtol": ..., "aliases": [[output, parameter], ...]}
+  case.json             {"name": ..., "atol": ..., "rtol": ..., "world": N, "aliases": [[output, parameter], ...]}
+A tensor-parallel case ("world" N > 1: its collectives span N ranks) has per-rank files instead,
+inputs.rank{r}.safetensors and expected.rank{r}.safetensors: its module is compiled for N
+replicas (cross-replica collectives, replica r on XLA CPU device r; the checker asks XLA for as
+many host devices as the largest world under CASES_DIR) and rank r's outputs are compared with
+expected.rank{r}.
 An output passes when |got - expected| <= atol + rtol * |expected| elementwise (NaN matches NaN,
 infinities must match exactly); integer and boolean outputs must be equal; the module's
 input_output_alias, as XLA parsed it, must be the case's aliases. One line per case;
@@ -35,9 +40,32 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+
+
+def _host_devices(argv):
+    """XLA CPU devices this run needs: the largest "world" of the case folders (1 for --model).
+    Must be known before jax is imported: the device count is an XLA flag read at startup."""
+    if "--model" in argv:
+        return 1
+    world = 1
+    for a in argv[1:]:
+        if a.startswith("--") or not Path(a).is_dir():
+            continue
+        for meta in Path(a).rglob("case.json"):
+            try:
+                world = max(world, int(json.loads(meta.read_text()).get("world", 1)))
+            except (ValueError, TypeError, AttributeError):
+                pass  # reported when the case runs
+    return world
+
+
 # XLA may otherwise skip the rounding of f16/bf16 intermediates inside fusions; silica's CPU
 # reference rounds after every op, as neuronx-cc with --auto-cast none does.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_allow_excess_precision=false").strip()
+_flags = os.environ.get("XLA_FLAGS", "") + " --xla_allow_excess_precision=false"
+_world = _host_devices(sys.argv)
+if _world > 1:
+    _flags += f" --xla_force_host_platform_device_count={_world}"
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 import numpy as np
 import ml_dtypes
@@ -113,18 +141,56 @@ def compare(got, want, atol, rtol):
     return True, diff, ""
 
 
+def compile_group(backend, module, world):
+    """Compiles `module` for `world` replicas of one partition, replica r on CPU device r (the
+    cross-replica form silica lowers collectives to). Returns (executable, devices)."""
+    devs = backend.local_devices()
+    if len(devs) < world:
+        raise RuntimeError(f"needs {world} XLA CPU devices, have {len(devs)} "
+                           "(--xla_force_host_platform_device_count)")
+    devs = devs[:world]
+    options = xc.CompileOptions()
+    options.num_replicas = world
+    options.num_partitions = 1
+    # Shape (replicas, computations): replica r runs on device id r.
+    options.device_assignment = xc.DeviceAssignment.create(
+        np.array([[d.id] for d in devs], dtype=np.int32))
+    return backend.compile_and_load(module, xc.DeviceList(tuple(devs)), options), devs
+
+
+def execute_group(exe, devs, per_rank_inputs):
+    """Runs a replicated executable with rank r's inputs on device r; returns per-rank outputs.
+
+    The executable takes one array per parameter spanning every device; its shard on device r is
+    replica r's argument. Replicas differ in their arguments, which no jax sharding describes, so
+    each array is assembled from the per-device buffers under a replicated sharding of the
+    per-rank shape (jax does not compare the shards' contents; XLA only reads each replica's
+    own buffer)."""
+    world = len(devs)
+    mesh = jax.sharding.Mesh(np.array(devs), ("replica",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    args = []
+    for k in range(len(per_rank_inputs[0])):
+        shards = [jax.device_put(per_rank_inputs[r][k], devs[r]) for r in range(world)]
+        args.append(jax.make_array_from_single_device_arrays(shards[0].shape, replicated, shards))
+    per_output = exe.execute_sharded(args).disassemble_into_single_device_arrays()
+    by_device = [{a.devices().pop(): np.asarray(a) for a in outs} for outs in per_output]
+    return [[outs[devs[r]] for outs in by_device] for r in range(world)]
+
+
 def run_case(backend, devices, folder):
     meta = json.loads((folder / "case.json").read_text())
+    world = int(meta.get("world", 1))
+    if world > 1:
+        return run_group_case(backend, folder, meta, world)
     proto = (folder / "module.pb").read_bytes()
     inputs = ordered(read_safetensors(folder / "inputs.safetensors"), "in")
     expected = ordered(read_safetensors(folder / "expected.safetensors"), "out")
     t0 = time.perf_counter()
     computation = xc.XlaComputation(proto)
-    header = computation.as_hlo_text().split("\n", 1)[0]
-    got_aliases = sorted([int(o), int(p)] for o, p in re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header))
-    want_aliases = sorted(meta.get("aliases", []))
-    if got_aliases != want_aliases:
-        return meta["name"], False, float("inf"), f"aliases {got_aliases} != expected {want_aliases}: {header}", (0.0, 0.0)
+    bad = check_aliases(computation, meta)
+    if bad:
+        return meta["name"], False, float("inf"), bad, (0.0, 0.0)
     module = xc._xla.mlir.xla_computation_to_mlir_module(computation)
     exe = backend.compile_and_load(module, devices, xc.CompileOptions())
     t1 = time.perf_counter()
@@ -142,6 +208,41 @@ def run_case(backend, devices, folder):
             ok_all = False
             msgs.append(f"out{k}: {msg}")
     return meta["name"], ok_all, worst, "; ".join(msgs), (t1 - t0, t2 - t1)
+
+
+def check_aliases(computation, meta):
+    """None if the module's input_output_alias, as XLA parsed it, is the case's; else why not."""
+    header = computation.as_hlo_text().split("\n", 1)[0]
+    got = sorted([int(o), int(p)] for o, p in re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header))
+    want = sorted(meta.get("aliases", []))
+    return None if got == want else f"aliases {got} != expected {want}: {header}"
+
+
+def run_group_case(backend, folder, meta, world):
+    """A tensor-parallel case: rank r's inputs on replica r, each rank's outputs compared."""
+    name = meta["name"]
+    inputs = [ordered(read_safetensors(folder / f"inputs.rank{r}.safetensors"), "in") for r in range(world)]
+    expected = [ordered(read_safetensors(folder / f"expected.rank{r}.safetensors"), "out") for r in range(world)]
+    t0 = time.perf_counter()
+    computation = xc.XlaComputation((folder / "module.pb").read_bytes())
+    bad = check_aliases(computation, meta)
+    if bad:
+        return name, False, float("inf"), bad, (0.0, 0.0)
+    module = xc._xla.mlir.xla_computation_to_mlir_module(computation)
+    exe, devs = compile_group(backend, module, world)
+    t1 = time.perf_counter()
+    outs = execute_group(exe, devs, inputs)
+    t2 = time.perf_counter()
+    worst, msgs = 0.0, []
+    for r in range(world):
+        if len(outs[r]) != len(expected[r]):
+            return name, False, float("inf"), f"rank {r}: {len(outs[r])} outputs, expected {len(expected[r])}", (t1 - t0, t2 - t1)
+        for k, (g, w) in enumerate(zip(outs[r], expected[r])):
+            ok, diff, msg = compare(g, w, meta["atol"], meta["rtol"])
+            worst = max(worst, diff)
+            if not ok:
+                msgs.append(f"rank {r} out{k}: {msg}")
+    return name, not msgs, worst, "; ".join(msgs), (t1 - t0, t2 - t1)
 
 
 def main(argv):

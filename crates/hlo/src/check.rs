@@ -2,9 +2,13 @@
 //!
 //! A *case folder* holds `module.pb` (the serialized `HloModuleProto`), `inputs.safetensors`
 //! (`in0`, `in1`, … in input order), `expected.safetensors` (`out0`, `out1`, … in output order)
-//! and `case.json` (`{"name", "atol", "rtol", "aliases": [[output, parameter], …]}`). `scripts/check_hlo.py CASES_DIR` executes every
-//! case folder under `CASES_DIR` in one Python process and exits non-zero if any output differs
-//! by more than `atol + rtol·|expected|` (integers and booleans must match exactly).
+//! and `case.json` (`{"name", "atol", "rtol", "world", "aliases": [[output, parameter], …]}`).
+//! A tensor-parallel case (`world` N > 1) has one input and one expected file per rank instead,
+//! `inputs.rank{r}.safetensors` and `expected.rank{r}.safetensors`; the checker runs its module
+//! as N replicas on N XLA CPU devices, rank r on device r. `scripts/check_hlo.py CASES_DIR`
+//! executes every case folder under `CASES_DIR` in one Python process and exits non-zero if any
+//! output differs by more than `atol + rtol·|expected|` (integers and booleans must match
+//! exactly).
 
 use crate::HloModule;
 use silica_tensor::{save_safetensors, HostTensor};
@@ -14,7 +18,7 @@ use std::process::Command;
 /// Env var naming a Python interpreter that has the pinned jax (overrides `.venv-hlo`).
 pub const PYTHON_ENV: &str = "SILICA_HLO_PYTHON";
 
-/// Writes one case folder `dir/name` and returns its path.
+/// Writes one case folder `dir/name` for a single-rank module and returns its path.
 pub fn write_case(
     dir: &Path,
     name: &str,
@@ -24,32 +28,79 @@ pub fn write_case(
     atol: f64,
     rtol: f64,
 ) -> std::io::Result<PathBuf> {
+    write_group_case(
+        dir,
+        name,
+        module,
+        &[inputs.to_vec()],
+        &[expected.to_vec()],
+        atol,
+        rtol,
+    )
+}
+
+/// Writes one case folder `dir/name` for a module that runs on a group of
+/// `module.signature.world` ranks: `inputs[r]` and `expected[r]` are rank r's inputs and
+/// expected outputs. A world-1 module writes the single-rank layout (what [`write_case`]
+/// writes). Returns the folder's path.
+pub fn write_group_case(
+    dir: &Path,
+    name: &str,
+    module: &HloModule,
+    inputs: &[Vec<HostTensor>],
+    expected: &[Vec<HostTensor>],
+    atol: f64,
+    rtol: f64,
+) -> std::io::Result<PathBuf> {
+    let world = module.signature.world;
+    if inputs.len() != world || expected.len() != world {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "case {name}: module `{}` runs on {world} ranks, got inputs for {} and \
+                 expected outputs for {}",
+                module.name,
+                inputs.len(),
+                expected.len()
+            ),
+        ));
+    }
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder)?;
     module.write(folder.join("module.pb"))?;
-    let named = |prefix: &str, ts: &[HostTensor]| -> Vec<(String, HostTensor)> {
-        ts.iter()
+    let save = |file: String, prefix: &str, ts: &[HostTensor]| {
+        let named: Vec<(String, &HostTensor)> = ts
+            .iter()
             .enumerate()
-            .map(|(i, t)| (format!("{prefix}{i}"), t.clone()))
-            .collect()
-    };
-    let save = |file: &str, ts: Vec<(String, HostTensor)>| {
+            .map(|(i, t)| (format!("{prefix}{i}"), t))
+            .collect();
         save_safetensors(
             folder.join(file),
-            ts.iter().map(|(n, t)| (n.as_str(), t)),
+            named.iter().map(|(n, t)| (n.as_str(), *t)),
             None,
         )
         .map_err(std::io::Error::other)
     };
-    save("inputs.safetensors", named("in", inputs))?;
-    save("expected.safetensors", named("out", expected))?;
+    for (r, (ins, outs)) in inputs.iter().zip(expected).enumerate() {
+        let file = |base: &str| {
+            if world == 1 {
+                format!("{base}.safetensors")
+            } else {
+                format!("{base}.rank{r}.safetensors")
+            }
+        };
+        save(file("inputs"), "in", ins)?;
+        save(file("expected"), "out", outs)?;
+    }
     let aliases: Vec<[usize; 2]> = module
         .signature
         .aliases
         .iter()
         .map(|a| [a.output, a.input])
         .collect();
-    let meta = serde_json::json!({ "name": name, "atol": atol, "rtol": rtol, "aliases": aliases });
+    let meta = serde_json::json!({
+        "name": name, "atol": atol, "rtol": rtol, "world": world, "aliases": aliases,
+    });
     std::fs::write(folder.join("case.json"), meta.to_string())?;
     Ok(folder)
 }

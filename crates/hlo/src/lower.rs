@@ -9,7 +9,20 @@
 //!   chosen over a number, except at index 0, where it wins);
 //! - f16/bf16 `dot` produces f32 (mixed-precision dot) and converts once, i.e. f32 accumulation;
 //!   f32/f64 dots ask for `HIGHEST` precision so no backend silently computes them in TF32/bf16;
-//! - `gather` (`take` along an axis) becomes an HLO gather with one collapsed slice dim.
+//! - `gather` (`take` along an axis) becomes an HLO gather with one collapsed slice dim;
+//! - `all-reduce` calls the scalar `add` of its own element type and `all-gather` names its axis
+//!   in `dimensions`; both carry one replica group of every rank. A bf16/f16 all-reduce keeps
+//!   its dtype on the wire (half the bytes of an f32 one). How a device accumulates it is its
+//!   own: the CPU backend adds in rank order, rounding after every add; XLA CPU promotes the
+//!   reduction to f32 and rounds once. Both agree for two ranks (one add), not always beyond.
+//!
+//! Collectives use XLA's *cross-replica* mode: no `channel_id`, no `use_global_device_ids`,
+//! replica groups of replica ids `{0, …, world-1}`. A world-N module is one SPMD program that
+//! runs as N replicas (one partition each): XLA compiles it with `num_replicas = N` (a compile
+//! option; `HloModuleProto` has no replica count), and neuronx-cc reads the same form, which is
+//! what Neuron's own tensor parallelism (NxD through torch-xla) hands it — a cross-replica
+//! all-reduce over replica groups. The cross-partition modes would need XLA's SPMD partitioner
+//! vocabulary (channel ids, partition counts) that silica's per-rank programs do not use.
 //!
 //! The entry computation returns a tuple of all program outputs; program aliases become
 //! `input_output_alias` entries (output tuple index ↔ parameter number, `MAY_ALIAS`).
@@ -191,6 +204,14 @@ fn direction(d: CmpDir) -> &'static str {
         CmpDir::Le => "LE",
         CmpDir::Gt => "GT",
         CmpDir::Ge => "GE",
+    }
+}
+
+/// The one replica group of a world-`world` collective: every rank, in rank order (the order
+/// all-gather concatenates in).
+fn every_rank(world: usize) -> ReplicaGroup {
+    ReplicaGroup {
+        replica_ids: (0..world as i64).collect(),
     }
 }
 
@@ -684,6 +705,17 @@ impl<'m> CompBuilder<'m> {
                 });
                 self.convert(&r, dt)
             }
+            Op::AllReduce { world } => {
+                let comp = self.m.reducer(Reducer::Add, dt);
+                self.push("all-reduce", dt, dims, &refs, |i| {
+                    i.called_computation_ids = vec![comp];
+                    i.replica_groups = vec![every_rank(*world)];
+                })
+            }
+            Op::AllGather { axis, world } => self.push("all-gather", dt, dims, &refs, |i| {
+                i.dimensions = vec![*axis as i64];
+                i.replica_groups = vec![every_rank(*world)];
+            }),
             op @ (Op::RmsNorm { .. }
             | Op::Softmax { .. }
             | Op::Rope

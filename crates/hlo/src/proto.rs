@@ -3,10 +3,10 @@
 //! Field numbers and names are those of openxla `xla/service/hlo.proto` (HloModuleProto,
 //! HloComputationProto, HloInstructionProto, HloInputOutputAliasProto) and `xla/xla_data.proto`
 //! (PrimitiveType, ShapeProto, LayoutProto, ProgramShapeProto, LiteralProto, PaddingConfig,
-//! DotDimensionNumbers, GatherDimensionNumbers, PrecisionConfig). Only the fields silica uses are
-//! declared; protobuf readers skip nothing they need and ignore nothing we write. Field numbers
-//! are stable across XLA releases (removed ones are `reserved`, never reused), so the bytes parse
-//! with any XLA new enough to know these ops, neuronx-cc's included.
+//! DotDimensionNumbers, GatherDimensionNumbers, PrecisionConfig, ReplicaGroup). Only the fields
+//! silica uses are declared; protobuf readers skip nothing they need and ignore nothing we
+//! write. Field numbers are stable across XLA releases (removed ones are `reserved`, never
+//! reused), so the bytes parse with any XLA new enough to know these ops, neuronx-cc's included.
 
 // ------------------------------------------------------------------ xla_data.proto
 
@@ -132,6 +132,14 @@ pub struct GatherDimensionNumbers {
     pub index_vector_dim: i64,
 }
 
+/// `xla.ReplicaGroup`: the ranks (replica ids, in the cross-replica mode silica uses) that take
+/// part in one collective together.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReplicaGroup {
+    #[prost(int64, repeated, tag = "1")]
+    pub replica_ids: Vec<i64>,
+}
+
 /// `xla.PrecisionConfig.Precision`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
@@ -180,7 +188,7 @@ pub struct HloInstructionProto {
     #[prost(int64, tag = "13")]
     pub tuple_index: i64,
     /// Broadcast (operand→output dim map), transpose (permutation), reduce (reduced dims),
-    /// concatenate (the axis), iota (the iota dimension).
+    /// concatenate (the axis), iota (the iota dimension), all-gather (the gathered axis).
     #[prost(int64, repeated, tag = "14")]
     pub dimensions: Vec<i64>,
     #[prost(message, repeated, tag = "17")]
@@ -189,6 +197,10 @@ pub struct HloInstructionProto {
     pub dynamic_slice_sizes: Vec<i64>,
     #[prost(message, optional, tag = "21")]
     pub padding_config: Option<PaddingConfig>,
+    /// Collectives: present means the cross-partition/flattened-id modes; silica's collectives
+    /// are cross-replica and leave it unset (0: "no channel id" to XLA).
+    #[prost(int64, tag = "26")]
+    pub channel_id: i64,
     #[prost(message, optional, tag = "30")]
     pub dot_dimension_numbers: Option<DotDimensionNumbers>,
     #[prost(message, optional, tag = "33")]
@@ -199,13 +211,23 @@ pub struct HloInstructionProto {
     pub id: i64,
     #[prost(int64, repeated, tag = "36")]
     pub operand_ids: Vec<i64>,
+    /// Reduce: the scalar reducer; all-reduce: its `to_apply` (the scalar combiner).
     #[prost(int64, repeated, tag = "38")]
     pub called_computation_ids: Vec<i64>,
+    /// Collectives: the groups of ranks that combine their operands. XLA marks this field
+    /// deprecated in favour of `collective_device_list` (87) but still reads it first
+    /// (`CollectiveDeviceList::FromProto`), and older XLAs, neuronx-cc's, know only this one.
+    #[prost(message, repeated, tag = "49")]
+    pub replica_groups: Vec<ReplicaGroup>,
     #[prost(message, optional, tag = "51")]
     pub precision_config: Option<PrecisionConfig>,
     /// kCompare only: "EQ", "NE", "LT", "LE", "GT", "GE".
     #[prost(string, tag = "63")]
     pub comparison_direction: String,
+    /// Collectives: replica groups hold flattened device ids (needs a channel id); unset in
+    /// silica's cross-replica form.
+    #[prost(bool, tag = "71")]
+    pub use_global_device_ids: bool,
     /// kCompare only: "FLOAT", "TOTALORDER", "SIGNED", "UNSIGNED" (empty: XLA's default for the
     /// operand type, which is what silica means).
     #[prost(string, tag = "72")]

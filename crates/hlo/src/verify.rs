@@ -26,14 +26,18 @@ fn valid_shape(s: &ShapeProto) -> bool {
 impl HloModule {
     /// Decodes the bytes and checks their structure: unique ids and names, operands defined
     /// before use, parameters numbered 0…n-1 in order, callees before callers, row-major layouts
-    /// on every array shape, elementwise operand shapes, and that the entry's program shape and
-    /// aliases match the signature. Returns a description of the first problem found.
+    /// on every array shape, elementwise operand shapes, collectives (cross-replica form, one
+    /// replica group of every rank, a scalar `add` to apply, gathered shapes; one group size in
+    /// the module, the signature's `world`), and that the entry's program shape and aliases
+    /// match the signature. Returns a description of the first problem found.
     pub fn verify(&self) -> Result<(), String> {
         let m = <HloModuleProto as prost::Message>::decode(self.bytes.as_slice())
             .map_err(|e| format!("cannot decode: {e}"))?;
         let mut ids = HashSet::new();
         let mut names = HashSet::new();
-        let mut comp_ids: HashSet<i64> = HashSet::new();
+        let mut comps: HashMap<i64, &HloComputationProto> = HashMap::new();
+        // The group size the module's collectives name (all must agree).
+        let mut world: Option<(i64, String)> = None;
         let last = m.computations.last().ok_or("no computations")?;
         if last.id != m.entry_computation_id || last.name != m.entry_computation_name {
             return Err("the entry computation must be the last one".into());
@@ -62,7 +66,7 @@ impl HloModule {
                     }
                 }
                 for k in &inst.called_computation_ids {
-                    if !comp_ids.contains(k) {
+                    if !comps.contains_key(k) {
                         return Err(format!("{what}: calls computation {k} not defined before"));
                     }
                 }
@@ -103,6 +107,48 @@ impl HloModule {
                             return Err(format!("{what}: literal shape differs"));
                         }
                     }
+                    "all-reduce" | "all-gather" => {
+                        let n = collective_group(inst).map_err(|e| format!("{what}: {e}"))?;
+                        match &world {
+                            Some((w, other)) if *w != n => {
+                                return Err(format!(
+                                    "{what}: a group of {n} ranks, but {other} has {w}"
+                                ))
+                            }
+                            _ => world = Some((n, what.clone())),
+                        }
+                        if inst.operand_ids.len() != 1 {
+                            return Err(format!("{what}: takes one operand"));
+                        }
+                        let x = operand(0);
+                        if inst.opcode == "all-reduce" {
+                            if x != shape {
+                                return Err(format!("{what}: result shape differs from operand"));
+                            }
+                            let [k] = inst.called_computation_ids[..] else {
+                                return Err(format!("{what}: needs one computation to apply"));
+                            };
+                            check_scalar_add(comps[&k], x.element_type)
+                                .map_err(|e| format!("{what}: to_apply {e}"))?;
+                        } else {
+                            let [axis] = inst.dimensions[..] else {
+                                return Err(format!("{what}: needs one gather dimension"));
+                            };
+                            if axis < 0 || axis as usize >= x.dimensions.len() {
+                                return Err(format!(
+                                    "{what}: gather dimension {axis} out of range"
+                                ));
+                            }
+                            let mut want = x.dimensions.clone();
+                            want[axis as usize] = want[axis as usize].saturating_mul(n);
+                            if shape.element_type != x.element_type || shape.dimensions != want {
+                                return Err(format!(
+                                    "{what}: gathers {:?} into {:?}, expected {want:?}",
+                                    x.dimensions, shape.dimensions
+                                ));
+                            }
+                        }
+                    }
                     _ => {}
                 }
                 shapes.insert(inst.id, shape);
@@ -122,7 +168,14 @@ impl HloModule {
             {
                 return Err(format!("{}: program shape does not match", c.name));
             }
-            comp_ids.insert(c.id);
+            comps.insert(c.id, c);
+        }
+        let world = world.map_or(1, |(w, _)| w);
+        if world != self.signature.world as i64 {
+            return Err(format!(
+                "the module's collectives run on {world} ranks, the signature on {}",
+                self.signature.world
+            ));
         }
         // The entry against the signature.
         let ps = m
@@ -170,5 +223,60 @@ impl HloModule {
             return Err(format!("aliases {aliases:?} differ from {want:?}"));
         }
         Ok(())
+    }
+}
+
+/// The group size of a cross-replica collective: exactly one replica group listing every rank
+/// `0..n` in order, no channel id, no global device ids (see the lowering's module docs).
+fn collective_group(inst: &HloInstructionProto) -> Result<i64, String> {
+    if inst.channel_id > 0 || inst.use_global_device_ids {
+        return Err("not in cross-replica form (has a channel id or global device ids)".into());
+    }
+    let [group] = &inst.replica_groups[..] else {
+        return Err(format!(
+            "needs one replica group, has {}",
+            inst.replica_groups.len()
+        ));
+    };
+    let n = group.replica_ids.len() as i64;
+    if n < 2 || group.replica_ids != (0..n).collect::<Vec<_>>() {
+        return Err(format!(
+            "replica group {:?} is not every rank 0..n of a group of at least 2",
+            group.replica_ids
+        ));
+    }
+    Ok(n)
+}
+
+/// Checks that `c` computes `lhs + rhs` on two scalars of `element_type`.
+fn check_scalar_add(c: &HloComputationProto, element_type: i32) -> Result<(), String> {
+    let scalar = ShapeProto {
+        element_type,
+        dimensions: vec![],
+        tuple_shapes: vec![],
+        layout: Some(LayoutProto {
+            minor_to_major: vec![],
+        }),
+    };
+    let ps = c.program_shape.as_ref().ok_or("has no program shape")?;
+    if ps.parameters != [scalar.clone(), scalar.clone()] || ps.result.as_ref() != Some(&scalar) {
+        return Err(format!(
+            "`{}` is not a function of two scalars of the operand's type",
+            c.name
+        ));
+    }
+    let root = c.instructions.iter().find(|i| i.id == c.root_id);
+    let params: Vec<i64> = [0, 1]
+        .iter()
+        .filter_map(|&n| {
+            c.instructions
+                .iter()
+                .find(|i| i.opcode == "parameter" && i.parameter_number == n)
+                .map(|i| i.id)
+        })
+        .collect();
+    match root {
+        Some(r) if r.opcode == "add" && r.operand_ids == params => Ok(()),
+        _ => Err(format!("`{}` is not `add(lhs, rhs)`", c.name)),
     }
 }

@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{all_cases, Case};
-use silica_hlo::check::{checker_python, run_checker, write_case};
+use common::{all_cases, tp_cases, Case};
+use silica_hlo::check::{checker_python, run_checker, write_case, write_group_case};
 use silica_hlo::proto::*;
 use silica_hlo::{lower, HloModule};
 use silica_tensor::cpu::CpuBackend;
-use silica_tensor::{run_host, Backend, DType, Graph, HostTensor, Program};
+use silica_tensor::{run_host, run_host_group, Backend, DType, Graph, HostTensor, Program};
 use std::collections::HashSet;
 
 fn lowered(case: &Case) -> HloModule {
@@ -288,16 +288,286 @@ fn lowered_programs_match_the_cpu_backend_on_xla_cpu() {
         )
         .unwrap();
     }
+    // Tensor-parallel programs: every rank's outputs, from the CPU backend running the group.
+    let groups = tp_cases();
+    for case in &groups {
+        let m = lower(&case.program).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        m.verify().unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let exe = be.compile(&case.program).unwrap();
+        let expected = run_host_group(&be, exe.as_ref(), &case.inputs)
+            .unwrap_or_else(|e| panic!("{}: cpu backend: {e}", case.name));
+        write_group_case(
+            &dir,
+            &case.name,
+            &m,
+            &case.inputs,
+            &expected,
+            case.atol,
+            case.rtol,
+        )
+        .unwrap();
+    }
     let t = std::time::Instant::now();
     let report = run_checker(&python, &dir).unwrap();
     eprintln!("{}", report.output);
     eprintln!(
-        "{} cases checked on XLA CPU in {:.1} s",
-        cases.len(),
+        "{} cases ({} tensor-parallel) checked on XLA CPU in {:.1} s",
+        cases.len() + groups.len(),
+        groups.len(),
         t.elapsed().as_secs_f64()
     );
+    for case in &groups {
+        assert!(
+            report.output.contains(&format!("ok   {}", case.name)),
+            "{} did not pass on XLA CPU",
+            case.name
+        );
+    }
     assert!(
         report.passed,
         "XLA CPU disagrees with the CPU backend (see above)"
     );
+}
+
+#[test]
+fn tensor_parallel_cases_lower_and_match_their_unsharded_programs() {
+    let be = CpuBackend::new();
+    let mut names = HashSet::new();
+    for case in tp_cases() {
+        assert!(names.insert(case.name.clone()), "duplicate {}", case.name);
+        let world = case.inputs.len();
+        assert!(world > 1, "{}", case.name);
+        assert_eq!(case.program.world(), world, "{}", case.name);
+        let m = lower(&case.program).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        m.verify().unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        assert_eq!(m.signature.world, world);
+        assert_eq!(
+            lower(&case.program).unwrap().bytes,
+            m.bytes,
+            "{}",
+            case.name
+        );
+        let Some(reference) = &case.reference else {
+            continue;
+        };
+        // The sharded group computes what the unsharded program computes (sums reordered).
+        let exe = be.compile(&case.program).unwrap();
+        let got = run_host_group(&be, exe.as_ref(), &case.inputs).unwrap();
+        let rexe = be.compile(&reference.program).unwrap();
+        let want = run_host(&be, rexe.as_ref(), &reference.inputs).unwrap();
+        for (r, outs) in got.iter().enumerate() {
+            assert_eq!(outs.len(), want.len());
+            for (k, (g, w)) in outs.iter().zip(&want).enumerate() {
+                assert_eq!(g.dims(), w.dims(), "{} rank {r} out{k}", case.name);
+                for (a, b) in g.to_f64_vec().iter().zip(w.to_f64_vec()) {
+                    assert!(
+                        (a - b).abs() <= reference.atol + reference.rtol * b.abs(),
+                        "{} rank {r} out{k}: {a} vs unsharded {b}",
+                        case.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A world-4 program with a bf16 all-reduce and an f32 all-gather along axis 1.
+fn collectives_program() -> Program {
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::BF16, [2, 3]).unwrap();
+    let y = g.parameter("y", DType::F32, [2, 5, 3]).unwrap();
+    let s = g.all_reduce(x, 4).unwrap();
+    let a = g.all_gather(y, 1, 4).unwrap();
+    Program::new("collectives", g, vec![("s".into(), s), ("a".into(), a)]).unwrap()
+}
+
+#[test]
+fn collectives_lower_to_cross_replica_instructions() {
+    let p = collectives_program();
+    let m = lower(&p).unwrap();
+    m.verify().unwrap();
+    assert_eq!(m.signature.world, 4);
+    let proto = m.proto();
+    let e = entry(&m);
+    let find = |op: &str| {
+        let v: Vec<_> = e.instructions.iter().filter(|i| i.opcode == op).collect();
+        assert_eq!(v.len(), 1, "{op}");
+        v[0].clone()
+    };
+    let every = vec![ReplicaGroup {
+        replica_ids: vec![0, 1, 2, 3],
+    }];
+    let ar = find("all-reduce");
+    assert_eq!(ar.replica_groups, every);
+    assert_eq!(ar.channel_id, 0, "cross-replica: no channel id");
+    assert!(!ar.use_global_device_ids);
+    let shape = ar.shape.as_ref().unwrap();
+    assert_eq!(shape.element_type, PrimitiveType::Bf16 as i32);
+    assert_eq!(shape.dimensions, [2, 3]);
+    // to_apply: the scalar bf16 add (no f32 accumulation: the CPU backend adds in bf16).
+    assert_eq!(ar.called_computation_ids.len(), 1);
+    let add = proto
+        .computations
+        .iter()
+        .find(|c| c.id == ar.called_computation_ids[0])
+        .unwrap();
+    let ps = add.program_shape.as_ref().unwrap();
+    assert_eq!(ps.parameters.len(), 2);
+    for s in ps.parameters.iter().chain(ps.result.as_ref()) {
+        assert_eq!(s.element_type, PrimitiveType::Bf16 as i32);
+        assert!(s.dimensions.is_empty());
+    }
+    let root = add
+        .instructions
+        .iter()
+        .find(|i| i.id == add.root_id)
+        .unwrap();
+    assert_eq!(root.opcode, "add");
+    let ag = find("all-gather");
+    assert_eq!(ag.replica_groups, every);
+    assert_eq!(ag.dimensions, [1]);
+    assert_eq!(ag.channel_id, 0);
+    assert!(ag.called_computation_ids.is_empty());
+    assert_eq!(ag.shape.as_ref().unwrap().dimensions, [2, 20, 3]);
+    let operand = e
+        .instructions
+        .iter()
+        .find(|i| i.id == ag.operand_ids[0])
+        .unwrap();
+    assert_eq!(operand.opcode, "parameter");
+    assert_eq!(operand.parameter_number, 1);
+}
+
+#[test]
+fn single_rank_collectives_are_identities() {
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::F32, [2, 3]).unwrap();
+    let s = g.all_reduce(x, 1).unwrap();
+    let a = g.all_gather(s, 0, 1).unwrap();
+    let p = Program::new("solo", g, vec![("a".into(), a)]).unwrap();
+    assert_eq!(p.world(), 1);
+    let m = lower(&p).unwrap();
+    m.verify().unwrap();
+    let e = entry(&m);
+    assert!(e
+        .instructions
+        .iter()
+        .all(|i| i.opcode != "all-reduce" && i.opcode != "all-gather"));
+}
+
+#[test]
+fn verify_catches_broken_collectives() {
+    let good = lower(&collectives_program()).unwrap();
+    let broken = |edit: &dyn Fn(&mut HloModuleProto)| {
+        let mut p = good.proto();
+        edit(&mut p);
+        HloModule {
+            bytes: prost::Message::encode_to_vec(&p),
+            ..good.clone()
+        }
+        .verify()
+        .unwrap_err()
+    };
+    /// Edits the entry's (only) instruction with opcode `op`.
+    fn with(
+        op: &'static str,
+        edit: impl Fn(&mut HloInstructionProto),
+    ) -> impl Fn(&mut HloModuleProto) {
+        move |p| {
+            let k = p.computations.len() - 1;
+            let i = p.computations[k]
+                .instructions
+                .iter_mut()
+                .find(|i| i.opcode == op)
+                .unwrap();
+            edit(i)
+        }
+    }
+    let e = broken(&with("all-reduce", |i| i.channel_id = 1));
+    assert!(e.contains("cross-replica"), "{e}");
+    let e = broken(&with("all-gather", |i| i.use_global_device_ids = true));
+    assert!(e.contains("cross-replica"), "{e}");
+    let e = broken(&with("all-reduce", |i| i.replica_groups.clear()));
+    assert!(e.contains("one replica group"), "{e}");
+    let e = broken(&with("all-reduce", |i| {
+        i.replica_groups[0].replica_ids = vec![1, 0, 2, 3]
+    }));
+    assert!(e.contains("every rank"), "{e}");
+    // A group of 2 in a module whose other collective spans 4.
+    let e = broken(&with("all-gather", |i| {
+        i.replica_groups[0].replica_ids = vec![0, 1]
+    }));
+    assert!(e.contains("group of"), "{e}");
+    let e = broken(&with("all-gather", |i| i.dimensions = vec![0]));
+    assert!(e.contains("expected"), "{e}");
+    let e = broken(&with("all-gather", |i| i.dimensions = vec![3]));
+    assert!(e.contains("out of range"), "{e}");
+    let e = broken(&with("all-reduce", |i| {
+        i.shape.as_mut().unwrap().dimensions = vec![3, 2]
+    }));
+    assert!(e.contains("shape"), "{e}");
+    let e = broken(&with("all-reduce", |i| i.called_computation_ids.clear()));
+    assert!(e.contains("one computation"), "{e}");
+    // to_apply must add: make the called computation's root a multiply.
+    let e = broken(&|p| {
+        let root = p.computations[0].root_id;
+        let r = p.computations[0]
+            .instructions
+            .iter_mut()
+            .find(|i| i.id == root)
+            .unwrap();
+        r.opcode = "multiply".into();
+    });
+    assert!(e.contains("add(lhs, rhs)"), "{e}");
+    // The signature's world must be the module's.
+    let mut sig = good.signature.clone();
+    sig.world = 2;
+    let e = HloModule {
+        signature: sig,
+        ..good.clone()
+    }
+    .verify()
+    .unwrap_err();
+    assert!(e.contains("4 ranks"), "{e}");
+}
+
+#[test]
+fn group_cases_need_one_input_list_per_rank() {
+    let m = lower(&collectives_program()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let x = HostTensor::zeros(DType::BF16, [2, 3]);
+    let y = HostTensor::zeros(DType::F32, [2, 5, 3]);
+    let e = write_group_case(
+        dir.path(),
+        "short",
+        &m,
+        &vec![vec![x.clone(), y.clone()]; 2],
+        &vec![vec![]; 2],
+        0.0,
+        0.0,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("4 ranks"), "{e}");
+    // A world-4 case writes per-rank files and says its world.
+    let folder = write_group_case(
+        dir.path(),
+        "four",
+        &m,
+        &vec![vec![x.clone(), y.clone()]; 4],
+        &vec![vec![x, y]; 4],
+        0.0,
+        0.0,
+    )
+    .unwrap();
+    for r in 0..4 {
+        assert!(folder.join(format!("inputs.rank{r}.safetensors")).exists());
+        assert!(folder
+            .join(format!("expected.rank{r}.safetensors"))
+            .exists());
+    }
+    assert!(!folder.join("inputs.safetensors").exists());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("case.json")).unwrap()).unwrap();
+    assert_eq!(meta["world"], 4);
 }

@@ -103,6 +103,32 @@ fn reducer_root(m: &HloModuleProto, id: i64) -> Result<&str, String> {
         .ok_or_else(|| format!("computation {} has no root", c.name))
 }
 
+/// The group size of a collective in the cross-replica form silica lowers: one replica group
+/// holding every rank `0..n` in order, no channel id, no global device ids.
+fn replica_world(i: &HloInstructionProto) -> Result<usize, String> {
+    if i.channel_id > 0 || i.use_global_device_ids {
+        return Err(format!(
+            "{} {}: only cross-replica collectives (no channel_id, no use_global_device_ids) \
+             are supported",
+            i.opcode, i.name
+        ));
+    }
+    match &i.replica_groups[..] {
+        [g] if !g.replica_ids.is_empty()
+            && g.replica_ids == (0..g.replica_ids.len() as i64).collect::<Vec<_>>() =>
+        {
+            Ok(g.replica_ids.len())
+        }
+        groups => Err(format!(
+            "{} {}: replica groups {:?} are not supported (only one group of every rank \
+             0..n in order)",
+            i.opcode,
+            i.name,
+            groups.iter().map(|g| &g.replica_ids).collect::<Vec<_>>()
+        )),
+    }
+}
+
 fn unary(op: &str) -> Option<UnaryOp> {
     Some(match op {
         "negate" => UnaryOp::Neg,
@@ -354,6 +380,33 @@ pub fn decode(hlo: &[u8]) -> Result<Decoded, String> {
                             rhs_contract: us(&dn.rhs_contracting_dimensions),
                         },
                     ))?)
+                }
+                "all-reduce" => {
+                    let world = replica_world(i)?;
+                    let comp = *i
+                        .called_computation_ids
+                        .first()
+                        .ok_or_else(|| format!("all-reduce {} without a computation", i.name))?;
+                    match reducer_root(&m, comp)? {
+                        "add" => Val::Array(e(g.all_reduce(arr(&vals, 0)?, world))?),
+                        root => {
+                            return Err(format!(
+                                "all-reduce {} applies `{root}`: only the sum (`add`) that \
+                                 silica lowers is supported",
+                                i.name
+                            ))
+                        }
+                    }
+                }
+                "all-gather" => {
+                    let world = replica_world(i)?;
+                    let [axis] = i.dimensions[..] else {
+                        return Err(format!(
+                            "all-gather {} needs exactly one gather dimension",
+                            i.name
+                        ));
+                    };
+                    Val::Array(e(g.all_gather(arr(&vals, 0)?, axis as usize, world))?)
                 }
                 "tuple" => Val::Tuple(
                     (0..i.operand_ids.len())

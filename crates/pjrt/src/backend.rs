@@ -66,6 +66,7 @@ impl Backend for PjrtBackend {
     }
 
     fn compile(&self, program: &Program) -> Result<Arc<dyn Executable>, BackendError> {
+        single_device(program)?;
         let module = silica_hlo::lower(program).map_err(|e| BackendError::Device {
             backend: NAME,
             message: format!("lowering `{}` to HLO: {e}", program.name),
@@ -93,6 +94,24 @@ impl Backend for PjrtBackend {
         let d = device_buffer(b)?;
         Ok(self.client.download(d, b.dtype(), b.shape())?)
     }
+}
+
+/// The client drives one device: a world-N module would need N replicas with a device
+/// assignment, which this backend does not set up (its `max_world` is 1), so tensor-parallel
+/// programs are refused before XLA sees them.
+fn single_device(program: &Program) -> Result<(), BackendError> {
+    let world = program.world();
+    if world > 1 {
+        return Err(BackendError::Unavailable {
+            backend: NAME,
+            reason: format!(
+                "program `{}` is tensor-parallel over {world} ranks, but the PJRT backend runs \
+                 on one device (use --tp 1, or the cpu or neuron backend)",
+                program.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 struct PjrtExecutable {
@@ -133,5 +152,26 @@ impl Executable for PjrtExecutable {
             }
         }
         Ok(returned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silica_tensor::Graph;
+
+    fn program(world: usize) -> Program {
+        let mut g = Graph::new();
+        let x = g.parameter("x", DType::F32, [2]).unwrap();
+        let s = g.all_reduce(x, world).unwrap();
+        Program::new("tp", g, vec![("s".into(), s)]).unwrap()
+    }
+
+    #[test]
+    fn tensor_parallel_programs_are_refused() {
+        assert!(single_device(&program(1)).is_ok());
+        let e = single_device(&program(2)).unwrap_err().to_string();
+        assert!(e.contains("tensor-parallel over 2 ranks"), "{e}");
+        assert!(e.contains("--tp 1"), "{e}");
     }
 }

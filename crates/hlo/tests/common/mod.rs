@@ -826,6 +826,7 @@ pub fn llama_cases() -> Vec<Case> {
             cache_len: 8,
             logits,
             dtype,
+            tp: 1,
         };
         let program = build_step(cfg, &s).unwrap();
         let inputs = llama_inputs(cfg, &s, &start, 11 + k as u64);
@@ -868,4 +869,262 @@ pub fn all_cases() -> Vec<Case> {
     v.push(alias_case());
     v.extend(llama_cases());
     v
+}
+
+// ------------------------------------------------------------------ tensor parallelism
+
+/// A tensor-parallel case: one program run by `inputs.len()` ranks (its `world`), rank r on
+/// `inputs[r]`. `reference`, where there is one, is the same computation on one rank with the
+/// unsharded weights: its outputs must equal every rank's (up to summation order), which checks
+/// that the case shards the way Megatron-style tensor parallelism does.
+pub struct GroupCase {
+    pub name: String,
+    pub program: Program,
+    pub inputs: Vec<Vec<HostTensor>>,
+    pub atol: f64,
+    pub rtol: f64,
+    pub reference: Option<Case>,
+}
+
+/// Part `r` of `world` equal parts of `t` along `dim`.
+pub fn shard(t: &HostTensor, dim: usize, world: usize, r: usize) -> HostTensor {
+    let dims = t.dims();
+    assert_eq!(
+        dims[dim] % world,
+        0,
+        "{dims:?} splits along {dim} into {world}"
+    );
+    let part = dims[dim] / world;
+    let inner: usize = dims[dim + 1..].iter().product();
+    let outer: usize = dims[..dim].iter().product();
+    let v = t.to_f64_vec();
+    let mut out = Vec::with_capacity(v.len() / world);
+    for o in 0..outer {
+        let base = o * dims[dim] * inner + r * part * inner;
+        out.extend_from_slice(&v[base..base + part * inner]);
+    }
+    let mut shape = dims.to_vec();
+    shape[dim] = part;
+    HostTensor::from_vec(out, shape).unwrap().convert(t.dtype())
+}
+
+/// A program whose inputs (declared from rank 0's, every rank has the same shapes) become
+/// parameters `x0, x1, …` and whose outputs are `out0, out1, …`; `aliases` are (output, input).
+fn group_program(
+    name: &str,
+    inputs: &[HostTensor],
+    aliases: &[(usize, usize)],
+    build: Box<Build>,
+) -> Program {
+    let case = case(name, inputs.to_vec(), (0.0, 0.0), build);
+    aliases.iter().fold(case.program, |p, &(o, i)| {
+        p.alias(&format!("out{o}"), &format!("x{i}")).unwrap()
+    })
+}
+
+/// A Llama-style gated MLP, Megatron-sharded: gate/up column-parallel (rows of the `[out, in]`
+/// weights), down row-parallel (its columns), the partial outputs summed by one all-reduce.
+fn tp_mlp(dt: DType, world: usize, seed: u64) -> GroupCase {
+    let (b, d, f) = (3, 8, 16);
+    let x = rand_t(dt, &[b, d], -1.0, 1.0, seed);
+    let wg = rand_t(dt, &[f, d], -0.5, 0.5, seed + 1);
+    let wu = rand_t(dt, &[f, d], -0.5, 0.5, seed + 2);
+    let wd = rand_t(dt, &[d, f], -0.5, 0.5, seed + 3);
+    let mlp = move |g: &mut Graph, p: &[ValueId], world: usize| -> Result<ValueId, GraphError> {
+        let gate = g.linear(p[0], p[1])?;
+        let up = g.linear(p[0], p[2])?;
+        let s = g.silu(gate)?;
+        let h = g.mul(s, up)?;
+        let partial = g.linear(h, p[3])?;
+        g.all_reduce(partial, world)
+    };
+    let inputs: Vec<Vec<HostTensor>> = (0..world)
+        .map(|r| {
+            vec![
+                x.clone(),
+                shard(&wg, 0, world, r),
+                shard(&wu, 0, world, r),
+                shard(&wd, 1, world, r),
+            ]
+        })
+        .collect();
+    let name = format!("tp_mlp_{dt}_w{world}");
+    let program = group_program(
+        &name,
+        &inputs[0],
+        &[],
+        Box::new(move |g, p| Ok(vec![mlp(g, p, world)?])),
+    );
+    let reference = c!(
+        format!("{name}_unsharded"),
+        vec![x, wg, wu, wd],
+        tol(dt),
+        |g, p| vec![mlp(g, p, 1)?]
+    );
+    let (atol, rtol) = tol(dt);
+    GroupCase {
+        name,
+        program,
+        inputs,
+        atol,
+        rtol,
+        reference: Some(reference),
+    }
+}
+
+/// Column-parallel then gathered (`a`), row-parallel then reduced (`y`), and a cache updated
+/// in place with the gathered activations (an alias, per rank).
+fn tp_mixed(world: usize) -> GroupCase {
+    let (b, d, f) = (2, 6, 8);
+    let dt = DType::F32;
+    let x = rand_t(dt, &[b, d], -1.0, 1.0, 9100);
+    let wa = rand_t(dt, &[f, d], -0.5, 0.5, 9101);
+    let wb = rand_t(dt, &[d, f], -0.5, 0.5, 9102);
+    let cache = rand_t(dt, &[b, f], -1.0, 1.0, 9103);
+    let body =
+        move |g: &mut Graph, p: &[ValueId], world: usize| -> Result<Vec<ValueId>, GraphError> {
+            let a_part = g.linear(p[0], p[1])?;
+            let a = g.all_gather(a_part, 1, world)?;
+            let t = g.tanh(a_part)?;
+            let y_part = g.linear(t, p[2])?;
+            let y = g.all_reduce(y_part, world)?;
+            let y = g.add(y, p[0])?;
+            let c = g.add(p[3], a)?;
+            Ok(vec![a, y, c])
+        };
+    let inputs: Vec<Vec<HostTensor>> = (0..world)
+        .map(|r| {
+            vec![
+                x.clone(),
+                shard(&wa, 0, world, r),
+                shard(&wb, 1, world, r),
+                cache.clone(),
+            ]
+        })
+        .collect();
+    let name = format!("tp_mixed_f32_w{world}");
+    let program = group_program(
+        &name,
+        &inputs[0],
+        &[(2, 3)],
+        Box::new(move |g, p| body(g, p, world)),
+    );
+    let reference = c!(
+        format!("{name}_unsharded"),
+        vec![x, wa, wb, cache],
+        tol(dt),
+        |g, p| body(g, p, 1)?
+    );
+    GroupCase {
+        name,
+        program,
+        inputs,
+        atol: 1e-5,
+        rtol: 1e-5,
+        reference: Some(reference),
+    }
+}
+
+/// Collectives alone: each rank contributes different values.
+fn tp_collective(
+    name: &str,
+    dt: DType,
+    shape: &[usize],
+    world: usize,
+    build: impl Fn(&mut Graph, ValueId) -> Result<Vec<ValueId>, GraphError> + 'static,
+) -> GroupCase {
+    let (lo, hi) = if dt.is_float() {
+        (-2.0, 2.0)
+    } else {
+        (-1000.0, 1000.0)
+    };
+    let inputs: Vec<Vec<HostTensor>> = (0..world)
+        .map(|r| vec![rand_t(dt, shape, lo, hi, 9200 + r as u64)])
+        .collect();
+    let program = group_program(name, &inputs[0], &[], Box::new(move |g, p| build(g, p[0])));
+    let (atol, rtol) = tol(dt);
+    GroupCase {
+        name: name.into(),
+        program,
+        inputs,
+        atol,
+        rtol,
+        reference: None,
+    }
+}
+
+/// An all-reduce over `world` ranks of values k/8, |k| < 16: every partial sum is exact in a
+/// half dtype, so every summation order and accumulation width gives the same bits.
+fn exact_half_all_reduce(dt: DType, world: usize) -> GroupCase {
+    let name = format!("tp_all_reduce_exact_{dt}_w{world}");
+    let shape = [3, 4];
+    let inputs: Vec<Vec<HostTensor>> = (0..world)
+        .map(|r| {
+            let k = rand_t(DType::I32, &shape, -15.0, 16.0, 9300 + r as u64).to_f64_vec();
+            let v: Vec<f64> = k.iter().map(|k| k / 8.0).collect();
+            vec![HostTensor::from_vec(v, shape).unwrap().convert(dt)]
+        })
+        .collect();
+    let program = group_program(
+        &name,
+        &inputs[0],
+        &[],
+        Box::new(move |g, p| Ok(vec![g.all_reduce(p[0], world)?])),
+    );
+    GroupCase {
+        name,
+        program,
+        inputs,
+        atol: 0.0,
+        rtol: 0.0,
+        reference: None,
+    }
+}
+
+pub fn tp_cases() -> Vec<GroupCase> {
+    vec![
+        tp_mlp(DType::F32, 2, 9000),
+        tp_mlp(DType::F32, 4, 9010),
+        tp_mlp(DType::BF16, 2, 9020),
+        tp_mixed(2),
+        tp_mixed(4),
+        // A middle axis, an odd group, a use of the gathered value; and a rank-local output,
+        // which differs between ranks (so a checker mixing up ranks' outputs fails).
+        tp_collective(
+            "tp_all_gather_axis1_f32_w3",
+            DType::F32,
+            &[2, 3, 4],
+            3,
+            |g, x| {
+                let a = g.all_gather(x, 1, 3)?;
+                let two = g.scalar(2.0, DType::F32);
+                Ok(vec![g.mul(a, two)?, g.neg(x)?])
+            },
+        ),
+        tp_collective(
+            "tp_all_gather_axis0_i32_w2",
+            DType::I32,
+            &[3, 2],
+            2,
+            |g, x| Ok(vec![g.all_gather(x, 0, 2)?]),
+        ),
+        // Half-precision sums. The CPU backend adds the ranks' values in rank order, rounding
+        // to the dtype after every add; XLA CPU promotes a bf16/f16 all-reduce to f32 (its
+        // compiled module applies `add` in f32 and converts once). Two ranks make one add, the
+        // same rounding either way, so random values are compared at world 2; wider groups
+        // use values whose partial sums are exact in the dtype (eighths of small integers), so
+        // the world-4 case checks the group plumbing, not a rounding order.
+        tp_collective("tp_all_reduce_bf16_w2", DType::BF16, &[4, 8], 2, |g, x| {
+            let sq = g.mul(x, x)?;
+            Ok(vec![g.all_reduce(x, 2)?, g.all_reduce(sq, 2)?, sq])
+        }),
+        tp_collective("tp_all_reduce_f16_w2", DType::F16, &[5], 2, |g, x| {
+            Ok(vec![g.all_reduce(x, 2)?])
+        }),
+        exact_half_all_reduce(DType::BF16, 4),
+        exact_half_all_reduce(DType::F16, 3),
+        tp_collective("tp_all_reduce_f64_scalar_w2", DType::F64, &[], 2, |g, x| {
+            Ok(vec![g.all_reduce(x, 2)?])
+        }),
+    ]
 }

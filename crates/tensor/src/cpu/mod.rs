@@ -466,11 +466,21 @@ fn collective(
     let parts: Vec<CpuData> = all.iter().map(CpuData::from_host).collect();
     Ok(match &node.op {
         Op::AllReduce { .. } => {
-            let mut parts = parts.into_iter();
+            // Half-precision sums accumulate in f32 and round once, as the CPU reduce does and as
+            // XLA compiles an all-reduce (its add computation is promoted to f32).
+            let half = matches!(node.dtype, DType::BF16 | DType::F16);
+            let mut parts = parts
+                .into_iter()
+                .map(|p| if half { p.convert(DType::F32) } else { p });
             let first = parts.next().expect("a group has a rank");
-            parts.fold(first, |acc, p| {
+            let sum = parts.fold(first, |acc, p| {
                 elementwise::binary(crate::graph::BinaryOp::Add, acc, &p)
-            })
+            });
+            if half {
+                sum.convert(node.dtype)
+            } else {
+                sum
+            }
         }
         Op::AllGather { axis, .. } => {
             let refs: Vec<(&CpuData, &[usize])> = parts.iter().map(|p| (p, dims)).collect();
