@@ -3,7 +3,7 @@
 compares their outputs with the CPU reference backend's.
 
     check_hlo.py CASES_DIR [--filter SUBSTRING] [--verbose]
-    check_hlo.py --model DIR [--model DIR ...] [--silica PATH] [--atol 1e-4]
+    check_hlo.py --model DIR [--model DIR ...] [--tp N] [--silica PATH] [--atol 1e-4]
 
 With --model: `silica compile --target hlo` the folder's prefill (16-token bucket) and decode
 programs, execute them on XLA CPU with the checkpoint's weights (the prompt of the folder's
@@ -11,6 +11,10 @@ reference.json when it has one, else fixed ids), and compare logits with `silica
 same ids (and with transformers' reference logits when the folder is an HF fixture). Prints
 max |diff| per comparison; exits non-zero above --atol (default 1e-4, for f32). The silica
 binary is --silica, else $SILICA_BIN, else built with `cargo build --release -p silica`.
+With --tp N the programs are compiled as one rank's of N (`silica compile --tp N`) and run on N
+XLA CPU devices, rank r with shard r of every weight, cut here from the checkpoint as the
+manifest's `source.shard` says (an independent reading of the shard layout); every rank's logits
+are compared.
 
 Every folder under CASES_DIR that holds a `module.pb` is a case:
   module.pb             serialized xla.HloModuleProto (silica_hlo::lower)
@@ -46,7 +50,7 @@ def _host_devices(argv):
     """XLA CPU devices this run needs: the largest "world" of the case folders (1 for --model).
     Must be known before jax is imported: the device count is an XLA flag read at startup."""
     if "--model" in argv:
-        return 1
+        return int(argv[argv.index("--tp") + 1]) if "--tp" in argv[:-1] and argv[argv.index("--tp") + 1].isdigit() else 1
     world = 1
     for a in argv[1:]:
         if a.startswith("--") or not Path(a).is_dir():
@@ -326,7 +330,23 @@ def np_dtype(name):
             "i32": np.int32, "i64": np.int64, "u8": np.uint8, "bool": np.bool_}[name]
 
 
-def check_model(backend, devices, folder, silica, atol):
+def shard_weight(x, shard, rank):
+    """Rank `rank`'s part of checkpoint tensor `x`, as the manifest's `source.shard` says."""
+    kind = shard["kind"]
+    if kind == "split":
+        return np.split(x, shard["parts"], axis=shard["dim"])[rank]
+    if kind == "kv_head":
+        h, rows = rank // shard["ranks_per_head"], shard["rows"]
+        return x[h * rows:(h + 1) * rows]
+    if kind == "vocab":
+        rows = shard["rows"]
+        part = x[rank * rows:(rank + 1) * rows]
+        pad = np.zeros((rows - part.shape[0],) + x.shape[1:], x.dtype)
+        return np.concatenate([part, pad], axis=0)
+    raise ValueError(f"unknown shard kind {kind!r}")
+
+
+def check_model(backend, devices, folder, silica, atol, tp=1):
     import subprocess
     import tempfile
     folder = Path(folder)
@@ -347,7 +367,7 @@ def check_model(backend, devices, folder, silica, atol):
         out = tmp / "hlo"
         subprocess.run([str(silica), "compile", "--model", str(folder), "--target", "hlo",
                         "--buckets", "1x16,1x1", "--logits", "all", "--max-context", "32",
-                        "--out", str(out)], check=True, capture_output=True, text=True)
+                        "--tp", str(tp), "--out", str(out)], check=True, capture_output=True, text=True)
         subprocess.run([str(silica), "logits", "--model", str(folder),
                         "--token-ids", ",".join(map(str, ids)), "--out", str(tmp / "logits.safetensors")],
                        check=True, capture_output=True, text=True)
@@ -356,7 +376,9 @@ def check_model(backend, devices, folder, silica, atol):
         runtime_inputs = read_safetensors(out / manifest["runtime_inputs"]["file"])
         weights = load_checkpoint(folder)
         progs = {p["kind"]: p for p in manifest["programs"]}
-        caches = {}
+        if manifest["tensor_parallel"]["degree"] != tp:
+            raise ValueError(f"manifest degree {manifest['tensor_parallel']['degree']} != --tp {tp}")
+        caches = [{} for _ in range(tp)]
 
         def run(prog, token_ids, start):
             t = prog["bucket"]["seq"]
@@ -366,28 +388,43 @@ def check_model(backend, devices, folder, silica, atol):
                 "write_pos": np.array([start], np.int32),
                 "rope_inv_freq": runtime_inputs["rope_inv_freq"],
             }
-            args = []
-            for spec in prog["inputs"]:
-                src, dt = spec["source"], np_dtype(spec["dtype"])
-                if "checkpoint" in src:
-                    x = weights[src["checkpoint"]]
-                elif "kv_cache" in src:
-                    x = caches.get(spec["name"], np.zeros(spec["shape"], dt))
-                else:
-                    x = rt[src["runtime"]]
-                x = np.asarray(x).astype(dt)
-                if list(x.shape) != spec["shape"]:
-                    raise ValueError(f"{spec['name']}: shape {list(x.shape)} != manifest {spec['shape']}")
-                args.append(jax.device_put(x, devices[0]))
+            per_rank = []
+            for r in range(tp):
+                args = []
+                for spec in prog["inputs"]:
+                    src, dt = spec["source"], np_dtype(spec["dtype"])
+                    if "checkpoint" in src:
+                        x = np.asarray(weights[src["checkpoint"]])
+                        if "shard" in src:
+                            x = shard_weight(x, src["shard"], r)
+                    elif "kv_cache" in src:
+                        x = caches[r].get(spec["name"], np.zeros(spec["shape"], dt))
+                    else:
+                        x = rt[src["runtime"]]
+                    x = np.asarray(x).astype(dt)
+                    if list(x.shape) != spec["shape"]:
+                        raise ValueError(f"{spec['name']}: shape {list(x.shape)} != manifest {spec['shape']}")
+                    args.append(x)
+                per_rank.append(args)
             proto = (out / prog["file"]).read_bytes()
             m = xc._xla.mlir.xla_computation_to_mlir_module(xc.XlaComputation(proto))
-            exe = backend.compile_and_load(m, devices, xc.CompileOptions())
-            outs = [np.asarray(o) for o in exe.execute(args)]
+            if tp == 1:
+                exe = backend.compile_and_load(m, devices, xc.CompileOptions())
+                outs = [[np.asarray(o) for o in exe.execute([jax.device_put(a, devices[0]) for a in per_rank[0]])]]
+            else:
+                exe, devs = compile_group(backend, m, tp)
+                outs = [[np.asarray(o) for o in rank] for rank in execute_group(exe, devs, per_rank)]
             names = [o["name"] for o in prog["outputs"]]
-            by_name = dict(zip(names, outs))
-            for a in prog["aliases"]:
-                caches[a["input"]] = by_name[a["output"]]
-            return by_name["logits"][0]  # [T, V]
+            logits = []
+            for r in range(tp):
+                by_name = dict(zip(names, outs[r]))
+                for a in prog["aliases"]:
+                    caches[r][a["input"]] = by_name[a["output"]]
+                logits.append(by_name["logits"][0])  # [T, V]
+            # Every rank returns the whole (gathered) logits.
+            spread = max(float(np.max(np.abs(l - logits[0]))) for l in logits)
+            results.append((f"{prog['kind']} rank spread", spread))
+            return logits[0]
 
         pre = run(progs["prefill"], prompt, 0)[:n]
         dec = run(progs["decode"], [next_id], n)[0]
@@ -403,21 +440,27 @@ def check_model(backend, devices, folder, silica, atol):
     for what, diff in results:
         good = diff <= atol
         ok &= good
-        print(f"{'ok  ' if good else 'FAIL'} {folder.name:<28} {what:<26} max|diff| {diff:.3e} (atol {atol:g})", flush=True)
+        tag = f" tp{tp}" if tp > 1 else ""
+        print(f"{'ok  ' if good else 'FAIL'} {folder.name + tag:<32} {what:<26} max|diff| {diff:.3e} (atol {atol:g})", flush=True)
     return ok
 
 
 def main_model(argv):
-    folders, silica, atol = [], None, 1e-4
+    folders, silica, atol, tp = [], None, 1e-4, 1
     i = 1
     while i < len(argv):
         a = argv[i]
-        if a in ("--model", "--silica", "--atol") and i + 1 < len(argv):
+        if a in ("--model", "--silica", "--atol", "--tp") and i + 1 < len(argv):
             v = argv[i + 1]
             if a == "--model":
                 folders.append(v)
             elif a == "--silica":
                 silica = v
+            elif a == "--tp":
+                if not v.isdigit() or int(v) < 1:
+                    print(f"--tp {v!r}: expected a positive integer", file=sys.stderr)
+                    return 2
+                tp = int(v)
             else:
                 atol = float(v)
             i += 2
@@ -435,7 +478,7 @@ def main_model(argv):
     def attempt(f):
         import subprocess
         try:
-            return check_model(backend, devices, f, silica, atol)
+            return check_model(backend, devices, f, silica, atol, tp)
         except subprocess.CalledProcessError as e:
             print(f"FAIL {Path(f).name}: {' '.join(map(str, e.cmd))} exited {e.returncode}\n{e.stderr or ''}", flush=True)
         except Exception as e:  # noqa: BLE001 - report and go on with the other folders
