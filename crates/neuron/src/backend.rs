@@ -5,14 +5,22 @@
 //! same device tensors into its tensor sets, so nothing is re-uploaded between buckets or steps.
 //! An aliased output (KV cache update) is bound to the input's own device tensor, so the update
 //! happens in place on the device.
+//!
+//! **Tensor parallelism**: a program with collectives over `world` ranks compiles to ONE NEFF
+//! (SPMD: every rank runs the same HLO, the all-reduce/all-gather replica groups name all
+//! ranks), loaded `world` times with `nrt_load_collectives` — rank r on NeuronCore
+//! `core + r`, where [`NeuronOptions::core`] is the group's first core. Rank r's buffers live on
+//! its core ([`Backend::upload_to`]); [`Executable::execute_group`] checks every rank's
+//! arguments, then runs every rank's `nrt_execute` at once on its own thread, because a
+//! collective completes only when all ranks have reached it.
 
 use crate::compile::{
     compiler_version, default_cache_dir, find_compiler, CachedNeff, CompileOptions, NeffCache,
     Target,
 };
-use crate::error::NeuronError;
-use crate::runtime::{DeviceTensor, Model, Runtime, TensorInfo};
-use silica_tensor::backend::validate_args;
+use crate::error::{NeuronError, NrtStatus};
+use crate::runtime::{DeviceTensor, Model, Runtime, TensorInfo, TensorSet};
+use silica_tensor::backend::{check_group_size, needs_group, validate_args};
 use silica_tensor::{
     Arg, Backend, BackendError, Buffer, DType, Executable, HostTensor, Program, Shape, Signature,
     TensorSpec,
@@ -27,7 +35,8 @@ const NAME: &str = "neuron";
 pub struct NeuronOptions {
     /// Compile target; detected from the instance when `None` (see [`Target::detect`]).
     pub target: Option<Target>,
-    /// The NeuronCore (index among the visible ones) that runs programs and holds buffers.
+    /// The NeuronCore (index among the visible ones) that runs programs and holds buffers; for
+    /// a tensor-parallel program the first of its consecutive cores (rank r on `core + r`).
     pub core: u32,
     /// NEFF cache folder; [`default_cache_dir`] when `None`.
     pub cache_dir: Option<PathBuf>,
@@ -114,16 +123,98 @@ impl NeuronBackend {
         )
     }
 
-    /// Loads a NEFF file and binds it to `sig`.
+    /// Loads a NEFF file and binds it to `sig`: on this backend's core, or for a program of
+    /// `sig.world` > 1 ranks once per rank with `nrt_load_collectives`, rank r on core
+    /// `core + r`.
     pub fn load_neff(&self, neff: &[u8], sig: Signature) -> Result<NeuronExecutable, NeuronError> {
-        let model = self.rt.load(neff, self.core, &sig.name)?;
-        let binding = Binding::new(&model, &sig)?;
+        let world = sig.world.max(1);
+        let models = if world == 1 {
+            vec![self.rt.load(neff, self.core, &sig.name)?]
+        } else {
+            self.check_world(world)?;
+            // Every rank loads on its own thread, at once: the runtime sets up the collective
+            // communicator while loading, which may wait for every rank of the group to be
+            // loading, so one thread loading rank after rank could wait forever. (`Runtime` is
+            // Sync: libnrt calls are not tied to a thread; see runtime.rs.) A failure of any
+            // rank unloads the others (Model's Drop); its error names the rank.
+            let name = sig.name.as_str();
+            let loaded: Vec<Result<Model, NeuronError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..world)
+                    .map(|r| {
+                        s.spawn(move || {
+                            self.rt.load_collectives(
+                                neff,
+                                self.core + r as i32,
+                                r as u32,
+                                world as u32,
+                                name,
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, h)| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(NeuronError::Config(format!(
+                                "loading rank {r} of `{}`: its thread panicked",
+                                name
+                            )))
+                        })
+                    })
+                    .collect()
+            });
+            loaded.into_iter().collect::<Result<Vec<_>, _>>()?
+        };
+        let binding = Binding::new(&models[0], &sig)?;
+        for (r, m) in models.iter().enumerate().skip(1) {
+            // One NEFF: the runtime reports the same tensors for every rank.
+            if Binding::new(m, &sig)? != binding {
+                return Err(NeuronError::Binding {
+                    model: sig.name.clone(),
+                    message: format!("rank {r} reports other NEFF tensors than rank 0"),
+                });
+            }
+        }
         Ok(NeuronExecutable {
             rt: self.rt,
-            model,
+            models,
             sig,
             binding,
         })
+    }
+
+    /// The first NeuronCore of this backend's group (rank 0's).
+    pub fn core(&self) -> u32 {
+        self.core as u32
+    }
+
+    /// Checks that a group of `world` ranks fits on the visible cores from this backend's core.
+    fn check_world(&self, world: usize) -> Result<(), NeuronError> {
+        let Some(visible) = self.visible else {
+            // This libnrt cannot say; loading reports NRT_LOAD_NOT_ENOUGH_NC if they are not.
+            return Ok(());
+        };
+        let first = self.core as usize;
+        if first + world > visible as usize {
+            return Err(NeuronError::Config(format!(
+                "tensor parallelism over {world} ranks needs NeuronCores {first}..={} but {visible} \
+                 are visible to this process (NEURON_RT_VISIBLE_CORES={}); use a tensor-parallel \
+                 degree of at most {} starting at NeuronCore {first}, start the group at a lower \
+                 core, or make more NeuronCores visible",
+                first + world - 1,
+                std::env::var("NEURON_RT_VISIBLE_CORES").unwrap_or_else(|_| "(unset)".into()),
+                (visible as usize).saturating_sub(first),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The NeuronCore of rank `rank`, checked to be visible.
+    fn rank_core(&self, rank: usize) -> Result<i32, NeuronError> {
+        self.check_world(rank + 1)?;
+        Ok(self.core + rank as i32)
     }
 }
 
@@ -230,71 +321,114 @@ impl Binding {
     }
 }
 
-/// A program loaded on a NeuronCore.
+/// A program loaded on a NeuronCore, or on each core of a tensor-parallel group.
 pub struct NeuronExecutable {
     rt: &'static Runtime,
-    model: Model,
+    /// Rank r's model (on NeuronCore `core + r`); one model for a single-rank program.
+    models: Vec<Model>,
     sig: Signature,
     binding: Binding,
 }
 
+/// The tensors of one rank's `nrt_execute`: its inputs (borrowed from the arguments) and the
+/// fresh device tensors of its returned outputs.
+struct RankTensors<'a> {
+    inputs: Vec<&'a DeviceTensor>,
+    fresh: Vec<(usize, DeviceTensor)>,
+}
+
 impl NeuronExecutable {
+    /// Rank 0's model (the only one of a single-rank program).
     pub fn model(&self) -> &Model {
-        &self.model
+        &self.models[0]
+    }
+    /// Every rank's model, in rank order.
+    pub fn models(&self) -> &[Model] {
+        &self.models
     }
     pub fn binding(&self) -> &Binding {
         &self.binding
     }
 
-    fn run(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, NeuronError> {
-        let core = self.model.core();
-        let mut tensors: Vec<&DeviceTensor> = Vec::with_capacity(args.len());
+    /// Rank `rank`'s input tensors, each checked to be a neuron buffer on the rank's core.
+    fn inputs<'a>(
+        &self,
+        rank: usize,
+        args: &'a [Arg<'_>],
+    ) -> Result<Vec<&'a DeviceTensor>, String> {
+        let core = self.models[rank].core();
+        let mut tensors = Vec::with_capacity(args.len());
         for (spec, a) in self.sig.inputs.iter().zip(args.iter()) {
             let t = &a
                 .buffer()
                 .downcast_ref::<NeuronBuf>()
-                .ok_or_else(|| {
-                    NeuronError::Config(format!("input `{}` is not a neuron buffer", spec.name))
-                })?
+                .ok_or_else(|| format!("input `{}` is not a neuron buffer", spec.name))?
                 .tensor;
             if t.core() != core {
-                return Err(NeuronError::Config(format!(
-                    "input `{}` lives on NeuronCore {} but `{}` runs on NeuronCore {core}",
+                let who = if self.models.len() > 1 {
+                    format!("rank {rank} of `{}`", self.sig.name)
+                } else {
+                    format!("`{}`", self.sig.name)
+                };
+                return Err(format!(
+                    "input `{}` lives on NeuronCore {} but {who} runs on NeuronCore {core}{}",
                     spec.name,
                     t.core(),
-                    self.sig.name
-                )));
+                    if self.models.len() > 1 {
+                        " (upload rank r's arguments with upload_to(tensor, r))"
+                    } else {
+                        ""
+                    }
+                ));
             }
             tensors.push(t);
         }
-        // Fresh device tensors for returned outputs; aliased outputs write into their input.
-        let mut fresh: Vec<(usize, DeviceTensor)> = Vec::new();
+        Ok(tensors)
+    }
+
+    /// Allocates rank `rank`'s returned outputs on its core.
+    fn prepare<'a>(
+        &self,
+        rank: usize,
+        inputs: Vec<&'a DeviceTensor>,
+    ) -> Result<RankTensors<'a>, NeuronError> {
+        let core = self.models[rank].core();
+        let mut fresh = Vec::new();
         for (o, spec) in self.sig.returned_outputs() {
             let bytes = spec.shape.elem_count() * spec.dtype.size_in_bytes();
             fresh.push((o, self.rt.allocate(core, bytes, &spec.name)?));
         }
-        {
-            let mut ins = self.rt.tensor_set()?;
-            for (name, i) in &self.binding.inputs {
-                ins.add(name, tensors[*i])?;
-            }
-            let mut outs = self.rt.tensor_set()?;
-            for (name, o) in &self.binding.outputs {
-                let t = match self.sig.aliases.iter().find(|a| a.output == *o) {
-                    Some(a) => tensors[a.input],
-                    None => {
-                        &fresh
-                            .iter()
-                            .find(|(k, _)| k == o)
-                            .expect("allocated above")
-                            .1
-                    }
-                };
-                outs.add(name, t)?;
-            }
-            self.model.execute(&ins, &mut outs)?;
+        Ok(RankTensors { inputs, fresh })
+    }
+
+    /// The input and output tensor sets of one rank: aliased outputs write into their input.
+    fn tensor_sets<'t>(
+        &self,
+        t: &'t RankTensors<'t>,
+    ) -> Result<(TensorSet<'t>, TensorSet<'t>), NeuronError> {
+        let mut ins = self.rt.tensor_set()?;
+        for (name, i) in &self.binding.inputs {
+            ins.add(name, t.inputs[*i])?;
         }
-        Ok(fresh
+        let mut outs = self.rt.tensor_set()?;
+        for (name, o) in &self.binding.outputs {
+            let tensor = match self.sig.aliases.iter().find(|a| a.output == *o) {
+                Some(a) => t.inputs[a.input],
+                None => {
+                    &t.fresh
+                        .iter()
+                        .find(|(k, _)| k == o)
+                        .expect("allocated in prepare")
+                        .1
+                }
+            };
+            outs.add(name, tensor)?;
+        }
+        Ok((ins, outs))
+    }
+
+    fn buffers(&self, fresh: Vec<(usize, DeviceTensor)>) -> Vec<Buffer> {
+        fresh
             .into_iter()
             .map(|(o, t)| {
                 let s = &self.sig.outputs[o];
@@ -305,7 +439,131 @@ impl NeuronExecutable {
                     Box::new(NeuronBuf { tensor: t }),
                 )
             })
-            .collect())
+            .collect()
+    }
+
+    fn run(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, NeuronError> {
+        let inputs = self.inputs(0, args).map_err(NeuronError::Config)?;
+        let t = self.prepare(0, inputs)?;
+        {
+            let (ins, mut outs) = self.tensor_sets(&t)?;
+            self.models[0].execute(&ins, &mut outs)?;
+        }
+        Ok(self.buffers(t.fresh))
+    }
+
+    /// [`Executable::execute_group`] with the runtime's typed error: a failing rank's
+    /// [`NeuronError`] (its status, e.g. `NRT_TIMEOUT` when a peer never reached a collective),
+    /// whose context names the rank and the other ranks that failed. Every rank's arguments are
+    /// checked (count, dtypes, shapes, NeuronCore) and every rank's outputs allocated before any
+    /// rank starts, so a rejected call runs nothing and leaves no tensor behind.
+    pub fn run_group(&self, args: &mut [Vec<Arg<'_>>]) -> Result<Vec<Vec<Buffer>>, NeuronError> {
+        let world = self.models.len();
+        check_group_size(&self.sig, args.len()).map_err(|e| NeuronError::Config(e.to_string()))?;
+        for (r, a) in args.iter().enumerate() {
+            validate_args(&self.sig, NAME, a)
+                .map_err(|e| NeuronError::Config(format!("rank {r}: {e}")))?;
+        }
+        let inputs = args
+            .iter()
+            .enumerate()
+            .map(|(r, a)| self.inputs(r, a).map_err(NeuronError::Config))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ranks = Vec::with_capacity(world);
+        for (r, inputs) in inputs.into_iter().enumerate() {
+            ranks.push(self.prepare(r, inputs)?);
+        }
+        let results: Vec<Result<(), NeuronError>> = {
+            let mut sets = Vec::with_capacity(world);
+            for t in &ranks {
+                sets.push(self.tensor_sets(t)?);
+            }
+            // Every rank's nrt_execute must be in flight at once: a collective returns only
+            // when all ranks reached it, so running them one after another would deadlock (or,
+            // with the runtime's timeout, fail). Thread safety: `Model` is Sync (libnrt allows
+            // nrt_execute from any thread; each rank has its own model), each rank's
+            // `TensorSet`s are Send and moved into that rank's thread alone, and the device
+            // tensors they borrow are only read by the host meanwhile (`args` is borrowed
+            // mutably for the whole call, so no host write can race the executions). The scope
+            // joins every thread before the tensors and sets can be dropped.
+            std::thread::scope(|s| {
+                let handles: Vec<_> = sets
+                    .into_iter()
+                    .zip(&self.models)
+                    .map(|((ins, mut outs), model)| s.spawn(move || model.execute(&ins, &mut outs)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, h)| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(NeuronError::Config(format!(
+                                "rank {r} of `{}`: its execution thread panicked",
+                                self.sig.name
+                            )))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let failed: Vec<(usize, NeuronError)> = results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(r, res)| res.err().map(|e| (r, e)))
+            .collect();
+        if !failed.is_empty() {
+            // `ranks` drops here: every rank's fresh outputs are freed.
+            return Err(group_error(&self.sig.name, world, failed));
+        }
+        Ok(ranks.into_iter().map(|t| self.buffers(t.fresh)).collect())
+    }
+}
+
+/// One error for a failed group execution: the root cause — the first rank that failed with
+/// something other than a timeout (a peer that merely waited for it times out too) — with the
+/// other failing ranks named in its context.
+fn group_error(program: &str, world: usize, mut failed: Vec<(usize, NeuronError)>) -> NeuronError {
+    let primary = failed
+        .iter()
+        .position(|(_, e)| e.status() != Some(NrtStatus::Timeout))
+        .unwrap_or(0);
+    let (rank, err) = failed.remove(primary);
+    let others = failed
+        .iter()
+        .map(|(r, e)| match e.status() {
+            Some(s) => format!("rank {r}: {s}"),
+            None => format!("rank {r}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let also = if others.is_empty() {
+        String::new()
+    } else {
+        format!("; also failed: {others}")
+    };
+    match err {
+        NeuronError::Call {
+            call,
+            status,
+            context,
+        } => NeuronError::Call {
+            call,
+            status,
+            // The runtime's context already names the rank (see Model::execute).
+            context: format!(
+                "{context}, in a group of {world} running `{program}`{also}{}",
+                if status == NrtStatus::Timeout {
+                    "; a collective waits for every rank of the group, so a rank that never \
+                     reached it (not executing, hung, or on a core another process holds) \
+                     times out its peers"
+                } else {
+                    ""
+                }
+            ),
+        },
+        other => NeuronError::Config(format!(
+            "rank {rank} of {world} running `{program}`: {other}{also}"
+        )),
     }
 }
 
@@ -315,8 +573,30 @@ impl Executable for NeuronExecutable {
     }
 
     fn execute(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, BackendError> {
+        if self.sig.world != 1 {
+            return Err(needs_group(&self.sig));
+        }
         validate_args(&self.sig, NAME, args)?;
         Ok(self.run(args)?)
+    }
+
+    fn execute_group(&self, args: &mut [Vec<Arg<'_>>]) -> Result<Vec<Vec<Buffer>>, BackendError> {
+        check_group_size(&self.sig, args.len())?;
+        if self.sig.world == 1 {
+            return Ok(vec![self.execute(&mut args[0])?]);
+        }
+        // Argument errors are the caller's (InvalidArgument, as on the CPU backend); run_group
+        // repeats these cheap checks so that it is safe to call on its own.
+        for (r, a) in args.iter().enumerate() {
+            validate_args(&self.sig, NAME, a).map_err(|e| match e {
+                BackendError::InvalidArgument(m) => {
+                    BackendError::InvalidArgument(format!("rank {r}: {m}"))
+                }
+                other => other,
+            })?;
+            self.inputs(r, a).map_err(BackendError::InvalidArgument)?;
+        }
+        Ok(self.run_group(args)?)
     }
 }
 
@@ -343,8 +623,19 @@ impl Backend for NeuronBackend {
     }
 
     fn upload(&self, tensor: &HostTensor) -> Result<Buffer, BackendError> {
+        self.upload_to(tensor, 0)
+    }
+
+    /// The visible cores from this backend's first core on: rank r runs on `core + r`.
+    fn max_world(&self) -> Option<usize> {
+        self.visible
+            .map(|v| (v as usize).saturating_sub(self.core as usize))
+    }
+
+    fn upload_to(&self, tensor: &HostTensor, rank: usize) -> Result<Buffer, BackendError> {
+        let core = self.rank_core(rank)?;
         let bytes = tensor.as_bytes();
-        let mut t = self.rt.allocate(self.core, bytes.len(), "silica-upload")?;
+        let mut t = self.rt.allocate(core, bytes.len(), "silica-upload")?;
         t.write(bytes, 0)?;
         Ok(Buffer::new(
             NAME,
@@ -368,6 +659,10 @@ impl Backend for NeuronBackend {
 
     fn zeros(&self, dtype: DType, shape: &Shape) -> Result<Buffer, BackendError> {
         self.upload(&HostTensor::zeros(dtype, shape.clone()))
+    }
+
+    fn zeros_on(&self, dtype: DType, shape: &Shape, rank: usize) -> Result<Buffer, BackendError> {
+        self.upload_to(&HostTensor::zeros(dtype, shape.clone()), rank)
     }
 }
 

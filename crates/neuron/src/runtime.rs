@@ -146,10 +146,14 @@ impl Runtime {
         check("nrt_load", code, || {
             format!("`{name}` ({} bytes) on NeuronCore {core}", neff.len())
         })?;
-        Model::new(self, out, core, name)
+        Model::new(self, out, core, None, name)
     }
 
-    /// Loads a NEFF that contains collectives, as rank `rank` of `world` participants.
+    /// Loads a NEFF that contains collectives, as rank `rank` of `world` participants
+    /// (nrt.h: `nrt_load_collectives(neff_bytes, size, start_vnc, vnc_count, g_device_id,
+    /// g_device_count, &model)`; the ids are the rank within the collective group). Every rank
+    /// of a group loads the same NEFF, each on its own NeuronCore, and all of them must then
+    /// execute concurrently: a collective waits until every rank has reached it.
     pub fn load_collectives(
         &'static self,
         neff: &[u8],
@@ -186,9 +190,9 @@ impl Runtime {
             )
         };
         check("nrt_load_collectives", code, || {
-            format!("`{name}` rank {rank}/{world} on NeuronCore {core}")
+            format!("`{name}` rank {rank} of {world} on NeuronCore {core}")
         })?;
-        Model::new(self, out, core, name)
+        Model::new(self, out, core, Some((rank, world)), name)
     }
 
     /// An empty tensor set.
@@ -411,6 +415,8 @@ pub struct Model {
     rt: &'static Runtime,
     ptr: NonNull<NrtModel>,
     core: i32,
+    /// (rank, world) when loaded with `nrt_load_collectives`.
+    collectives: Option<(u32, u32)>,
     name: String,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
@@ -426,6 +432,7 @@ impl Model {
         rt: &'static Runtime,
         raw: *mut NrtModel,
         core: i32,
+        collectives: Option<(u32, u32)>,
         name: &str,
     ) -> Result<Model, NeuronError> {
         let ptr = NonNull::new(raw).ok_or_else(|| NeuronError::Call {
@@ -438,6 +445,7 @@ impl Model {
             rt,
             ptr,
             core,
+            collectives,
             name: name.to_string(),
             inputs: vec![],
             outputs: vec![],
@@ -515,6 +523,14 @@ impl Model {
     pub fn core(&self) -> i32 {
         self.core
     }
+    /// `(rank, world)` of a model loaded with [`Runtime::load_collectives`].
+    pub fn collectives(&self) -> Option<(u32, u32)> {
+        self.collectives
+    }
+    /// The runtime's handle (for tools and tests that query the runtime about it).
+    pub fn as_ptr(&self) -> *mut NrtModel {
+        self.ptr.as_ptr()
+    }
     pub fn inputs(&self) -> &[TensorInfo] {
         &self.inputs
     }
@@ -587,8 +603,12 @@ impl Model {
         let code = unsafe {
             (self.rt.api.execute)(self.ptr.as_ptr(), inputs.ptr.as_ptr(), outputs.ptr.as_ptr())
         };
-        check("nrt_execute", code, || {
-            format!("model `{}` on NeuronCore {}", self.name, self.core)
+        check("nrt_execute", code, || match self.collectives {
+            Some((rank, world)) => format!(
+                "model `{}` rank {rank} of {world} on NeuronCore {}",
+                self.name, self.core
+            ),
+            None => format!("model `{}` on NeuronCore {}", self.name, self.core),
         })
     }
 }
@@ -598,6 +618,7 @@ impl std::fmt::Debug for Model {
         f.debug_struct("Model")
             .field("name", &self.name)
             .field("core", &self.core)
+            .field("collectives", &self.collectives)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .finish()

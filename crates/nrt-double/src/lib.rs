@@ -11,9 +11,22 @@
 //! names follow XLA-compiled NEFFs: `input{i}` for parameter `i`, `output{i}` for tuple element `i`.
 //!
 //! **Test controls** (extra exports, prefixed `silica_double_`): call log, error injection,
-//! live-handle counters (leak checks), the reported version, per-core memory, visible cores.
+//! live-handle counters (leak checks), the reported version, per-core memory, visible cores,
+//! the collective timeout and how each model was loaded.
 //! The number of visible NeuronCores is read from `SILICA_NRT_DOUBLE_CORES` at `nrt_init`
-//! (default 2, one Inferentia2 chip), as the real runtime reads `NEURON_RT_VISIBLE_CORES`.
+//! (default 2, one Inferentia2 chip), as the real runtime reads `NEURON_RT_VISIBLE_CORES`;
+//! `silica_double_set_cores` changes it later (one test process, several configurations).
+//!
+//! **Collectives** (tensor parallelism): a NEFF whose program contains all-reduce/all-gather
+//! must be loaded with `nrt_load_collectives(…, ctx_device_id = rank, ctx_device_count = world)`
+//! once per rank, `world` matching the NEFF's replica groups. The models loaded from the same
+//! NEFF form one collective context: each rank at most once while loaded (a second load of a
+//! rank fails, as would a world that does not match). `nrt_execute` of such a model runs the
+//! program as that rank ([`CpuExecutable::execute_rank`]) and meets its peers — other threads
+//! calling `nrt_execute` on the other ranks' models — in the context's [`Group`]. A rank whose
+//! peers do not all arrive within the collective timeout (default 10 s) returns `NRT_TIMEOUT`
+//! instead of hanging, as the real runtime's collectives time out. `nrt_execute` runs without
+//! the double's global lock held, so the ranks really execute concurrently.
 //!
 //! Behaviour chosen to be at least as strict as the real runtime: a second `nrt_init` fails,
 //! `nrt_init` after `nrt_close` returns `NRT_CLOSED`, calls before `nrt_init` return
@@ -23,11 +36,17 @@
 
 mod hlo_exec;
 
-use silica_tensor::cpu::CpuBackend;
-use silica_tensor::{Backend, Executable, HostTensor};
+use silica_tensor::cpu::{CpuBackend, CpuExecutable};
+use silica_tensor::{
+    Arg, Backend, BackendError, Collective, Executable, Group, HostTensor, Member, Solo,
+};
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// First bytes of a stand-in NEFF (format version 1).
 pub const NEFF_MAGIC: &[u8] = b"SILICA-NRT-DOUBLE-NEFF/1\n";
@@ -39,6 +58,7 @@ const NRT_FAILURE: c_int = 1;
 const NRT_INVALID: c_int = 2;
 const NRT_INVALID_HANDLE: c_int = 3;
 const NRT_RESOURCE: c_int = 4;
+const NRT_TIMEOUT: c_int = 5;
 const NRT_LOAD_NOT_ENOUGH_NC: c_int = 9;
 const NRT_UNSUPPORTED_NEFF_VERSION: c_int = 10;
 const NRT_UNINITIALIZED: c_int = 13;
@@ -83,9 +103,24 @@ struct Tensor {
 }
 
 struct Model {
-    exe: Arc<dyn Executable>,
+    exe: Arc<CpuExecutable>,
     inputs: Vec<hlo_exec::IoSpec>,
     outputs: Vec<hlo_exec::IoSpec>,
+    /// The NeuronCore it was loaded on.
+    core: usize,
+    /// `(ctx_device_id, ctx_device_count)` when loaded with `nrt_load_collectives`.
+    collectives: Option<(u32, u32)>,
+    /// The collective context it executes in: set when its program has collectives.
+    context: Option<u64>,
+}
+
+/// The ranks of one collective NEFF that are loaded now, and where they meet.
+struct CollContext {
+    world: usize,
+    /// Model handle per rank (`None`: that rank is not loaded).
+    ranks: Vec<Option<usize>>,
+    /// Replaced by a fresh group when an execution fails: a failed group stays aborted.
+    group: Arc<Group>,
 }
 
 struct InfoAlloc {
@@ -110,6 +145,10 @@ struct State {
     sets: HashMap<usize, Box<HashMap<String, usize>>>,
     models: HashMap<usize, Box<Model>>,
     infos: HashMap<usize, InfoAlloc>,
+    /// Collective contexts by NEFF (hash of its bytes).
+    contexts: HashMap<u64, CollContext>,
+    /// How long a rank waits at a collective for its peers.
+    collective_timeout: Duration,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -132,6 +171,8 @@ fn state() -> MutexGuard<'static, Option<State>> {
             sets: HashMap::new(),
             models: HashMap::new(),
             infos: HashMap::new(),
+            contexts: HashMap::new(),
+            collective_timeout: Duration::from_secs(10),
         });
     }
     g
@@ -295,19 +336,57 @@ unsafe fn load(
                 return NRT_INVALID;
             }
         };
-        let exe = match CpuBackend::new().compile(&decoded.program) {
-            Ok(x) => x,
-            Err(e) => {
-                eprintln!("silica-nrt-double: {e}");
+        let program_world = decoded.program.world();
+        // A NEFF with collectives needs the collective context the runtime sets up only in
+        // nrt_load_collectives, for the world its replica groups name.
+        let context = match (program_world, collectives) {
+            (1, _) => None,
+            (w, None) => {
+                eprintln!(
+                    "silica-nrt-double: the NEFF has collectives over {w} ranks: load it with \
+                     nrt_load_collectives"
+                );
                 return NRT_INVALID;
+            }
+            (w, Some((_, world))) if world as usize != w => {
+                eprintln!(
+                    "silica-nrt-double: the NEFF's collectives span {w} ranks but it was loaded \
+                     for {world}"
+                );
+                return NRT_INVALID;
+            }
+            (w, Some((rank, _))) => {
+                let mut h = DefaultHasher::new();
+                bytes.hash(&mut h);
+                let ctx = h.finish();
+                let timeout = st.collective_timeout;
+                let c = st.contexts.entry(ctx).or_insert_with(|| CollContext {
+                    world: w,
+                    ranks: vec![None; w],
+                    group: Group::new(w, Some(timeout)),
+                });
+                if c.ranks[rank as usize].is_some() {
+                    eprintln!(
+                        "silica-nrt-double: rank {rank} of this NEFF is already loaded (unload \
+                         it first)"
+                    );
+                    return NRT_INVALID;
+                }
+                Some(ctx)
             }
         };
         let m = Box::new(Model {
-            exe,
+            exe: Arc::new(CpuExecutable::new(&decoded.program)),
             inputs: decoded.inputs,
             outputs: decoded.outputs,
+            core,
+            collectives,
+            context,
         });
         let key = &*m as *const Model as usize;
+        if let (Some(ctx), Some((rank, _))) = (context, collectives) {
+            st.contexts.get_mut(&ctx).expect("made above").ranks[rank as usize] = Some(key);
+        }
         st.models.insert(key, m);
         *out = key as *mut c_void;
         NRT_SUCCESS
@@ -349,7 +428,17 @@ pub unsafe extern "C" fn nrt_load_collectives(
 pub unsafe extern "C" fn nrt_unload(model: *mut c_void) -> c_int {
     with_state("nrt_unload", true, |st| {
         match st.models.remove(&(model as usize)) {
-            Some(_) => NRT_SUCCESS,
+            Some(m) => {
+                if let (Some(ctx), Some((rank, _))) = (m.context, m.collectives) {
+                    if let Some(c) = st.contexts.get_mut(&ctx) {
+                        c.ranks[rank as usize] = None;
+                        if c.ranks.iter().all(Option::is_none) {
+                            st.contexts.remove(&ctx);
+                        }
+                    }
+                }
+                NRT_SUCCESS
+            }
             None => NRT_INVALID_HANDLE,
         }
     })
@@ -585,74 +674,225 @@ pub unsafe extern "C" fn nrt_add_tensor_to_tensor_set(
     })
 }
 
+/// What `nrt_execute` gathered under the lock: the program, copies of its inputs, and where
+/// its outputs go.
+struct Prepared {
+    exe: Arc<CpuExecutable>,
+    args: Vec<HostTensor>,
+    targets: Vec<usize>,
+    /// (context, group, rank, world, timeout) for a rank of a collective model.
+    collective: Option<(u64, Arc<Group>, usize, usize, Duration)>,
+}
+
+/// A rank's [`Member`] that notes whether an exchange failed because the wait ran out (the
+/// group's timeout), so the status can say `NRT_TIMEOUT` rather than a generic failure.
+struct Timed {
+    member: Member,
+    timeout: Duration,
+    timed_out: AtomicBool,
+}
+
+impl Collective for Timed {
+    fn rank(&self) -> usize {
+        self.member.rank()
+    }
+    fn world(&self) -> usize {
+        self.member.world()
+    }
+    fn exchange(&self, x: HostTensor) -> Result<Arc<Vec<HostTensor>>, BackendError> {
+        let start = Instant::now();
+        let r = self.member.exchange(x);
+        // An exchange fails early only when a peer failed; failing after the whole timeout
+        // means this rank (or the peer that aborted after the same wait) waited it out.
+        if r.is_err() && start.elapsed() >= self.timeout {
+            self.timed_out.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Runs `exe` as rank `comm.rank()` on host copies of its inputs; returns every output in
+/// output order (an aliased output is the updated input).
+fn run_rank(
+    exe: &CpuExecutable,
+    args: &[HostTensor],
+    comm: &dyn Collective,
+) -> Result<Vec<HostTensor>, BackendError> {
+    let cpu = CpuBackend::new();
+    let sig = exe.signature();
+    let mut bufs = args
+        .iter()
+        .map(|t| cpu.upload(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let returned = {
+        let mut a: Vec<Arg> = bufs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                if sig.alias_of_input(i).is_some() {
+                    Arg::InOut(b)
+                } else {
+                    Arg::In(b)
+                }
+            })
+            .collect();
+        exe.execute_rank(&mut a, comm)?
+    };
+    let mut returned = returned.into_iter();
+    let mut out = Vec::with_capacity(sig.outputs.len());
+    for o in 0..sig.outputs.len() {
+        let b = match sig.aliases.iter().find(|a| a.output == o) {
+            Some(a) => cpu.download(&bufs[a.input])?,
+            None => cpu.download(&returned.next().ok_or_else(|| {
+                BackendError::InvalidArgument("too few outputs returned".into())
+            })?)?,
+        };
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// Resolves and checks the model and every tensor of an execution (under the lock).
+fn prepare(
+    st: &State,
+    model: *mut c_void,
+    input_set: *const c_void,
+    output_set: *mut c_void,
+) -> Result<Prepared, c_int> {
+    let Some(m) = st.models.get(&(model as usize)) else {
+        return Err(NRT_INVALID_HANDLE);
+    };
+    let (Some(ins), Some(outs)) = (
+        st.sets.get(&(input_set as usize)),
+        st.sets.get(&(output_set as usize)),
+    ) else {
+        return Err(NRT_INVALID_HANDLE);
+    };
+    // Resolve and check every tensor before computing anything (the real runtime rejects
+    // a call whose tensors do not match the NEFF with NRT_EXEC_BAD_INPUT).
+    let mut args = Vec::with_capacity(m.inputs.len());
+    for spec in &m.inputs {
+        let Some(t) = ins.get(&spec.name).and_then(|k| st.tensors.get(k)) else {
+            eprintln!("silica-nrt-double: input `{}` missing", spec.name);
+            return Err(NRT_EXEC_BAD_INPUT);
+        };
+        if t.data.len() != spec.bytes() {
+            return Err(NRT_EXEC_BAD_INPUT);
+        }
+        match HostTensor::from_bytes(spec.dtype, spec.dims.clone(), &t.data) {
+            Ok(h) => args.push(h),
+            Err(_) => return Err(NRT_EXEC_BAD_INPUT),
+        }
+    }
+    let mut targets = Vec::with_capacity(m.outputs.len());
+    for spec in &m.outputs {
+        match outs.get(&spec.name) {
+            Some(&k)
+                if st
+                    .tensors
+                    .get(&k)
+                    .is_some_and(|t| t.data.len() == spec.bytes()) =>
+            {
+                targets.push(k)
+            }
+            _ => {
+                eprintln!(
+                    "silica-nrt-double: output `{}` missing or wrong size",
+                    spec.name
+                );
+                return Err(NRT_EXEC_BAD_INPUT);
+            }
+        }
+    }
+    let collective = match (m.context, m.collectives) {
+        (Some(ctx), Some((rank, world))) => {
+            let c = st
+                .contexts
+                .get(&ctx)
+                .expect("a loaded rank keeps its context");
+            Some((
+                ctx,
+                c.group.clone(),
+                rank as usize,
+                world as usize,
+                st.collective_timeout,
+            ))
+        }
+        _ => None,
+    };
+    Ok(Prepared {
+        exe: m.exe.clone(),
+        args,
+        targets,
+        collective,
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn nrt_execute(
     model: *mut c_void,
     input_set: *const c_void,
     output_set: *mut c_void,
 ) -> c_int {
-    with_state("nrt_execute", true, |st| {
-        let Some(m) = st.models.get(&(model as usize)) else {
-            return NRT_INVALID_HANDLE;
-        };
-        let (Some(ins), Some(outs)) = (
-            st.sets.get(&(input_set as usize)),
-            st.sets.get(&(output_set as usize)),
-        ) else {
-            return NRT_INVALID_HANDLE;
-        };
-        // Resolve and check every tensor before computing anything (the real runtime rejects
-        // a call whose tensors do not match the NEFF with NRT_EXEC_BAD_INPUT).
-        let mut args = Vec::with_capacity(m.inputs.len());
-        for spec in &m.inputs {
-            let Some(t) = ins.get(&spec.name).and_then(|k| st.tensors.get(k)) else {
-                eprintln!("silica-nrt-double: input `{}` missing", spec.name);
-                return NRT_EXEC_BAD_INPUT;
+    // Phase 1 under the lock: log, inject, resolve and copy the inputs.
+    let prepared = {
+        let mut g = state();
+        let st = g.as_mut().expect("state made above");
+        if let Some(s) = st.enter("nrt_execute") {
+            return s;
+        }
+        if let Err(s) = st.ready() {
+            return s;
+        }
+        match prepare(st, model, input_set, output_set) {
+            Ok(p) => p,
+            Err(s) => return s,
+        }
+    };
+    // Phase 2 without it: compute (a collective rank waits here for its peers, which need the
+    // lock for their own phase 1).
+    let (result, timed_out) = match &prepared.collective {
+        None => (run_rank(&prepared.exe, &prepared.args, &Solo), false),
+        Some((_, group, rank, _, timeout)) => {
+            let comm = Timed {
+                member: group.member(*rank),
+                timeout: *timeout,
+                timed_out: AtomicBool::new(false),
             };
-            if t.data.len() != spec.bytes() {
-                return NRT_EXEC_BAD_INPUT;
-            }
-            match HostTensor::from_bytes(spec.dtype, spec.dims.clone(), &t.data) {
-                Ok(h) => args.push(h),
-                Err(_) => return NRT_EXEC_BAD_INPUT,
-            }
+            let r = run_rank(&prepared.exe, &prepared.args, &comm);
+            (r, comm.timed_out.load(Ordering::Relaxed))
         }
-        let mut targets = Vec::with_capacity(m.outputs.len());
-        for spec in &m.outputs {
-            match outs.get(&spec.name) {
-                Some(&k)
-                    if st
-                        .tensors
-                        .get(&k)
-                        .is_some_and(|t| t.data.len() == spec.bytes()) =>
-                {
-                    targets.push(k)
-                }
-                _ => {
-                    eprintln!(
-                        "silica-nrt-double: output `{}` missing or wrong size",
-                        spec.name
-                    );
-                    return NRT_EXEC_BAD_INPUT;
+    };
+    // Phase 3 under the lock: write the outputs, or retire a failed group.
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    let results = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("silica-nrt-double: execution failed: {e}");
+            if let Some((ctx, group, rank, world, timeout)) = &prepared.collective {
+                // Peers still waiting must not wait out the timeout for a rank that failed; and
+                // the next execution needs a group that is not aborted.
+                group.abort(&format!("rank {rank} failed: {e}"));
+                if let Some(c) = st.contexts.get_mut(ctx) {
+                    if Arc::ptr_eq(&c.group, group) {
+                        c.group = Group::new(*world, Some(*timeout));
+                    }
                 }
             }
+            return if timed_out { NRT_TIMEOUT } else { NRT_FAILURE };
         }
-        let cpu = CpuBackend::new();
-        let results = match silica_tensor::run_host(&cpu, &*m.exe, &args) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("silica-nrt-double: execution failed: {e}");
-                return NRT_FAILURE;
-            }
-        };
-        // All outputs are computed before any is written, so an output tensor that is also an
-        // input (in-place KV cache) is read before it is overwritten.
-        for (k, r) in targets.into_iter().zip(results) {
-            let t = st.tensors.get_mut(&k).expect("checked above");
-            t.data.copy_from_slice(r.as_bytes());
+    };
+    // All outputs are computed before any is written, so an output tensor that is also an
+    // input (in-place KV cache) is read before it is overwritten.
+    for (k, r) in prepared.targets.iter().zip(&results) {
+        match st.tensors.get_mut(k) {
+            Some(t) if t.data.len() == r.as_bytes().len() => t.data.copy_from_slice(r.as_bytes()),
+            // Freed while the execution ran: a caller bug the real runtime would not survive.
+            _ => return NRT_INVALID_HANDLE,
         }
-        NRT_SUCCESS
-    })
+    }
+    NRT_SUCCESS
 }
 
 // ------------------------------------------------------------------------ test controls
@@ -738,4 +978,61 @@ pub extern "C" fn silica_double_distinct_set_tensors() -> u64 {
     let st = g.as_ref().expect("state made above");
     let all: HashSet<usize> = st.sets.values().flat_map(|s| s.values().copied()).collect();
     all.len() as u64
+}
+
+/// Visible NeuronCores from now on (what `nrt_get_visible_vnc_count` reports and where
+/// tensors and models may be placed). Memory accounting of higher cores is kept, so tensors
+/// still live there are freed correctly.
+#[no_mangle]
+pub extern "C" fn silica_double_set_cores(n: u32) {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.cores = n as usize;
+    if st.core_used.len() < st.cores {
+        st.core_used.resize(st.cores, 0);
+    }
+}
+
+/// How long a rank of a collective model waits at a collective for its peers before its
+/// `nrt_execute` returns `NRT_TIMEOUT` (default 10 s). Applies to groups made from now on.
+#[no_mangle]
+pub extern "C" fn silica_double_set_collective_timeout_ms(ms: u64) {
+    let mut g = state();
+    let st = g.as_mut().expect("state made above");
+    st.collective_timeout = Duration::from_millis(ms);
+    // Existing contexts get a group with the new timeout (none may be executing now).
+    for c in st.contexts.values_mut() {
+        c.group = Group::new(c.world, Some(st.collective_timeout));
+    }
+}
+
+/// How `model` was loaded: its NeuronCore, and `ctx_device_id` / `ctx_device_count` of
+/// `nrt_load_collectives` (both `u32::MAX` after plain `nrt_load`). Returns `NRT_SUCCESS`, or
+/// `NRT_INVALID_HANDLE` for an unknown model.
+#[no_mangle]
+pub unsafe extern "C" fn silica_double_model_placement(
+    model: *mut c_void,
+    core: *mut u32,
+    rank: *mut u32,
+    world: *mut u32,
+) -> c_int {
+    let g = state();
+    let st = g.as_ref().expect("state made above");
+    let Some(m) = st.models.get(&(model as usize)) else {
+        return NRT_INVALID_HANDLE;
+    };
+    if core.is_null() || rank.is_null() || world.is_null() {
+        return NRT_INVALID;
+    }
+    let (r, w) = m.collectives.unwrap_or((u32::MAX, u32::MAX));
+    *core = m.core as u32;
+    *rank = r;
+    *world = w;
+    NRT_SUCCESS
+}
+
+/// Collective contexts (NEFFs with collectives with at least one rank loaded).
+#[no_mangle]
+pub extern "C" fn silica_double_collective_contexts() -> u64 {
+    state().as_ref().expect("state made above").contexts.len() as u64
 }

@@ -157,6 +157,38 @@ impl Double {
         self.sym::<extern "C" fn() -> u64>("silica_double_distinct_set_tensors")()
     }
 
+    /// Visible NeuronCores from now on.
+    pub fn set_cores(&self, n: u32) {
+        self.sym::<extern "C" fn(u32)>("silica_double_set_cores")(n)
+    }
+
+    /// How long a collective rank waits for its peers before `NRT_TIMEOUT`.
+    pub fn set_collective_timeout_ms(&self, ms: u64) {
+        self.sym::<extern "C" fn(u64)>("silica_double_set_collective_timeout_ms")(ms)
+    }
+
+    /// (core, rank, world) a model was loaded with; rank/world are `None` after plain
+    /// `nrt_load`.
+    pub fn placement(&self, model: *mut std::ffi::c_void) -> (u32, Option<u32>, Option<u32>) {
+        let f = self.sym::<unsafe extern "C" fn(
+            *mut std::ffi::c_void,
+            *mut u32,
+            *mut u32,
+            *mut u32,
+        ) -> c_int>("silica_double_model_placement");
+        let (mut c, mut r, mut w) = (0u32, 0u32, 0u32);
+        // SAFETY: valid out pointers; the double checks the handle.
+        let st = unsafe { f(model, &mut c, &mut r, &mut w) };
+        assert_eq!(st, 0, "model_placement status");
+        let some = |v: u32| (v != u32::MAX).then_some(v);
+        (c, some(r), some(w))
+    }
+
+    /// Collective contexts with a rank loaded.
+    pub fn collective_contexts(&self) -> u64 {
+        self.sym::<extern "C" fn() -> u64>("silica_double_collective_contexts")()
+    }
+
     /// Symbol lookup in the double, for `Api::resolve` with symbols hidden.
     pub fn lookup(&self, name: &str) -> Result<*const std::ffi::c_void, String> {
         let n = format!("{name}\0");
