@@ -5,49 +5,14 @@
 //! Lower-precision compute is compared with the same f32 reference; see `low_precision` for
 //! the tolerance argument.
 
-use serde_json::Value;
 use silica_models::{GenerateOptions, LoadOptions, LoadedModel};
 use silica_tensor::cpu::CpuBackend;
-use silica_tensor::{DType, SafetensorsFile};
-use std::path::{Path, PathBuf};
+use silica_tensor::DType;
+use std::path::Path;
 use std::sync::Arc;
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures")
-}
-
-fn cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .expect("models/fixtures exists (bash scripts/make_fixtures.sh)")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
-        .collect();
-    v.sort();
-    assert!(
-        v.len() >= 5,
-        "expected at least 5 fixture cases, found {}",
-        v.len()
-    );
-    v
-}
-
-fn reference(dir: &Path) -> (Value, SafetensorsFile) {
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-            .unwrap();
-    (
-        r,
-        SafetensorsFile::open(dir.join("reference.safetensors")).unwrap(),
-    )
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+mod common;
+use common::{fixtures as cases, ids, reference};
 
 fn load(dir: &Path, dtype: DType, max_context: Option<usize>) -> LoadedModel {
     let opts = LoadOptions {

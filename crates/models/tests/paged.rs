@@ -7,32 +7,11 @@ use silica_models::paged::{PagedModel, PagedRow};
 use silica_models::{LoadOptions, LoadedModel, LogitsMode};
 use silica_tensor::cpu::CpuBackend;
 use silica_tensor::{DType, SafetensorsFile};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .expect("models/fixtures exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
-        .collect();
-    v.sort();
-    assert!(
-        v.len() >= 5,
-        "expected the committed fixtures, found {}",
-        v.len()
-    );
-    v
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+mod common;
+use common::{fixtures, ids};
 
 fn load(dir: &Path) -> Arc<LoadedModel> {
     let opts = LoadOptions {

@@ -5,45 +5,18 @@
 //! fixtures cover split and replicated KV heads (2 KV heads over 4 ranks), tied and untied
 //! heads, vocabularies that do not divide by the degree (padded head shards) and qkv bias.
 
-use serde_json::Value;
 use silica_models::llama::build_step;
 use silica_models::paged::{PagedModel, PagedRow};
 use silica_models::tp::{Shard, TpLayout};
 use silica_models::weights::{random_weights, weight_specs};
 use silica_models::{presets, GenerateOptions, LoadOptions, LoadedModel, LogitsMode, StepShape};
 use silica_tensor::cpu::CpuBackend;
-use silica_tensor::{DType, HostTensor, Op, SafetensorsFile};
-use std::path::{Path, PathBuf};
+use silica_tensor::{DType, HostTensor, Op};
+use std::path::Path;
 use std::sync::Arc;
 
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .expect("models/fixtures exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 5, "expected the committed fixtures");
-    v
-}
-
-fn reference(dir: &Path) -> (Value, SafetensorsFile) {
-    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-        .unwrap();
-    (
-        r,
-        SafetensorsFile::open(dir.join("reference.safetensors")).unwrap(),
-    )
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+mod common;
+use common::{fixtures, ids, reference};
 
 fn load(dir: &Path, tp: usize) -> LoadedModel {
     let opts = LoadOptions {

@@ -22,8 +22,8 @@ use crate::error::{NeuronError, NrtStatus};
 use crate::runtime::{DeviceTensor, Model, Runtime, TensorInfo, TensorSet};
 use silica_tensor::backend::{check_group_size, needs_group, validate_args};
 use silica_tensor::{
-    Arg, Backend, BackendError, Buffer, DType, Executable, HostTensor, Program, Shape, Signature,
-    TensorSpec,
+    on_rank_threads, Arg, Backend, BackendError, Buffer, DType, Executable, HostTensor, Program,
+    Shape, Signature, TensorSpec,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -138,33 +138,19 @@ impl NeuronBackend {
             // Sync: libnrt calls are not tied to a thread; see runtime.rs.) A failure of any
             // rank unloads the others (Model's Drop); its error names the rank.
             let name = sig.name.as_str();
-            let loaded: Vec<Result<Model, NeuronError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..world)
-                    .map(|r| {
-                        s.spawn(move || {
-                            self.rt.load_collectives(
-                                neff,
-                                self.core + r as i32,
-                                r as u32,
-                                world as u32,
-                                name,
-                            )
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .enumerate()
-                    .map(|(r, h)| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(NeuronError::Config(format!(
-                                "loading rank {r} of `{}`: its thread panicked",
-                                name
-                            )))
-                        })
-                    })
-                    .collect()
-            });
+            let loaded = on_rank_threads(
+                vec![(); world],
+                |r, ()| {
+                    let core = self.core + r as i32;
+                    self.rt
+                        .load_collectives(neff, core, r as u32, world as u32, name)
+                },
+                |r| {
+                    Err(NeuronError::Config(format!(
+                        "loading rank {r} of `{name}`: its thread panicked"
+                    )))
+                },
+            );
             loaded.into_iter().collect::<Result<Vec<_>, _>>()?
         };
         let binding = Binding::new(&models[0], &sig)?;
@@ -486,25 +472,16 @@ impl NeuronExecutable {
             // tensors they borrow are only read by the host meanwhile (`args` is borrowed
             // mutably for the whole call, so no host write can race the executions). The scope
             // joins every thread before the tensors and sets can be dropped.
-            std::thread::scope(|s| {
-                let handles: Vec<_> = sets
-                    .into_iter()
-                    .zip(&self.models)
-                    .map(|((ins, mut outs), model)| s.spawn(move || model.execute(&ins, &mut outs)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .enumerate()
-                    .map(|(r, h)| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(NeuronError::Config(format!(
-                                "rank {r} of `{}`: its execution thread panicked",
-                                self.sig.name
-                            )))
-                        })
-                    })
-                    .collect()
-            })
+            on_rank_threads(
+                sets.into_iter().zip(&self.models).collect(),
+                |_, ((ins, mut outs), model)| model.execute(&ins, &mut outs),
+                |r| {
+                    Err(NeuronError::Config(format!(
+                        "rank {r} of `{}`: its execution thread panicked",
+                        self.sig.name
+                    )))
+                },
+            )
         };
         let failed: Vec<(usize, NeuronError)> = results
             .into_iter()

@@ -38,7 +38,7 @@ mod hlo_exec;
 
 use silica_tensor::cpu::{CpuBackend, CpuExecutable};
 use silica_tensor::{
-    Arg, Backend, BackendError, Collective, Executable, Group, HostTensor, Member, Solo,
+    run_host_with, BackendError, Collective, Executable, Group, HostTensor, Member, Solo,
 };
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -718,38 +718,10 @@ fn run_rank(
     args: &[HostTensor],
     comm: &dyn Collective,
 ) -> Result<Vec<HostTensor>, BackendError> {
-    let cpu = CpuBackend::new();
-    let sig = exe.signature();
-    let mut bufs = args
-        .iter()
-        .map(|t| cpu.upload(t))
-        .collect::<Result<Vec<_>, _>>()?;
-    let returned = {
-        let mut a: Vec<Arg> = bufs
-            .iter_mut()
-            .enumerate()
-            .map(|(i, b)| {
-                if sig.alias_of_input(i).is_some() {
-                    Arg::InOut(b)
-                } else {
-                    Arg::In(b)
-                }
-            })
-            .collect();
-        exe.execute_rank(&mut a, comm)?
-    };
-    let mut returned = returned.into_iter();
-    let mut out = Vec::with_capacity(sig.outputs.len());
-    for o in 0..sig.outputs.len() {
-        let b = match sig.aliases.iter().find(|a| a.output == o) {
-            Some(a) => cpu.download(&bufs[a.input])?,
-            None => cpu.download(&returned.next().ok_or_else(|| {
-                BackendError::InvalidArgument("too few outputs returned".into())
-            })?)?,
-        };
-        out.push(b);
-    }
-    Ok(out)
+    let mut out = run_host_with(&CpuBackend::new(), exe.signature(), &[args.to_vec()], |a| {
+        Ok(vec![exe.execute_rank(&mut a[0], comm)?])
+    })?;
+    Ok(out.pop().expect("one rank"))
 }
 
 /// Resolves and checks the model and every tensor of an execution (under the lock).

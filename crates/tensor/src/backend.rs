@@ -222,7 +222,26 @@ pub fn run_host_group(
     exe: &dyn Executable,
     inputs: &[Vec<HostTensor>],
 ) -> Result<Vec<Vec<HostTensor>>, BackendError> {
-    let sig = exe.signature().clone();
+    let sig = exe.signature();
+    run_host_with(backend, sig, inputs, |args| {
+        if args.len() == 1 && sig.world == 1 {
+            Ok(vec![exe.execute(&mut args[0])?])
+        } else {
+            exe.execute_group(args)
+        }
+    })
+}
+
+/// The body of [`run_host_group`] with the execution supplied by the caller (e.g. one rank of
+/// a group whose other ranks run elsewhere): uploads each rank's `inputs` for that rank, passes
+/// them as arguments (aliased inputs donated), and downloads every output in output order
+/// (aliased ones read back from their updated input buffers).
+pub fn run_host_with(
+    backend: &dyn Backend,
+    sig: &Signature,
+    inputs: &[Vec<HostTensor>],
+    execute: impl FnOnce(&mut [Vec<Arg<'_>>]) -> Result<Vec<Vec<Buffer>>, BackendError>,
+) -> Result<Vec<Vec<HostTensor>>, BackendError> {
     let mut bufs = inputs
         .iter()
         .enumerate()
@@ -248,11 +267,7 @@ pub fn run_host_group(
                     .collect()
             })
             .collect();
-        if args.len() == 1 && sig.world == 1 {
-            vec![exe.execute(&mut args[0])?]
-        } else {
-            exe.execute_group(&mut args)?
-        }
+        execute(&mut args)?
     };
     let mut all = Vec::with_capacity(bufs.len());
     for (bufs, returned) in bufs.iter().zip(returned) {

@@ -197,3 +197,26 @@ impl Collective for Solo {
         Ok(Arc::new(vec![x]))
     }
 }
+
+/// Runs `f(rank, item)` for every item on a thread of its own, all at once (a collective
+/// completes only when every rank has reached it, so ranks cannot run one after another), and
+/// returns the results in rank order; a rank whose thread panicked gets `on_panic(rank)`.
+pub fn on_rank_threads<I: Send, T: Send>(
+    items: Vec<I>,
+    f: impl Fn(usize, I) -> T + Sync,
+    on_panic: impl Fn(usize) -> T,
+) -> Vec<T> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(rank, item)| s.spawn(move || f(rank, item)))
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(rank, h)| h.join().unwrap_or_else(|_| on_panic(rank)))
+            .collect()
+    })
+}

@@ -23,7 +23,7 @@ pub use matmul::{dot_bf16, dot_f16, dot_f32};
 use crate::backend::{
     check_group_size, needs_group, validate_args, Arg, Backend, Buffer, Executable,
 };
-use crate::collective::{Collective, Group, Solo};
+use crate::collective::{on_rank_threads, Collective, Group, Solo};
 use crate::error::BackendError;
 use crate::graph::{Node, Op};
 use crate::program::{Program, Signature};
@@ -182,34 +182,23 @@ impl Executable for CpuExecutable {
             return Ok(vec![self.execute_rank(&mut args[0], &Solo)?]);
         }
         let group = Group::new(args.len(), None);
-        let results: Vec<Result<Vec<Buffer>, BackendError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = args
-                .iter_mut()
-                .enumerate()
-                .map(|(rank, a)| {
-                    let member = group.member(rank);
-                    s.spawn(move || {
-                        let r = self.execute_rank(a, &member);
-                        if let Err(e) = &r {
-                            member.group().abort(&format!("rank {rank} failed: {e}"));
-                        }
-                        r
-                    })
+        let results = on_rank_threads(
+            args.iter_mut().collect(),
+            |rank, a| {
+                let r = self.execute_rank(a, &group.member(rank));
+                if let Err(e) = &r {
+                    group.abort(&format!("rank {rank} failed: {e}"));
+                }
+                r
+            },
+            |rank| {
+                group.abort(&format!("rank {rank} panicked"));
+                Err(BackendError::Device {
+                    backend: NAME,
+                    message: format!("rank {rank} of the group panicked"),
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        group.abort("a rank panicked");
-                        Err(BackendError::Device {
-                            backend: NAME,
-                            message: "a rank of the group panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
+            },
+        );
         results.into_iter().collect()
     }
 }
