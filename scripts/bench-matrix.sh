@@ -12,6 +12,8 @@
 #   BATCHES          default "1 4" on cpu, "1 8 32" on accelerators
 #   LENGTHS          INPUTxOUTPUT pairs, default "128x128 512x128" (cpu: "128x128")
 #   DTYPE            default f32 on cpu, bf16 on accelerators
+#   TP               tensor-parallel degrees, default "2" on neuron (Llama-3.1-8B in bf16 does not
+#                    fit one 16 GiB NeuronCore; every Inf2/Trn1 instance has at least 2), else "1"
 #   NUM_REQUESTS     default 4 × batch (at least 8)
 #   SILICA           a silica binary (default: build target/release/silica)
 #   EXTRA_ARGS       passed to every `silica bench` (e.g. "--instance inf2.xlarge")
@@ -46,21 +48,23 @@ else
     lengths="${LENGTHS:-128x128 512x128}"
     dtype="${DTYPE:-bf16}"
 fi
-echo "bench-matrix: backend $backend, dtype $dtype, models [$models], batches [$batches], lengths [$lengths] → $out"
+if [ "$backend" = neuron ]; then tps="${TP:-2}"; else tps="${TP:-1}"; fi
+echo "bench-matrix: backend $backend, dtype $dtype, tp [$tps], models [$models], batches [$batches], lengths [$lengths] → $out"
 "$SILICA" doctor > "$out/doctor.txt" 2>&1 || true
 
 reports=()
 failed=0
 for model in $models; do
     if [ -d "$model" ]; then src=(--model "$model"); tag="$(basename "$model")"; else src=(--preset "$model"); tag="$model"; fi
+    for tp in $tps; do
     for b in $batches; do
         for len in $lengths; do
             in="${len%x*}"; outl="${len#*x}"
             n="${NUM_REQUESTS:-$(( b * 4 > 8 ? b * 4 : 8 ))}"
-            file="$out/${tag}_${backend}_${dtype}_b${b}_${in}x${outl}.json"
-            echo "== $tag batch $b, $in+$outl tokens, $n requests"
+            file="$out/${tag}_${backend}_tp${tp}_${dtype}_b${b}_${in}x${outl}.json"
+            echo "== $tag tp $tp, batch $b, $in+$outl tokens, $n requests"
             # shellcheck disable=SC2086
-            if "$SILICA" bench "${src[@]}" --backend "$backend" --dtype "$dtype" --batch "$b" \
+            if "$SILICA" bench "${src[@]}" --backend "$backend" --dtype "$dtype" --tp "$tp" --batch "$b" \
                 --input-len "$in" --output-len "$outl" --num-requests "$n" --out "$file" ${EXTRA_ARGS:-} \
                 > "${file%.json}.log" 2>&1; then
                 reports+=("$file")
@@ -70,6 +74,7 @@ for model in $models; do
                 tail -3 "${file%.json}.log" | sed 's/^/   /'
             fi
         done
+    done
     done
 done
 if [ "${#reports[@]}" -gt 0 ]; then

@@ -11,8 +11,9 @@
 #
 # Environment: OUT (default results/neuron-<instance>-<date>), MODEL (HF folder; default: the
 # presets below with random weights), PRESETS ("silica-tiny llama-3.2-1b"), BATCHES ("1 4 8"),
-# DTYPES ("bf16"), NEURON_PIP_SPEC (default "neuronx-cc==2.*"), TARGET (inf2|trn1|trn2; default
-# from the instance type).
+# DTYPES ("bf16"), TPS (tensor-parallel degrees, "1 2": every Inf2/Trn1 instance has 2 or more
+# NeuronCores), NEURON_PIP_SPEC (default "neuronx-cc==2.*"), TARGET (inf2|trn1|trn2; default from
+# the instance type).
 #
 # NOTE: written against AWS's documented install steps; it has not been run on Neuron hardware
 # yet (see docs/neuron.md, "What has been verified").
@@ -128,12 +129,14 @@ REPORTS=()
 for src in "${SOURCES[@]}"; do
     name="$(basename "${src#*=}")"
     for dt in $DTYPES; do
-        for b in $BATCHES; do
-            r="$OUT/bench-$name-$dt-b$b.json"
-            # The first run of each shape compiles its NEFFs into $SILICA_NEFF_CACHE (minutes to
-            # hours for large models); reruns and later shapes sharing programs hit the cache.
-            run "$SILICA" bench "$src" --backend neuron --dtype "$dt" --batch "$b" --out "$r"
-            REPORTS+=("$r")
+        for tp in ${TPS:-1 2}; do
+            for b in $BATCHES; do
+                r="$OUT/bench-$name-$dt-tp$tp-b$b.json"
+                # The first run of each shape compiles its NEFFs into $SILICA_NEFF_CACHE (minutes
+                # to hours for large models); reruns and later shapes sharing programs hit the cache.
+                run "$SILICA" bench "$src" --backend neuron --dtype "$dt" --tp "$tp" --batch "$b" --out "$r"
+                REPORTS+=("$r")
+            done
         done
     done
 done
