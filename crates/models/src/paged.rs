@@ -229,11 +229,13 @@ pub struct PagedModel {
 }
 
 impl PagedModel {
-    /// Bytes of K and V one block holds across all layers.
-    pub fn block_bytes(cfg: &ModelConfig, block_size: usize, dtype: DType) -> usize {
+    /// Bytes of K and V one block holds across all layers and all ranks of `tp` (replicated KV
+    /// heads count once per rank that holds them).
+    pub fn block_bytes(cfg: &ModelConfig, tp: &TpLayout, block_size: usize, dtype: DType) -> usize {
         2 * cfg.num_hidden_layers
             * block_size
-            * cfg.num_key_value_heads
+            * tp.world
+            * tp.kv_heads
             * cfg.head_dim
             * dtype.size_in_bytes()
     }

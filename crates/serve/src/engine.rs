@@ -259,7 +259,7 @@ impl Engine {
             ));
         }
         let bs = cfg.block_size;
-        let block_bytes = PagedModel::block_bytes(&model.config, bs, model.dtype);
+        let block_bytes = PagedModel::block_bytes(&model.config, &model.tp, bs, model.dtype);
         let ctx = model.cache_len;
         let num_blocks = match cfg.num_blocks {
             Some(n) => n,
