@@ -594,6 +594,20 @@ impl Backend for NeuronBackend {
     }
 
     fn compile(&self, program: &Program) -> Result<Arc<dyn Executable>, BackendError> {
+        // A group the target or this machine cannot run is refused before a compile that may
+        // take an hour.
+        let world = program.world();
+        if world > 1 {
+            let ok = crate::tp::valid_degrees(self.target);
+            if !ok.contains(&world) {
+                return Err(NeuronError::Config(format!(
+                    "tensor-parallel degree {world} is not supported on {}; choose one of {ok:?}",
+                    self.target
+                ))
+                .into());
+            }
+            self.check_world(world)?;
+        }
         let cached = self.neff(program)?;
         let bytes = std::fs::read(&cached.path).map_err(|e| NeuronError::io(&cached.path, e))?;
         Ok(Arc::new(self.load_neff(&bytes, program.signature())?))

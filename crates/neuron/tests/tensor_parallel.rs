@@ -408,6 +408,10 @@ fn too_few_visible_cores_is_an_actionable_error() {
         assert!(msg.contains(want), "{want:?} not in {msg}");
     }
     assert_eq!(d.count("nrt_load_collectives"), 0, "checked before loading");
+    // A degree Inf2 does not support is refused before compiling, with the ones it does.
+    let e = backend(cache.path(), 0).compile(&tp_mlp(3)).err().unwrap();
+    assert!(e.to_string().contains("[1, 2, 4, 8, 24]"), "{e}");
+    assert_eq!(d.count("nrt_load_collectives"), 0);
     let e = be
         .upload_to(&HostTensor::zeros(DType::F32, [2]), 1)
         .unwrap_err();
