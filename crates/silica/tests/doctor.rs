@@ -215,7 +215,7 @@ fn doctor_and_generate_with_the_double() {
 
     let model = fixture();
     let model = model.to_str().unwrap();
-    let gen = |backend: &str| {
+    let gen_tp = |backend: &str, tp: &str| {
         let args = [
             "generate",
             "--backend",
@@ -228,6 +228,8 @@ fn doctor_and_generate_with_the_double() {
             "5",
             "--ignore-eos",
             "--json",
+            "--tp",
+            tp,
         ];
         let o = if backend == "neuron" {
             neuron(&args)
@@ -239,6 +241,7 @@ fn doctor_and_generate_with_the_double() {
         let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
         last["token_ids"].clone()
     };
+    let gen = |backend: &str| gen_tp(backend, "1");
     let on_neuron = gen("neuron");
     assert_eq!(on_neuron, gen("cpu"));
     assert_eq!(on_neuron.as_array().unwrap().len(), 5);
@@ -259,6 +262,27 @@ fn doctor_and_generate_with_the_double() {
     assert!(before >= 2, "prefill and decode NEFFs");
     assert_eq!(gen("neuron"), on_neuron);
     assert_eq!(count(), before);
+
+    // Split over the double's two NeuronCores: one NEFF per rank program, loaded on each core
+    // with nrt_load_collectives; the same tokens. Four ranks do not fit two cores.
+    assert_eq!(gen_tp("neuron", "2"), on_neuron);
+    let o = neuron(&[
+        "generate",
+        "--backend",
+        "neuron",
+        "--model",
+        model,
+        "--token-ids",
+        "1",
+        "--tp",
+        "4",
+    ]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        err.contains("needs 4 ranks") && err.contains("at most 2"),
+        "{err}"
+    );
 }
 
 #[test]
