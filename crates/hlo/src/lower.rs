@@ -716,6 +716,18 @@ impl<'m> CompBuilder<'m> {
                 i.dimensions = vec![*axis as i64];
                 i.replica_groups = vec![every_rank(*world)];
             }),
+            Op::RankId { .. } => {
+                // replica-id is u32 (a type silica has no values of); converted at once.
+                let mut shape = array_shape(DType::I32, &[]);
+                shape.element_type = PrimitiveType::U32 as i32;
+                let rid = self.push_raw("replica-id", shape, vec![], |_| {});
+                let id = self.push_raw("convert", array_shape(DType::I32, &[]), vec![rid], |_| {});
+                Val {
+                    id,
+                    dtype: DType::I32,
+                    dims: vec![],
+                }
+            }
             op @ (Op::RmsNorm { .. }
             | Op::Softmax { .. }
             | Op::Rope

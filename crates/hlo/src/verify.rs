@@ -107,6 +107,13 @@ impl HloModule {
                             return Err(format!("{what}: literal shape differs"));
                         }
                     }
+                    "replica-id"
+                        if !inst.operand_ids.is_empty()
+                            || shape.element_type != PrimitiveType::U32 as i32
+                            || !shape.dimensions.is_empty() =>
+                    {
+                        return Err(format!("{what}: replica-id is a u32 scalar of no operand"));
+                    }
                     "all-reduce" | "all-gather" => {
                         let n = collective_group(inst).map_err(|e| format!("{what}: {e}"))?;
                         match &world {

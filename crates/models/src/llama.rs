@@ -11,8 +11,8 @@
 //!
 //! With tensor parallelism ([`StepShape::tp`] > 1) the same builder makes one rank's program:
 //! weights are that rank's shards ([`crate::tp::TpLayout::specs`]), caches hold its KV heads,
-//! row-parallel projections end in an all-reduce and the logits are all-gathered, so every rank
-//! returns the whole logits.
+//! the embedding lookup and the row-parallel projections end in an all-reduce and the logits are
+//! all-gathered, so every rank returns the whole logits.
 //!
 //! Cache slot j holds the token at position j. Query at position p attends to slots j ≤ p (and
 //! j > p - window with a sliding window), so stale slots beyond a sequence are never read, and
@@ -200,7 +200,11 @@ pub fn decoder(
     // This rank's heads; row-parallel outputs are summed over the group (identity at one rank).
     let (hq, hkv, d, world) = (w.tp.heads, w.tp.kv_heads, cfg.head_dim, w.tp.world);
     let wt = |name: &str| w.get(name);
-    let mut x = g.gather(wt("model.embed_tokens.weight"), input_ids, 0)?; // [B, T, H]
+    let mut x = if world == 1 {
+        g.gather(wt("model.embed_tokens.weight"), input_ids, 0)? // [B, T, H]
+    } else {
+        vocab_parallel_embedding(g, w, input_ids)?
+    };
     let eps = cfg.rms_norm_eps;
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -253,6 +257,38 @@ pub fn decoder(
     Ok(x)
 }
 
+/// The embedding of `input_ids` i32 [B, T] from this rank's rows of a vocab-parallel table
+/// (rows `[r·Vp, (r+1)·Vp)`): each rank contributes the tokens in its rows and zeros for the
+/// rest, and the all-reduce (one non-zero term per element: exact) gives every rank the whole.
+fn vocab_parallel_embedding(
+    g: &mut Graph,
+    w: &WeightParams,
+    input_ids: ValueId,
+) -> Result<ValueId, GraphError> {
+    let (vp, world) = (w.tp.vocab_shard, w.tp.world);
+    let table = w.get("model.embed_tokens.weight");
+    let dims = g.dims(input_ids).to_vec();
+    let h = g.dims(table)[1];
+    let rank = g.rank_id(world)?;
+    let rows = g.scalar(vp as f64, DType::I32);
+    let first = g.mul(rank, rows)?;
+    let first = g.broadcast_in_dim(first, dims.clone(), &[])?;
+    let local = g.sub(input_ids, first)?;
+    let zero = g.full(0.0, DType::I32, dims.clone())?;
+    let end = g.full(vp as f64, DType::I32, dims.clone())?;
+    let above = g.compare(local, zero, CmpDir::Ge)?;
+    let below = g.compare(local, end, CmpDir::Lt)?;
+    let no = g.full(0.0, DType::Bool, dims.clone())?;
+    let mine = g.select(above, below, no)?;
+    // Out-of-range indices clamp in gather; the select zeroes them.
+    let x = g.gather(table, local, 0)?;
+    let out = [dims[0], dims[1], h];
+    let mine = g.broadcast_in_dim(mine, out, &[0, 1])?;
+    let zeros = g.full(0.0, g.dtype(x), out)?;
+    let x = g.select(mine, x, zeros)?;
+    g.all_reduce(x, world)
+}
+
 /// Final norm and LM head on hidden states [.., H]: logits [.., V] in the compute dtype.
 pub fn lm_head(
     g: &mut Graph,
@@ -261,9 +297,14 @@ pub fn lm_head(
     x: ValueId,
 ) -> Result<ValueId, GraphError> {
     let x = g.rms_norm(x, w.get("model.norm.weight"), cfg.rms_norm_eps)?;
+    let head = if cfg.tie_word_embeddings {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
     if w.tp.world > 1 {
         // Vocab-parallel: each rank's shard of the logits, gathered and cut to the vocabulary.
-        let part = g.linear(x, w.get("lm_head.weight"))?;
+        let part = g.linear(x, w.get(head))?;
         let last = g.rank(part) - 1;
         let all = g.all_gather(part, last, w.tp.world)?;
         return if g.dims(all)[last] == cfg.vocab_size {
@@ -272,11 +313,6 @@ pub fn lm_head(
             g.slice_axis(all, last, 0, cfg.vocab_size)
         };
     }
-    let head = if cfg.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        "lm_head.weight"
-    };
     g.linear(x, w.get(head))
 }
 

@@ -9,9 +9,11 @@
 //!   after the sum.
 //! - With fewer KV heads than ranks, each KV head is replicated onto the ranks whose query heads
 //!   use it (rank r holds KV head `r / (world / kv_heads)`).
-//! - Vocab-parallel LM head: rank r holds rows `[r·Vp, (r+1)·Vp)` of the head (the last shard
-//!   zero-padded to Vp = ⌈V / world⌉; a tied head is a copy of the embedding's rows), and the
-//!   logits are all-gathered and cut back to V. The embedding and the norms are replicated.
+//! - Vocab-parallel embedding and LM head: rank r holds rows `[r·Vp, (r+1)·Vp)` of each (the
+//!   last shard zero-padded to Vp = ⌈V / world⌉; a tied head is the embedding shard itself).
+//!   A rank looks up the tokens that fall in its rows (zeros for the others; it finds its rows
+//!   with the group's rank id) and one all-reduce assembles the embeddings; the head's logits
+//!   are all-gathered and cut back to V. The norms are replicated.
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -26,7 +28,7 @@ pub struct TpLayout {
     pub heads: usize,
     /// KV heads per rank (1 when KV heads are replicated).
     pub kv_heads: usize,
-    /// LM-head rows per rank (the vocabulary at world 1).
+    /// Embedding and LM-head rows per rank (the vocabulary at world 1).
     pub vocab_shard: usize,
 }
 
@@ -40,7 +42,8 @@ pub enum Shard {
     /// KV projections with fewer KV heads than ranks: rank r holds the rows of KV head
     /// `r / ranks_per_head`.
     KvReplicated { ranks_per_head: usize },
-    /// The LM head: rows split in shards of `vocab_shard`, the last one zero-padded.
+    /// The embedding and the LM head: rows split in shards of `vocab_shard`, the last one
+    /// zero-padded.
     Vocab,
 }
 
@@ -108,7 +111,7 @@ impl TpLayout {
             return Shard::Replicated;
         }
         let is = |suffixes: &[&str]| suffixes.iter().any(|s| name.ends_with(s));
-        if name == "lm_head.weight" {
+        if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
             return Shard::Vocab;
         }
         let kv = is(&[
@@ -136,25 +139,17 @@ impl TpLayout {
         } else if is(&["o_proj.weight", "down_proj.weight"]) {
             Shard::Split { dim: 1 }
         } else {
-            // Embedding, norms, and the row-parallel biases (added once, after the all-reduce).
+            // Norms, and the row-parallel biases (added once, after the all-reduce).
             Shard::Replicated
         }
     }
 
-    /// Every rank's weights (names and shapes), in program-input order. At world 1 this is
-    /// [`weight_specs`]; beyond, shapes are the shards', and a tied model gains an
-    /// `lm_head.weight` shard (the embedding stays whole for the token lookup).
+    /// Every rank's weights (names and shapes), in program-input order: [`weight_specs`] with
+    /// the shards' shapes.
     pub fn specs(&self, cfg: &ModelConfig) -> Vec<WeightSpec> {
         let mut specs = weight_specs(cfg);
         if self.world == 1 {
             return specs;
-        }
-        if cfg.tie_word_embeddings {
-            specs.push(WeightSpec {
-                name: "lm_head.weight".into(),
-                shape: Shape::new(vec![cfg.vocab_size, cfg.hidden_size]),
-                is_norm: false,
-            });
         }
         for s in &mut specs {
             let mut dims = s.shape.dims().to_vec();
@@ -209,12 +204,7 @@ impl TpLayout {
         self.specs(cfg)
             .iter()
             .map(|spec| {
-                let source = if spec.name == "lm_head.weight" && cfg.tie_word_embeddings {
-                    "model.embed_tokens.weight"
-                } else {
-                    spec.name.as_str()
-                };
-                let w = find(source)?;
+                let w = find(&spec.name)?;
                 let t = match self.shard_of(cfg, &spec.name) {
                     Shard::Replicated => w.clone(),
                     Shard::Split { dim } => {

@@ -95,7 +95,7 @@ fn tensor_parallel_paged_prefill_matches_transformers() {
 }
 
 #[test]
-fn rank_programs_carry_two_all_reduces_per_layer_and_one_gather() {
+fn rank_programs_carry_their_collectives() {
     let cfg = presets::preset("silica-tiny").unwrap();
     for tp in [1, 2, 4] {
         let s = StepShape {
@@ -111,11 +111,16 @@ fn rank_programs_carry_two_all_reduces_per_layer_and_one_gather() {
         let reduces = count(|o| matches!(o, Op::AllReduce { .. }));
         let gathers = count(|o| matches!(o, Op::AllGather { .. }));
         let layers = cfg.num_hidden_layers;
+        let ranks = count(|o| matches!(o, Op::RankId { .. }));
         if tp == 1 {
-            assert_eq!((reduces, gathers, p.world()), (0, 0, 1));
+            assert_eq!((reduces, gathers, ranks, p.world()), (0, 0, 0, 1));
             assert!(!p.name.contains("tp"));
         } else {
-            assert_eq!((reduces, gathers, p.world()), (2 * layers, 1, tp));
+            // Two per layer, and one assembling the vocab-parallel embedding.
+            assert_eq!(
+                (reduces, gathers, ranks, p.world()),
+                (2 * layers + 1, 1, 1, tp)
+            );
             assert!(p.name.ends_with(&format!("_tp{tp}")), "{}", p.name);
             let cache = p
                 .signature()
@@ -217,17 +222,18 @@ fn shards_reassemble_to_the_checkpoint() {
                 "tp {tp} rank {r}"
             );
         }
-        // Vocab-parallel head (tied: rows of the embedding), last shard zero-padded.
-        let src = if cfg.tie_word_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
-        let mut rows: Vec<f32> = (0..tp).flat_map(|r| part(r, "lm_head.weight")).collect();
-        let pad = rows.split_off(cfg.vocab_size * h);
-        assert_eq!(rows, whole(src));
-        assert_eq!(pad.len(), (layout.vocab_shard * tp - cfg.vocab_size) * h);
-        assert!(pad.iter().all(|&x| x == 0.0));
+        // Vocab-parallel embedding and head, last shard zero-padded.
+        let mut tables = vec!["model.embed_tokens.weight"];
+        if !cfg.tie_word_embeddings {
+            tables.push("lm_head.weight");
+        }
+        for t in tables {
+            let mut rows: Vec<f32> = (0..tp).flat_map(|r| part(r, t)).collect();
+            let pad = rows.split_off(cfg.vocab_size * h);
+            assert_eq!(rows, whole(t), "{t}");
+            assert_eq!(pad.len(), (layout.vocab_shard * tp - cfg.vocab_size) * h);
+            assert!(pad.iter().all(|&x| x == 0.0));
+        }
         assert_eq!(
             layout.shard_of(&cfg, "model.norm.weight"),
             Shard::Replicated
@@ -260,9 +266,10 @@ fn llama3_8b_splits_into_core_sized_shards() {
         (eight.heads, eight.kv_heads, eight.vocab_shard),
         (4, 1, 16032)
     );
-    // Replicated: embedding (1.05 GB) and norms; everything else divides by 8.
+    // Only the norms are replicated (8 KV heads over 8 ranks split evenly); the vocab rows pad
+    // by 8 × 16032 − 128256 = 0.
     let b = eight.bytes_per_rank(&cfg, DType::BF16);
-    assert!(b < 16_060_522_496 / 8 + 1_100_000_000, "{b}");
+    assert!(b <= 16_060_522_496 / 8 + 2 * 65 * 4096 * 2, "{b}");
     assert!(
         TpLayout::new(&cfg, 24).is_err(),
         "32 heads do not split over 24 ranks"

@@ -398,6 +398,20 @@ pub fn decode(hlo: &[u8]) -> Result<Decoded, String> {
                         }
                     }
                 }
+                "replica-id" => {
+                    // The group is the one of the module's collectives (silica's rank ids come
+                    // with them); its u32 scalar becomes silica's i32 (the next convert keeps it).
+                    let world = entry
+                        .instructions
+                        .iter()
+                        .find(|c| !c.replica_groups.is_empty())
+                        .map(replica_world)
+                        .transpose()?
+                        .ok_or_else(|| {
+                            format!("replica-id {} in a module without collectives", i.name)
+                        })?;
+                    Val::Array(e(g.rank_id(world))?)
+                }
                 "all-gather" => {
                     let world = replica_world(i)?;
                     let [axis] = i.dimensions[..] else {

@@ -353,13 +353,8 @@ fn neuron_target(t: Target) -> Option<silica_neuron::Target> {
 /// Where a weight input comes from: its checkpoint tensor and, with tensor parallelism, which
 /// part of it rank r holds.
 fn weight_source(cfg: &ModelConfig, layout: &TpLayout, name: &str) -> Value {
-    let tensor = if name == "lm_head.weight" && cfg.tie_word_embeddings {
-        "model.embed_tokens.weight"
-    } else {
-        name
-    };
     let shard = match layout.shard_of(cfg, name) {
-        Shard::Replicated => return json!({"checkpoint": tensor}),
+        Shard::Replicated => return json!({"checkpoint": name}),
         Shard::Split { dim } => json!({
             "kind": "split", "dim": dim, "parts": layout.world,
             "rank_r": format!("the r-th of {} equal parts along dim {dim}", layout.world),
@@ -376,7 +371,7 @@ fn weight_source(cfg: &ModelConfig, layout: &TpLayout, name: &str) -> Value {
             ),
         }),
     };
-    json!({"checkpoint": tensor, "shard": shard})
+    json!({"checkpoint": name, "shard": shard})
 }
 
 /// Lowers one program, writes `NAME.hlo.pb`, and returns its manifest entry and the module.

@@ -337,14 +337,16 @@ fn tensor_parallel_programs_and_shard_manifest() {
     let k = input("model.layers.1.self_attn.k_proj.weight");
     assert_eq!(k["source"]["shard"]["kind"], "kv_head");
     assert_eq!(k["source"]["shard"]["ranks_per_head"], 2);
-    // The tied model's head is a vocab shard of the embedding.
-    let head = input("lm_head.weight");
-    assert_eq!(head["source"]["checkpoint"], "model.embed_tokens.weight");
-    assert_eq!(head["source"]["shard"]["kind"], "vocab");
-    assert_eq!(head["shape"], serde_json::json!([100, 64]));
-    assert!(input("model.embed_tokens.weight")["source"]
-        .get("shard")
-        .is_none());
+    // The embedding (also the tied model's head) is vocab-parallel.
+    let embed = input("model.embed_tokens.weight");
+    assert_eq!(embed["source"]["shard"]["kind"], "vocab");
+    assert_eq!(embed["shape"], serde_json::json!([100, 64]));
+    assert!(p["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["name"] != "lm_head.weight"));
+    assert!(input("model.norm.weight")["source"].get("shard").is_none());
     assert_eq!(
         input("cache_k.0")["shape"],
         serde_json::json!([1, 1, 2048, 16])

@@ -223,7 +223,7 @@ fn vjp(g: &mut Graph, node: &Node, y: ValueId, gy: ValueId) -> R<Vec<Option<Valu
     let ins = &node.inputs;
     let x = ins.first().copied();
     Ok(match &node.op {
-        Op::Parameter { .. } | Op::Constant(_) | Op::Iota { .. } => vec![],
+        Op::Parameter { .. } | Op::Constant(_) | Op::Iota { .. } | Op::RankId { .. } => vec![],
         Op::Compare(_) | Op::ArgMax { .. } => vec![None; ins.len()],
         Op::Unary(u) => {
             let x = x.expect("unary has an operand");

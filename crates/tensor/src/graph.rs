@@ -200,6 +200,11 @@ pub enum Op {
         axis: usize,
         world: usize,
     },
+    /// This rank's number in its group of `world`, an i32 scalar (HLO `replica-id`): what lets
+    /// one SPMD program find its own slice, e.g. of a vocab-parallel embedding.
+    RankId {
+        world: usize,
+    },
     // ---- composites (fused on CPU; decomposed for lowering and autograd) ----
     /// Inputs x [..., D], weight [D]. Computed in f32, rounded to x's dtype, then times weight.
     RmsNorm {
@@ -247,6 +252,7 @@ impl Op {
             Op::Dot(_) => "dot",
             Op::AllReduce { .. } => "all-reduce",
             Op::AllGather { .. } => "all-gather",
+            Op::RankId { .. } => "replica-id",
             Op::RmsNorm { .. } => "rms_norm",
             Op::Softmax { .. } => "softmax",
             Op::Rope => "rope",
@@ -258,7 +264,9 @@ impl Op {
     /// The group size of a collective op (`None` for every other op).
     pub fn collective_world(&self) -> Option<usize> {
         match self {
-            Op::AllReduce { world } | Op::AllGather { world, .. } => Some(*world),
+            Op::AllReduce { world } | Op::AllGather { world, .. } | Op::RankId { world } => {
+                Some(*world)
+            }
             _ => None,
         }
     }
@@ -1157,6 +1165,17 @@ impl Graph {
         })?;
         let dt = self.dtype(x);
         Ok(self.push(Op::AllGather { axis, world }, vec![x], dt, Shape::new(dims)))
+    }
+
+    /// This rank's number (i32 scalar) in a group of `world` ranks; the constant 0 at `world` 1.
+    pub fn rank_id(&mut self, world: usize) -> R {
+        if world == 0 {
+            return Err(err("replica-id", "a group needs at least one rank"));
+        }
+        if world == 1 {
+            return Ok(self.scalar(0.0, DType::I32));
+        }
+        Ok(self.push(Op::RankId { world }, vec![], DType::I32, Shape::new(vec![])))
     }
 
     /// The group size of the collectives in this graph: 1 without any; an error if two

@@ -1108,12 +1108,10 @@ pub fn tp_cases() -> Vec<GroupCase> {
             2,
             |g, x| Ok(vec![g.all_gather(x, 0, 2)?]),
         ),
-        // Half-precision sums. The CPU backend adds the ranks' values in rank order, rounding
-        // to the dtype after every add; XLA CPU promotes a bf16/f16 all-reduce to f32 (its
-        // compiled module applies `add` in f32 and converts once). Two ranks make one add, the
-        // same rounding either way, so random values are compared at world 2; wider groups
-        // use values whose partial sums are exact in the dtype (eighths of small integers), so
-        // the world-4 case checks the group plumbing, not a rounding order.
+        // Half-precision sums: XLA CPU promotes a bf16/f16 all-reduce to f32 (its compiled
+        // module applies `add` in f32 and converts once), and so does the CPU backend. Random
+        // values are compared at world 2; wider groups also use values whose partial sums are
+        // exact in the dtype (eighths of small integers), which holds whatever the order.
         tp_collective("tp_all_reduce_bf16_w2", DType::BF16, &[4, 8], 2, |g, x| {
             let sq = g.mul(x, x)?;
             Ok(vec![g.all_reduce(x, 2)?, g.all_reduce(sq, 2)?, sq])
@@ -1125,6 +1123,14 @@ pub fn tp_cases() -> Vec<GroupCase> {
         exact_half_all_reduce(DType::F16, 3),
         tp_collective("tp_all_reduce_f64_scalar_w2", DType::F64, &[], 2, |g, x| {
             Ok(vec![g.all_reduce(x, 2)?])
+        }),
+        // The rank id (HLO replica-id): each rank's own number, and values derived from it.
+        tp_collective("tp_rank_id_w4", DType::F32, &[3], 4, |g, x| {
+            let r = g.rank_id(4)?;
+            let rf = g.convert(r, DType::F32)?;
+            let rb = g.broadcast_in_dim(rf, vec![3], &[])?;
+            let y = g.add(x, rb)?;
+            Ok(vec![r, y, g.all_gather(y, 0, 4)?])
         }),
     ]
 }

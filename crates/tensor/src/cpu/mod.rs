@@ -399,7 +399,7 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
         Op::Softmax { axis } => fused::softmax(inp0(&first, slots, node), dims(0), *axis),
         Op::Silu => fused::silu(inp0(&first, slots, node)),
         Op::Rope => fused::rope(inp0(&first, slots, node), inp(1), inp(2), dims(0)),
-        Op::AllReduce { .. } | Op::AllGather { .. } => {
+        Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
             unreachable!("collectives are evaluated by the executor, which holds the group")
         }
         Op::Attention { scale } => {
@@ -425,7 +425,7 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
     }
 }
 
-/// An all-reduce or all-gather: exchanges the operand with the group and combines every rank's
+/// A rank id, or an all-reduce or all-gather: exchanges the operand with the group and combines every rank's
 /// contribution in rank order, so all ranks compute the same bits.
 fn collective(
     node: &Node,
@@ -433,6 +433,9 @@ fn collective(
     slots: &[Slot],
     comm: &dyn Collective,
 ) -> Result<CpuData, BackendError> {
+    if let Op::RankId { .. } = node.op {
+        return Ok(CpuData::I32(vec![comm.rank() as i32]));
+    }
     let x = slots[node.inputs[0].index()].get();
     let dims = nodes[node.inputs[0].index()].shape.dims();
     let all = comm.exchange(x.to_host(&Shape::new(dims.to_vec())))?;

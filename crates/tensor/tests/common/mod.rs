@@ -720,7 +720,7 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                 S::F(x.at(idx).f() * c.at(&[b, t, j]).f() + rot * s.at(&[b, t, j]).f())
             })
         }
-        Op::AllReduce { .. } | Op::AllGather { .. } => {
+        Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
             panic!("the reference interpreter runs single-rank programs only")
         }
         Op::Attention { scale } => {
