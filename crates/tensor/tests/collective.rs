@@ -200,3 +200,26 @@ fn tensor_parallel_programs_are_not_differentiated_silently() {
     let e = grad(&g, l, &[x]).unwrap_err().to_string();
     assert!(e.contains("tensor-parallel"), "{e}");
 }
+
+#[test]
+fn rank_id_is_each_ranks_number() {
+    let be = CpuBackend::new();
+    let mut g = Graph::new();
+    let x = g.parameter("x", DType::F32, [2]).unwrap();
+    let r = g.rank_id(3).unwrap();
+    let s = g.all_reduce(x, 3).unwrap();
+    let p = Program::new("rank", g, vec![("r".into(), r), ("s".into(), s)]).unwrap();
+    assert_eq!(p.world(), 3);
+    let exe = be.compile(&p).unwrap();
+    let inputs: Vec<Vec<HostTensor>> = (0..3).map(|_| vec![f32s(&[1.0, 2.0], &[2])]).collect();
+    let out = run_host_group(&be, exe.as_ref(), &inputs).unwrap();
+    for (rank, o) in out.iter().enumerate() {
+        assert_eq!(o[0].to_vec::<i32>().unwrap(), [rank as i32]);
+        assert_eq!(o[1].to_vec::<f32>().unwrap(), [3.0, 6.0]);
+    }
+    // One rank: the constant 0, no node of its own.
+    let mut g = Graph::new();
+    let r = g.rank_id(1).unwrap();
+    assert!(matches!(g.node(r).op, silica_tensor::Op::Constant(_)));
+    assert!(g.rank_id(0).is_err());
+}
