@@ -4,38 +4,16 @@
 
 mod common;
 
-use common::{fake_compiler, serial, setup};
+use common::{fake_compiler, fake_compiler_env, inf2_backend, serial, setup};
 use silica_models::{LoadOptions, LoadedModel};
-use silica_neuron::{
-    CacheOutcome, CompileOptions, NeffCache, NeuronBackend, NeuronError, NeuronOptions, Target,
-};
+use silica_neuron::{CacheOutcome, CompileOptions, NeffCache, NeuronBackend, NeuronError, Target};
 use silica_tensor::cpu::CpuBackend;
 use silica_tensor::{run_host, Backend, DType, Graph, HostTensor, Program};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-
-/// One fake compiler for the backends of this process (NeuronBackend::new reads
-/// SILICA_NEURONX_CC), set before any test builds a backend.
-fn env() -> &'static (tempfile::TempDir, PathBuf) {
-    static E: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    E.get_or_init(|| {
-        setup();
-        let d = tempfile::tempdir().unwrap();
-        let cc = fake_compiler(&d.path().join("cc"), 0.0, None, true);
-        std::env::set_var("SILICA_NEURONX_CC", &cc);
-        (d, cc)
-    })
-}
+use std::path::Path;
+use std::sync::Arc;
 
 fn backend(cache: &Path) -> NeuronBackend {
-    env();
-    NeuronBackend::new(NeuronOptions {
-        target: Some(Target::Inf2),
-        core: 1,
-        cache_dir: Some(cache.to_path_buf()),
-        extra_flags: vec![],
-    })
-    .unwrap()
+    inf2_backend(cache, 1)
 }
 
 fn compiles(log_dir: &Path) -> Vec<String> {
@@ -79,7 +57,7 @@ fn host(n: usize, k: f32, dims: &[usize]) -> HostTensor {
 #[test]
 fn program_runs_through_fake_compiler_and_double_like_cpu() {
     let _s = serial();
-    let (_d, cc) = env();
+    let cc = fake_compiler_env();
     let cache = tempfile::tempdir().unwrap();
     let be = backend(cache.path());
     assert!(

@@ -10,37 +10,23 @@
 
 mod common;
 
-use common::{fake_compiler, serial, setup, stand_in_neff, Double};
-use silica_neuron::{NeuronBackend, NeuronError, NeuronExecutable, NeuronOptions, NrtStatus};
-use silica_neuron::{Runtime, Target};
+use common::{fake_compiler_env, inf2_backend, serial, setup, stand_in_neff, Double};
+use silica_neuron::Runtime;
+use silica_neuron::{NeuronBackend, NeuronError, NeuronExecutable, NrtStatus};
 use silica_tensor::cpu::CpuBackend;
 use silica_tensor::{
     run_host, run_host_group, Arg, Backend, BackendError, Buffer, DType, Executable, Graph,
     HostTensor, Program, Shape,
 };
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 const B: usize = 3;
 const D: usize = 4;
 const H: usize = 8;
 
-/// One fake compiler for the backends of this process (NeuronBackend::new reads
-/// SILICA_NEURONX_CC), set before any test builds a backend.
-fn env() -> &'static (tempfile::TempDir, PathBuf) {
-    static E: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    E.get_or_init(|| {
-        setup();
-        let d = tempfile::tempdir().unwrap();
-        let cc = fake_compiler(&d.path().join("cc"), 0.0, None, true);
-        std::env::set_var("SILICA_NEURONX_CC", &cc);
-        (d, cc)
-    })
-}
-
 /// The double with `cores` visible NeuronCores and the default collective timeout.
 fn double(cores: u32) -> &'static Double {
-    env();
+    fake_compiler_env();
     let d = setup();
     // nrt_init reads SILICA_NRT_DOUBLE_CORES: initialize first so the count set here stays.
     Runtime::global().unwrap();
@@ -50,14 +36,7 @@ fn double(cores: u32) -> &'static Double {
 }
 
 fn backend(cache: &Path, core: u32) -> NeuronBackend {
-    env();
-    NeuronBackend::new(NeuronOptions {
-        target: Some(Target::Inf2),
-        core,
-        cache_dir: Some(cache.to_path_buf()),
-        extra_flags: vec![],
-    })
-    .unwrap()
+    inf2_backend(cache, core)
 }
 
 /// Rank r's part of a Megatron MLP over `world` ranks: `W1` split by columns and `W2` by rows,

@@ -243,3 +243,30 @@ sleep {sleep}
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
 }
+
+/// One fake compiler for the backends of this process (NeuronBackend::new reads
+/// SILICA_NEURONX_CC), set before any test builds a backend; returns its path.
+pub fn fake_compiler_env() -> &'static Path {
+    static E: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &E.get_or_init(|| {
+        setup();
+        let d = tempfile::tempdir().unwrap();
+        let cc = fake_compiler(&d.path().join("cc"), 0.0, None, true);
+        std::env::set_var("SILICA_NEURONX_CC", &cc);
+        (d, cc)
+    })
+    .1
+}
+
+/// An Inf2 backend on the double, NEFFs cached in `cache`, its group starting at NeuronCore
+/// `core`.
+pub fn inf2_backend(cache: &Path, core: u32) -> silica_neuron::NeuronBackend {
+    fake_compiler_env();
+    silica_neuron::NeuronBackend::new(silica_neuron::NeuronOptions {
+        target: Some(silica_neuron::Target::Inf2),
+        core,
+        cache_dir: Some(cache.to_path_buf()),
+        extra_flags: vec![],
+    })
+    .unwrap()
+}
