@@ -598,14 +598,7 @@ impl Backend for NeuronBackend {
         // take an hour.
         let world = program.world();
         if world > 1 {
-            let ok = crate::tp::valid_degrees(self.target);
-            if !ok.contains(&world) {
-                return Err(NeuronError::Config(format!(
-                    "tensor-parallel degree {world} is not supported on {}; choose one of {ok:?}",
-                    self.target
-                ))
-                .into());
-            }
+            crate::tp::check_valid_degree(self.target, world)?;
             self.check_world(world)?;
         }
         let cached = self.neff(program)?;

@@ -26,6 +26,18 @@ pub fn core_memory(target: Target) -> u64 {
     }
 }
 
+/// Checks that `target` supports tensor-parallel degree `degree`.
+pub fn check_valid_degree(target: Target, degree: usize) -> Result<(), NeuronError> {
+    let ok = valid_degrees(target);
+    if ok.contains(&degree) {
+        return Ok(());
+    }
+    Err(NeuronError::Config(format!(
+        "tensor-parallel degree {degree} is not supported: {target} supports tensor-parallel \
+         degrees {ok:?}"
+    )))
+}
+
 /// Checks `degree` against the target and the visible cores, and that `bytes_per_rank` of
 /// weights fit one NeuronCore with `reserve` bytes left for the KV cache and activations.
 pub fn check_degree(
@@ -36,12 +48,7 @@ pub fn check_degree(
     reserve: u64,
 ) -> Result<(), NeuronError> {
     let bad = |m: String| Err(NeuronError::Config(m));
-    if !valid_degrees(target).contains(&degree) {
-        return bad(format!(
-            "tensor-parallel degree {degree} is not supported on {target}; choose one of {:?}",
-            valid_degrees(target)
-        ));
-    }
+    check_valid_degree(target, degree)?;
     if let Some(n) = visible_cores {
         if degree > n as usize {
             return bad(format!(

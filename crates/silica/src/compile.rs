@@ -195,15 +195,10 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         if a.train {
             bail!("--train with --tp {}: tensor-parallel training is not supported (compile the train step with --tp 1)", a.tp);
         }
-        if let Some(t) = neuron_target(a.target) {
-            let ok = silica_neuron::tp::valid_degrees(t);
-            if !ok.contains(&a.tp) {
-                bail!(
-                    "--tp {}: {} supports tensor-parallel degrees {ok:?}",
-                    a.tp,
-                    a.target.name()
-                );
-            }
+        if a.target != Target::Hlo {
+            let t = silica_neuron::Target::parse(a.target.name())?;
+            silica_neuron::tp::check_valid_degree(t, a.tp)
+                .with_context(|| format!("--tp {}", a.tp))?;
         }
     }
     let weights: HashMap<String, Value> = layout
@@ -338,16 +333,6 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         a.out.display()
     );
     Ok(())
-}
-
-/// The Neuron target of a compile target (none for plain HLO).
-fn neuron_target(t: Target) -> Option<silica_neuron::Target> {
-    match t {
-        Target::Hlo => None,
-        Target::Inf2 => Some(silica_neuron::Target::Inf2),
-        Target::Trn1 => Some(silica_neuron::Target::Trn1),
-        Target::Trn2 => Some(silica_neuron::Target::Trn2),
-    }
 }
 
 /// Where a weight input comes from: its checkpoint tensor and, with tensor parallelism, which
