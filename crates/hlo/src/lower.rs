@@ -732,7 +732,8 @@ impl<'m> CompBuilder<'m> {
             | Op::Softmax { .. }
             | Op::Rope
             | Op::Silu
-            | Op::Attention { .. }) => {
+            | Op::Attention { .. }
+            | Op::Dequantize { .. }) => {
                 return Err(LowerError::Unsupported {
                     op: op.name(),
                     reason: "composite left after decomposition".into(),

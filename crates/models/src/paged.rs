@@ -300,7 +300,7 @@ impl PagedModel {
                 rows.len()
             )));
         }
-        if seq == 0 || (seq > bs && seq % bs != 0) {
+        if seq == 0 || (seq > bs && !seq.is_multiple_of(bs)) {
             return Err(ModelError::Invalid(format!(
                 "paged chunk bucket {seq} must be ≤ the block size {bs} or a multiple of it"
             )));

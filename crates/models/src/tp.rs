@@ -74,7 +74,7 @@ impl TpLayout {
         }
         let divisors = |n: usize| {
             (1..=n)
-                .filter(|d| n % d == 0)
+                .filter(|d| n.is_multiple_of(*d))
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -86,7 +86,7 @@ impl TpLayout {
                 divisors(hq)
             ));
         }
-        if kv % world != 0 && world % kv != 0 {
+        if kv % world != 0 && !world.is_multiple_of(kv) {
             return bad(format!(
                 "{kv} KV heads neither split over {world} ranks nor replicate evenly onto them \
                  (the degree must divide {kv} or be a multiple of it)"
@@ -120,7 +120,7 @@ impl TpLayout {
             "v_proj.weight",
             "v_proj.bias",
         ]);
-        if kv && cfg.num_key_value_heads % self.world != 0 {
+        if kv && !cfg.num_key_value_heads.is_multiple_of(self.world) {
             return Shard::KvReplicated {
                 ranks_per_head: self.world / cfg.num_key_value_heads,
             };

@@ -129,7 +129,7 @@ fn rank_programs_carry_their_collectives() {
                 .find(|i| i.name == "cache_k.0")
                 .cloned();
             let kv = cfg.num_key_value_heads;
-            let local = if kv % tp == 0 { kv / tp } else { 1 };
+            let local = if kv.is_multiple_of(tp) { kv / tp } else { 1 };
             assert_eq!(cache.unwrap().shape.dims()[1], local);
         }
     }

@@ -656,7 +656,10 @@ fn llama_fixture_tensor_parallel_on_neuron_double_matches_cpu() {
             assert_eq!(got_tokens, want_tokens, "tp {tp}");
             // Every program ran as a group: loaded once per rank with collectives, never alone.
             let loads = d.count("nrt_load_collectives");
-            assert!(loads >= tp && loads % tp == 0, "tp {tp}: {loads} loads");
+            assert!(
+                loads >= tp && loads.is_multiple_of(tp),
+                "tp {tp}: {loads} loads"
+            );
             assert_eq!(d.count("nrt_load"), 0, "tp {tp}");
         }
         assert_no_leaks(d, 4);

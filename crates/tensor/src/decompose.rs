@@ -6,8 +6,8 @@
 //! accuracy in the numerically touchy places.
 
 use crate::error::GraphError;
-use crate::graph::{DotDims, Graph, Node, Op, ValueId};
-use crate::DType;
+use crate::graph::{DotDims, Graph, Node, Op, QuantFormat, ValueId};
+use crate::{DType, HostTensor};
 
 /// Internal compute dtype of composites for values of `dt`.
 pub fn compute_dtype(dt: DType) -> DType {
@@ -111,6 +111,33 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
             )?; // [b, hkv, grp, tq, dv]
             let o = g.reshape(o, vec![b, hq, tq, dv])?;
             g.convert(o, dt)
+        }
+        Op::Dequantize { format, dtype } => {
+            let q = inputs[0];
+            let dims = g.dims(q).to_vec();
+            let v = match format {
+                // Two's complement from the byte's value: b ≥ 128 means b − 256. Plain
+                // arithmetic (no bitcast, no s8 or f8 element type), so every HLO consumer
+                // accepts it.
+                QuantFormat::Int8 => {
+                    let qf = g.convert(q, DType::F32)?;
+                    let c128 = g.full(128.0, DType::F32, dims)?;
+                    let neg = g.compare(qf, c128, crate::CmpDir::Ge)?;
+                    let shifted = g.binary_scalar(crate::BinaryOp::Sub, qf, 256.0)?;
+                    g.select(neg, shifted, qf)?
+                }
+                // A 256-entry table of the e4m3 values, looked up by byte: exact, and needs no
+                // F8E4M3FN element type (which NeuronCore-v2's compiler rejects).
+                QuantFormat::Fp8E4M3 => {
+                    let lut: Vec<f32> = (0..=255u8).map(|b| format.decode(b)).collect();
+                    let lut = g.constant(
+                        HostTensor::from_vec(lut, [256]).expect("256 values for a [256] table"),
+                    );
+                    let idx = g.convert(q, DType::I32)?;
+                    g.gather(lut, idx, 0)?
+                }
+            };
+            g.convert(v, *dtype)
         }
         other => Err(GraphError::new(other.name(), "is not a composite op")),
     }

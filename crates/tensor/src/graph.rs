@@ -2,7 +2,7 @@
 //!
 //! Every model is written once against this builder; the CPU backend executes it and the lowering
 //! emits XLA HLO from it. Primitive ops map 1:1 to HLO instructions. A few composites (rms_norm,
-//! softmax, rope, silu, attention) exist so the CPU backend can run fused kernels; each has a
+//! softmax, rope, silu, attention, dequantize) exist so the CPU backend can run fused kernels; each has a
 //! decomposition into primitives (see [`crate::decompose`]) used by lowering and autograd.
 //!
 //! Binary ops follow NumPy broadcasting at *build* time: the builder inserts explicit `broadcast`
@@ -225,6 +225,49 @@ pub enum Op {
     Attention {
         scale: f64,
     },
+    /// Decodes the stored bytes of a quantized weight (input U8, any shape) into values of
+    /// `dtype`, elementwise and exactly: int8 (−127..127) and fp8 e4m3 values are all
+    /// representable in f16, bf16 and f32. The per-channel scale is applied by the model after
+    /// the `dot` that consumes the weight (`(x · decode(q)ᵀ) · s`), so no weight is ever rounded.
+    /// The CPU backend fuses it into that `dot` (the weight is read as bytes and never widened in
+    /// memory); lowering decomposes it into primitives ([`crate::decompose`]).
+    Dequantize {
+        format: QuantFormat,
+        dtype: DType,
+    },
+}
+
+/// How the bytes of a quantized weight encode its values (see [`Op::Dequantize`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// Symmetric int8 (two's complement byte), one scale per output row: NxD Inference's
+    /// weight-only int8 and compressed-tensors' W8A16 per-channel layout.
+    Int8,
+    /// fp8 e4m3 (OCP E4M3FN byte), one scale per output row.
+    Fp8E4M3,
+}
+
+impl QuantFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Int8 => "int8",
+            QuantFormat::Fp8E4M3 => "fp8-e4m3",
+        }
+    }
+
+    /// Decodes one stored byte (before the row scale).
+    pub fn decode(self, b: u8) -> f32 {
+        match self {
+            QuantFormat::Int8 => b as i8 as f32,
+            QuantFormat::Fp8E4M3 => silica_kernels::dot::e4m3_to_f32(b),
+        }
+    }
+}
+
+impl std::fmt::Display for QuantFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Op {
@@ -257,6 +300,7 @@ impl Op {
             Op::Softmax { .. } => "softmax",
             Op::Rope => "rope",
             Op::Silu => "silu",
+            Op::Dequantize { .. } => "dequantize",
             Op::Attention { .. } => "attention",
         }
     }
@@ -274,7 +318,12 @@ impl Op {
     pub fn is_composite(&self) -> bool {
         matches!(
             self,
-            Op::RmsNorm { .. } | Op::Softmax { .. } | Op::Rope | Op::Silu | Op::Attention { .. }
+            Op::RmsNorm { .. }
+                | Op::Softmax { .. }
+                | Op::Rope
+                | Op::Silu
+                | Op::Attention { .. }
+                | Op::Dequantize { .. }
         )
     }
 }
@@ -1477,6 +1526,23 @@ impl Graph {
         }
         let out = Shape::new(vec![qs.dim(0), qs.dim(1), qs.dim(2), vs.dim(3)]);
         Ok(self.push(Op::Attention { scale }, vec![q, k, v, mask], dt, out))
+    }
+
+    /// The values of quantized bytes `q` (U8, any shape) as `dtype` (see [`Op::Dequantize`]).
+    pub fn dequantize(&mut self, q: ValueId, format: QuantFormat, dtype: DType) -> R {
+        self.check("dequantize", &[q])?;
+        if self.dtype(q) != DType::U8 || !dtype.is_float() {
+            return Err(err(
+                "dequantize",
+                format!(
+                    "need u8 bytes and a float result type; got {} {} → {dtype}",
+                    self.dtype(q),
+                    self.shape(q)
+                ),
+            ));
+        }
+        let shape = self.shape(q).clone();
+        Ok(self.push(Op::Dequantize { format, dtype }, vec![q], dtype, shape))
     }
 
     /// Values needed to compute `outputs` (a mask over nodes), for dead-code elimination.

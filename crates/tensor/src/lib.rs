@@ -23,7 +23,9 @@ pub use backend::{run_host, run_host_group, run_host_with, Arg, Backend, Buffer,
 pub use collective::{on_rank_threads, Collective, Group, Member, Solo};
 pub use dtype::{DType, Element};
 pub use error::{BackendError, GraphError, TensorError};
-pub use graph::{BinaryOp, CmpDir, DotDims, Graph, Node, Op, ReduceKind, UnaryOp, ValueId};
+pub use graph::{
+    BinaryOp, CmpDir, DotDims, Graph, Node, Op, QuantFormat, ReduceKind, UnaryOp, ValueId,
+};
 pub use half::{bf16, f16};
 pub use host::HostTensor;
 pub use program::{Alias, Program, Signature, TensorSpec};

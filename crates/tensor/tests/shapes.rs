@@ -9,8 +9,8 @@ use common::*;
 use proptest::prelude::*;
 use silica_tensor::graph::broadcast_shapes;
 use silica_tensor::{
-    BinaryOp, CmpDir, DType, DotDims, Graph, GraphError, HostTensor, Program, Shape, UnaryOp,
-    ValueId,
+    BinaryOp, CmpDir, DType, DotDims, Graph, GraphError, HostTensor, Program, QuantFormat, Shape,
+    UnaryOp, ValueId,
 };
 
 fn dims_strategy(max_rank: usize, max_dim: usize) -> impl Strategy<Value = Vec<usize>> {
@@ -241,7 +241,7 @@ const CMPS: [CmpDir; 6] = [
     CmpDir::Gt,
     CmpDir::Ge,
 ];
-const N_OPS: u8 = 30;
+const N_OPS: u8 = 32;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -459,7 +459,7 @@ fn build(c: &Case, g: &mut Graph, ps: &[ValueId]) -> Built {
             )
         }
         16 => {
-            let r = if k % 2 == 0 {
+            let r = if k.is_multiple_of(2) {
                 g.reduce_sum(a, &c.v1)
             } else {
                 g.reduce_max(a, &c.v1)
@@ -507,6 +507,24 @@ fn build(c: &Case, g: &mut Graph, ps: &[ValueId]) -> Built {
         ),
         27 => ("broadcast", vec![], g.full(1.5, c.dt, c.v1.clone()), false),
         28 => ("reduce", vec![sh(g, a)], g.sum_keepdim(a, k % 5), false),
+        29 => {
+            let f = [QuantFormat::Int8, QuantFormat::Fp8E4M3][k % 2];
+            (
+                "dequantize",
+                vec![sh(g, a)],
+                g.dequantize(a, f, c.dt),
+                false,
+            )
+        }
+        30 => {
+            // A quantized linear layer: what the CPU backend fuses.
+            let f = [QuantFormat::Int8, QuantFormat::Fp8E4M3][k % 2];
+            let dt = g.dtype(a);
+            match g.dequantize(b, f, dt) {
+                Ok(w) => ("dot", vec![sh(g, a), sh(g, w)], g.linear(a, w), false),
+                Err(e) => ("dequantize", vec![sh(g, b)], Err(e), false),
+            }
+        }
         _ => {
             let o = BIN[k % BIN.len()];
             (o.name(), vec![sh(g, a)], g.binary_scalar(o, a, 0.75), false)

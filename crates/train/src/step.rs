@@ -88,7 +88,7 @@ impl StepConfig {
                 self.batch, self.seq_len
             ));
         }
-        if self.micro_batches == 0 || self.batch % self.micro_batches != 0 {
+        if self.micro_batches == 0 || !self.batch.is_multiple_of(self.micro_batches) {
             return bad(format!(
                 "batch {} must be a multiple of micro_batches {}",
                 self.batch, self.micro_batches

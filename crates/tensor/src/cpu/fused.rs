@@ -3,11 +3,11 @@
 
 use super::data::CpuData;
 use super::layout::transpose;
-use super::matmul::{dot_bf16, dot_f16, dot_f32};
 use crate::DType;
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
+use silica_kernels::{dot, Row};
 
 /// Additive-mask values at or below this are treated as "excluded" by the attention kernel and
 /// skipped (their weight underflows to exactly 0 in f32 for any score below 1e29), unless a
@@ -192,9 +192,9 @@ impl Kv<'_> {
     fn dot(self, q: &[f32], start: usize) -> f32 {
         let n = q.len();
         match self {
-            Kv::F32(k) => dot_f32(q, &k[start..start + n]),
-            Kv::BF16(k) => dot_bf16(q, &k[start..start + n]),
-            Kv::F16(k) => dot_f16(q, &k[start..start + n]),
+            Kv::F32(k) => dot(q, Row::F32(&k[start..start + n])),
+            Kv::BF16(k) => dot(q, Row::BF16(&k[start..start + n])),
+            Kv::F16(k) => dot(q, Row::F16(&k[start..start + n])),
         }
     }
     fn axpy(self, p: f32, start: usize, out: &mut [f32]) {

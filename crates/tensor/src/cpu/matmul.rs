@@ -12,9 +12,11 @@
 
 use super::data::{map_data, CpuData};
 use super::layout::transpose;
-use crate::graph::DotDims;
+use crate::graph::{DotDims, QuantFormat};
+use crate::DType;
 use half::{bf16, f16};
 use rayon::prelude::*;
+use silica_kernels::{gemv, Matrix};
 
 const SKINNY_MAX_M: usize = 8;
 /// Rows of a 16-bit rhs widened to f32 at a time in the gemm path (bounds the scratch memory).
@@ -136,27 +138,35 @@ fn widen_gemm<T: Sync>(
     c: &Canon,
     widen: impl Fn(&T) -> f32 + Sync,
 ) -> Vec<f32> {
+    tiled_gemm(a, c, |bi, n0, tn| {
+        let bb = &b[bi * c.k * c.n..(bi + 1) * c.k * c.n];
+        if c.rhs_nk {
+            bb[n0 * c.k..(n0 + tn) * c.k]
+                .par_iter()
+                .map(&widen)
+                .collect()
+        } else {
+            (0..c.k)
+                .into_par_iter()
+                .flat_map_iter(|k| bb[k * c.n + n0..k * c.n + n0 + tn].iter().map(&widen))
+                .collect()
+        }
+    })
+}
+
+/// gemm against an rhs that `tile(batch, n0, tn)` produces in f32 a tile of N at a time: an
+/// `[tn, K]` tile when `c.rhs_nk`, else `[K, tn]`. Bounds the scratch memory to one tile.
+fn tiled_gemm(a: &[f32], c: &Canon, tile: impl Fn(usize, usize, usize) -> Vec<f32>) -> Vec<f32> {
     let mut out = vec![0f32; c.b * c.m * c.n];
     let tile_n = (WIDEN_TILE_ELEMS / c.k.max(1)).clamp(1, c.n.max(1));
     for bi in 0..c.b {
-        let bb = &b[bi * c.k * c.n..(bi + 1) * c.k * c.n];
         let ab = &a[bi * c.m * c.k..(bi + 1) * c.m * c.k];
         let ob = &mut out[bi * c.m * c.n..(bi + 1) * c.m * c.n];
         let mut n0 = 0;
         while n0 < c.n {
             let tn = tile_n.min(c.n - n0);
-            // Widen columns n0..n0+tn of rhs into an [tn, K] (nk) or [K, tn] (kn) f32 tile.
-            let tile: Vec<f32> = if c.rhs_nk {
-                bb[n0 * c.k..(n0 + tn) * c.k]
-                    .par_iter()
-                    .map(&widen)
-                    .collect()
-            } else {
-                (0..c.k)
-                    .into_par_iter()
-                    .flat_map_iter(|k| bb[k * c.n + n0..k * c.n + n0 + tn].iter().map(&widen))
-                    .collect()
-            };
+            let t = tile(bi, n0, tn);
+            debug_assert_eq!(t.len(), tn * c.k);
             let (rs, cs) = if c.rhs_nk {
                 (1, c.k as isize)
             } else {
@@ -175,7 +185,7 @@ fn widen_gemm<T: Sync>(
                     ab.as_ptr(),
                     1,
                     c.k as isize,
-                    tile.as_ptr(),
+                    t.as_ptr(),
                     cs,
                     rs,
                     0.0,
@@ -190,6 +200,52 @@ fn widen_gemm<T: Sync>(
         }
     }
     out
+}
+
+/// `x [.., K] · decode(q [N, K])ᵀ → [.., N]`: a `dot` whose rhs is a fused
+/// [`crate::Op::Dequantize`]. Decode-shaped products stream the bytes through the kernels
+/// crate's GEMV; larger ones decode a bounded tile to f32 at a time for gemm. Exactly the
+/// unfused result: decoded values are exact in every float dtype, the sum is in f32 and is
+/// rounded once to `out_dt`.
+pub fn dot_dequant(
+    lhs: &CpuData,
+    ld: &[usize],
+    q: &[u8],
+    format: QuantFormat,
+    n: usize,
+    out_dt: DType,
+) -> CpuData {
+    let k = *ld.last().expect("linear lhs has rank ≥ 1");
+    let m: usize = ld[..ld.len() - 1].iter().product();
+    let a = lhs.to_f32();
+    let out = if m <= SKINNY_MAX_M {
+        let mut out = vec![0f32; m * n];
+        let mat = match format {
+            QuantFormat::Int8 => Matrix::I8 {
+                q: bytemuck::cast_slice(q),
+                scales: None,
+            },
+            QuantFormat::Fp8E4M3 => Matrix::E4M3 { q, scales: None },
+        };
+        gemv(&a, m, k, mat, n, &mut out);
+        out
+    } else {
+        let c = Canon {
+            b: 1,
+            m,
+            k,
+            n,
+            rhs_nk: true,
+        };
+        let lut: Vec<f32> = (0..=255u8).map(|b| format.decode(b)).collect();
+        tiled_gemm(&a, &c, |_, n0, tn| {
+            q[n0 * k..(n0 + tn) * k]
+                .par_iter()
+                .map(|&b| lut[b as usize])
+                .collect()
+        })
+    };
+    CpuData::from_f32(out, out_dt)
 }
 
 fn par(flops: usize) -> gemm::Parallelism {
@@ -297,8 +353,8 @@ fn mm_naive<T: Copy + Default>(a: &[T], b: &[T], c: &Canon, fma: impl Fn(T, T, T
     out
 }
 
-/// out[b, m, n] = Σ_k a[b, m, k] · rhs[b, n, k], parallel over n: each weight row is read once
-/// per call and used for all m rows.
+/// out[b, m, n] = Σ_k a[b, m, k] · rhs[b, n, k]: the kernels crate's GEMV per batch, which reads
+/// each weight row once per call in its stored dtype.
 fn skinny(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     let (m, n, k) = (c.m, c.n, c.k);
     let mut out = vec![0f32; c.b * m * n];
@@ -307,168 +363,13 @@ fn skinny(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     }
     for bi in 0..c.b {
         let ab = &a[bi * m * k..(bi + 1) * m * k];
-        // Results in [n, m] order so each task owns a contiguous block.
-        let mut nm = vec![0f32; n * m];
-        let block = 16;
-        let work = |(blk, chunk): (usize, &mut [f32])| {
-            for (j, o) in chunk.chunks_mut(m).enumerate() {
-                let row = (bi * n) + blk * block + j;
-                for (i, oi) in o.iter_mut().enumerate() {
-                    let x = &ab[i * k..(i + 1) * k];
-                    *oi = match rhs {
-                        RhsRef::F32(b) => dot_f32(x, &b[row * k..(row + 1) * k]),
-                        RhsRef::BF16(b) => dot_bf16(x, &b[row * k..(row + 1) * k]),
-                        RhsRef::F16(b) => dot_f16(x, &b[row * k..(row + 1) * k]),
-                    };
-                }
-            }
+        let w = bi * n * k..(bi + 1) * n * k;
+        let mat = match rhs {
+            RhsRef::F32(b) => Matrix::F32(&b[w]),
+            RhsRef::BF16(b) => Matrix::BF16(&b[w]),
+            RhsRef::F16(b) => Matrix::F16(&b[w]),
         };
-        if n * k >= 1 << 14 {
-            nm.par_chunks_mut(block * m).enumerate().for_each(work);
-        } else {
-            nm.chunks_mut(block * m).enumerate().for_each(work);
-        }
-        let ob = &mut out[bi * m * n..(bi + 1) * m * n];
-        for j in 0..n {
-            for i in 0..m {
-                ob[i * n + j] = nm[j * m + i];
-            }
-        }
+        gemv(ab, m, k, mat, n, &mut out[bi * m * n..(bi + 1) * m * n]);
     }
     out
-}
-
-// ---- dot products, with AVX2+FMA(+F16C) versions chosen at run time -------------------------
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-}
-
-pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { x86::dot_f32(x, y) };
-    }
-    dot_generic(x, y, |v| *v)
-}
-
-pub fn dot_bf16(x: &[f32], y: &[bf16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: as above.
-        return unsafe { x86::dot_bf16(x, y) };
-    }
-    dot_generic(x, y, |v| v.to_f32())
-}
-
-pub fn dot_f16(x: &[f32], y: &[f16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: as above.
-        return unsafe { x86::dot_f16(x, y) };
-    }
-    dot_generic(x, y, |v| v.to_f32())
-}
-
-fn dot_generic<T>(x: &[f32], y: &[T], f: impl Fn(&T) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = x.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += x[c * 8 + l] * f(&y[c * 8 + l]);
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..x.len() {
-        s += x[i] * f(&y[i]);
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use half::{bf16, f16};
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    macro_rules! dot_impl {
-        ($name:ident, $t:ty, |$p:ident| $load:expr, |$v:ident| $scalar:expr) => {
-            #[target_feature(enable = "avx2,fma,f16c")]
-            pub unsafe fn $name(x: &[f32], y: &[$t]) -> f32 {
-                let n = x.len().min(y.len());
-                let (xp, yp) = (x.as_ptr(), y.as_ptr());
-                let mut a0 = _mm256_setzero_ps();
-                let mut a1 = _mm256_setzero_ps();
-                let mut a2 = _mm256_setzero_ps();
-                let mut a3 = _mm256_setzero_ps();
-                let mut i = 0;
-                while i + 32 <= n {
-                    // Loads are written out (not a closure) so they compile with the enabled features.
-                    let l0 = {
-                        let $p = yp.add(i);
-                        $load
-                    };
-                    let l1 = {
-                        let $p = yp.add(i + 8);
-                        $load
-                    };
-                    let l2 = {
-                        let $p = yp.add(i + 16);
-                        $load
-                    };
-                    let l3 = {
-                        let $p = yp.add(i + 24);
-                        $load
-                    };
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), l0, a0);
-                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), l1, a1);
-                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 16)), l2, a2);
-                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 24)), l3, a3);
-                    i += 32;
-                }
-                while i + 8 <= n {
-                    let $p = yp.add(i);
-                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), $load, a0);
-                    i += 8;
-                }
-                let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-                while i < n {
-                    let $v = *yp.add(i);
-                    s += *xp.add(i) * $scalar;
-                    i += 1;
-                }
-                s
-            }
-        };
-    }
-
-    dot_impl!(dot_f32, f32, |p| _mm256_loadu_ps(p), |v| v);
-    dot_impl!(
-        dot_bf16,
-        bf16,
-        |p| _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
-            16
-        )),
-        |v| v.to_f32()
-    );
-    dot_impl!(
-        dot_f16,
-        f16,
-        |p| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-        |v| v.to_f32()
-    );
 }

@@ -18,7 +18,6 @@ mod reduce;
 
 pub use data::CpuData;
 pub use fused::MASK_SKIP;
-pub use matmul::{dot_bf16, dot_f16, dot_f32};
 
 use crate::backend::{
     check_group_size, needs_group, validate_args, Arg, Backend, Buffer, Executable,
@@ -118,6 +117,11 @@ pub struct CpuExecutable {
     order: Vec<usize>,
     /// Index in `order` of each value's last use (usize::MAX: an output, never freed).
     last_use: Vec<usize>,
+    /// For a `dot` whose rhs is a [`Op::Dequantize`] used by nothing else: that node, which is
+    /// then never evaluated on its own (the dot reads the quantized bytes directly).
+    fused_rhs: Vec<Option<usize>>,
+    /// Nodes evaluated inside their consumer (see `fused_rhs`).
+    skip: Vec<bool>,
 }
 
 impl CpuExecutable {
@@ -134,13 +138,68 @@ impl CpuExecutable {
         for v in &outs {
             last_use[v.index()] = usize::MAX;
         }
+        let nodes = program.graph.nodes();
+        let mut uses = vec![0usize; nodes.len()];
+        for &i in &order {
+            for inp in &nodes[i].inputs {
+                uses[inp.index()] += 1;
+            }
+        }
+        let mut fused_rhs = vec![None; nodes.len()];
+        let mut skip = vec![false; nodes.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            let Some(d) = fusable_dequant(&nodes[i], nodes) else {
+                continue;
+            };
+            if uses[d] != 1 || last_use[d] == usize::MAX {
+                continue; // used elsewhere too, or an output: materialize it
+            }
+            fused_rhs[i] = Some(d);
+            skip[d] = true;
+            // The bytes are read at the dot, not at the dequantize.
+            let q = nodes[d].inputs[0].index();
+            if last_use[q] != usize::MAX {
+                last_use[q] = last_use[q].max(pos);
+            }
+        }
         CpuExecutable {
             signature: program.signature(),
             program: program.clone(),
             order,
             last_use,
+            fused_rhs,
+            skip,
         }
     }
+}
+
+impl CpuExecutable {
+    /// How many `dequantize` nodes run fused into the `dot` that reads them.
+    pub fn fused_dequantize_count(&self) -> usize {
+        self.skip.iter().filter(|&&s| s).count()
+    }
+}
+
+/// The [`Op::Dequantize`] node a `dot` can read directly: the rhs of a `linear` (lhs
+/// `[.., K]` contracted on its last dim against rhs `[N, K]`, no batch dims) in a float type
+/// the fused kernel produces.
+fn fusable_dequant(node: &Node, nodes: &[Node]) -> Option<usize> {
+    let Op::Dot(dd) = &node.op else {
+        return None;
+    };
+    let r = node.inputs[1].index();
+    let lhs_rank = nodes[node.inputs[0].index()].shape.rank();
+    let linear = dd.lhs_batch.is_empty()
+        && dd.rhs_batch.is_empty()
+        && dd.rhs_contract == [1]
+        && lhs_rank >= 1
+        && dd.lhs_contract == [lhs_rank - 1]
+        && nodes[r].shape.rank() == 2
+        && node.inputs[0] != node.inputs[1];
+    let ok = linear
+        && matches!(nodes[r].op, Op::Dequantize { .. })
+        && matches!(node.dtype, DType::F32 | DType::BF16 | DType::F16);
+    ok.then_some(r)
 }
 
 enum Slot<'a> {
@@ -249,7 +308,32 @@ impl CpuExecutable {
         }
         for (pos, &i) in self.order.iter().enumerate() {
             let node = &nodes[i];
-            if matches!(node.op, Op::Parameter { .. }) {
+            if matches!(node.op, Op::Parameter { .. }) || self.skip[i] {
+                continue;
+            }
+            if let Some(d) = self.fused_rhs[i] {
+                let Op::Dequantize { format, .. } = nodes[d].op else {
+                    unreachable!("fused_rhs names dequantize nodes")
+                };
+                let qv = nodes[d].inputs[0];
+                let CpuData::U8(q) = slots[qv.index()].get() else {
+                    unreachable!("dequantize reads u8, checked by the builder")
+                };
+                let lv = node.inputs[0];
+                let out = matmul::dot_dequant(
+                    slots[lv.index()].get(),
+                    nodes[lv.index()].shape.dims(),
+                    q,
+                    format,
+                    nodes[d].shape.dim(0),
+                    node.dtype,
+                );
+                slots[i] = Slot::Own(out);
+                for v in node.inputs.iter().chain([&qv]) {
+                    if self.last_use[v.index()] == pos {
+                        slots[v.index()] = Slot::Empty;
+                    }
+                }
                 continue;
             }
             if node.op.collective_world().is_some() {
@@ -399,6 +483,13 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
         Op::Softmax { axis } => fused::softmax(inp0(&first, slots, node), dims(0), *axis),
         Op::Silu => fused::silu(inp0(&first, slots, node)),
         Op::Rope => fused::rope(inp0(&first, slots, node), inp(1), inp(2), dims(0)),
+        Op::Dequantize { format, dtype } => {
+            let CpuData::U8(q) = inp0(&first, slots, node) else {
+                unreachable!("dequantize reads u8, checked by the builder")
+            };
+            let lut: Vec<f32> = (0..=255u8).map(|b| format.decode(b)).collect();
+            CpuData::from_f32(q.iter().map(|&b| lut[b as usize]).collect(), *dtype)
+        }
         Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
             unreachable!("collectives are evaluated by the executor, which holds the group")
         }

@@ -723,6 +723,25 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
         Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
             panic!("the reference interpreter runs single-rank programs only")
         }
+        Op::Dequantize { format, .. } => RTensor::build(dt, &od, |idx| {
+            let b = a[0].at(idx).i() as u8;
+            S::F(match format {
+                silica_tensor::QuantFormat::Int8 => b as i8 as f64,
+                // OCP E4M3FN from its fields: 1 sign, 4 exponent (bias 7), 3 mantissa bits;
+                // S.1111.111 is NaN, there are no infinities.
+                silica_tensor::QuantFormat::Fp8E4M3 => {
+                    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+                    let (e, m) = (((b >> 3) & 0xf) as i32, (b & 7) as f64);
+                    if e == 15 && m == 7.0 {
+                        f64::NAN
+                    } else if e == 0 {
+                        sign * m / 8.0 * 2f64.powi(-6)
+                    } else {
+                        sign * (1.0 + m / 8.0) * 2f64.powi(e - 7)
+                    }
+                }
+            })
+        }),
         Op::Attention { scale } => {
             let (q, k, v, m) = (a[0], a[1], a[2], a[3]);
             let (hq, d) = (q.dims[1], q.dims[3]);

@@ -1,0 +1,19 @@
+//! silica's CPU compute leaves, with run-time ISA dispatch.
+//!
+//! - [`isa`]: what the CPU has (AVX2, AVX-512 and its BF16/VNNI/FP16 extensions, AMX and
+//!   whether the kernel grants it, NEON) and the level kernels dispatch to (`SILICA_ISA` caps it).
+//! - [`dot`]: an f32 activation row against a weight row stored as f32, bf16, f16, int8 or fp8
+//!   e4m3, widened in registers.
+//! - [`gemv`]: decode-shaped products (few rows × `[N, K]` weights), parallel over output rows.
+//! - [`quant`]: the weight-only int8 and fp8 schemes (per-output-channel symmetric scales).
+//!
+//! Every SIMD path is tested against the portable code and an f64 reference (`tests/`).
+
+pub mod dot;
+pub mod gemv;
+pub mod isa;
+pub mod quant;
+
+pub use dot::{dot, dot_at, Row};
+pub use gemv::{gemv, gemv_at, Matrix};
+pub use isa::{isa, level, Isa, Level};

@@ -1,0 +1,239 @@
+//! Every kernel at every ISA level this machine has, against an f64 reference.
+
+use half::{bf16, f16};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use silica_kernels::dot::{e4m3_to_f32, f32_to_e4m3, portable};
+use silica_kernels::quant::{dequantize_e4m3, dequantize_i8, quantize_e4m3, quantize_i8};
+use silica_kernels::{dot_at, gemv_at, isa, Level, Matrix, Row};
+
+fn rand_vec(rng: &mut SmallRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// Lengths around every unroll boundary of the 8- and 16-lane kernels.
+const LENS: &[usize] = &[
+    0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 200, 576, 1000,
+];
+
+/// All finite, non-NaN e4m3 codes.
+fn e4m3_codes(rng: &mut SmallRng, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| loop {
+            let b: u8 = rng.gen();
+            if b & 0x7f != 0x7f {
+                break b;
+            }
+        })
+        .collect()
+}
+
+fn check(level: Level, x: &[f32], y: Row<'_>, exact: f64) {
+    let got = dot_at(level, x, y) as f64;
+    let abs: f64 = match y {
+        Row::F32(v) => x
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum(),
+        Row::BF16(v) => x
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
+            .sum(),
+        Row::F16(v) => x
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
+            .sum(),
+        Row::I8(v) => x
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum(),
+        Row::E4M3(v) => x
+            .iter()
+            .zip(v)
+            .map(|(a, b)| (*a as f64 * e4m3_to_f32(*b) as f64).abs())
+            .sum(),
+    };
+    // f32 accumulation: error ≤ n·ε·Σ|terms| (a loose but honest bound).
+    let tol = (x.len() as f64 + 1.0) * f32::EPSILON as f64 * abs + 1e-30;
+    assert!(
+        (got - exact).abs() <= tol,
+        "{level} {:?} n={}: got {got}, want {exact} (tol {tol})",
+        std::mem::discriminant(&y),
+        x.len()
+    );
+}
+
+#[test]
+fn dots_match_f64_at_every_level() {
+    let mut rng = SmallRng::seed_from_u64(1);
+    let levels = isa().supported_levels();
+    assert!(levels.contains(&Level::Portable));
+    for &n in LENS {
+        let x = rand_vec(&mut rng, n);
+        let yf = rand_vec(&mut rng, n);
+        let yb: Vec<bf16> = yf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let yh: Vec<f16> = yf.iter().map(|&v| f16::from_f32(v)).collect();
+        let yi: Vec<i8> = (0..n).map(|_| rng.gen_range(-127i8..=127)).collect();
+        let ye = e4m3_codes(&mut rng, n);
+        let ex = |f: &dyn Fn(usize) -> f64| (0..n).map(|i| x[i] as f64 * f(i)).sum::<f64>();
+        let e_f = ex(&|i| yf[i] as f64);
+        let e_b = ex(&|i| yb[i].to_f64());
+        let e_h = ex(&|i| yh[i].to_f64());
+        let e_i = ex(&|i| yi[i] as f64);
+        let e_e = ex(&|i| e4m3_to_f32(ye[i]) as f64);
+        for &l in &levels {
+            check(l, &x, Row::F32(&yf), e_f);
+            check(l, &x, Row::BF16(&yb), e_b);
+            check(l, &x, Row::F16(&yh), e_h);
+            check(l, &x, Row::I8(&yi), e_i);
+            check(l, &x, Row::E4M3(&ye), e_e);
+        }
+    }
+}
+
+#[test]
+fn every_e4m3_code_decodes_the_same_in_simd() {
+    // Each code alone against x = 1: the SIMD widening must give exactly the scalar value.
+    for l in isa().supported_levels() {
+        for b in 0..=255u8 {
+            let mut y = vec![0u8; 32];
+            y[5] = b;
+            let mut x = vec![0f32; 32];
+            x[5] = 1.0;
+            let (got, want) = (dot_at(l, &x, Row::E4M3(&y)), e4m3_to_f32(b));
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "{l} code {b:#04x}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn e4m3_round_trips_and_rounds_to_nearest() {
+    for b in 0..=255u8 {
+        if b & 0x7f == 0x7f {
+            assert!(e4m3_to_f32(b).is_nan());
+            continue;
+        }
+        let v = e4m3_to_f32(b);
+        let back = f32_to_e4m3(v);
+        // ±0 both decode to 0; everything else round-trips exactly.
+        assert_eq!(e4m3_to_f32(back), v, "code {b:#04x}");
+    }
+    assert_eq!(e4m3_to_f32(0x7e), 448.0);
+    assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+    assert_eq!(f32_to_e4m3(1e6), 0x7e);
+    assert_eq!(f32_to_e4m3(-1e6), 0xfe);
+    // Nearest: every f32 maps to a code no farther than any other code.
+    let finite: Vec<f32> = (0..=255u8)
+        .filter(|b| b & 0x7f != 0x7f)
+        .map(e4m3_to_f32)
+        .collect();
+    let mut rng = SmallRng::seed_from_u64(2);
+    for _ in 0..20000 {
+        let x: f32 = rng.gen_range(-460.0..460.0) * 10f32.powi(rng.gen_range(-4..1));
+        let got = e4m3_to_f32(f32_to_e4m3(x));
+        let best = finite
+            .iter()
+            .map(|&c| (c - x).abs())
+            .fold(f32::INFINITY, f32::min);
+        assert!(
+            (got - x).abs() <= best || x.abs() >= 448.0,
+            "{x}: got {got}, a code {best} away exists"
+        );
+    }
+    // Ties go to the even code: 1.0625 is halfway between 1.0 (0x38) and 1.125 (0x39).
+    assert_eq!(f32_to_e4m3(1.0625), 0x38);
+    assert_eq!(f32_to_e4m3(1.1875), 0x3a);
+}
+
+#[test]
+fn gemv_matches_naive_for_every_format_and_level() {
+    let mut rng = SmallRng::seed_from_u64(3);
+    for &(m, k, n) in &[
+        (1, 64, 40),
+        (1, 577, 33),
+        (3, 100, 70),
+        (8, 256, 300),
+        (2, 0, 5),
+    ] {
+        let x = rand_vec(&mut rng, m * k);
+        let wf = rand_vec(&mut rng, n * k);
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let (qi, si) = quantize_i8(&wf, n, k);
+        let (qe, se) = quantize_e4m3(&wf, n, k);
+        let cases: Vec<(Matrix, Vec<f32>)> = vec![
+            (Matrix::F32(&wf), wf.clone()),
+            (Matrix::BF16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
+            (
+                Matrix::I8 {
+                    q: &qi,
+                    scales: Some(&si),
+                },
+                dequantize_i8(&qi, &si, k),
+            ),
+            (
+                Matrix::E4M3 {
+                    q: &qe,
+                    scales: Some(&se),
+                },
+                dequantize_e4m3(&qe, &se, k),
+            ),
+        ];
+        for (w, dense) in &cases {
+            for l in isa().supported_levels() {
+                let mut out = vec![f32::NAN; m * n];
+                gemv_at(l, &x, m, k, *w, n, &mut out);
+                for i in 0..m {
+                    for j in 0..n {
+                        let e: f64 = (0..k)
+                            .map(|kk| x[i * k + kk] as f64 * dense[j * k + kk] as f64)
+                            .sum();
+                        let g = out[i * n + j] as f64;
+                        assert!(
+                            (g - e).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6,
+                            "{l} m{m} k{k} n{n} [{i},{j}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_scheme_bounds_the_error_by_half_a_step() {
+    let mut rng = SmallRng::seed_from_u64(4);
+    let (n, k) = (16, 300);
+    let mut w = rand_vec(&mut rng, n * k);
+    w[3 * k..4 * k].fill(0.0); // an all-zero row: scale 1, q 0
+    let (q, s) = quantize_i8(&w, n, k);
+    assert_eq!(s[3], 1.0);
+    assert!(q[3 * k..4 * k].iter().all(|&v| v == 0));
+    assert!(q.iter().all(|&v| v != -128), "symmetric range");
+    let d = dequantize_i8(&q, &s, k);
+    for j in 0..n {
+        let mx = w[j * k..(j + 1) * k]
+            .iter()
+            .fold(0f32, |a, v| a.max(v.abs()));
+        // The largest magnitude maps to ±127 exactly.
+        if mx > 0.0 {
+            assert!(q[j * k..(j + 1) * k]
+                .iter()
+                .any(|&v| v.unsigned_abs() == 127));
+        }
+        for kk in 0..k {
+            let i = j * k + kk;
+            assert!((d[i] - w[i]).abs() <= s[j] * 0.5 * (1.0 + 1e-6), "{i}");
+        }
+    }
+    // The portable dot is the reference the SIMD paths are held to; spot-check it too.
+    let x = rand_vec(&mut rng, k);
+    let e: f32 = (0..k).map(|i| x[i] * q[i] as f32).sum();
+    assert!((portable(&x, Row::I8(&q[..k])) - e).abs() < 1e-3);
+}
