@@ -3,7 +3,7 @@
 compares their outputs with the CPU reference backend's.
 
     check_hlo.py CASES_DIR [--filter SUBSTRING] [--verbose]
-    check_hlo.py --model DIR [--model DIR ...] [--tp N] [--silica PATH] [--atol 1e-4]
+    check_hlo.py --model DIR [--model DIR ...] [--tp N] [--quantize int8|fp8] [--silica PATH] [--atol 1e-4]
 
 With --model: `silica compile --target hlo` the folder's prefill (16-token bucket) and decode
 programs, execute them on XLA CPU with the checkpoint's weights (the prompt of the folder's
@@ -15,6 +15,10 @@ With --tp N the programs are compiled as one rank's of N (`silica compile --tp N
 XLA CPU devices, rank r with shard r of every weight, cut here from the checkpoint as the
 manifest's `source.shard` says (an independent reading of the shard layout); every rank's logits
 are compared.
+With --quantize, the programs take every weight matrix as bytes and per-row scales (`silica
+compile --quantize`); this script quantizes the checkpoint itself with NumPy as the manifest's
+`source.quantize` says (an independent implementation of the scheme: np.rint, ml_dtypes'
+float8_e4m3fn), and compares with `silica logits --quantize` (transformers has no such model).
 
 Every folder under CASES_DIR that holds a `module.pb` is a case:
   module.pb             serialized xla.HloModuleProto (silica_hlo::lower)
@@ -346,7 +350,24 @@ def shard_weight(x, shard, rank):
     raise ValueError(f"unknown shard kind {kind!r}")
 
 
-def check_model(backend, devices, folder, silica, atol, tp=1):
+def quantize_weight(x, q):
+    """The manifest's `source.quantize` of checkpoint matrix `x` [rows, cols]: its bytes (u8) or
+    its per-row scales (f32), by the scheme the manifest names (silica_kernels::quant)."""
+    x = np.asarray(x, np.float32)
+    m = np.max(np.abs(x), axis=1)
+    qmax = {"int8": np.float32(127.0), "fp8-e4m3": np.float32(448.0)}[q["format"]]
+    scale = np.where((m == 0) | ~np.isfinite(m), np.float32(1.0), m / qmax).astype(np.float32)
+    if q["part"] == "scales":
+        return scale
+    y = (x / scale[:, None]).astype(np.float32)
+    if q["format"] == "int8":
+        return np.clip(np.rint(y), -127, 127).astype(np.int8).view(np.uint8)
+    import ml_dtypes
+    y = np.clip(y, -448.0, 448.0)  # saturate, as silica does (e4m3fn has no infinity)
+    return y.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+
+
+def check_model(backend, devices, folder, silica, atol, tp=1, quantize=None):
     import subprocess
     import tempfile
     folder = Path(folder)
@@ -365,11 +386,12 @@ def check_model(backend, devices, folder, silica, atol, tp=1):
     with tempfile.TemporaryDirectory(prefix="silica-check-") as tmp:
         tmp = Path(tmp)
         out = tmp / "hlo"
+        qargs = ["--quantize", quantize] if quantize else []
         subprocess.run([str(silica), "compile", "--model", str(folder), "--target", "hlo",
                         "--buckets", "1x16,1x1", "--logits", "all", "--max-context", "32",
-                        "--tp", str(tp), "--out", str(out)], check=True, capture_output=True, text=True)
+                        "--tp", str(tp), "--out", str(out)] + qargs, check=True, capture_output=True, text=True)
         subprocess.run([str(silica), "logits", "--model", str(folder),
-                        "--token-ids", ",".join(map(str, ids)), "--out", str(tmp / "logits.safetensors")],
+                        "--token-ids", ",".join(map(str, ids)), "--out", str(tmp / "logits.safetensors")] + qargs,
                        check=True, capture_output=True, text=True)
         want = read_safetensors(tmp / "logits.safetensors")["logits"]  # [n + 1, V]
         manifest = json.loads((out / "manifest.json").read_text())
@@ -395,6 +417,9 @@ def check_model(backend, devices, folder, silica, atol, tp=1):
                     src, dt = spec["source"], np_dtype(spec["dtype"])
                     if "checkpoint" in src:
                         x = np.asarray(weights[src["checkpoint"]])
+                        if "quantize" in src:
+                            # Quantized whole, then cut like the weight.
+                            x = quantize_weight(x, src["quantize"])
                         if "shard" in src:
                             x = shard_weight(x, src["shard"], r)
                     elif "kv_cache" in src:
@@ -431,7 +456,7 @@ def check_model(backend, devices, folder, silica, atol, tp=1):
         results.append(("prefill vs silica logits", float(np.max(np.abs(pre - want[:n])))))
         results.append(("decode vs silica logits", float(np.max(np.abs(dec - want[n])))))
         ref = folder / "reference.safetensors"
-        if ref.exists() and ref_json.exists():
+        if ref.exists() and ref_json.exists() and not quantize:
             hf = read_safetensors(ref)["logits"]
             if hf.shape[0] >= n + 1:
                 results.append(("prefill vs transformers", float(np.max(np.abs(pre - hf[:n])))))
@@ -440,20 +465,25 @@ def check_model(backend, devices, folder, silica, atol, tp=1):
     for what, diff in results:
         good = diff <= atol
         ok &= good
-        tag = f" tp{tp}" if tp > 1 else ""
+        tag = (f" tp{tp}" if tp > 1 else "") + (f" {quantize}" if quantize else "")
         print(f"{'ok  ' if good else 'FAIL'} {folder.name + tag:<32} {what:<26} max|diff| {diff:.3e} (atol {atol:g})", flush=True)
     return ok
 
 
 def main_model(argv):
-    folders, silica, atol, tp = [], None, 1e-4, 1
+    folders, silica, atol, tp, quantize = [], None, 1e-4, 1, None
     i = 1
     while i < len(argv):
         a = argv[i]
-        if a in ("--model", "--silica", "--atol", "--tp") and i + 1 < len(argv):
+        if a in ("--model", "--silica", "--atol", "--tp", "--quantize") and i + 1 < len(argv):
             v = argv[i + 1]
             if a == "--model":
                 folders.append(v)
+            elif a == "--quantize":
+                if v not in ("int8", "fp8"):
+                    print(f"--quantize {v!r}: expected int8 or fp8", file=sys.stderr)
+                    return 2
+                quantize = v
             elif a == "--silica":
                 silica = v
             elif a == "--tp":
@@ -478,7 +508,7 @@ def main_model(argv):
     def attempt(f):
         import subprocess
         try:
-            return check_model(backend, devices, f, silica, atol, tp)
+            return check_model(backend, devices, f, silica, atol, tp, quantize)
         except subprocess.CalledProcessError as e:
             print(f"FAIL {Path(f).name}: {' '.join(map(str, e.cmd))} exited {e.returncode}\n{e.stderr or ''}", flush=True)
         except Exception as e:  # noqa: BLE001 - report and go on with the other folders

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod llama;
 pub mod paged;
 pub mod presets;
+pub mod quant;
 pub mod rope;
 pub mod runtime;
 pub mod sampling;

@@ -20,7 +20,7 @@
 
 use crate::config::ModelConfig;
 use crate::tp::TpLayout;
-use silica_tensor::{CmpDir, DType, Graph, GraphError, Program, ValueId};
+use silica_tensor::{CmpDir, DType, Graph, GraphError, Program, QuantFormat, ValueId};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LogitsMode {
@@ -43,6 +43,14 @@ pub struct StepShape {
     /// Tensor-parallel degree: ranks the program runs on, each with its shard of the weights
     /// and of the KV heads (see [`crate::tp`]).
     pub tp: usize,
+    /// Weight-only quantization of the matrices (see [`WeightParams`]); `None`: all weights in
+    /// the compute dtype.
+    pub quant: Option<QuantFormat>,
+}
+
+/// The program-name suffix of a quantization format (`_int8`, `_fp8-e4m3`), empty for none.
+pub(crate) fn quant_suffix(q: Option<QuantFormat>) -> String {
+    q.map(|f| format!("_{}", f.name())).unwrap_or_default()
 }
 
 /// The parts of a step program's name that say what it does: `decode`/`prefill` (one new
@@ -66,8 +74,12 @@ impl StepShape {
             String::new()
         };
         format!(
-            "{kind}_b{}_t{}_s{}_{}{l}{tp}",
-            self.batch, self.seq, self.cache_len, self.dtype
+            "{kind}_b{}_t{}_s{}_{}{}{l}{tp}",
+            self.batch,
+            self.seq,
+            self.cache_len,
+            self.dtype,
+            quant_suffix(self.quant)
         )
     }
 }
@@ -87,39 +99,109 @@ pub fn mask_min(dt: DType) -> f64 {
 }
 
 /// The model's weights as graph parameters, in [`TpLayout::specs`] order (HF names), and how
-/// they are split over ranks.
+/// they are split over ranks. With a quantization format, every matrix (see
+/// [`crate::weights::quantizable`]) is two parameters: its bytes `NAME` (u8, the weight's shape)
+/// and its per-row scales `NAME_scale` (f32 [rows]), in that order.
 pub struct WeightParams {
     params: std::collections::HashMap<String, ValueId>,
+    scales: std::collections::HashMap<String, ValueId>,
+    quant: Option<QuantFormat>,
+    dt: DType,
     pub tp: TpLayout,
 }
 
 impl WeightParams {
     /// Declares every weight of `cfg` as a parameter of dtype `dt`, in checkpoint order.
     pub fn declare(g: &mut Graph, cfg: &ModelConfig, dt: DType) -> Result<Self, GraphError> {
-        Self::declare_sharded(g, cfg, &TpLayout::single(cfg), dt)
+        Self::declare_sharded(g, cfg, &TpLayout::single(cfg), dt, None)
     }
 
-    /// Declares one rank's shards of the weights of `cfg` split by `tp`.
+    /// Declares one rank's shards of the weights of `cfg` split by `tp`, the matrices quantized
+    /// in `quant` when given.
     pub fn declare_sharded(
         g: &mut Graph,
         cfg: &ModelConfig,
         tp: &TpLayout,
         dt: DType,
+        quant: Option<QuantFormat>,
     ) -> Result<Self, GraphError> {
         let mut params = std::collections::HashMap::new();
+        let mut scales = std::collections::HashMap::new();
         for spec in tp.specs(cfg) {
-            let v = g.parameter(&spec.name, dt, spec.shape.clone())?;
-            params.insert(spec.name, v);
+            if quant.is_some() && crate::weights::quantizable(&spec) {
+                let v = g.parameter(&spec.name, DType::U8, spec.shape.clone())?;
+                let rows = spec.shape.dim(0);
+                let s = g.parameter(&crate::weights::scale_name(&spec.name), DType::F32, [rows])?;
+                scales.insert(spec.name.clone(), s);
+                params.insert(spec.name, v);
+            } else {
+                let v = g.parameter(&spec.name, dt, spec.shape.clone())?;
+                params.insert(spec.name, v);
+            }
         }
         Ok(WeightParams {
             params,
+            scales,
+            quant,
+            dt,
             tp: tp.clone(),
         })
     }
 
-    /// The parameter of weight `name` (an HF tensor name of this model).
+    /// The parameter of a weight kept in the compute dtype (a norm or a bias; any weight when
+    /// the model is not quantized). Matrices go through [`WeightParams::linear`] and
+    /// [`WeightParams::embedding`], which also handle quantized ones.
     pub fn get(&self, name: &str) -> ValueId {
+        debug_assert!(
+            !self.scales.contains_key(name),
+            "`{name}` is quantized: use linear() or embedding()"
+        );
         self.params[name]
+    }
+
+    /// `x [.., in] · W[out, in]ᵀ` for the matrix `name`. Quantized: the dot reads the decoded
+    /// bytes (exact values; the CPU backend fuses the decode into the dot) and the per-row scale
+    /// multiplies the result in f32, rounded once to the compute dtype.
+    pub fn linear(&self, g: &mut Graph, x: ValueId, name: &str) -> Result<ValueId, GraphError> {
+        let p = self.params[name];
+        let (Some(format), Some(&s)) = (self.quant, self.scales.get(name)) else {
+            return g.linear(x, p);
+        };
+        let w = g.dequantize(p, format, self.dt)?;
+        let y = g.linear(x, w)?;
+        self.scale_rows(g, y, s)
+    }
+
+    /// Rows `ids` (integers, any shape) of the matrix `name` (the token embedding):
+    /// [ids.., cols] in the compute dtype.
+    pub fn embedding(
+        &self,
+        g: &mut Graph,
+        name: &str,
+        ids: ValueId,
+    ) -> Result<ValueId, GraphError> {
+        let p = self.params[name];
+        let (Some(format), Some(&s)) = (self.quant, self.scales.get(name)) else {
+            return g.gather(p, ids, 0);
+        };
+        let rows = g.gather(p, ids, 0)?; // u8 [ids.., cols]
+        let v = g.dequantize(rows, format, DType::F32)?;
+        let sr = g.gather(s, ids, 0)?; // f32 [ids..]
+        let dims = g.dims(v).to_vec();
+        let keep: Vec<usize> = (0..dims.len() - 1).collect();
+        let sb = g.broadcast_in_dim(sr, dims, &keep)?;
+        let y = g.mul(v, sb)?;
+        g.convert(y, self.dt)
+    }
+
+    /// `y [.., out] · scales[out]` in f32, back to the compute dtype.
+    fn scale_rows(&self, g: &mut Graph, y: ValueId, s: ValueId) -> Result<ValueId, GraphError> {
+        let dims = g.dims(y).to_vec();
+        let last = dims.len() - 1;
+        let yf = g.convert(y, DType::F32)?;
+        let sb = g.broadcast_in_dim(s, dims, &[last])?;
+        let z = g.mul(yf, sb)?;
+        g.convert(z, self.dt)
     }
 }
 
@@ -201,7 +283,7 @@ pub fn decoder(
     let (hq, hkv, d, world) = (w.tp.heads, w.tp.kv_heads, cfg.head_dim, w.tp.world);
     let wt = |name: &str| w.get(name);
     let mut x = if world == 1 {
-        g.gather(wt("model.embed_tokens.weight"), input_ids, 0)? // [B, T, H]
+        w.embedding(g, "model.embed_tokens.weight", input_ids)? // [B, T, H]
     } else {
         vocab_parallel_embedding(g, w, input_ids)?
     };
@@ -210,7 +292,7 @@ pub fn decoder(
         let p = format!("model.layers.{l}");
         let hn = g.rms_norm(x, wt(&format!("{p}.input_layernorm.weight")), eps)?;
         let proj = |g: &mut Graph, name: &str, heads: usize| -> Result<ValueId, GraphError> {
-            let mut y = g.linear(hn, wt(&format!("{p}.self_attn.{name}.weight")))?;
+            let mut y = w.linear(g, hn, &format!("{p}.self_attn.{name}.weight"))?;
             if cfg.qkv_bias {
                 y = g.add(y, wt(&format!("{p}.self_attn.{name}.bias")))?;
             }
@@ -225,7 +307,7 @@ pub fn decoder(
         let a = attend(g, l, q, k, v)?; // [B, Hq, T, D]
         let a = g.transpose(a, &[0, 2, 1, 3])?;
         let a = g.reshape(a, [b, t, hq * d])?;
-        let o = g.linear(a, wt(&format!("{p}.self_attn.o_proj.weight")))?;
+        let o = w.linear(g, a, &format!("{p}.self_attn.o_proj.weight"))?;
         let mut o = g.all_reduce(o, world)?;
         if cfg.o_bias {
             o = g.add(o, wt(&format!("{p}.self_attn.o_proj.bias")))?;
@@ -234,7 +316,7 @@ pub fn decoder(
 
         let hn = g.rms_norm(x, wt(&format!("{p}.post_attention_layernorm.weight")), eps)?;
         let lin = |g: &mut Graph, name: &str, inp: ValueId| -> Result<ValueId, GraphError> {
-            let y = g.linear(inp, wt(&format!("{p}.mlp.{name}.weight")))?;
+            let y = w.linear(g, inp, &format!("{p}.mlp.{name}.weight"))?;
             // down_proj is row-parallel: sum the partial products before its bias.
             let y = if name == "down_proj" {
                 g.all_reduce(y, world)?
@@ -266,9 +348,7 @@ fn vocab_parallel_embedding(
     input_ids: ValueId,
 ) -> Result<ValueId, GraphError> {
     let (vp, world) = (w.tp.vocab_shard, w.tp.world);
-    let table = w.get("model.embed_tokens.weight");
     let dims = g.dims(input_ids).to_vec();
-    let h = g.dims(table)[1];
     let rank = g.rank_id(world)?;
     let rows = g.scalar(vp as f64, DType::I32);
     let first = g.mul(rank, rows)?;
@@ -281,9 +361,9 @@ fn vocab_parallel_embedding(
     let no = g.full(0.0, DType::Bool, dims.clone())?;
     let mine = g.select(above, below, no)?;
     // Out-of-range indices clamp in gather; the select zeroes them.
-    let x = g.gather(table, local, 0)?;
-    let out = [dims[0], dims[1], h];
-    let mine = g.broadcast_in_dim(mine, out, &[0, 1])?;
+    let x = w.embedding(g, "model.embed_tokens.weight", local)?;
+    let out = g.dims(x).to_vec();
+    let mine = g.broadcast_in_dim(mine, out.clone(), &[0, 1])?;
     let zeros = g.full(0.0, g.dtype(x), out)?;
     let x = g.select(mine, x, zeros)?;
     g.all_reduce(x, world)
@@ -304,7 +384,7 @@ pub fn lm_head(
     };
     if w.tp.world > 1 {
         // Vocab-parallel: each rank's shard of the logits, gathered and cut to the vocabulary.
-        let part = g.linear(x, w.get(head))?;
+        let part = w.linear(g, x, head)?;
         let last = g.rank(part) - 1;
         let all = g.all_gather(part, last, w.tp.world)?;
         return if g.dims(all)[last] == cfg.vocab_size {
@@ -313,7 +393,7 @@ pub fn lm_head(
             g.slice_axis(all, last, 0, cfg.vocab_size)
         };
     }
-    g.linear(x, w.get(head))
+    w.linear(g, x, head)
 }
 
 /// A step program's `logits` output from the decoder's hidden states [B, T, H]: f32 [B, T, V],
@@ -380,7 +460,7 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
     let tp = TpLayout::new(cfg, s.tp).map_err(|e| GraphError::new("model", e.to_string()))?;
     let (hkv, d) = (tp.kv_heads, cfg.head_dim);
     let mut g = Graph::new();
-    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt)?;
+    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt, s.quant)?;
     let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
     let positions = g.parameter("positions", DType::I32, [b, t])?;
     let write_pos = g.parameter("write_pos", DType::I32, [b])?;

@@ -53,6 +53,8 @@ pub struct PagedShape {
     pub dtype: DType,
     /// Tensor-parallel degree.
     pub tp: usize,
+    /// Weight-only quantization of the matrices.
+    pub quant: Option<silica_tensor::QuantFormat>,
 }
 
 impl PagedShape {
@@ -64,8 +66,14 @@ impl PagedShape {
             String::new()
         };
         format!(
-            "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{l}{tp}",
-            self.batch, self.seq, self.max_blocks, self.block_size, self.num_blocks, self.dtype
+            "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{}{l}{tp}",
+            self.batch,
+            self.seq,
+            self.max_blocks,
+            self.block_size,
+            self.num_blocks,
+            self.dtype,
+            crate::llama::quant_suffix(self.quant)
         )
     }
 
@@ -118,7 +126,7 @@ pub fn build_paged_step(
     }
     let w_n = s.write_blocks();
     let mut g = Graph::new();
-    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt)?;
+    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt, s.quant)?;
     let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
     let positions = g.parameter("positions", DType::I32, [b, t])?;
     let tables = g.parameter("block_tables", DType::I32, [b, m])?;
@@ -362,6 +370,7 @@ impl PagedModel {
             max_blocks,
             logits: mode,
             dtype: self.model.dtype,
+            quant: self.model.quant,
             tp: self.model.tp.world,
         };
         let w_n = shape.write_blocks();

@@ -8,7 +8,7 @@ use crate::rope::rope_freqs;
 use crate::tokenizer::Tokenizer;
 use crate::tp::TpLayout;
 use crate::weights::{random_weights, Checkpoint, WeightSpec};
-use silica_tensor::{Arg, Backend, Buffer, DType, Executable, HostTensor, Shape};
+use silica_tensor::{Arg, Backend, Buffer, DType, Executable, HostTensor, QuantFormat, Shape};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,9 @@ pub struct LoadOptions {
     pub max_prefill_chunk: usize,
     /// Tensor-parallel degree (ranks, each with a shard of the weights); default 1.
     pub tp: usize,
+    /// Weight-only quantization of every matrix at load time (`--quantize int8|fp8`): int8 or
+    /// fp8 e4m3 with one scale per output row, per rank after sharding; default none.
+    pub quantize: Option<QuantFormat>,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +39,7 @@ impl Default for LoadOptions {
             max_context: None,
             max_prefill_chunk: 512,
             tp: 1,
+            quantize: None,
         }
     }
 }
@@ -53,6 +57,10 @@ pub struct LoadedModel {
     pub backend: Arc<dyn Backend>,
     /// How the weights are split over ranks (world 1: not split).
     pub tp: TpLayout,
+    /// The weight-only quantization of the matrices, if any.
+    pub quant: Option<QuantFormat>,
+    /// Bytes of one rank's weights as uploaded (quantized matrices at one byte per element).
+    pub weight_bytes: u64,
     /// Each rank's weight buffers, in [`TpLayout::specs`] order.
     weights: Vec<Vec<Buffer>>,
     programs: Mutex<HashMap<StepShape, Arc<dyn Executable>>>,
@@ -171,21 +179,65 @@ impl LoadedModel {
                 backend.upload_to(&t.convert(opts.dtype), rank)
             }
         };
-        let bufs = if tp.world == 1 {
-            vec![weights
+        let bufs = match opts.quantize {
+            None if tp.world == 1 => vec![weights
                 .iter()
                 .map(|(_, t)| upload(t, 0))
-                .collect::<std::result::Result<Vec<_>, _>>()?]
-        } else {
-            (0..tp.world)
+                .collect::<std::result::Result<Vec<_>, _>>()?],
+            None => (0..tp.world)
                 .map(|rank| -> Result<Vec<Buffer>> {
                     tp.shard(&config, weights, rank)?
                         .iter()
                         .map(|t| Ok(upload(t, rank)?))
                         .collect()
                 })
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?,
+            Some(format) => {
+                // The whole matrices are quantized (one scale per row), then cut per rank like
+                // the weights: the same scheme at every degree, and rank r's scales are the
+                // ones of its rows.
+                let want = crate::weights::weight_specs(&config);
+                let same = want.len() == weights.len()
+                    && want
+                        .iter()
+                        .zip(weights)
+                        .all(|(w, (s, t))| w.name == s.name && w.shape.dims() == t.dims());
+                if !same {
+                    return Err(ModelError::Invalid(
+                        "the weights do not match the model's tensor list (names, order, shapes)"
+                            .into(),
+                    ));
+                }
+                let mut full: Vec<(String, HostTensor, bool)> = Vec::new();
+                for (spec, t) in weights {
+                    if crate::weights::quantizable(spec) {
+                        let (q, sc) = crate::quant::quantize(t, format);
+                        full.push((spec.name.clone(), q, true));
+                        full.push((crate::weights::scale_name(&spec.name), sc, true));
+                    } else {
+                        full.push((spec.name.clone(), t.clone(), false));
+                    }
+                }
+                (0..tp.world)
+                    .map(|rank| -> Result<Vec<Buffer>> {
+                        full.iter()
+                            .map(|(name, t, quantized)| {
+                                let part = tp.cut(&config, name, t, rank);
+                                Ok(if *quantized {
+                                    backend.upload_to(&part, rank)?
+                                } else {
+                                    upload(&part, rank)?
+                                })
+                            })
+                            .collect()
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
         };
+        let weight_bytes = bufs[0]
+            .iter()
+            .map(|b| (b.shape().elem_count() * b.dtype().size_in_bytes()) as u64)
+            .sum();
         Ok(LoadedModel {
             config,
             name,
@@ -195,6 +247,8 @@ impl LoadedModel {
             max_prefill_chunk: opts.max_prefill_chunk.max(1).min(cache_len),
             backend,
             tp,
+            quant: opts.quantize,
+            weight_bytes,
             weights: bufs,
             programs: Mutex::new(HashMap::new()),
             load_seconds: t0.elapsed().as_secs_f64(),
@@ -320,6 +374,7 @@ impl LoadedModel {
             logits: mode,
             dtype: self.dtype,
             tp: self.tp.world,
+            quant: self.quant,
         };
         let exe = self.executable(shape)?;
 

@@ -110,6 +110,13 @@ impl TpLayout {
         if self.world == 1 {
             return Shard::Replicated;
         }
+        if let Some(base) = name.strip_suffix("_scale") {
+            // One scale per row of the matrix: its rows' split, none for a column split.
+            return match self.shard_of(cfg, base) {
+                Shard::Split { dim: 1 } => Shard::Replicated,
+                other => other,
+            };
+        }
         let is = |suffixes: &[&str]| suffixes.iter().any(|s| name.ends_with(s));
         if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
             return Shard::Vocab;
@@ -204,31 +211,36 @@ impl TpLayout {
         self.specs(cfg)
             .iter()
             .map(|spec| {
-                let w = find(&spec.name)?;
-                let t = match self.shard_of(cfg, &spec.name) {
-                    Shard::Replicated => w.clone(),
-                    Shard::Split { dim } => {
-                        let len = w.dims()[dim] / self.world;
-                        rows_of(w, dim, rank * len, len, len)
-                    }
-                    Shard::KvReplicated { ranks_per_head } => {
-                        let d = cfg.head_dim;
-                        rows_of(w, 0, rank / ranks_per_head * d, d, d)
-                    }
-                    Shard::Vocab => {
-                        let (vp, v) = (self.vocab_shard, w.dims()[0]);
-                        let start = (rank * vp).min(v);
-                        rows_of(w, 0, start, vp.min(v - start), vp)
-                    }
-                };
+                let t = self.cut(cfg, &spec.name, find(&spec.name)?, rank);
                 debug_assert_eq!(t.dims(), spec.shape.dims(), "{}", spec.name);
                 Ok(t)
             })
             .collect()
     }
+
+    /// Rank `rank`'s part of the whole-model tensor `name` (a weight, or the per-row scales
+    /// `NAME_scale` of a quantized matrix, which follow their matrix's rows: split with a
+    /// row split, whole where the matrix is split by columns).
+    pub fn cut(&self, cfg: &ModelConfig, name: &str, w: &HostTensor, rank: usize) -> HostTensor {
+        match self.shard_of(cfg, name) {
+            Shard::Replicated => w.clone(),
+            Shard::Split { dim } => {
+                let len = w.dims()[dim] / self.world;
+                rows_of(w, dim, rank * len, len, len)
+            }
+            Shard::KvReplicated { ranks_per_head } => {
+                let d = cfg.head_dim;
+                rows_of(w, 0, rank / ranks_per_head * d, d, d)
+            }
+            Shard::Vocab => {
+                let (vp, v) = (self.vocab_shard, w.dims()[0]);
+                let start = (rank * vp).min(v);
+                rows_of(w, 0, start, vp.min(v - start), vp)
+            }
+        }
+    }
 }
 
-/// `len` entries of `w` along `dim` from `start`, zero-padded to `padded` entries.
 fn rows_of(w: &HostTensor, dim: usize, start: usize, len: usize, padded: usize) -> HostTensor {
     let dims = w.dims();
     let outer: usize = dims[..dim].iter().product();

@@ -288,3 +288,16 @@ mod rayon_free {
         });
     }
 }
+
+/// Whether `--quantize` stores this weight quantized: every matrix (the token embedding, the
+/// attention and MLP projections, the LM head). Norms and biases stay in the compute dtype: they
+/// are a rounding error of the bytes and keep their full precision.
+pub fn quantizable(spec: &WeightSpec) -> bool {
+    spec.shape.rank() == 2
+}
+
+/// The name of a quantized weight's per-row scales, as compressed-tensors names them
+/// (`….weight` → `….weight_scale`).
+pub fn scale_name(name: &str) -> String {
+    format!("{name}_scale")
+}

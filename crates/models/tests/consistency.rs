@@ -168,6 +168,7 @@ fn decomposed_model_graph_matches_fused() {
         logits: LogitsMode::All,
         dtype: DType::F32,
         tp: 1,
+        quant: None,
     };
     let program = build_step(&cfg, &shape).unwrap();
     let dec = program.decomposed().unwrap();

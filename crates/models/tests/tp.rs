@@ -105,6 +105,7 @@ fn rank_programs_carry_their_collectives() {
             logits: LogitsMode::Last,
             dtype: DType::F32,
             tp,
+            quant: None,
         };
         let p = build_step(&cfg, &s).unwrap();
         let count = |f: fn(&Op) -> bool| p.graph.nodes().iter().filter(|n| f(&n.op)).count();

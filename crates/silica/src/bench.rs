@@ -1,7 +1,9 @@
 //! `silica bench` (offline mode: fixed batches through the prefill and decode programs) and
 //! `silica report` (side-by-side markdown/HTML of silica, vLLM and llmperf results).
 
-use crate::common::{backend, load_folder_or_preset, BackendName, DTypeArg};
+use crate::common::{
+    backend, load_folder_or_preset, quant_format, BackendName, DTypeArg, QuantizeArg,
+};
 use crate::offline::{self, OfflineConfig};
 use crate::online::{self, HttpTarget, OnlineConfig};
 use anyhow::{bail, Context, Result};
@@ -30,6 +32,9 @@ pub struct BenchArgs {
     /// threads on cpu); it must divide the attention heads and the MLP width.
     #[arg(long, default_value_t = 1)]
     tp: usize,
+    /// Quantize every weight matrix at load (weight-only, one scale per output channel).
+    #[arg(long, value_enum)]
+    quantize: Option<QuantizeArg>,
     /// Sequences per batch.
     #[arg(long)]
     batch: Option<usize>,
@@ -112,6 +117,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         dtype: a.dtype.dtype(),
         max_context: Some(input_len + output_len),
         tp: a.tp,
+        quantize: quant_format(a.quantize),
         ..Default::default()
     };
     let (model, preset) = load_folder_or_preset(

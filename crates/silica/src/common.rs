@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use silica_models::{LoadOptions, LoadedModel};
 use silica_tensor::cpu::CpuBackend;
-use silica_tensor::{Backend, DType};
+use silica_tensor::{Backend, DType, QuantFormat};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +25,30 @@ pub enum DTypeArg {
     F32,
     Bf16,
     F16,
+}
+
+/// `--quantize`: weight-only quantization of every matrix at load time.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantizeArg {
+    /// Symmetric int8, one scale per output channel (NxD Inference's int8, compressed-tensors
+    /// W8A16).
+    Int8,
+    /// fp8 e4m3, one scale per output channel.
+    Fp8,
+}
+
+impl QuantizeArg {
+    pub fn format(self) -> QuantFormat {
+        match self {
+            QuantizeArg::Int8 => QuantFormat::Int8,
+            QuantizeArg::Fp8 => QuantFormat::Fp8E4M3,
+        }
+    }
+}
+
+/// The `--quantize` value as the library takes it.
+pub fn quant_format(q: Option<QuantizeArg>) -> Option<QuantFormat> {
+    q.map(QuantizeArg::format)
 }
 
 impl DTypeArg {
@@ -55,6 +79,10 @@ pub struct ModelArgs {
     /// threads on cpu); it must divide the attention heads and the MLP width.
     #[arg(long, default_value_t = 1)]
     pub tp: usize,
+    /// Quantize every weight matrix at load (weight-only, one scale per output channel);
+    /// activations stay in --dtype.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
 }
 
 /// Creates the backend; an accelerator that cannot run here is an error that says why
@@ -138,6 +166,7 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         dtype: args.dtype.dtype(),
         max_context: args.max_context,
         tp: args.tp,
+        quantize: quant_format(args.quantize),
         ..Default::default()
     };
     LoadedModel::load(&model, backend(args.backend)?, &opts)

@@ -6,7 +6,7 @@
 //! The manifest is what a runner needs that the HLO alone does not say; `scripts/check_hlo.py
 //! --model DIR` uses it to execute the modules on XLA CPU with the checkpoint's weights.
 
-use crate::common::DTypeArg;
+use crate::common::{quant_format, DTypeArg, QuantizeArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
@@ -85,6 +85,10 @@ pub struct CompileArgs {
     /// many (one NEFF, loaded once per NeuronCore); the manifest says how to shard each weight.
     #[arg(long, default_value_t = 1)]
     tp: usize,
+    /// Quantize every weight matrix (weight-only, one scale per output channel): the programs
+    /// take each as bytes (u8) and scales (f32), and the manifest says how to make them.
+    #[arg(long, value_enum)]
+    quantize: Option<QuantizeArg>,
     /// Output folder (created; existing files of the same names are replaced).
     #[arg(long)]
     out: PathBuf,
@@ -201,14 +205,31 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                 .with_context(|| format!("--tp {}", a.tp))?;
         }
     }
-    let weights: HashMap<String, Value> = layout
-        .specs(&cfg)
-        .into_iter()
-        .map(|s| {
-            let source = weight_source(&cfg, &layout, &s.name);
-            (s.name, source)
-        })
-        .collect();
+    let quant = quant_format(a.quantize);
+    if quant.is_some() && a.train {
+        bail!("--train with --quantize: training runs on f32 weights (drop --quantize)");
+    }
+    let mut weights: HashMap<String, Value> = HashMap::new();
+    for s in layout.specs(&cfg) {
+        let source = weight_source(&cfg, &layout, &s.name);
+        match quant {
+            Some(q) if silica_models::weights::quantizable(&s) => {
+                // Bytes and scales of the checkpoint tensor, quantized whole (one scale per
+                // row) and then cut like the weight (scales follow their rows; see tp::cut).
+                let mut bytes = source;
+                bytes["quantize"] = quantize_source(q, "bytes");
+                let scale = silica_models::weights::scale_name(&s.name);
+                let mut scales = weight_source(&cfg, &layout, &scale);
+                scales["checkpoint"] = json!(s.name);
+                scales["quantize"] = quantize_source(q, "scales");
+                weights.insert(s.name, bytes);
+                weights.insert(scale, scales);
+            }
+            _ => {
+                weights.insert(s.name, source);
+            }
+        }
+    }
     let cache_inputs: HashSet<String> = (0..cfg.num_hidden_layers).flat_map(cache_names).collect();
     let mut programs = Vec::new();
     let mut modules = Vec::new();
@@ -237,6 +258,7 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             logits,
             dtype,
             tp: a.tp,
+            quant,
         };
         if !seen.insert(shape) {
             continue;
@@ -357,6 +379,22 @@ fn weight_source(cfg: &ModelConfig, layout: &TpLayout, name: &str) -> Value {
         }),
     };
     json!({"checkpoint": name, "shard": shard})
+}
+
+/// How a quantized program input is made from its checkpoint tensor (see
+/// `silica_kernels::quant` and docs/quantization.md): another runner recomputes it exactly.
+fn quantize_source(q: silica_tensor::QuantFormat, part: &str) -> Value {
+    let scheme = match q {
+        silica_tensor::QuantFormat::Int8 => {
+            "per row: scale = max|w| / 127 (1 for an all-zero row); bytes = two's complement of \
+             clamp(round_half_even(w / scale), -127, 127); all in f32"
+        }
+        silica_tensor::QuantFormat::Fp8E4M3 => {
+            "per row: scale = max|w| / 448 (1 for an all-zero row); bytes = float8_e4m3fn(w / \
+             scale), round to nearest even, saturating; all in f32"
+        }
+    };
+    json!({"format": q.name(), "part": part, "scheme": scheme})
 }
 
 /// Lowers one program, writes `NAME.hlo.pb`, and returns its manifest entry and the module.

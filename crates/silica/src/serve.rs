@@ -1,6 +1,8 @@
 //! `silica serve`: the OpenAI-compatible server (silica-serve) on a model folder or a preset.
 
-use crate::common::{backend, load_folder_or_preset, BackendName, DTypeArg};
+use crate::common::{
+    backend, load_folder_or_preset, quant_format, BackendName, DTypeArg, QuantizeArg,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use silica_models::LoadOptions;
@@ -27,6 +29,9 @@ pub struct ServeArgs {
     /// threads on cpu); it must divide the attention heads and the MLP width.
     #[arg(long, default_value_t = 1)]
     tp: usize,
+    /// Quantize every weight matrix at load (weight-only, one scale per output channel).
+    #[arg(long, value_enum)]
+    quantize: Option<QuantizeArg>,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -69,6 +74,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         dtype: a.dtype.dtype(),
         max_context: a.max_context,
         tp: a.tp,
+        quantize: quant_format(a.quantize),
         ..Default::default()
     };
     let (mut model, preset) = load_folder_or_preset(

@@ -10,7 +10,7 @@ use silica_models::config::ModelConfig;
 use silica_models::llama::{build_step, LogitsMode, StepShape};
 use silica_tensor::graph::DotDims;
 use silica_tensor::{
-    BinaryOp, CmpDir, DType, Graph, GraphError, HostTensor, Program, UnaryOp, ValueId,
+    BinaryOp, CmpDir, DType, Graph, GraphError, HostTensor, Program, QuantFormat, UnaryOp, ValueId,
 };
 use std::path::Path;
 
@@ -735,7 +735,17 @@ fn tiny_config(arch: &str, extra: &str) -> ModelConfig {
 /// then the caches (filled with random "earlier" entries so cached slots matter).
 fn llama_inputs(cfg: &ModelConfig, s: &StepShape, start: &[usize], seed: u64) -> Vec<HostTensor> {
     let weights = silica_models::weights::random_weights_std(cfg, s.dtype, seed, 0.25);
-    let mut inputs: Vec<HostTensor> = weights.into_iter().map(|(_, t)| t).collect();
+    let mut inputs: Vec<HostTensor> = Vec::new();
+    for (spec, t) in weights {
+        match s.quant {
+            Some(q) if silica_models::weights::quantizable(&spec) => {
+                let (bytes, scales) = silica_models::quant::quantize(&t, q);
+                inputs.push(bytes);
+                inputs.push(scales);
+            }
+            _ => inputs.push(t),
+        }
+    }
     let (b, t) = (s.batch, s.seq);
     let ids: Vec<i32> = (0..b * t)
         .map(|i| ((i * 7 + 3) % cfg.vocab_size) as i32)
@@ -772,6 +782,7 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::All,
             DType::F32,
             vec![0, 2],
+            None,
         ),
         (
             "llama_decode_f32",
@@ -781,6 +792,7 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::Last,
             DType::F32,
             vec![3, 6],
+            None,
         ),
         (
             "mistral_prefill_window_f32",
@@ -790,6 +802,7 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::Last,
             DType::F32,
             vec![0, 3],
+            None,
         ),
         (
             "qwen2_decode_f32",
@@ -799,6 +812,7 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::Last,
             DType::F32,
             vec![5],
+            None,
         ),
         (
             "llama_prefill_bf16",
@@ -808,6 +822,7 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::All,
             DType::BF16,
             vec![1],
+            None,
         ),
         (
             "llama_decode_bf16",
@@ -817,9 +832,41 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::Last,
             DType::BF16,
             vec![3, 6],
+            None,
+        ),
+        (
+            "llama_decode_int8_f32",
+            &cfg,
+            2,
+            1,
+            LogitsMode::Last,
+            DType::F32,
+            vec![3, 6],
+            Some(QuantFormat::Int8),
+        ),
+        (
+            "qwen2_prefill_tied_fp8_f32",
+            &qwen,
+            1,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![1],
+            Some(QuantFormat::Fp8E4M3),
+        ),
+        (
+            "llama_decode_int8_bf16",
+            &cfg,
+            2,
+            1,
+            LogitsMode::Last,
+            DType::BF16,
+            vec![2, 5],
+            Some(QuantFormat::Int8),
         ),
     ];
-    for (k, (name, cfg, batch, seq, logits, dtype, start)) in shapes.into_iter().enumerate() {
+    for (k, (name, cfg, batch, seq, logits, dtype, start, quant)) in shapes.into_iter().enumerate()
+    {
         let s = StepShape {
             batch,
             seq,
@@ -827,6 +874,7 @@ pub fn llama_cases() -> Vec<Case> {
             logits,
             dtype,
             tp: 1,
+            quant,
         };
         let program = build_step(cfg, &s).unwrap();
         let inputs = llama_inputs(cfg, &s, &start, 11 + k as u64);
