@@ -89,6 +89,57 @@ pub fn dot_at(level: Level, x: &[f32], y: Row<'_>) -> f32 {
     portable(x, y)
 }
 
+/// Four weight rows of one format (see [`dot4_at`]).
+#[derive(Copy, Clone, Debug)]
+pub enum Rows4<'a> {
+    F32([&'a [f32]; 4]),
+    BF16([&'a [bf16]; 4]),
+    F16([&'a [f16]; 4]),
+    I8([&'a [i8]; 4]),
+    E4M3([&'a [u8]; 4]),
+}
+
+/// `[x·y0, x·y1, x·y2, x·y3]`: four dots sharing every activation load (the GEMV's inner
+/// kernel). Each result is what [`dot_at`] computes up to f32 summation order.
+pub fn dot4_at(level: Level, x: &[f32], y: Rows4<'_>) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = crate::isa::isa();
+        if level == Level::Avx512 && isa.supports(Level::Avx512) {
+            // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked just above).
+            return unsafe {
+                match y {
+                    Rows4::F32(y) => x86::avx512::dot4_f32(x, y),
+                    Rows4::BF16(y) => x86::avx512::dot4_bf16(x, y),
+                    Rows4::F16(y) => x86::avx512::dot4_f16(x, y),
+                    Rows4::I8(y) => x86::avx512::dot4_i8(x, y),
+                    Rows4::E4M3(y) => x86::avx512::dot4_e4m3(x, y).map(|v| v * E4M3_VIA_F16),
+                }
+            };
+        }
+        if level >= Level::Avx2 && level != Level::Neon && isa.supports(Level::Avx2) {
+            // SAFETY: AVX2, FMA and F16C are present.
+            return unsafe {
+                match y {
+                    Rows4::F32(y) => x86::avx2::dot4_f32(x, y),
+                    Rows4::BF16(y) => x86::avx2::dot4_bf16(x, y),
+                    Rows4::F16(y) => x86::avx2::dot4_f16(x, y),
+                    Rows4::I8(y) => x86::avx2::dot4_i8(x, y),
+                    Rows4::E4M3(y) => x86::avx2::dot4_e4m3(x, y).map(|v| v * E4M3_VIA_F16),
+                }
+            };
+        }
+    }
+    let one = |r: Row<'_>| dot_at(level, x, r);
+    match y {
+        Rows4::F32(y) => y.map(|r| one(Row::F32(r))),
+        Rows4::BF16(y) => y.map(|r| one(Row::BF16(r))),
+        Rows4::F16(y) => y.map(|r| one(Row::F16(r))),
+        Rows4::I8(y) => y.map(|r| one(Row::I8(r))),
+        Rows4::E4M3(y) => y.map(|r| one(Row::E4M3(r))),
+    }
+}
+
 /// The portable dot: 8 independent partial sums (so the compiler vectorizes it), summed at
 /// the end.
 pub fn portable(x: &[f32], y: Row<'_>) -> f32 {
@@ -193,8 +244,59 @@ mod x86 {
     /// One dot kernel per (level, format): `$lanes` elements per load, four accumulators so the
     /// FMA latency is hidden, the tail in scalar code.
     macro_rules! dot_kernel {
-        ($feat:literal, $name:ident, $t:ty, $vec:ty, $lanes:literal, $zero:expr, $fma:ident,
+        ($feat:literal, $name:ident, $name4:ident, $t:ty, $vec:ty, $lanes:literal, $zero:expr, $fma:ident,
          $add:ident, $hsum:expr, |$p:ident| $load:expr, |$v:ident| $scalar:expr) => {
+            /// Four rows against one activation row: each activation vector is loaded once
+            /// for all four, and two accumulators per row hide the FMA latency.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name4(x: &[f32], y: [&[$t]; 4]) -> [f32; 4] {
+                let n = y.iter().fold(x.len(), |m, r| m.min(r.len()));
+                let xp = x.as_ptr();
+                let yp = [y[0].as_ptr(), y[1].as_ptr(), y[2].as_ptr(), y[3].as_ptr()];
+                let mut a: [[$vec; 2]; 4] = [[$zero; 2]; 4];
+                let mut i = 0;
+                while i + 2 * $lanes <= n {
+                    let x0 = $crate::dot::x86::loadx::<$vec>(xp.add(i));
+                    let x1 = $crate::dot::x86::loadx::<$vec>(xp.add(i + $lanes));
+                    for r in 0..4 {
+                        let w0 = {
+                            let $p = yp[r].add(i);
+                            $load
+                        };
+                        let w1 = {
+                            let $p = yp[r].add(i + $lanes);
+                            $load
+                        };
+                        a[r][0] = $fma(x0, w0, a[r][0]);
+                        a[r][1] = $fma(x1, w1, a[r][1]);
+                    }
+                    i += 2 * $lanes;
+                }
+                if i + $lanes <= n {
+                    let x0 = $crate::dot::x86::loadx::<$vec>(xp.add(i));
+                    for r in 0..4 {
+                        let w0 = {
+                            let $p = yp[r].add(i);
+                            $load
+                        };
+                        a[r][0] = $fma(x0, w0, a[r][0]);
+                    }
+                    i += $lanes;
+                }
+                let mut out = [0f32; 4];
+                for r in 0..4 {
+                    let mut s: f32 = $hsum($add(a[r][0], a[r][1]));
+                    let mut j = i;
+                    while j < n {
+                        let $v = *yp[r].add(j);
+                        s += *xp.add(j) * $scalar;
+                        j += 1;
+                    }
+                    out[r] = s;
+                }
+                out
+            }
+
             #[target_feature(enable = $feat)]
             pub unsafe fn $name(x: &[f32], y: &[$t]) -> f32 {
                 let n = x.len().min(y.len());
@@ -303,6 +405,7 @@ mod x86 {
         dot_kernel!(
             "avx2,fma,f16c",
             dot_f32,
+            dot4_f32,
             f32,
             __m256,
             8,
@@ -316,6 +419,7 @@ mod x86 {
         dot_kernel!(
             "avx2,fma,f16c",
             dot_bf16,
+            dot4_bf16,
             bf16,
             __m256,
             8,
@@ -332,6 +436,7 @@ mod x86 {
         dot_kernel!(
             "avx2,fma,f16c",
             dot_f16,
+            dot4_f16,
             f16,
             __m256,
             8,
@@ -345,6 +450,7 @@ mod x86 {
         dot_kernel!(
             "avx2,fma,f16c",
             dot_i8,
+            dot4_i8,
             i8,
             __m256,
             8,
@@ -358,6 +464,7 @@ mod x86 {
         dot_kernel!(
             "avx2,fma,f16c",
             dot_e4m3,
+            dot4_e4m3,
             u8,
             __m256,
             8,
@@ -379,6 +486,7 @@ mod x86 {
         dot_kernel!(
             "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
             dot_f32,
+            dot4_f32,
             f32,
             __m512,
             16,
@@ -392,6 +500,7 @@ mod x86 {
         dot_kernel!(
             "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
             dot_bf16,
+            dot4_bf16,
             bf16,
             __m512,
             16,
@@ -408,6 +517,7 @@ mod x86 {
         dot_kernel!(
             "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
             dot_f16,
+            dot4_f16,
             f16,
             __m512,
             16,
@@ -421,6 +531,7 @@ mod x86 {
         dot_kernel!(
             "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
             dot_i8,
+            dot4_i8,
             i8,
             __m512,
             16,
@@ -434,6 +545,7 @@ mod x86 {
         dot_kernel!(
             "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
             dot_e4m3,
+            dot4_e4m3,
             u8,
             __m512,
             16,

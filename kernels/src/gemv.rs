@@ -4,10 +4,9 @@
 //! is read from memory once per call and used for every activation row, which is what makes
 //! decode bandwidth-bound rather than dispatch-bound.
 
-use crate::dot::{dot_at, Row};
+use crate::dot::{dot4_at, dot_at, Row, Rows4};
 use crate::isa::{level, Level};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// A weight matrix `[N, K]` in a stored format.
 #[derive(Copy, Clone, Debug)]
@@ -67,16 +66,106 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// Output rows per parallel task: enough work per task that rayon's scheduling is noise, few
-/// enough that both cores get a share of a small projection.
-const ROWS_PER_TASK: usize = 16;
+impl<'a> Matrix<'a> {
+    /// Rows `j..j + 4` of a matrix with `k` columns.
+    #[inline]
+    fn rows4(&self, j: usize, k: usize) -> Rows4<'a> {
+        let r = |i: usize| (j + i) * k..(j + i + 1) * k;
+        match *self {
+            Matrix::F32(w) => Rows4::F32([0, 1, 2, 3].map(|i| &w[r(i)])),
+            Matrix::BF16(w) => Rows4::BF16([0, 1, 2, 3].map(|i| &w[r(i)])),
+            Matrix::F16(w) => Rows4::F16([0, 1, 2, 3].map(|i| &w[r(i)])),
+            Matrix::I8 { q, .. } => Rows4::I8([0, 1, 2, 3].map(|i| &q[r(i)])),
+            Matrix::E4M3 { q, .. } => Rows4::E4M3([0, 1, 2, 3].map(|i| &q[r(i)])),
+        }
+    }
+
+    /// The first byte of the stored elements and the bytes of one row of `k` elements.
+    fn bytes(&self, k: usize) -> (*const u8, usize) {
+        let p = match self {
+            Matrix::F32(w) => w.as_ptr() as *const u8,
+            Matrix::BF16(w) => w.as_ptr() as *const u8,
+            Matrix::F16(w) => w.as_ptr() as *const u8,
+            Matrix::I8 { q, .. } => q.as_ptr() as *const u8,
+            Matrix::E4M3 { q, .. } => q.as_ptr(),
+        };
+        (p, k * self.elem_bytes())
+    }
+
+    #[inline]
+    fn scale(&self, j: usize) -> f32 {
+        match self {
+            Matrix::I8 { scales, .. } | Matrix::E4M3 { scales, .. } => scales.map_or(1.0, |s| s[j]),
+            _ => 1.0,
+        }
+    }
+}
+
 /// Below this many weight bytes the product runs on the calling thread: waking the pool costs
 /// more than the work.
 const PAR_MIN_BYTES: usize = 64 << 10;
+/// Parallel tasks per thread: contiguous row ranges (streamed front to back, which the
+/// prefetchers like), a few per thread so a busy core does not hold up the rest.
+const TASKS_PER_THREAD: usize = 1;
+
+/// Prefetches bytes `[from, to)` after `base` into the cache, one hint per line.
+#[inline(always)]
+fn prefetch(base: *const u8, from: usize, to: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut off = from;
+        while off < to {
+            // SAFETY: a prefetch is a hint; it never faults, and the address stays inside
+            // the matrix (`to` is clamped to the task's end by the caller).
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    base.add(off) as *const i8,
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, from, to);
+}
 
 /// `out[i·n + j] = Σ_k x[i·k + kk] · w[j, kk] · scale[j]` for `i < m`, `j < n`.
 pub fn gemv(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &mut [f32]) {
     gemv_at(level(), x, m, k, w, n, out)
+}
+
+/// Rows `j0..j0 + len` of the product, results in `[row][m]` order into `o` (len·m).
+fn rows_block(lvl: Level, x: &[f32], m: usize, k: usize, w: &Matrix<'_>, j0: usize, o: &mut [f32]) {
+    let len = o.len() / m;
+    let (base, row_bytes) = w.bytes(k);
+    let end = (j0 + len) * row_bytes;
+    // The task's first rows, before the loop's look-ahead covers the rest.
+    prefetch(base, j0 * row_bytes, ((j0 + 16) * row_bytes).min(end));
+    let mut jj = 0;
+    while jj + 4 <= len {
+        let j = j0 + jj;
+        // Software prefetch of the rows two groups ahead (within this task's range): a GEMV
+        // streams each weight once, and the hardware prefetcher alone left single-core
+        // streaming at a fraction of the memory bandwidth.
+        prefetch(base, (j + 16) * row_bytes, ((j + 20) * row_bytes).min(end));
+        let rows = w.rows4(j, k);
+        let s = [0, 1, 2, 3].map(|r| w.scale(j + r));
+        for i in 0..m {
+            let d = dot4_at(lvl, &x[i * k..(i + 1) * k], rows);
+            for r in 0..4 {
+                o[(jj + r) * m + i] = d[r] * s[r];
+            }
+        }
+        jj += 4;
+    }
+    while jj < len {
+        let (row, s) = w.row(j0 + jj, k);
+        for i in 0..m {
+            o[jj * m + i] = dot_at(lvl, &x[i * k..(i + 1) * k], row) * s;
+        }
+        jj += 1;
+    }
 }
 
 /// [`gemv`] at an explicit ISA level (tests and benchmarks).
@@ -95,39 +184,25 @@ pub fn gemv_at(
     if m == 0 || n == 0 {
         return;
     }
+    let threads = crate::pool::threads();
+    let parallel = threads > 1 && n * k * w.elem_bytes() >= PAR_MIN_BYTES;
+    // Rows per task: a multiple of 4 (the kernel's group).
+    let per = if parallel {
+        n.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(4)
+    } else {
+        n
+    };
     if m == 1 {
-        // One activation row: results land directly in `out`.
-        let task = |(blk, o): (usize, &mut [f32])| {
-            for (jj, oj) in o.iter_mut().enumerate() {
-                let (row, s) = w.row(blk * ROWS_PER_TASK + jj, k);
-                *oj = dot_at(lvl, x, row) * s;
-            }
-        };
-        if n * k * w.elem_bytes() >= PAR_MIN_BYTES {
-            out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(task);
-        } else {
-            out.chunks_mut(ROWS_PER_TASK).enumerate().for_each(task);
-        }
+        // One activation row: results land directly in `out` ([row][1] is [n]).
+        crate::pool::for_each_chunk(out, per, |t, o| rows_block(lvl, x, 1, k, &w, t * per, o));
         return;
     }
     // Several rows: compute in [n, m] order so each task owns a contiguous block, then
     // transpose (m·n floats: negligible next to the weights).
     let mut nm = vec![0f32; n * m];
-    let task = |(blk, o): (usize, &mut [f32])| {
-        for (jj, oj) in o.chunks_mut(m).enumerate() {
-            let (row, s) = w.row(blk * ROWS_PER_TASK + jj, k);
-            for (i, v) in oj.iter_mut().enumerate() {
-                *v = dot_at(lvl, &x[i * k..(i + 1) * k], row) * s;
-            }
-        }
-    };
-    if n * k * w.elem_bytes() >= PAR_MIN_BYTES {
-        nm.par_chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(task);
-    } else {
-        nm.chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(task);
-    }
+    crate::pool::for_each_chunk(&mut nm, per * m, |t, o| {
+        rows_block(lvl, x, m, k, &w, t * per, o)
+    });
     for j in 0..n {
         for i in 0..m {
             out[i * n + j] = nm[j * m + i];

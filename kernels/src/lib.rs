@@ -12,6 +12,7 @@
 pub mod dot;
 pub mod gemv;
 pub mod isa;
+pub mod pool;
 pub mod quant;
 
 pub use dot::{dot, dot_at, Row};

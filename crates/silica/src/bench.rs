@@ -559,6 +559,9 @@ fn save_all(r: &Report, out: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", md.display()))?;
     std::fs::write(&html, silica_bench::html(std::slice::from_ref(r)))
         .with_context(|| format!("writing {}", html.display()))?;
+    if let Some(p) = silica_tensor::cpu::profile::report() {
+        eprintln!("\n{p}");
+    }
     println!("\nwrote {} (+ .md, .html)", out.display());
     Ok(())
 }

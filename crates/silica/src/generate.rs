@@ -161,6 +161,77 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A UTF-8 text file, tokenized without special tokens.
+    #[arg(long)]
+    file: PathBuf,
+    /// Tokens per window; every window is scored independently from a fresh context.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Windows to score (consecutive, non-overlapping, from the start of the text).
+    #[arg(long, default_value_t = 4)]
+    windows: usize,
+    /// Print {"perplexity": …, "tokens_scored": …, "windows": …} as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Perplexity over non-overlapping windows, every prediction in each window scored (position
+/// 0 of a window is context only): exp(mean NLL), with the log-softmax in f64.
+pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+    if a.window < 2 || a.windows == 0 {
+        bail!("--window must be at least 2 and --windows at least 1");
+    }
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading --file {}", a.file.display()))?;
+    let mut args = a.model.clone();
+    args.max_context = Some(args.max_context.unwrap_or(a.window).max(a.window));
+    let model = load(&args)?;
+    let tok = model
+        .tokenizer
+        .as_ref()
+        .context("the model has no tokenizer.json: perplexity needs one to tokenize --file")?;
+    let ids = tok.encode(&text, false)?;
+    let n = a.window * a.windows;
+    if ids.len() < n {
+        bail!(
+            "{} has {} tokens, fewer than --windows {} × --window {}",
+            a.file.display(),
+            ids.len(),
+            a.windows,
+            a.window
+        );
+    }
+    let v = model.config.vocab_size;
+    let (mut nll, mut count) = (0f64, 0usize);
+    for w in ids[..n].chunks(a.window) {
+        let logits = model.logits(w)?.to_f32_vec();
+        for (t, next) in w.iter().skip(1).enumerate() {
+            let row = &logits[t * v..(t + 1) * v];
+            let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let lse = row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln() + mx;
+            nll += lse - row[*next as usize] as f64;
+            count += 1;
+        }
+    }
+    let ppl = (nll / count as f64).exp();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"perplexity": ppl, "tokens_scored": count, "windows": a.windows, "window": a.window})
+        );
+    } else {
+        println!(
+            "perplexity {ppl:.4} over {count} predictions ({} windows of {} tokens)",
+            a.windows, a.window
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct TokenizeArgs {
     /// A Hugging Face model folder with tokenizer.json.
     #[arg(long)]

@@ -31,6 +31,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Write the logits of every position for given token ids to a safetensors file.
     Logits(generate::LogitsArgs),
+    /// Perplexity of a model on a text file (non-overlapping windows).
+    Perplexity(generate::PerplexityArgs),
     /// Tokenize text with a model's tokenizer.
     Tokenize(generate::TokenizeArgs),
     /// Benchmark a model (default: the embedded preset on CPU) and write a priced report.
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::generate(a),
         Command::Logits(a) => generate::logits(a),
+        Command::Perplexity(a) => generate::perplexity(a),
         Command::Tokenize(a) => generate::tokenize(a),
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => bench::report(a),

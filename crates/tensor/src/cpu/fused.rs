@@ -291,7 +291,15 @@ pub fn attention(
         }
     };
     if out.len() * a.tk >= PAR_MIN {
-        out.par_chunks_mut(a.dv).enumerate().for_each(row);
+        // A few query rows per task on the kernels' pool: a decode step has only Hq rows, too
+        // few for rayon's fork-join to pay for itself.
+        let rows = out.len() / a.dv;
+        let per = rows.div_ceil(silica_kernels::pool::threads() * 2).max(1);
+        silica_kernels::pool::for_each_chunk(&mut out, per * a.dv, |t, block| {
+            for (i, o) in block.chunks_mut(a.dv).enumerate() {
+                row((t * per + i, o));
+            }
+        });
     } else {
         out.chunks_mut(a.dv).enumerate().for_each(row);
     }

@@ -32,6 +32,56 @@ use std::sync::Arc;
 
 const NAME: &str = "cpu";
 
+/// Per-op wall time of every CPU execution, when `SILICA_PROFILE` is set (to anything but
+/// `0`): what `silica bench` prints to find per-step overhead. Off, it costs one branch per op.
+pub mod profile {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
+
+    pub(super) fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("SILICA_PROFILE").is_ok_and(|v| v != "0"))
+    }
+
+    fn table() -> &'static Mutex<HashMap<&'static str, (Duration, u64)>> {
+        static T: OnceLock<Mutex<HashMap<&'static str, (Duration, u64)>>> = OnceLock::new();
+        T.get_or_init(Default::default)
+    }
+
+    pub(super) fn record(op: &'static str, d: Duration) {
+        let mut t = table().lock().unwrap_or_else(|e| e.into_inner());
+        let e = t.entry(op).or_default();
+        e.0 += d;
+        e.1 += 1;
+    }
+
+    /// The time per op kind so far, largest first, as a table; `None` when profiling is off.
+    pub fn report() -> Option<String> {
+        if !enabled() {
+            return None;
+        }
+        let t = table().lock().unwrap_or_else(|e| e.into_inner());
+        let total: Duration = t.values().map(|(d, _)| *d).sum();
+        let mut rows: Vec<_> = t.iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
+        let mut out = format!(
+            "cpu op profile (SILICA_PROFILE): {:.3} s in ops\n",
+            total.as_secs_f64()
+        );
+        for (op, (d, n)) in rows {
+            out.push_str(&format!(
+                "  {op:<22} {:>9.3} s {:>5.1}% {:>9} calls {:>9.1} us/call\n",
+                d.as_secs_f64(),
+                100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12),
+                n,
+                d.as_secs_f64() * 1e6 / *n as f64
+            ));
+        }
+        Some(out)
+    }
+}
+
 /// The CPU backend. Stateless: buffers are host memory.
 #[derive(Clone, Debug, Default)]
 pub struct CpuBackend;
@@ -306,11 +356,13 @@ impl CpuExecutable {
             }
             donated.push(None);
         }
+        let profiling = profile::enabled();
         for (pos, &i) in self.order.iter().enumerate() {
             let node = &nodes[i];
             if matches!(node.op, Op::Parameter { .. }) || self.skip[i] {
                 continue;
             }
+            let t0 = profiling.then(std::time::Instant::now);
             if let Some(d) = self.fused_rhs[i] {
                 let Op::Dequantize { format, .. } = nodes[d].op else {
                     unreachable!("fused_rhs names dequantize nodes")
@@ -333,6 +385,9 @@ impl CpuExecutable {
                     if self.last_use[v.index()] == pos {
                         slots[v.index()] = Slot::Empty;
                     }
+                }
+                if let Some(t0) = t0 {
+                    profile::record("dot (dequantize)", t0.elapsed());
                 }
                 continue;
             }
@@ -368,6 +423,9 @@ impl CpuExecutable {
                 if self.last_use[v.index()] == pos {
                     slots[v.index()] = Slot::Empty;
                 }
+            }
+            if let Some(t0) = t0 {
+                profile::record(node.op.name(), t0.elapsed());
             }
         }
         // Collect outputs; an output value named twice (or a borrowed input) is copied.
