@@ -211,6 +211,17 @@ impl Parser<'_> {
         if !self.v.is_object() {
             return Err(self.err("config.json must be a JSON object"));
         }
+        if let Some(q) = self.v.get("quantization_config").filter(|q| !q.is_null()) {
+            // Its weights are not the float tensors the config's shapes promise; reading them as
+            // such would be silently wrong.
+            let method = q
+                .get("quant_method")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown");
+            return Err(self.err(format!(
+                "this checkpoint is already quantized (quantization_config, quant_method                  `{method}`), which silica cannot load yet; load the unquantized checkpoint,                  with --quantize int8|fp8 to quantize it"
+            )));
+        }
         let model_type = self
             .v
             .get("model_type")

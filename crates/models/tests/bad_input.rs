@@ -259,3 +259,19 @@ fn bad_sampling_parameters() {
     opts.sampling.top_p = 1.5;
     assert!(model.generate(&[1, 2], &opts, |_| {}).is_err());
 }
+
+#[test]
+fn an_already_quantized_checkpoint_is_refused_not_misread() {
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |c| {
+        c["quantization_config"] =
+            serde_json::json!({"quant_method": "compressed-tensors", "format": "int-quantized"});
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("already quantized")
+            && e.contains("compressed-tensors")
+            && e.contains("config.json"),
+        "{e}"
+    );
+}

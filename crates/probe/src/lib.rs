@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use silica_kernels::Level;
 use std::time::Instant;
 
 /// Limits measured on this machine.
@@ -18,7 +19,8 @@ pub struct MachineLimits {
     /// f32 FMA peak over all threads, GFLOP/s (an FMA counts 2).
     pub fma_peak_gflops: f64,
     pub threads: usize,
-    /// SIMD path the peak was measured with (`avx2+fma`, `portable`).
+    /// SIMD path the peak was measured with (`avx512f`, `avx2+fma`, `portable`).
+    /// It is what the kernels dispatch to on this CPU (`silica_kernels::isa`).
     pub simd: String,
 }
 
@@ -33,12 +35,22 @@ pub fn measure(quick: bool) -> MachineLimits {
     }
 }
 
+/// The SIMD path the FMA peak is measured with: the widest the kernels dispatch to
+/// (`silica_kernels::isa`, so `SILICA_ISA` caps both), since a peak the kernels cannot reach
+/// would make "% of peak" meaningless, and a narrower one flattering.
 fn simd_name() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return "avx2+fma";
+    match fma_level() {
+        Level::Avx512 => "avx512f",
+        Level::Avx2 => "avx2+fma",
+        _ => "portable",
     }
-    "portable"
+}
+
+fn fma_level() -> Level {
+    match silica_kernels::level() {
+        l @ (Level::Avx512 | Level::Avx2) => l,
+        _ => Level::Portable,
+    }
 }
 
 /// Best of `reps` multi-threaded reads of a `bytes`-sized buffer, in GB/s.
@@ -104,9 +116,12 @@ pub fn fma_peak(seconds: f64) -> f64 {
 /// Runs `iters` rounds of independent FMAs; returns (checksum, flops performed).
 fn fma_kernel(iters: usize) -> (f32, f64) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the features are present.
-        return unsafe { x86::fma(iters) };
+    match fma_level() {
+        // SAFETY: the kernels' ISA detection found these features.
+        Level::Avx512 => return unsafe { x86::fma512(iters) },
+        // SAFETY: as above.
+        Level::Avx2 => return unsafe { x86::fma(iters) },
+        _ => {}
     }
     let mut a = [1.0f32; 8];
     for _ in 0..iters {
@@ -139,6 +154,25 @@ mod x86 {
             _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
         );
         out.iter().sum::<f32>() + x[i..].iter().sum::<f32>()
+    }
+
+    /// 12 independent 16-wide FMA chains (AVX-512 has 32 registers; 12 chains cover two FMA
+    /// ports × 4-cycle latency with room to spare).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn fma512(iters: usize) -> (f32, f64) {
+        let m = _mm512_set1_ps(0.999_999);
+        let c = _mm512_set1_ps(1e-7);
+        let mut r = [_mm512_set1_ps(1.0); 12];
+        for _ in 0..iters {
+            for v in r.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, m, c);
+            }
+        }
+        let mut acc = r[0];
+        for v in &r[1..] {
+            acc = _mm512_add_ps(acc, *v);
+        }
+        (_mm512_reduce_add_ps(acc), (iters * 12 * 16 * 2) as f64)
     }
 
     /// 12 independent 8-wide FMA chains: enough to cover FMA latency × throughput on current cores.

@@ -199,13 +199,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let kv_per_token =
         2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.size_in_bytes();
     let avg_ctx = input_len + output_len / 2;
-    let bytes_per_step =
-        c.weight_bytes_per_token(model.dtype) + (batch * avg_ctx * kv_per_token) as u64;
+    let bytes_per_step = weight_read_bytes(&model) + (batch * avg_ctx * kv_per_token) as u64;
     let info = ModelInfo {
         name: model.name.clone(),
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_params()),
-        dtype: Some(model.dtype.to_string()),
+        dtype: Some(dtype_label(model.dtype, model.quant)),
         weight_bytes_per_token: Some(bytes_per_step),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);
@@ -277,6 +276,31 @@ fn drive(
     res
 }
 
+/// Weight bytes one decode step reads (all ranks together, as for unquantized models): every
+/// weight as uploaded (quantized matrices at one byte per element plus their scales), the
+/// embedding only when it is also the tied head.
+fn weight_read_bytes(model: &silica_models::LoadedModel) -> u64 {
+    let c = &model.config;
+    let world = model.tp.world as u64;
+    match model.quant {
+        None => c.weight_bytes_per_token(model.dtype),
+        Some(_) if c.tie_word_embeddings => model.weight_bytes * world,
+        Some(_) => {
+            // The embedding is a gather: its bytes (one per element) and scales are not read.
+            let (v, h) = (model.tp.vocab_shard as u64, c.hidden_size as u64);
+            model.weight_bytes.saturating_sub(v * h + 4 * v) * world
+        }
+    }
+}
+
+/// The report's weight dtype: the compute dtype, or `int8 (f32 activations)` when quantized.
+fn dtype_label(dtype: silica_tensor::DType, quant: Option<silica_tensor::QuantFormat>) -> String {
+    match quant {
+        Some(q) => format!("{} ({dtype} activations)", q.name()),
+        None => dtype.to_string(),
+    }
+}
+
 fn online_run_config(a: &BenchArgs, cfg: &OnlineConfig, slo: Option<Slo>) -> RunConfig {
     let mut run = RunConfig::new(Mode::Online);
     run.input_len = Some(cfg.input_len);
@@ -333,6 +357,7 @@ fn bench_engine(
     slo: Option<Slo>,
 ) -> Result<()> {
     let c = model.config.clone();
+    let (read_bytes, quant) = (weight_read_bytes(&model), model.quant);
     let (name, dtype, backend_name, tp) = (
         model.name.clone(),
         model.dtype,
@@ -369,8 +394,8 @@ fn bench_engine(
         name,
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_params()),
-        dtype: Some(dtype.to_string()),
-        weight_bytes_per_token: Some(c.weight_bytes_per_token(dtype)),
+        dtype: Some(dtype_label(dtype, quant)),
+        weight_bytes_per_token: Some(read_bytes),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);
     report.limits = Some(limits);

@@ -351,3 +351,62 @@ fn tensor_parallel_runs_match_transformers() {
     );
     assert!(!e.contains("panicked"), "{e}");
 }
+
+#[test]
+fn quantize_and_perplexity_run_and_refuse_bad_input() {
+    let dir = fixture("llama3-tied");
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "hello world, a small text for a small model. ".repeat(40),
+    )
+    .unwrap();
+    let t = text.to_str().unwrap();
+    let ppl = |extra: &[&str]| -> f64 {
+        let mut args = vec!["perplexity", "--model", d, "--file", t, "--window", "32"];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        let o = silica(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["tokens_scored"], 4 * 31);
+        v["perplexity"].as_f64().unwrap()
+    };
+    let (f, i8, f8) = (
+        ppl(&[]),
+        ppl(&["--quantize", "int8"]),
+        ppl(&["--quantize", "fp8"]),
+    );
+    assert!(f.is_finite() && f > 1.0, "{f}");
+    // Different weights, a different (but nearby) model.
+    assert!(i8 != f && (i8 / f - 1.0).abs() < 0.5, "{f} {i8}");
+    assert!(f8 != f && (f8 / f - 1.0).abs() < 0.5, "{f} {f8}");
+    // An unknown format is a usage error naming the choices.
+    let o = silica(&[
+        "logits",
+        "--model",
+        d,
+        "--token-ids",
+        "1,2",
+        "--quantize",
+        "int3",
+        "--out",
+        "x",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("int8") && stderr(&o).contains("fp8"),
+        "{}",
+        stderr(&o)
+    );
+    // A text too short for the windows asked for.
+    let o = silica(&["perplexity", "--model", d, "--file", t, "--window", "4096"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("fewer than"), "{}", stderr(&o));
+    // A missing file.
+    let o = silica(&["perplexity", "--model", d, "--file", "/nonexistent/x.txt"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/x.txt"), "{}", stderr(&o));
+}
