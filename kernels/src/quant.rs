@@ -24,36 +24,39 @@ fn row_scale(row: &[f32], qmax: f32) -> f32 {
     }
 }
 
-/// Quantizes `w` [n, k] to int8 with per-row scales.
-pub fn quantize_i8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+/// Per-row symmetric quantization: each row's scale maps its largest magnitude to `qmax`, and
+/// `encode` stores `w / scale`.
+fn quantize_rows<T: Copy + Default>(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    qmax: f32,
+    encode: impl Fn(f32) -> T,
+) -> (Vec<T>, Vec<f32>) {
     assert_eq!(w.len(), n * k);
-    let mut q = vec![0i8; n * k];
+    let mut q = vec![T::default(); n * k];
     let mut scales = vec![0f32; n];
     for j in 0..n {
         let row = &w[j * k..(j + 1) * k];
-        let s = row_scale(row, I8_MAX);
+        let s = row_scale(row, qmax);
         scales[j] = s;
         for (o, &v) in q[j * k..(j + 1) * k].iter_mut().zip(row) {
-            *o = (v / s).round_ties_even().clamp(-I8_MAX, I8_MAX) as i8;
+            *o = encode(v / s);
         }
     }
     (q, scales)
 }
 
+/// Quantizes `w` [n, k] to int8 with per-row scales.
+pub fn quantize_i8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    quantize_rows(w, n, k, I8_MAX, |v| {
+        v.round_ties_even().clamp(-I8_MAX, I8_MAX) as i8
+    })
+}
+
 /// Quantizes `w` [n, k] to fp8 e4m3 with per-row scales.
 pub fn quantize_e4m3(w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
-    assert_eq!(w.len(), n * k);
-    let mut q = vec![0u8; n * k];
-    let mut scales = vec![0f32; n];
-    for j in 0..n {
-        let row = &w[j * k..(j + 1) * k];
-        let s = row_scale(row, E4M3_MAX);
-        scales[j] = s;
-        for (o, &v) in q[j * k..(j + 1) * k].iter_mut().zip(row) {
-            *o = f32_to_e4m3(v / s);
-        }
-    }
-    (q, scales)
+    quantize_rows(w, n, k, E4M3_MAX, f32_to_e4m3)
 }
 
 /// w[n, k] = q · scale[n].
