@@ -41,6 +41,28 @@ impl Row<'_> {
     }
 }
 
+/// Returns `$body` evaluated with `$m` naming the x86 kernel module of `level` — `x86::avx512`
+/// or `x86::avx2` — when this CPU supports it; falls through otherwise (a level the CPU lacks
+/// never reaches an unsupported instruction).
+macro_rules! x86_simd {
+    ($level:expr, $m:ident => $body:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let isa = crate::isa::isa();
+            if $level == Level::Avx512 && isa.supports(Level::Avx512) {
+                use x86::avx512 as $m;
+                // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked just above).
+                return unsafe { $body };
+            }
+            if $level >= Level::Avx2 && $level != Level::Neon && isa.supports(Level::Avx2) {
+                use x86::avx2 as $m;
+                // SAFETY: AVX2, FMA and F16C are present.
+                return unsafe { $body };
+            }
+        }
+    };
+}
+
 /// Σ x[i]·y[i] over the shorter of the two, at the dispatched level.
 #[inline]
 pub fn dot(x: &[f32], y: Row<'_>) -> f32 {
@@ -50,34 +72,13 @@ pub fn dot(x: &[f32], y: Row<'_>) -> f32 {
 /// [`dot`] at an explicit level; a level this CPU lacks falls back to the portable code (so
 /// callers never reach an unsupported instruction).
 pub fn dot_at(level: Level, x: &[f32], y: Row<'_>) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let isa = crate::isa::isa();
-        if level == Level::Avx512 && isa.supports(Level::Avx512) {
-            // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked just above).
-            return unsafe {
-                match y {
-                    Row::F32(y) => x86::avx512::dot_f32(x, y),
-                    Row::BF16(y) => x86::avx512::dot_bf16(x, y),
-                    Row::F16(y) => x86::avx512::dot_f16(x, y),
-                    Row::I8(y) => x86::avx512::dot_i8(x, y),
-                    Row::E4M3(y) => x86::avx512::dot_e4m3(x, y) * E4M3_VIA_F16,
-                }
-            };
-        }
-        if level >= Level::Avx2 && level != Level::Neon && isa.supports(Level::Avx2) {
-            // SAFETY: AVX2, FMA and F16C are present.
-            return unsafe {
-                match y {
-                    Row::F32(y) => x86::avx2::dot_f32(x, y),
-                    Row::BF16(y) => x86::avx2::dot_bf16(x, y),
-                    Row::F16(y) => x86::avx2::dot_f16(x, y),
-                    Row::I8(y) => x86::avx2::dot_i8(x, y),
-                    Row::E4M3(y) => x86::avx2::dot_e4m3(x, y) * E4M3_VIA_F16,
-                }
-            };
-        }
-    }
+    x86_simd!(level, m => match y {
+        Row::F32(y) => m::dot_f32(x, y),
+        Row::BF16(y) => m::dot_bf16(x, y),
+        Row::F16(y) => m::dot_f16(x, y),
+        Row::I8(y) => m::dot_i8(x, y),
+        Row::E4M3(y) => m::dot_e4m3(x, y) * E4M3_VIA_F16,
+    });
     #[cfg(target_arch = "aarch64")]
     if level == Level::Neon && crate::isa::isa().supports(Level::Neon) {
         if let Row::F32(y) = y {
@@ -102,34 +103,13 @@ pub enum Rows4<'a> {
 /// `[x·y0, x·y1, x·y2, x·y3]`: four dots sharing every activation load (the GEMV's inner
 /// kernel). Each result is what [`dot_at`] computes up to f32 summation order.
 pub fn dot4_at(level: Level, x: &[f32], y: Rows4<'_>) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let isa = crate::isa::isa();
-        if level == Level::Avx512 && isa.supports(Level::Avx512) {
-            // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked just above).
-            return unsafe {
-                match y {
-                    Rows4::F32(y) => x86::avx512::dot4_f32(x, y),
-                    Rows4::BF16(y) => x86::avx512::dot4_bf16(x, y),
-                    Rows4::F16(y) => x86::avx512::dot4_f16(x, y),
-                    Rows4::I8(y) => x86::avx512::dot4_i8(x, y),
-                    Rows4::E4M3(y) => x86::avx512::dot4_e4m3(x, y).map(|v| v * E4M3_VIA_F16),
-                }
-            };
-        }
-        if level >= Level::Avx2 && level != Level::Neon && isa.supports(Level::Avx2) {
-            // SAFETY: AVX2, FMA and F16C are present.
-            return unsafe {
-                match y {
-                    Rows4::F32(y) => x86::avx2::dot4_f32(x, y),
-                    Rows4::BF16(y) => x86::avx2::dot4_bf16(x, y),
-                    Rows4::F16(y) => x86::avx2::dot4_f16(x, y),
-                    Rows4::I8(y) => x86::avx2::dot4_i8(x, y),
-                    Rows4::E4M3(y) => x86::avx2::dot4_e4m3(x, y).map(|v| v * E4M3_VIA_F16),
-                }
-            };
-        }
-    }
+    x86_simd!(level, m => match y {
+        Rows4::F32(y) => m::dot4_f32(x, y),
+        Rows4::BF16(y) => m::dot4_bf16(x, y),
+        Rows4::F16(y) => m::dot4_f16(x, y),
+        Rows4::I8(y) => m::dot4_i8(x, y),
+        Rows4::E4M3(y) => m::dot4_e4m3(x, y).map(|v| v * E4M3_VIA_F16),
+    });
     let one = |r: Row<'_>| dot_at(level, x, r);
     match y {
         Rows4::F32(y) => y.map(|r| one(Row::F32(r))),

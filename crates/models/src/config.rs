@@ -219,7 +219,9 @@ impl Parser<'_> {
                 .and_then(Value::as_str)
                 .unwrap_or("unknown");
             return Err(self.err(format!(
-                "this checkpoint is already quantized (quantization_config, quant_method                  `{method}`), which silica cannot load yet; load the unquantized checkpoint,                  with --quantize int8|fp8 to quantize it"
+                "this checkpoint is already quantized (quantization_config, quant_method \
+                 `{method}`), which silica cannot load yet; load the unquantized checkpoint, \
+                 with --quantize int8|fp8 to quantize it"
             )));
         }
         let model_type = self

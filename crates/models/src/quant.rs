@@ -1,6 +1,6 @@
 //! Weight-only quantization of a checkpoint's matrices at load time (`--quantize int8|fp8`):
 //! the schemes of [`silica_kernels::quant`] (symmetric, one scale per output row), applied to
-//! each rank's shard. A quantized matrix becomes two program inputs: its bytes (u8, the
+//! each whole matrix before it is cut per rank. A quantized matrix becomes two program inputs: its bytes (u8, the
 //! weight's shape: two's-complement int8 or e4m3 codes) and its scales (f32 [rows]).
 
 use silica_kernels::quant::{quantize_e4m3, quantize_i8};
@@ -24,13 +24,4 @@ pub fn quantize(t: &HostTensor, format: QuantFormat) -> (HostTensor, HostTensor)
         HostTensor::from_vec(bytes, [n, k]).expect("n·k bytes"),
         HostTensor::from_vec(scales, [n]).expect("n scales"),
     )
-}
-
-/// Parses a `--quantize` value.
-pub fn parse_format(s: &str) -> Option<QuantFormat> {
-    match s.to_ascii_lowercase().as_str() {
-        "int8" | "i8" | "w8a16" => Some(QuantFormat::Int8),
-        "fp8" | "fp8-e4m3" | "e4m3" | "float8_e4m3fn" => Some(QuantFormat::Fp8E4M3),
-        _ => None,
-    }
 }

@@ -9,6 +9,7 @@ use crate::tokenizer::Tokenizer;
 use crate::tp::TpLayout;
 use crate::weights::{random_weights, Checkpoint, WeightSpec};
 use silica_tensor::{Arg, Backend, Buffer, DType, Executable, HostTensor, QuantFormat, Shape};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,8 @@ pub struct LoadOptions {
     /// Tensor-parallel degree (ranks, each with a shard of the weights); default 1.
     pub tp: usize,
     /// Weight-only quantization of every matrix at load time (`--quantize int8|fp8`): int8 or
-    /// fp8 e4m3 with one scale per output row, per rank after sharding; default none.
+    /// fp8 e4m3 with one scale per output row, each matrix quantized whole and then cut per
+    /// rank; default none.
     pub quantize: Option<QuantFormat>,
 }
 
@@ -208,14 +210,17 @@ impl LoadedModel {
                             .into(),
                     ));
                 }
-                let mut full: Vec<(String, HostTensor, bool)> = Vec::new();
+                // (name, whole tensor, quantized): quantized bytes and scales are uploaded as
+                // they are, the rest converted to the compute dtype.
+                let mut full: Vec<(String, Cow<HostTensor>, bool)> = Vec::new();
                 for (spec, t) in weights {
                     if crate::weights::quantizable(spec) {
                         let (q, sc) = crate::quant::quantize(t, format);
-                        full.push((spec.name.clone(), q, true));
-                        full.push((crate::weights::scale_name(&spec.name), sc, true));
+                        full.push((spec.name.clone(), Cow::Owned(q), true));
+                        let scales = crate::weights::scale_name(&spec.name);
+                        full.push((scales, Cow::Owned(sc), true));
                     } else {
-                        full.push((spec.name.clone(), t.clone(), false));
+                        full.push((spec.name.clone(), Cow::Borrowed(t), false));
                     }
                 }
                 (0..tp.world)

@@ -19,6 +19,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{weight_specs, WeightSpec};
 use silica_tensor::{DType, HostTensor, Shape};
+use std::borrow::Cow;
 
 /// How one model is split over `world` ranks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,7 +212,9 @@ impl TpLayout {
         self.specs(cfg)
             .iter()
             .map(|spec| {
-                let t = self.cut(cfg, &spec.name, find(&spec.name)?, rank);
+                let t = self
+                    .cut(cfg, &spec.name, find(&spec.name)?, rank)
+                    .into_owned();
                 debug_assert_eq!(t.dims(), spec.shape.dims(), "{}", spec.name);
                 Ok(t)
             })
@@ -221,9 +224,16 @@ impl TpLayout {
     /// Rank `rank`'s part of the whole-model tensor `name` (a weight, or the per-row scales
     /// `NAME_scale` of a quantized matrix, which follow their matrix's rows: split with a
     /// row split, whole where the matrix is split by columns).
-    pub fn cut(&self, cfg: &ModelConfig, name: &str, w: &HostTensor, rank: usize) -> HostTensor {
-        match self.shard_of(cfg, name) {
-            Shard::Replicated => w.clone(),
+    /// A replicated tensor is borrowed, not copied.
+    pub fn cut<'a>(
+        &self,
+        cfg: &ModelConfig,
+        name: &str,
+        w: &'a HostTensor,
+        rank: usize,
+    ) -> Cow<'a, HostTensor> {
+        Cow::Owned(match self.shard_of(cfg, name) {
+            Shard::Replicated => return Cow::Borrowed(w),
             Shard::Split { dim } => {
                 let len = w.dims()[dim] / self.world;
                 rows_of(w, dim, rank * len, len, len)
@@ -237,7 +247,7 @@ impl TpLayout {
                 let start = (rank * vp).min(v);
                 rows_of(w, 0, start, vp.min(v - start), vp)
             }
-        }
+        })
     }
 }
 

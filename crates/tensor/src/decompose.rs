@@ -129,9 +129,9 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
                 // A 256-entry table of the e4m3 values, looked up by byte: exact, and needs no
                 // F8E4M3FN element type (which NeuronCore-v2's compiler rejects).
                 QuantFormat::Fp8E4M3 => {
-                    let lut: Vec<f32> = (0..=255u8).map(|b| format.decode(b)).collect();
                     let lut = g.constant(
-                        HostTensor::from_vec(lut, [256]).expect("256 values for a [256] table"),
+                        HostTensor::from_vec(format.table(), [256])
+                            .expect("256 values for a [256] table"),
                     );
                     let idx = g.convert(q, DType::I32)?;
                     g.gather(lut, idx, 0)?

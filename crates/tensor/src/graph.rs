@@ -262,6 +262,12 @@ impl QuantFormat {
             QuantFormat::Fp8E4M3 => silica_kernels::dot::e4m3_to_f32(b),
         }
     }
+
+    /// The value of every byte, indexed by byte: how the CPU decodes whole tensors and the
+    /// table the fp8 decomposition gathers from.
+    pub fn table(self) -> Vec<f32> {
+        (0..=255u8).map(|b| self.decode(b)).collect()
+    }
 }
 
 impl std::fmt::Display for QuantFormat {

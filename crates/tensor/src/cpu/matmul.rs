@@ -217,7 +217,11 @@ pub fn dot_dequant(
 ) -> CpuData {
     let k = *ld.last().expect("linear lhs has rank ≥ 1");
     let m: usize = ld[..ld.len() - 1].iter().product();
-    let a = lhs.to_f32();
+    // f32 activations are read in place; 16-bit ones widened once.
+    let a: std::borrow::Cow<[f32]> = match lhs {
+        CpuData::F32(v) => v.as_slice().into(),
+        other => other.to_f32().into(),
+    };
     let out = if m <= SKINNY_MAX_M {
         let mut out = vec![0f32; m * n];
         let mat = match format {
@@ -237,7 +241,7 @@ pub fn dot_dequant(
             n,
             rhs_nk: true,
         };
-        let lut: Vec<f32> = (0..=255u8).map(|b| format.decode(b)).collect();
+        let lut = format.table();
         tiled_gemm(&a, &c, |_, n0, tn| {
             q[n0 * k..(n0 + tn) * k]
                 .par_iter()

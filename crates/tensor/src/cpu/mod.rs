@@ -24,7 +24,7 @@ use crate::backend::{
 };
 use crate::collective::{on_rank_threads, Collective, Group, Solo};
 use crate::error::BackendError;
-use crate::graph::{Node, Op};
+use crate::graph::{Node, Op, ValueId};
 use crate::program::{Program, Signature};
 use crate::{DType, HostTensor, Shape};
 use data::map_data;
@@ -224,6 +224,20 @@ impl CpuExecutable {
 }
 
 impl CpuExecutable {
+    /// Frees the storage of the `values` whose last use is at position `pos` of the order.
+    fn release<'v>(
+        &self,
+        slots: &mut [Slot<'_>],
+        values: impl IntoIterator<Item = &'v ValueId>,
+        pos: usize,
+    ) {
+        for v in values {
+            if self.last_use[v.index()] == pos {
+                slots[v.index()] = Slot::Empty;
+            }
+        }
+    }
+
     /// How many `dequantize` nodes run fused into the `dot` that reads them.
     pub fn fused_dequantize_count(&self) -> usize {
         self.skip.iter().filter(|&&s| s).count()
@@ -381,11 +395,7 @@ impl CpuExecutable {
                     node.dtype,
                 );
                 slots[i] = Slot::Own(out);
-                for v in node.inputs.iter().chain([&qv]) {
-                    if self.last_use[v.index()] == pos {
-                        slots[v.index()] = Slot::Empty;
-                    }
-                }
+                self.release(&mut slots, node.inputs.iter().chain([&qv]), pos);
                 if let Some(t0) = t0 {
                     profile::record("dot (dequantize)", t0.elapsed());
                 }
@@ -394,11 +404,7 @@ impl CpuExecutable {
             if node.op.collective_world().is_some() {
                 let out = collective(node, nodes, &slots, comm)?;
                 slots[i] = Slot::Own(out);
-                for v in &node.inputs {
-                    if self.last_use[v.index()] == pos {
-                        slots[v.index()] = Slot::Empty;
-                    }
-                }
+                self.release(&mut slots, &node.inputs, pos);
                 continue;
             }
             // An input may be consumed in place if this is its last use and we own it.
@@ -419,11 +425,7 @@ impl CpuExecutable {
             debug_assert_eq!(out.len(), node.shape.elem_count(), "{:?}", node.op);
             debug_assert_eq!(out.dtype(), node.dtype, "{:?}", node.op);
             slots[i] = Slot::Own(out);
-            for v in &node.inputs {
-                if self.last_use[v.index()] == pos {
-                    slots[v.index()] = Slot::Empty;
-                }
-            }
+            self.release(&mut slots, &node.inputs, pos);
             if let Some(t0) = t0 {
                 profile::record(node.op.name(), t0.elapsed());
             }
@@ -545,7 +547,7 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
             let CpuData::U8(q) = inp0(&first, slots, node) else {
                 unreachable!("dequantize reads u8, checked by the builder")
             };
-            let lut: Vec<f32> = (0..=255u8).map(|b| format.decode(b)).collect();
+            let lut = format.table();
             CpuData::from_f32(q.iter().map(|&b| lut[b as usize]).collect(), *dtype)
         }
         Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
