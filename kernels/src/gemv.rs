@@ -4,6 +4,7 @@
 //! is read from memory once per call and used for every activation row, which is what makes
 //! decode bandwidth-bound rather than dispatch-bound.
 
+use crate::blocks::{self, BlockFormat};
 use crate::dot::{dot4_at, dot_at, Row, Rows4};
 use crate::isa::{level, Level};
 use half::{bf16, f16};
@@ -25,6 +26,11 @@ pub enum Matrix<'a> {
         q: &'a [u8],
         scales: Option<&'a [f32]>,
     },
+    /// ggml blocks ([`crate::blocks`]): each row is `K / block_elems` blocks, scales inside.
+    Blocks {
+        format: BlockFormat,
+        data: &'a [u8],
+    },
 }
 
 impl<'a> Matrix<'a> {
@@ -38,6 +44,7 @@ impl<'a> Matrix<'a> {
             Matrix::F16(w) => (Row::F16(&w[r]), 1.0),
             Matrix::I8 { q, scales } => (Row::I8(&q[r]), scales.map_or(1.0, |s| s[j])),
             Matrix::E4M3 { q, scales } => (Row::E4M3(&q[r]), scales.map_or(1.0, |s| s[j])),
+            Matrix::Blocks { .. } => unreachable!("block rows are read by rows_block itself"),
         }
     }
 
@@ -49,6 +56,9 @@ impl<'a> Matrix<'a> {
             Matrix::F16(w) => w.len(),
             Matrix::I8 { q, .. } => q.len(),
             Matrix::E4M3 { q, .. } => q.len(),
+            Matrix::Blocks { format, data } => {
+                data.len() / format.block_bytes() * format.block_elems()
+            }
         }
     }
 
@@ -56,12 +66,15 @@ impl<'a> Matrix<'a> {
         self.len() == 0
     }
 
-    /// Bytes per stored element.
-    pub fn elem_bytes(&self) -> usize {
+    /// Bytes of one row of `k` values.
+    pub fn row_bytes(&self, k: usize) -> usize {
         match self {
-            Matrix::F32(_) => 4,
-            Matrix::BF16(_) | Matrix::F16(_) => 2,
-            Matrix::I8 { .. } | Matrix::E4M3 { .. } => 1,
+            Matrix::F32(_) => 4 * k,
+            Matrix::BF16(_) | Matrix::F16(_) => 2 * k,
+            Matrix::I8 { .. } | Matrix::E4M3 { .. } => k,
+            Matrix::Blocks { format, .. } => format
+                .row_bytes(k)
+                .expect("a block row is a whole number of blocks"),
         }
     }
 }
@@ -77,6 +90,7 @@ impl<'a> Matrix<'a> {
             Matrix::F16(w) => Rows4::F16([0, 1, 2, 3].map(|i| &w[r(i)])),
             Matrix::I8 { q, .. } => Rows4::I8([0, 1, 2, 3].map(|i| &q[r(i)])),
             Matrix::E4M3 { q, .. } => Rows4::E4M3([0, 1, 2, 3].map(|i| &q[r(i)])),
+            Matrix::Blocks { .. } => unreachable!("block rows are read by rows_block itself"),
         }
     }
 
@@ -88,8 +102,9 @@ impl<'a> Matrix<'a> {
             Matrix::F16(w) => w.as_ptr() as *const u8,
             Matrix::I8 { q, .. } => q.as_ptr() as *const u8,
             Matrix::E4M3 { q, .. } => q.as_ptr(),
+            Matrix::Blocks { data, .. } => data.as_ptr(),
         };
-        (p, k * self.elem_bytes())
+        (p, self.row_bytes(k))
     }
 
     #[inline]
@@ -142,6 +157,18 @@ fn rows_block(lvl: Level, x: &[f32], m: usize, k: usize, w: &Matrix<'_>, j0: usi
     let end = (j0 + len) * row_bytes;
     // The task's first rows, before the loop's look-ahead covers the rest.
     prefetch(base, j0 * row_bytes, ((j0 + 16) * row_bytes).min(end));
+    if let Matrix::Blocks { format, data } = *w {
+        // One row at a time: the decode, not the activation loads, is the work here.
+        for jj in 0..len {
+            let j = j0 + jj;
+            prefetch(base, (j + 16) * row_bytes, ((j + 17) * row_bytes).min(end));
+            let row = &data[j * row_bytes..(j + 1) * row_bytes];
+            for i in 0..m {
+                o[jj * m + i] = blocks::dot_at(lvl, &x[i * k..(i + 1) * k], format, row);
+            }
+        }
+        return;
+    }
     let mut jj = 0;
     while jj + 4 <= len {
         let j = j0 + jj;
@@ -180,12 +207,18 @@ pub fn gemv_at(
 ) {
     assert_eq!(x.len(), m * k, "gemv: x is not [m, k]");
     assert_eq!(w.len(), n * k, "gemv: w is not [n, k]");
+    if let Matrix::Blocks { format, .. } = w {
+        assert!(
+            format.row_bytes(k).is_some(),
+            "gemv: {format} rows of {k} values are not whole blocks"
+        );
+    }
     assert_eq!(out.len(), m * n, "gemv: out is not [m, n]");
     if m == 0 || n == 0 {
         return;
     }
     let threads = crate::pool::threads();
-    let parallel = threads > 1 && n * k * w.elem_bytes() >= PAR_MIN_BYTES;
+    let parallel = threads > 1 && n * w.row_bytes(k) >= PAR_MIN_BYTES;
     // Rows per task: a multiple of 4 (the kernel's group).
     let per = if parallel {
         n.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(4)

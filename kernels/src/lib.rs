@@ -5,10 +5,13 @@
 //! - [`dot`]: an f32 activation row against a weight row stored as f32, bf16, f16, int8 or fp8
 //!   e4m3, widened in registers.
 //! - [`gemv`]: decode-shaped products (few rows × `[N, K]` weights), parallel over output rows.
+//! - [`blocks`]: GGUF's block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), decoded
+//!   as ggml does and dotted with f32 activations.
 //! - [`quant`]: the weight-only int8 and fp8 schemes (per-output-channel symmetric scales).
 //!
 //! Every SIMD path is tested against the portable code and an f64 reference (`tests/`).
 
+pub mod blocks;
 pub mod dot;
 pub mod gemv;
 pub mod isa;
