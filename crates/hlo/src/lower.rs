@@ -733,7 +733,8 @@ impl<'m> CompBuilder<'m> {
             | Op::Rope
             | Op::Silu
             | Op::Attention { .. }
-            | Op::Dequantize { .. }) => {
+            | Op::Dequantize { .. }
+            | Op::DequantizeBlocks { .. }) => {
                 return Err(LowerError::Unsupported {
                     op: op.name(),
                     reason: "composite left after decomposition".into(),

@@ -139,6 +139,14 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
             };
             g.convert(v, *dtype)
         }
+        Op::DequantizeBlocks { format, .. } => Err(GraphError::new(
+            "dequantize_blocks",
+            format!(
+                "{format} blocks have no lowering: load the GGUF for a compiled backend and \
+                 silica dequantizes it on the host (to the compute dtype, or re-quantized with \
+                 --quantize int8|fp8)"
+            ),
+        )),
         other => Err(GraphError::new(other.name(), "is not a composite op")),
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::error::GraphError;
 use crate::{DType, HostTensor, Shape};
+pub use silica_kernels::blocks::BlockFormat;
 use std::collections::HashMap;
 
 /// A value (the output of one node) in a [`Graph`].
@@ -235,6 +236,15 @@ pub enum Op {
         format: QuantFormat,
         dtype: DType,
     },
+    /// Decodes rows of ggml blocks (GGUF's Q4_0 … Q6_K: input U8 `[.., row_bytes]`, scales
+    /// inside the blocks) into `[.., row_bytes / block_bytes · block_elems]` values of `dtype`,
+    /// exactly as ggml's `dequantize_row_*` (rounded once to `dtype` when that is not f32). The
+    /// CPU backend fuses it into the `dot` that reads it; it has no lowering (compiled backends
+    /// get GGUF weights dequantized on the host, see silica-models' `gguf`).
+    DequantizeBlocks {
+        format: BlockFormat,
+        dtype: DType,
+    },
 }
 
 /// How the bytes of a quantized weight encode its values (see [`Op::Dequantize`]).
@@ -307,6 +317,7 @@ impl Op {
             Op::Rope => "rope",
             Op::Silu => "silu",
             Op::Dequantize { .. } => "dequantize",
+            Op::DequantizeBlocks { .. } => "dequantize_blocks",
             Op::Attention { .. } => "attention",
         }
     }
@@ -330,6 +341,7 @@ impl Op {
                 | Op::Silu
                 | Op::Attention { .. }
                 | Op::Dequantize { .. }
+                | Op::DequantizeBlocks { .. }
         )
     }
 }
@@ -1549,6 +1561,34 @@ impl Graph {
         }
         let shape = self.shape(q).clone();
         Ok(self.push(Op::Dequantize { format, dtype }, vec![q], dtype, shape))
+    }
+
+    /// The values of rows of ggml blocks `q` (U8 `[.., row_bytes]`) as `dtype` `[.., cols]` (see
+    /// [`Op::DequantizeBlocks`]).
+    pub fn dequantize_blocks(&mut self, q: ValueId, format: BlockFormat, dtype: DType) -> R {
+        self.check("dequantize_blocks", &[q])?;
+        let dims = self.dims(q).to_vec();
+        let cols = dims.last().and_then(|&b| format.row_elems(b));
+        let (Some(cols), DType::U8, true) = (cols, self.dtype(q), dtype.is_float()) else {
+            return Err(err(
+                "dequantize_blocks",
+                format!(
+                    "need u8 rows of whole {format} blocks ({} bytes each) and a float result \
+                     type; got {} {} → {dtype}",
+                    format.block_bytes(),
+                    self.dtype(q),
+                    self.shape(q)
+                ),
+            ));
+        };
+        let mut out = dims;
+        *out.last_mut().expect("rank ≥ 1") = cols;
+        Ok(self.push(
+            Op::DequantizeBlocks { format, dtype },
+            vec![q],
+            dtype,
+            Shape::new(out),
+        ))
     }
 
     /// Values needed to compute `outputs` (a mask over nodes), for dead-code elimination.

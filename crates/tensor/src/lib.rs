@@ -24,7 +24,8 @@ pub use collective::{on_rank_threads, Collective, Group, Member, Solo};
 pub use dtype::{DType, Element};
 pub use error::{BackendError, GraphError, TensorError};
 pub use graph::{
-    BinaryOp, CmpDir, DotDims, Graph, Node, Op, QuantFormat, ReduceKind, UnaryOp, ValueId,
+    BinaryOp, BlockFormat, CmpDir, DotDims, Graph, Node, Op, QuantFormat, ReduceKind, UnaryOp,
+    ValueId,
 };
 pub use half::{bf16, f16};
 pub use host::HostTensor;

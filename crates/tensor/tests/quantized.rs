@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use silica_tensor::cpu::CpuExecutable;
-use silica_tensor::{DType, Graph, HostTensor, Program, QuantFormat};
+use silica_tensor::{BlockFormat, DType, Graph, HostTensor, Program, QuantFormat};
 
 const FORMATS: [QuantFormat; 2] = [QuantFormat::Int8, QuantFormat::Fp8E4M3];
 
@@ -171,4 +171,106 @@ fn dequantize_refuses_what_it_cannot_decode() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("float result"), "{e}");
+}
+
+/// ggml blocks with finite f16 scales (random codes, every bit pattern of the quants).
+fn rand_blocks(r: &mut rand::rngs::StdRng, rows: usize, cols: usize, f: BlockFormat) -> HostTensor {
+    let (bb, nb) = (f.block_bytes(), cols / f.block_elems());
+    let halves: &[usize] = match f {
+        BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
+        BlockFormat::Q6K => &[208],
+        _ => &[0, 2],
+    };
+    let mut v: Vec<u8> = (0..rows * nb * bb).map(|_| r.gen()).collect();
+    for b in 0..rows * nb {
+        for &h in halves {
+            // Block scales like real ones: small, so f16 sums stay in range.
+            let s = silica_tensor::f16::from_f32(r.gen_range(-0.05f32..0.05));
+            v[b * bb + h..b * bb + h + 2].copy_from_slice(&s.to_bits().to_le_bytes());
+        }
+    }
+    HostTensor::from_vec(v, [rows, nb * bb]).unwrap()
+}
+
+fn blocks_linear(
+    dt: DType,
+    xdims: &[usize],
+    n: usize,
+    f: BlockFormat,
+    materialize: bool,
+) -> Program {
+    let k = *xdims.last().unwrap();
+    let mut g = Graph::new();
+    let x = g.parameter("x", dt, xdims.to_vec()).unwrap();
+    let q = g
+        .parameter("q", DType::U8, [n, f.row_bytes(k).unwrap()])
+        .unwrap();
+    let w = g.dequantize_blocks(q, f, dt).unwrap();
+    let y = g.linear(x, w).unwrap();
+    let mut outs = vec![("y".to_string(), y)];
+    if materialize {
+        outs.push(("w".to_string(), w));
+    }
+    Program::new("blocks_linear", g, outs).unwrap()
+}
+
+#[test]
+fn block_formats_fused_into_linear_match_the_reference() {
+    let mut r = rng(11);
+    for f in BlockFormat::ALL {
+        for dt in [DType::F32, DType::BF16] {
+            // Decode shapes (the GEMV) and prefill shapes (gemm over dequantized tiles).
+            for xdims in [vec![1, 256], vec![3, 512], vec![2, 20, 256]] {
+                let k = *xdims.last().unwrap();
+                let n = 37;
+                let x = rand_float(&mut r, dt, &xdims, -1.0, 1.0);
+                let q = rand_blocks(&mut r, n, k, f);
+                let fused = blocks_linear(dt, &xdims, n, f, false);
+                let unfused = blocks_linear(dt, &xdims, n, f, true);
+                // Fused only in f32: block values are not exact in 16-bit types, so a bf16
+                // dequantize rounds them first, as the op says.
+                let fusable = usize::from(dt == DType::F32);
+                assert_eq!(CpuExecutable::new(&fused).fused_dequantize_count(), fusable);
+                assert_eq!(CpuExecutable::new(&unfused).fused_dequantize_count(), 0);
+                let want = reference(&fused, &[x.clone(), q.clone()]);
+                let a = run_cpu(&fused, &[x.clone(), q.clone()]);
+                let b = run_cpu(&unfused, &[x.clone(), q.clone()]);
+                // The weights are exact decoded values (in dt: rounded once); the sums differ in
+                // order only. |w| ≤ 0.05·63 and |x| ≤ 1 bound each product.
+                let tol = Tol::rel(2e-5, 2e-4 * (k as f64).sqrt()).with_ulps(2.0);
+                let name = format!("{f} {dt} {xdims:?}");
+                assert_close(&format!("{name}: fused vs reference"), &a[0], &want[0], tol);
+                assert_close(
+                    &format!("{name}: fused vs unfused"),
+                    &a[0],
+                    &RTensor::from_host(&b[0]),
+                    tol,
+                );
+                // The dequantized weight itself: exactly the decoded values (rounded to dt).
+                assert_close(
+                    &format!("{name}: weight"),
+                    &b[1],
+                    &reference(&unfused, &[x, q])[1],
+                    Tol::EXACT,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn block_formats_refuse_partial_blocks_and_do_not_lower() {
+    let mut g = Graph::new();
+    let q = g.parameter("q", DType::U8, [4, 19]).unwrap();
+    let e = g
+        .dequantize_blocks(q, BlockFormat::Q4_0, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Q4_0") && e.contains("18 bytes"), "{e}");
+    let p = program1(&[(DType::U8, &[4, 36])], |g, p| {
+        g.dequantize_blocks(p[0], BlockFormat::Q4_0, DType::F32)
+    });
+    assert_eq!(p.graph.shape(p.outputs[0].1).dims(), &[4, 64]);
+    let e = p.decomposed().unwrap_err().to_string();
+    assert!(e.contains("no lowering") && e.contains("host"), "{e}");
 }

@@ -12,7 +12,7 @@
 
 use super::data::{map_data, CpuData};
 use super::layout::transpose;
-use crate::graph::{DotDims, QuantFormat};
+use crate::graph::{BlockFormat, DotDims, QuantFormat};
 use crate::DType;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -211,7 +211,7 @@ pub fn dot_dequant(
     lhs: &CpuData,
     ld: &[usize],
     q: &[u8],
-    format: QuantFormat,
+    decode: Decode,
     n: usize,
     out_dt: DType,
 ) -> CpuData {
@@ -224,12 +224,13 @@ pub fn dot_dequant(
     };
     let out = if m <= SKINNY_MAX_M {
         let mut out = vec![0f32; m * n];
-        let mat = match format {
-            QuantFormat::Int8 => Matrix::I8 {
+        let mat = match decode {
+            Decode::Bytes(QuantFormat::Int8) => Matrix::I8 {
                 q: bytemuck::cast_slice(q),
                 scales: None,
             },
-            QuantFormat::Fp8E4M3 => Matrix::E4M3 { q, scales: None },
+            Decode::Bytes(QuantFormat::Fp8E4M3) => Matrix::E4M3 { q, scales: None },
+            Decode::Blocks(format) => Matrix::Blocks { format, data: q },
         };
         gemv(&a, m, k, mat, n, &mut out);
         out
@@ -241,15 +242,45 @@ pub fn dot_dequant(
             n,
             rhs_nk: true,
         };
-        let lut = format.table();
-        tiled_gemm(&a, &c, |_, n0, tn| {
-            q[n0 * k..(n0 + tn) * k]
-                .par_iter()
-                .map(|&b| lut[b as usize])
-                .collect()
-        })
+        match decode {
+            Decode::Bytes(format) => {
+                let lut = format.table();
+                tiled_gemm(&a, &c, |_, n0, tn| {
+                    q[n0 * k..(n0 + tn) * k]
+                        .par_iter()
+                        .map(|&b| lut[b as usize])
+                        .collect()
+                })
+            }
+            Decode::Blocks(format) => {
+                let rb = q.len() / n;
+                tiled_gemm(&a, &c, |_, n0, tn| {
+                    dequantize_blocks(&q[n0 * rb..(n0 + tn) * rb], format, tn * k)
+                })
+            }
+        }
     };
     CpuData::from_f32(out, out_dt)
+}
+
+/// How the bytes of a fused dequantize decode: one value per byte ([`QuantFormat`]) or ggml
+/// blocks.
+#[derive(Copy, Clone, Debug)]
+pub enum Decode {
+    Bytes(QuantFormat),
+    Blocks(BlockFormat),
+}
+
+/// ggml blocks `q` to `count` f32 values, in parallel over chunks of whole blocks.
+pub fn dequantize_blocks(q: &[u8], format: BlockFormat, count: usize) -> Vec<f32> {
+    let mut out = vec![0f32; count];
+    let (be, bb) = (format.block_elems(), format.block_bytes());
+    // 64 blocks per task: enough work to pay for a rayon task.
+    const BLOCKS_PER_TASK: usize = 64;
+    out.par_chunks_mut(be * BLOCKS_PER_TASK)
+        .zip(q.par_chunks(bb * BLOCKS_PER_TASK))
+        .for_each(|(o, b)| silica_kernels::blocks::dequantize(format, b, o));
+    out
 }
 
 fn par(flops: usize) -> gemm::Parallelism {

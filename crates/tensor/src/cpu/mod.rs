@@ -261,7 +261,16 @@ fn fusable_dequant(node: &Node, nodes: &[Node]) -> Option<usize> {
         && nodes[r].shape.rank() == 2
         && node.inputs[0] != node.inputs[1];
     let ok = linear
-        && matches!(nodes[r].op, Op::Dequantize { .. })
+        // Block values are not exact in 16-bit types: the fused kernel multiplies them in f32,
+        // which is the op's result only when that is f32.
+        && matches!(
+            nodes[r].op,
+            Op::Dequantize { .. }
+                | Op::DequantizeBlocks {
+                    dtype: DType::F32,
+                    ..
+                }
+        )
         && matches!(node.dtype, DType::F32 | DType::BF16 | DType::F16);
     ok.then_some(r)
 }
@@ -378,8 +387,10 @@ impl CpuExecutable {
             }
             let t0 = profiling.then(std::time::Instant::now);
             if let Some(d) = self.fused_rhs[i] {
-                let Op::Dequantize { format, .. } = nodes[d].op else {
-                    unreachable!("fused_rhs names dequantize nodes")
+                let decode = match nodes[d].op {
+                    Op::Dequantize { format, .. } => matmul::Decode::Bytes(format),
+                    Op::DequantizeBlocks { format, .. } => matmul::Decode::Blocks(format),
+                    _ => unreachable!("fused_rhs names dequantize nodes"),
                 };
                 let qv = nodes[d].inputs[0];
                 let CpuData::U8(q) = slots[qv.index()].get() else {
@@ -390,7 +401,7 @@ impl CpuExecutable {
                     slots[lv.index()].get(),
                     nodes[lv.index()].shape.dims(),
                     q,
-                    format,
+                    decode,
                     nodes[d].shape.dim(0),
                     node.dtype,
                 );
@@ -549,6 +560,15 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
             };
             let lut = format.table();
             CpuData::from_f32(q.iter().map(|&b| lut[b as usize]).collect(), *dtype)
+        }
+        Op::DequantizeBlocks { format, dtype } => {
+            let CpuData::U8(q) = inp0(&first, slots, node) else {
+                unreachable!("dequantize_blocks reads u8, checked by the builder")
+            };
+            CpuData::from_f32(
+                matmul::dequantize_blocks(q, *format, node.shape.elem_count()),
+                *dtype,
+            )
         }
         Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
             unreachable!("collectives are evaluated by the executor, which holds the group")

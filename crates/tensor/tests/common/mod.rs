@@ -742,6 +742,17 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                 }
             })
         }),
+        // The block decode itself is checked against candle-core's port of ggml in the kernels
+        // crate's tests; here it only has to be applied to the right rows.
+        Op::DequantizeBlocks { format, .. } => {
+            let bytes: Vec<u8> = a[0].vals.iter().map(|v| v.i() as u8).collect();
+            let mut vals = vec![0f32; od.iter().product()];
+            silica_kernels::blocks::dequantize(*format, &bytes, &mut vals);
+            RTensor::build(dt, &od, |idx| {
+                let flat = idx.iter().zip(&od).fold(0, |f, (&i, &d)| f * d + i);
+                S::F(vals[flat] as f64)
+            })
+        }
         Op::Attention { scale } => {
             let (q, k, v, m) = (a[0], a[1], a[2], a[3]);
             let (hq, d) = (q.dims[1], q.dims[3]);
