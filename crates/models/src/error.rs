@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Gguf { path: PathBuf, message: String },
     #[error("{path}: architecture `{found}` is not supported; silica runs: {supported}")]
     UnsupportedArchitecture {
         path: PathBuf,

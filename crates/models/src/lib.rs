@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: `config.json` for llama / mistral / qwen2, both config styles;
 //! - [`weights`]: checkpoint tensors (single or sharded safetensors, memory-mapped), random weights;
+//! - [`gguf`]: GGUF files (config, tokenizer and chat template from the metadata, block-quantized
+//!   weights memory-mapped), single or split;
 //! - [`tokenizer`]: `tokenizer.json` + chat templates; streaming detokenization;
 //! - [`llama`]: the decoder written once against the graph builder;
 //! - [`runtime`]: a model on a backend, bucketed programs, KV caches, the step;
@@ -11,6 +13,7 @@
 pub mod config;
 mod error;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod paged;
 pub mod presets;

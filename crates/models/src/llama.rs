@@ -20,7 +20,7 @@
 
 use crate::config::ModelConfig;
 use crate::tp::TpLayout;
-use silica_tensor::{CmpDir, DType, Graph, GraphError, Program, QuantFormat, ValueId};
+use silica_tensor::{BlockFormat, CmpDir, DType, Graph, GraphError, Program, QuantFormat, ValueId};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LogitsMode {
@@ -30,8 +30,83 @@ pub enum LogitsMode {
     Last,
 }
 
+/// The ggml block format of each block-quantized matrix of a GGUF model (by Hugging Face
+/// name), shared by every program of the model. Programs are cached by shape, so this hashes
+/// and compares by a fingerprint of its contents computed once.
+#[derive(Clone, Debug)]
+pub struct BlockWeights {
+    formats: std::sync::Arc<std::collections::BTreeMap<String, BlockFormat>>,
+    fingerprint: u64,
+}
+
+impl BlockWeights {
+    pub fn new(formats: std::collections::BTreeMap<String, BlockFormat>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        formats.hash(&mut h);
+        BlockWeights {
+            fingerprint: h.finish(),
+            formats: std::sync::Arc::new(formats),
+        }
+    }
+
+    /// The format of matrix `name`, if it is block-quantized.
+    pub fn get(&self, name: &str) -> Option<BlockFormat> {
+        self.formats.get(name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.formats.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.formats.is_empty()
+    }
+
+    /// How many matrices use each format (for labels: `Q4_1×210 + Q8_0`).
+    pub fn counts(&self) -> std::collections::BTreeMap<BlockFormat, usize> {
+        let mut c = std::collections::BTreeMap::new();
+        for f in self.formats.values() {
+            *c.entry(*f).or_insert(0) += 1;
+        }
+        c
+    }
+
+    /// `Q4_1` for one format, `Q4_K+Q6_K` for a mix.
+    pub fn label(&self) -> String {
+        self.counts()
+            .keys()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+impl PartialEq for BlockWeights {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+            && (std::sync::Arc::ptr_eq(&self.formats, &other.formats)
+                || self.formats == other.formats)
+    }
+}
+
+impl Eq for BlockWeights {}
+
+impl std::hash::Hash for BlockWeights {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state)
+    }
+}
+
+/// The program-name suffix of block weights (`_gguf-Q4_1`), empty for none.
+pub(crate) fn blocks_suffix(b: &Option<BlockWeights>) -> String {
+    b.as_ref()
+        .map(|b| format!("_gguf-{}", b.label()))
+        .unwrap_or_default()
+}
+
 /// The static shape of one program.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StepShape {
     pub batch: usize,
     pub seq: usize,
@@ -46,6 +121,8 @@ pub struct StepShape {
     /// Weight-only quantization of the matrices (see [`WeightParams`]); `None`: all weights in
     /// the compute dtype.
     pub quant: Option<QuantFormat>,
+    /// Block-quantized matrices of a GGUF model, run as blocks (see [`WeightParams`]).
+    pub blocks: Option<BlockWeights>,
 }
 
 /// The program-name suffix of a quantization format (`_int8`, `_fp8-e4m3`), empty for none.
@@ -74,12 +151,13 @@ impl StepShape {
             String::new()
         };
         format!(
-            "{kind}_b{}_t{}_s{}_{}{}{l}{tp}",
+            "{kind}_b{}_t{}_s{}_{}{}{}{l}{tp}",
             self.batch,
             self.seq,
             self.cache_len,
             self.dtype,
-            quant_suffix(self.quant)
+            quant_suffix(self.quant),
+            blocks_suffix(&self.blocks)
         )
     }
 }
@@ -106,6 +184,8 @@ pub struct WeightParams {
     params: std::collections::HashMap<String, ValueId>,
     scales: std::collections::HashMap<String, ValueId>,
     quant: Option<QuantFormat>,
+    /// Block-quantized matrices (parameter `NAME`: u8 `[rows, row_bytes]`).
+    blocks: std::collections::HashMap<String, BlockFormat>,
     dt: DType,
     pub tp: TpLayout,
 }
@@ -113,22 +193,38 @@ pub struct WeightParams {
 impl WeightParams {
     /// Declares every weight of `cfg` as a parameter of dtype `dt`, in checkpoint order.
     pub fn declare(g: &mut Graph, cfg: &ModelConfig, dt: DType) -> Result<Self, GraphError> {
-        Self::declare_sharded(g, cfg, &TpLayout::single(cfg), dt, None)
+        Self::declare_sharded(g, cfg, &TpLayout::single(cfg), dt, None, None)
     }
 
     /// Declares one rank's shards of the weights of `cfg` split by `tp`, the matrices quantized
-    /// in `quant` when given.
+    /// in `quant` when given, the matrices named in `blocks` as their ggml blocks.
     pub fn declare_sharded(
         g: &mut Graph,
         cfg: &ModelConfig,
         tp: &TpLayout,
         dt: DType,
         quant: Option<QuantFormat>,
+        blocks: Option<&BlockWeights>,
     ) -> Result<Self, GraphError> {
         let mut params = std::collections::HashMap::new();
         let mut scales = std::collections::HashMap::new();
+        let mut block_formats = std::collections::HashMap::new();
         for spec in tp.specs(cfg) {
-            if quant.is_some() && crate::weights::quantizable(&spec) {
+            if let Some(f) = blocks.and_then(|b| b.get(&spec.name)) {
+                let (rows, cols) = (spec.shape.dim(0), spec.shape.dim(1));
+                let rb = f.row_bytes(cols).ok_or_else(|| {
+                    GraphError::new(
+                        "model",
+                        format!(
+                            "`{}`: rows of {cols} values are not whole {f} blocks",
+                            spec.name
+                        ),
+                    )
+                })?;
+                let v = g.parameter(&spec.name, DType::U8, [rows, rb])?;
+                block_formats.insert(spec.name.clone(), f);
+                params.insert(spec.name, v);
+            } else if quant.is_some() && crate::weights::quantizable(&spec) {
                 let v = g.parameter(&spec.name, DType::U8, spec.shape.clone())?;
                 let rows = spec.shape.dim(0);
                 let s = g.parameter(&crate::weights::scale_name(&spec.name), DType::F32, [rows])?;
@@ -143,6 +239,7 @@ impl WeightParams {
             params,
             scales,
             quant,
+            blocks: block_formats,
             dt,
             tp: tp.clone(),
         })
@@ -153,7 +250,7 @@ impl WeightParams {
     /// [`WeightParams::embedding`], which also handle quantized ones.
     pub fn get(&self, name: &str) -> ValueId {
         debug_assert!(
-            !self.scales.contains_key(name),
+            !self.scales.contains_key(name) && !self.blocks.contains_key(name),
             "`{name}` is quantized: use linear() or embedding()"
         );
         self.params[name]
@@ -164,6 +261,18 @@ impl WeightParams {
     /// multiplies the result in f32, rounded once to the compute dtype.
     pub fn linear(&self, g: &mut Graph, x: ValueId, name: &str) -> Result<ValueId, GraphError> {
         let p = self.params[name];
+        if let Some(&f) = self.blocks.get(name) {
+            // Block values are exact in f32 only: decode to f32 (fused into the dot on the CPU)
+            // and compute the product in f32 when the model runs in a 16-bit type.
+            if self.dt == DType::F32 {
+                let w = g.dequantize_blocks(p, f, DType::F32)?;
+                return g.linear(x, w);
+            }
+            let w = g.dequantize_blocks(p, f, DType::F32)?;
+            let xf = g.convert(x, DType::F32)?;
+            let y = g.linear(xf, w)?;
+            return g.convert(y, self.dt);
+        }
         let (Some(format), Some(&s)) = (self.quant, self.scales.get(name)) else {
             return g.linear(x, p);
         };
@@ -181,6 +290,11 @@ impl WeightParams {
         ids: ValueId,
     ) -> Result<ValueId, GraphError> {
         let p = self.params[name];
+        if let Some(&f) = self.blocks.get(name) {
+            let rows = g.gather(p, ids, 0)?; // u8 [ids.., row_bytes]
+            let v = g.dequantize_blocks(rows, f, DType::F32)?;
+            return g.convert(v, self.dt);
+        }
         let (Some(format), Some(&s)) = (self.quant, self.scales.get(name)) else {
             return g.gather(p, ids, 0);
         };
@@ -460,7 +574,7 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
     let tp = TpLayout::new(cfg, s.tp).map_err(|e| GraphError::new("model", e.to_string()))?;
     let (hkv, d) = (tp.kv_heads, cfg.head_dim);
     let mut g = Graph::new();
-    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt, s.quant)?;
+    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt, s.quant, s.blocks.as_ref())?;
     let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
     let positions = g.parameter("positions", DType::I32, [b, t])?;
     let write_pos = g.parameter("write_pos", DType::I32, [b])?;

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The static shape of one paged program.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PagedShape {
     pub batch: usize,
     /// New tokens per row: ≤ `block_size`, or a multiple of it.
@@ -55,6 +55,8 @@ pub struct PagedShape {
     pub tp: usize,
     /// Weight-only quantization of the matrices.
     pub quant: Option<silica_tensor::QuantFormat>,
+    /// Block-quantized matrices of a GGUF model.
+    pub blocks: Option<crate::llama::BlockWeights>,
 }
 
 impl PagedShape {
@@ -66,14 +68,15 @@ impl PagedShape {
             String::new()
         };
         format!(
-            "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{}{l}{tp}",
+            "paged_{kind}_b{}_t{}_m{}x{}_n{}_{}{}{}{l}{tp}",
             self.batch,
             self.seq,
             self.max_blocks,
             self.block_size,
             self.num_blocks,
             self.dtype,
-            crate::llama::quant_suffix(self.quant)
+            crate::llama::quant_suffix(self.quant),
+            crate::llama::blocks_suffix(&self.blocks)
         )
     }
 
@@ -126,7 +129,7 @@ pub fn build_paged_step(
     }
     let w_n = s.write_blocks();
     let mut g = Graph::new();
-    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt, s.quant)?;
+    let w = WeightParams::declare_sharded(&mut g, cfg, &tp, dt, s.quant, s.blocks.as_ref())?;
     let input_ids = g.parameter("input_ids", DType::I32, [b, t])?;
     let positions = g.parameter("positions", DType::I32, [b, t])?;
     let tables = g.parameter("block_tables", DType::I32, [b, m])?;
@@ -371,6 +374,7 @@ impl PagedModel {
             logits: mode,
             dtype: self.model.dtype,
             quant: self.model.quant,
+            blocks: self.model.blocks.clone(),
             tp: self.model.tp.world,
         };
         let w_n = shape.write_blocks();

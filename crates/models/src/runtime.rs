@@ -3,7 +3,8 @@
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::llama::{build_step, cache_names, LogitsMode, StepShape};
+use crate::gguf::GgufModel;
+use crate::llama::{build_step, cache_names, BlockWeights, LogitsMode, StepShape};
 use crate::rope::rope_freqs;
 use crate::tokenizer::Tokenizer;
 use crate::tp::TpLayout;
@@ -61,6 +62,11 @@ pub struct LoadedModel {
     pub tp: TpLayout,
     /// The weight-only quantization of the matrices, if any.
     pub quant: Option<QuantFormat>,
+    /// A GGUF model's block-quantized matrices, when the backend runs them as blocks.
+    pub blocks: Option<BlockWeights>,
+    /// How the checkpoint stored its weights when that is not what `dtype`/`quant` say: a
+    /// GGUF's tensor types (`GGUF Q4_1×210, Q8_0×1, F32×61`).
+    pub source_format: Option<String>,
     /// Bytes of one rank's weights as uploaded (quantized matrices at one byte per element).
     pub weight_bytes: u64,
     /// Each rank's weight buffers, in [`TpLayout::specs`] order.
@@ -89,8 +95,12 @@ pub struct KvCache {
 }
 
 impl LoadedModel {
-    /// Loads a Hugging Face folder: config.json, safetensors (single or sharded), tokenizer.
+    /// Loads a Hugging Face folder (config.json, safetensors single or sharded, tokenizer) or a
+    /// GGUF file (see [`crate::gguf`]).
     pub fn load(dir: &Path, backend: Arc<dyn Backend>, opts: &LoadOptions) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            return Self::load_gguf(dir, backend, opts);
+        }
         let t0 = Instant::now();
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = if dir.join("tokenizer.json").exists() {
@@ -105,6 +115,58 @@ impl LoadedModel {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
         Self::assemble(config, name, tokenizer, &weights, backend, opts, t0)
+    }
+
+    /// Loads a GGUF file. Block-quantized matrices stay blocks where the backend runs them
+    /// (the CPU: a fused dequantize-dot) at tensor-parallel degree 1 without `--quantize`;
+    /// otherwise they are dequantized to f32 on the host and loaded like a checkpoint's
+    /// weights (converted to the compute dtype, or re-quantized per row by `--quantize`).
+    pub fn load_gguf(path: &Path, backend: Arc<dyn Backend>, opts: &LoadOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        let file = GgufModel::open(path)?;
+        let tokenizer = file.tokenizer()?;
+        let weights = file.weights(&file.config)?;
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let types = file
+            .tensor_types()
+            .into_iter()
+            .map(|(t, n)| format!("{t}×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let native = backend.runs_block_weights() && opts.tp == 1 && opts.quantize.is_none();
+        let formats: std::collections::BTreeMap<String, silica_tensor::BlockFormat> = weights
+            .iter()
+            .filter_map(|w| w.blocks.map(|f| (w.spec.name.clone(), f)))
+            .collect();
+        let config = file.config.clone();
+        let mut model = if native && !formats.is_empty() {
+            let blocks = BlockWeights::new(formats);
+            let dense: Vec<(WeightSpec, HostTensor)> =
+                weights.into_iter().map(|w| (w.spec, w.data)).collect();
+            let mut m = Self::assemble_with_blocks(
+                config,
+                name,
+                tokenizer,
+                &dense,
+                Some(&blocks),
+                backend,
+                opts,
+                t0,
+            )?;
+            m.blocks = Some(blocks);
+            m
+        } else {
+            let dense: Vec<(WeightSpec, HostTensor)> = weights
+                .iter()
+                .map(|w| (w.spec.clone(), crate::gguf::dequantize(w)))
+                .collect();
+            Self::assemble(config, name, tokenizer, &dense, backend, opts, t0)?
+        };
+        model.source_format = Some(format!("GGUF {types}"));
+        Ok(model)
     }
 
     /// A model of a preset's shape with random weights (for benchmarks; no tokenizer).
@@ -149,6 +211,22 @@ impl LoadedModel {
         opts: &LoadOptions,
         t0: Instant,
     ) -> Result<Self> {
+        Self::assemble_with_blocks(config, name, tokenizer, weights, None, backend, opts, t0)
+    }
+
+    /// [`LoadedModel::assemble`] where the matrices named in `blocks` are ggml block bytes
+    /// (uploaded as they are; tensor-parallel degree 1 only).
+    #[allow(clippy::too_many_arguments)]
+    fn assemble_with_blocks(
+        config: ModelConfig,
+        name: String,
+        tokenizer: Option<Tokenizer>,
+        weights: &[(WeightSpec, HostTensor)],
+        blocks: Option<&BlockWeights>,
+        backend: Arc<dyn Backend>,
+        opts: &LoadOptions,
+        t0: Instant,
+    ) -> Result<Self> {
         if !opts.dtype.is_float() || opts.dtype == DType::F64 {
             return Err(ModelError::Invalid(format!(
                 "compute dtype must be f32, bf16 or f16, not {}",
@@ -174,6 +252,12 @@ impl LoadedModel {
                 )));
             }
         }
+        let is_blocks = |name: &str| blocks.is_some_and(|b| b.get(name).is_some());
+        if blocks.is_some() && (tp.world > 1 || opts.quantize.is_some()) {
+            return Err(ModelError::Invalid(
+                "block-quantized weights run at tensor-parallel degree 1 without --quantize".into(),
+            ));
+        }
         let upload = |t: &HostTensor, rank: usize| {
             if t.dtype() == opts.dtype {
                 backend.upload_to(t, rank)
@@ -184,7 +268,13 @@ impl LoadedModel {
         let bufs = match opts.quantize {
             None if tp.world == 1 => vec![weights
                 .iter()
-                .map(|(_, t)| upload(t, 0))
+                .map(|(spec, t)| {
+                    if is_blocks(&spec.name) {
+                        backend.upload_to(t, 0)
+                    } else {
+                        upload(t, 0)
+                    }
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()?],
             None => (0..tp.world)
                 .map(|rank| -> Result<Vec<Buffer>> {
@@ -253,6 +343,8 @@ impl LoadedModel {
             backend,
             tp,
             quant: opts.quantize,
+            blocks: None,
+            source_format: None,
             weight_bytes,
             weights: bufs,
             programs: Mutex::new(HashMap::new()),
@@ -380,6 +472,7 @@ impl LoadedModel {
             dtype: self.dtype,
             tp: self.tp.world,
             quant: self.quant,
+            blocks: self.blocks.clone(),
         };
         let exe = self.executable(shape)?;
 

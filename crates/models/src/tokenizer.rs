@@ -172,12 +172,6 @@ impl Tokenizer {
                 message: e.to_string(),
             });
         }
-        let mut tok =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Invalid {
-                path: tj.clone(),
-                message: format!("not a tokenizer.json that the tokenizers library can load: {e}"),
-            })?;
-
         let tc_path = dir.join("tokenizer_config.json");
         let tc = read_json(&tc_path)?.unwrap_or(serde_json::Value::Null);
         if !tc.is_null() && !tc.is_object() {
@@ -186,10 +180,32 @@ impl Tokenizer {
                 message: "expected a JSON object".into(),
             });
         }
+        let cfg = read_json(&dir.join("config.json"))?.unwrap_or(serde_json::Value::Null);
+        let gen =
+            read_json(&dir.join("generation_config.json"))?.unwrap_or(serde_json::Value::Null);
+        Self::from_parts(dir, &bytes, tc, cfg, gen)
+    }
+
+    /// A tokenizer from the contents of the files of a Hugging Face folder: `tokenizer.json`
+    /// bytes, and `tokenizer_config.json`, `config.json`, `generation_config.json` as JSON
+    /// (`Null` where absent). `dir` names the source in errors (and is searched for a
+    /// `chat_template.jinja`); a GGUF file's tokenizer is built this way from its metadata.
+    pub fn from_parts(
+        dir: &Path,
+        bytes: &[u8],
+        tc: serde_json::Value,
+        cfg: serde_json::Value,
+        gen: serde_json::Value,
+    ) -> Result<Tokenizer> {
+        let tj = dir.join("tokenizer.json");
+        let tc_path = dir.join("tokenizer_config.json");
         let cfg_path = dir.join("config.json");
-        let cfg = read_json(&cfg_path)?.unwrap_or(serde_json::Value::Null);
         let gen_path = dir.join("generation_config.json");
-        let gen = read_json(&gen_path)?.unwrap_or(serde_json::Value::Null);
+        let mut tok =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Invalid {
+                path: tj.clone(),
+                message: format!("not a tokenizer.json that the tokenizers library can load: {e}"),
+            })?;
 
         // Special tokens as transformers' special_tokens_map sees them.
         let mut special_tokens = Vec::new();
@@ -508,21 +524,24 @@ fn load_chat_template(
     tc_path: &Path,
     tc: &serde_json::Value,
 ) -> Result<Option<String>> {
-    let jinja = dir.join("chat_template.jinja");
-    match std::fs::read_to_string(&jinja) {
-        Ok(s) => return Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(TokenizerError::Io {
-                path: jinja,
-                source,
-            })
+    // A GGUF's tokenizer is named by its file: only its metadata holds a template.
+    if dir.is_dir() {
+        let jinja = dir.join("chat_template.jinja");
+        match std::fs::read_to_string(&jinja) {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(TokenizerError::Io {
+                    path: jinja,
+                    source,
+                })
+            }
         }
-    }
-    let json_path = dir.join("chat_template.json");
-    if let Some(j) = read_json(&json_path)? {
-        if let Some(t) = template_field(&json_path, j.get("chat_template"))? {
-            return Ok(Some(t));
+        let json_path = dir.join("chat_template.json");
+        if let Some(j) = read_json(&json_path)? {
+            if let Some(t) = template_field(&json_path, j.get("chat_template"))? {
+                return Ok(Some(t));
+            }
         }
     }
     template_field(tc_path, tc.get("chat_template"))

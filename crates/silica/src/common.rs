@@ -63,7 +63,8 @@ impl DTypeArg {
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json). Default: the
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a GGUF file
+    /// (single, or the first part of a split one). Default: the
     /// small embedded model trained by silica itself (docs/training.md).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -156,12 +157,7 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         Some(m) => m.clone(),
         None => default_model_dir()?,
     };
-    if !model.is_dir() {
-        bail!(
-            "--model {}: not a folder (expected a Hugging Face model folder with config.json)",
-            model.display()
-        );
-    }
+    check_model_path(&model)?;
     let opts = LoadOptions {
         dtype: args.dtype.dtype(),
         max_context: args.max_context,
@@ -171,6 +167,25 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     };
     LoadedModel::load(&model, backend(args.backend)?, &opts)
         .with_context(|| format!("loading {}", model.display()))
+}
+
+/// `--model` names a Hugging Face folder or a GGUF file.
+pub fn check_model_path(model: &std::path::Path) -> Result<()> {
+    if model.is_dir() || silica_models::gguf::is_gguf(model) {
+        return Ok(());
+    }
+    if model.is_file() {
+        bail!(
+            "--model {}: not a GGUF file (no GGUF magic) and not a folder (expected a Hugging \
+             Face model folder with config.json, or a .gguf file)",
+            model.display()
+        );
+    }
+    bail!(
+        "--model {}: no such folder or file (expected a Hugging Face model folder with \
+         config.json, or a .gguf file)",
+        model.display()
+    )
 }
 
 /// Parses "1,2,3" into token ids.
@@ -206,12 +221,7 @@ pub fn load_folder_or_preset(
 ) -> Result<(LoadedModel, Option<String>)> {
     use silica_models::presets;
     if let Some(dir) = model {
-        if !dir.is_dir() {
-            bail!(
-                "--model {}: not a folder (expected a Hugging Face model folder)",
-                dir.display()
-            );
-        }
+        check_model_path(dir)?;
         let m = LoadedModel::load(dir, be, opts)
             .with_context(|| format!("loading {}", dir.display()))?;
         return Ok((m, None));

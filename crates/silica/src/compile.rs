@@ -154,6 +154,14 @@ fn default_buckets(cache_len: usize, chunk: usize) -> Vec<(usize, usize)> {
 pub fn compile(a: CompileArgs) -> Result<()> {
     let (cfg, model_name, source): (ModelConfig, String, Value) = match &a.model {
         Some(dir) => {
+            if silica_models::gguf::is_gguf(dir) {
+                bail!(
+                    "--model {}: compile reads Hugging Face folders; a GGUF runs on the cpu \
+                     backend (silica generate/bench/serve --model FILE.gguf), and its \
+                     manifest form for compiled backends is not written yet",
+                    dir.display()
+                );
+            }
             if !dir.is_dir() {
                 bail!(
                     "--model {}: not a folder (expected a Hugging Face model folder with config.json)",
@@ -259,8 +267,9 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             dtype,
             tp: a.tp,
             quant,
+            blocks: None,
         };
-        if !seen.insert(shape) {
+        if !seen.insert(shape.clone()) {
             continue;
         }
         let program = build_step(&cfg, &shape)?;

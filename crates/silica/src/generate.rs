@@ -247,7 +247,13 @@ pub struct TokenizeArgs {
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let tok = silica_models::tokenizer::Tokenizer::from_dir(&a.model)?;
+    let tok = if silica_models::gguf::is_gguf(&a.model) {
+        silica_models::gguf::GgufModel::open(&a.model)?
+            .tokenizer()?
+            .with_context(|| format!("{}: the GGUF has no tokenizer", a.model.display()))?
+    } else {
+        silica_models::tokenizer::Tokenizer::from_dir(&a.model)?
+    };
     let ids = tok.encode(&a.text, !a.no_special)?;
     if a.json {
         println!("{}", serde_json::json!({ "token_ids": ids }));

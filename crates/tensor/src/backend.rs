@@ -82,6 +82,12 @@ pub trait Backend: Send + Sync {
     fn zeros(&self, dtype: DType, shape: &Shape) -> Result<Buffer, BackendError> {
         self.upload(&HostTensor::zeros(dtype, shape.clone()))
     }
+    /// Whether programs may read ggml block-quantized weights ([`crate::Op::DequantizeBlocks`]);
+    /// backends that compile through HLO cannot (it has no lowering) and get GGUF weights
+    /// dequantized on the host.
+    fn runs_block_weights(&self) -> bool {
+        false
+    }
     /// The largest tensor-parallel group (ranks of one program) this backend can run here;
     /// `None` when there is no fixed limit (the CPU backend runs ranks as threads).
     fn max_world(&self) -> Option<usize> {

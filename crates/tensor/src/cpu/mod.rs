@@ -106,6 +106,10 @@ impl Backend for CpuBackend {
         NAME
     }
 
+    fn runs_block_weights(&self) -> bool {
+        true
+    }
+
     fn device_description(&self) -> String {
         format!(
             "{} ({} threads)",
