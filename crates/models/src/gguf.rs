@@ -198,10 +198,11 @@ fn read_part(path: &Path) -> Result<(Content, Arc<Mmap>)> {
     let content = Content::read(&mut reader).map_err(|e| {
         let msg = e.to_string();
         // candle names the type number only: say which type it is and what silica reads.
-        if let Some(id) = msg
-            .strip_prefix("unknown dtype for tensor ")
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
+        // (candle may append a backtrace: read the leading digits only.)
+        if let Some(id) = msg.strip_prefix("unknown dtype for tensor ").and_then(|t| {
+            let d: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
+            d.parse::<u32>().ok()
+        }) {
             return gguf_err(
                 path,
                 format!(
@@ -212,9 +213,10 @@ fn read_part(path: &Path) -> Result<(Content, Arc<Mmap>)> {
                 ),
             );
         }
+        let first = msg.lines().next().unwrap_or_default();
         gguf_err(
             path,
-            format!("not a GGUF file silica can read (truncated or corrupt header?): {msg}"),
+            format!("not a GGUF file silica can read (truncated or corrupt header?): {first}"),
         )
     })?;
     // SAFETY: read-only map; a file changed on disk while mapped is the user's problem, as in
