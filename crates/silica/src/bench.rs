@@ -204,7 +204,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         name: model.name.clone(),
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_params()),
-        dtype: Some(dtype_label(model.dtype, model.quant)),
+        dtype: Some(match &model.blocks {
+            Some(b) => format!("GGUF {} ({} activations)", b.label(), model.dtype),
+            None => dtype_label(model.dtype, model.quant),
+        }),
         weight_bytes_per_token: Some(bytes_per_step),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);
@@ -282,6 +285,11 @@ fn drive(
 fn weight_read_bytes(model: &silica_models::LoadedModel) -> u64 {
     let c = &model.config;
     let world = model.tp.world as u64;
+    if model.blocks.is_some() {
+        // GGUF blocks as stored: a tied embedding is read whole as the LM head; an untied one
+        // is a gather (an upper bound here: its bytes are counted too).
+        return model.weight_bytes;
+    }
     match model.quant {
         None => c.weight_bytes_per_token(model.dtype),
         Some(_) if c.tie_word_embeddings => model.weight_bytes * world,
