@@ -113,12 +113,15 @@ impl BlockFormat {
 
     /// Bytes of a row of `cols` values, or `None` when `cols` is not a whole number of blocks.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        (cols % self.block_elems() == 0).then(|| cols / self.block_elems() * self.block_bytes())
+        cols.is_multiple_of(self.block_elems())
+            .then(|| cols / self.block_elems() * self.block_bytes())
     }
 
     /// Values in a row of `bytes` bytes, or `None` when that is not a whole number of blocks.
     pub fn row_elems(self, bytes: usize) -> Option<usize> {
-        (bytes % self.block_bytes() == 0).then(|| bytes / self.block_bytes() * self.block_elems())
+        bytes
+            .is_multiple_of(self.block_bytes())
+            .then(|| bytes / self.block_bytes() * self.block_elems())
     }
 
     /// Stored bits per value (including the block scales).

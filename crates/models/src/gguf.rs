@@ -653,7 +653,7 @@ impl Meta<'_> {
         let head_dim = self
             .arch_num("attention.key_length")
             .map(|v| v as usize)
-            .unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+            .unwrap_or(hidden.checked_div(heads).unwrap_or(0));
         if let Some(rot) = self.arch_num("rope.dimension_count") {
             if rot as usize != head_dim {
                 return Err(gguf_err(
@@ -736,7 +736,7 @@ fn unpermute_rows(t: &HostTensor, heads: usize) -> Result<HostTensor> {
     let bytes = t.as_bytes();
     let rb = bytes.len() / rows.max(1);
     let hd = rows / heads.max(1);
-    if heads == 0 || rows % heads != 0 || hd % 2 != 0 {
+    if heads == 0 || !rows.is_multiple_of(heads) || !hd.is_multiple_of(2) {
         return Err(ModelError::Invalid(format!(
             "cannot undo llama.cpp's q/k permutation of {rows} rows over {heads} heads"
         )));

@@ -169,6 +169,7 @@ fn decomposed_model_graph_matches_fused() {
         dtype: DType::F32,
         tp: 1,
         quant: None,
+        blocks: None,
     };
     let program = build_step(&cfg, &shape).unwrap();
     let dec = program.decomposed().unwrap();

@@ -106,6 +106,7 @@ fn rank_programs_carry_their_collectives() {
             dtype: DType::F32,
             tp,
             quant: None,
+            blocks: None,
         };
         let p = build_step(&cfg, &s).unwrap();
         let count = |f: fn(&Op) -> bool| p.graph.nodes().iter().filter(|n| f(&n.op)).count();

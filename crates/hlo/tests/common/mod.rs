@@ -875,6 +875,7 @@ pub fn llama_cases() -> Vec<Case> {
             dtype,
             tp: 1,
             quant,
+            blocks: None,
         };
         let program = build_step(cfg, &s).unwrap();
         let inputs = llama_inputs(cfg, &s, &start, 11 + k as u64);
