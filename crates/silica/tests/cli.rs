@@ -176,7 +176,7 @@ fn bad_inputs_fail_cleanly() {
                 "--token-ids",
                 "1,2",
             ],
-            "not a folder",
+            "no such folder or file",
         ),
         (
             vec!["generate", "--model", d, "--token-ids", "1,x,3"],

@@ -150,7 +150,7 @@ fn bad_serve_arguments_fail_cleanly() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a folder"), "{err}");
+    assert!(err.contains("no such folder or file"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_silica"))
         .args(["serve", "--preset", "no-such-preset", "--port", "0"])
         .output()
