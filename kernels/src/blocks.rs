@@ -12,29 +12,10 @@
 //! instead quantizes the activations to 8 bits and multiplies integers; it is faster per byte but
 //! not the same function, and silica keeps the exact one.
 
+use crate::dot::x86_simd;
 use crate::isa::Level;
 use half::f16;
-
-/// Runs `$body` with `$m` naming the x86 module of `level` when this CPU has it (like
-/// `dot::x86_simd!`); falls through otherwise.
-macro_rules! x86_blocks {
-    ($level:expr, $m:ident => $body:expr) => {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let isa = crate::isa::isa();
-            if $level == Level::Avx512 && isa.supports(Level::Avx512) {
-                use x86::avx512 as $m;
-                // SAFETY: AVX-512 F/BW/VL, AVX2, FMA and F16C are present (checked just above).
-                return unsafe { $body };
-            }
-            if $level >= Level::Avx2 && $level != Level::Neon && isa.supports(Level::Avx2) {
-                use x86::avx2 as $m;
-                // SAFETY: AVX2, FMA and F16C are present.
-                return unsafe { $body };
-            }
-        }
-    };
-}
+use rayon::prelude::*;
 
 /// A ggml block format.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -307,8 +288,25 @@ pub fn dequantize_at(level: Level, format: BlockFormat, bytes: &[u8], out: &mut 
         bytes.len(),
         out.len()
     );
-    x86_blocks!(level, m => m::dequantize(format, bytes, out));
+    x86_simd!(level, m => m::dequantize(format, bytes, out));
     generic_dequantize(format, bytes, out)
+}
+
+/// [`dequantize`] split over rayon's threads in runs of whole blocks: for whole matrices (a
+/// GGUF dequantized at load, a prefill tile), where one thread would take seconds.
+pub fn dequantize_par(format: BlockFormat, bytes: &[u8], out: &mut [f32]) {
+    assert_eq!(
+        format.row_bytes(out.len()),
+        Some(bytes.len()),
+        "{format}: {} bytes do not hold {} values",
+        bytes.len(),
+        out.len()
+    );
+    // 64 blocks per task: enough work to pay for a rayon task.
+    const BLOCKS_PER_TASK: usize = 64;
+    out.par_chunks_mut(format.block_elems() * BLOCKS_PER_TASK)
+        .zip(bytes.par_chunks(format.block_bytes() * BLOCKS_PER_TASK))
+        .for_each(|(o, b)| dequantize(format, b, o));
 }
 
 /// Σ x[i]·w[i] over a row of blocks `row` (`x.len()` values) at the dispatched level.
@@ -320,7 +318,7 @@ pub fn dot(x: &[f32], format: BlockFormat, row: &[u8]) -> f32 {
 /// [`dot`] at an explicit level (a level this CPU lacks runs the portable code).
 pub fn dot_at(level: Level, x: &[f32], format: BlockFormat, row: &[u8]) -> f32 {
     debug_assert_eq!(format.row_bytes(x.len()), Some(row.len()));
-    x86_blocks!(level, m => m::dot(x, format, row));
+    x86_simd!(level, m => m::dot(x, format, row));
     portable_dot(x, format, row)
 }
 

@@ -42,7 +42,8 @@ impl Row<'_> {
 }
 
 /// Returns `$body` evaluated with `$m` naming the x86 kernel module of `level` — `x86::avx512`
-/// or `x86::avx2` — when this CPU supports it; falls through otherwise (a level the CPU lacks
+/// or `x86::avx2` of the calling module (dot's and blocks' each have both) — when this CPU
+/// supports it; falls through otherwise (a level the CPU lacks
 /// never reaches an unsupported instruction).
 macro_rules! x86_simd {
     ($level:expr, $m:ident => $body:expr) => {
@@ -62,6 +63,8 @@ macro_rules! x86_simd {
         }
     };
 }
+
+pub(crate) use x86_simd;
 
 /// Σ x[i]·y[i] over the shorter of the two, at the dispatched level.
 #[inline]

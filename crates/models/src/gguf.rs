@@ -387,7 +387,7 @@ impl GgufModel {
         Ok(GgufTensor { dims, stored, data })
     }
 
-    /// The GGUF tensor names, with how each is stored.
+    /// How many tensors are stored in each type (`Q4_1` → 210, `F32` → 61).
     pub fn tensor_types(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for t in self.tensors.values() {
@@ -403,8 +403,8 @@ impl GgufModel {
             .any(|t| matches!(t.stored, Stored::Blocks(_)))
     }
 
-    /// The GGUF name of a Hugging Face weight name.
-    fn gguf_name(hf: &str) -> Option<String> {
+    /// The GGUF name of a Hugging Face weight name (llama.cpp's tensor names).
+    pub fn gguf_name(hf: &str) -> Option<String> {
         if let Some(rest) = hf.strip_prefix("model.layers.") {
             let (layer, rest) = rest.split_once('.')?;
             let (module, kind) = rest.rsplit_once('.')?;
@@ -881,38 +881,10 @@ pub fn dequantize(w: &GgufWeight) -> HostTensor {
     match w.blocks {
         None => w.data.clone(),
         Some(f) => {
-            let dims = w.spec.shape.dims().to_vec();
+            // Rows are whole blocks laid end to end: the matrix decodes as one run.
             let mut out = vec![0f32; w.spec.shape.elem_count()];
-            let bytes = w.data.as_bytes();
-            let rb = bytes.len() / dims[0].max(1);
-            let cols = dims[1];
-            // Rows in parallel: a 1B model's matrices are hundreds of MB of values.
-            use rayon_free_rows::for_rows;
-            for_rows(&mut out, cols, |r, o| {
-                silica_kernels::blocks::dequantize(f, &bytes[r * rb..(r + 1) * rb], o)
-            });
-            HostTensor::from_vec(out, dims).expect("values of the weight's shape")
+            silica_kernels::blocks::dequantize_par(f, w.data.as_bytes(), &mut out);
+            HostTensor::from_vec(out, w.spec.shape.clone()).expect("values of the weight's shape")
         }
-    }
-}
-
-mod rayon_free_rows {
-    /// `f(row, out_row)` for every row of `out` (rows of `cols`), on scoped threads.
-    pub fn for_rows(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let rows = out.len() / cols.max(1);
-        let per = rows.div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            for (t, chunk) in out.chunks_mut(per * cols).enumerate() {
-                let f = &f;
-                s.spawn(move || {
-                    for (i, row) in chunk.chunks_mut(cols).enumerate() {
-                        f(t * per + i, row);
-                    }
-                });
-            }
-        });
     }
 }

@@ -264,11 +264,10 @@ impl WeightParams {
         if let Some(&f) = self.blocks.get(name) {
             // Block values are exact in f32 only: decode to f32 (fused into the dot on the CPU)
             // and compute the product in f32 when the model runs in a 16-bit type.
+            let w = g.dequantize_blocks(p, f, DType::F32)?;
             if self.dt == DType::F32 {
-                let w = g.dequantize_blocks(p, f, DType::F32)?;
                 return g.linear(x, w);
             }
-            let w = g.dequantize_blocks(p, f, DType::F32)?;
             let xf = g.convert(x, DType::F32)?;
             let y = g.linear(xf, w)?;
             return g.convert(y, self.dt);

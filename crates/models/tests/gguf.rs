@@ -21,33 +21,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn gguf_name(hf: &str) -> String {
-    let map = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = map.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let (module, kind) = rest.rsplit_once('.').unwrap();
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        m => panic!("{m}"),
-    };
-    format!("blk.{layer}.{g}.{kind}")
-}
-
 /// llama.cpp's `LlamaModel.permute`: HF row `j·half + i` of each head becomes row `2i + j`.
 fn permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     let (hd, half) = (rows / heads, rows / heads / 2);
@@ -130,7 +103,7 @@ fn write_gguf(
     for (spec, t) in ckpt.weights(&cfg).unwrap() {
         let dims = t.dims().to_vec();
         let mut v = t.to_f32_vec();
-        let gname = gguf_name(&spec.name);
+        let gname = GgufModel::gguf_name(&spec.name).unwrap();
         if arch == "llama" && (gname.ends_with("attn_q.weight") || gname.ends_with("attn_k.weight"))
         {
             let heads = if gname.ends_with("attn_q.weight") {
@@ -140,38 +113,28 @@ fn write_gguf(
             };
             v = permute(&v, dims[0], dims[1], heads);
         }
-        let tensor = Tensor::from_vec(v, dims.clone(), &Device::Cpu).unwrap();
         let ty = if dims.len() == 2 {
             matrix_type
         } else {
             GgmlDType::F32
         };
-        let q = QTensor::quantize(&tensor, ty).unwrap();
-        // What the model computes with: the file's values, in HF row order.
-        let deq = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
-        let mut deq = deq.to_vec1::<f32>().unwrap();
-        if arch == "llama" && (gname.ends_with("attn_q.weight") || gname.ends_with("attn_k.weight"))
-        {
-            // Undo the permutation (apply its inverse: permuting twice is not the identity).
-            let heads = if gname.ends_with("attn_q.weight") {
-                cfg.num_attention_heads
-            } else {
-                cfg.num_key_value_heads
-            };
-            let (rows, cols) = (dims[0], dims[1]);
-            let (hd, half) = (rows / heads, rows / heads / 2);
-            let mut back = vec![0f32; deq.len()];
-            for h in 0..heads {
-                for j in 0..2 {
-                    for i in 0..half {
-                        let (hf, gg) = (h * hd + j * half + i, h * hd + 2 * i + j);
-                        back[hf * cols..(hf + 1) * cols]
-                            .copy_from_slice(&deq[gg * cols..(gg + 1) * cols]);
-                    }
-                }
-            }
-            deq = back;
-        }
+        let quantize = |v: Vec<f32>| {
+            QTensor::quantize(
+                &Tensor::from_vec(v, dims.clone(), &Device::Cpu).unwrap(),
+                ty,
+            )
+            .unwrap()
+        };
+        let q = quantize(v);
+        // What the model computes with: the file's values in HF row order. Blocks lie within
+        // rows, so quantizing the HF-order rows gives the same rows as the file's, unpermuted.
+        let deq = quantize(t.to_f32_vec())
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         weights.push((spec, HostTensor::from_vec(deq, dims).unwrap()));
         tensors.push((gname, q));
     }

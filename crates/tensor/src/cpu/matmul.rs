@@ -274,12 +274,7 @@ pub enum Decode {
 /// ggml blocks `q` to `count` f32 values, in parallel over chunks of whole blocks.
 pub fn dequantize_blocks(q: &[u8], format: BlockFormat, count: usize) -> Vec<f32> {
     let mut out = vec![0f32; count];
-    let (be, bb) = (format.block_elems(), format.block_bytes());
-    // 64 blocks per task: enough work to pay for a rayon task.
-    const BLOCKS_PER_TASK: usize = 64;
-    out.par_chunks_mut(be * BLOCKS_PER_TASK)
-        .zip(q.par_chunks(bb * BLOCKS_PER_TASK))
-        .for_each(|(o, b)| silica_kernels::blocks::dequantize(format, b, o));
+    silica_kernels::blocks::dequantize_par(format, q, &mut out);
     out
 }
 
