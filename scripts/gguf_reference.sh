@@ -7,6 +7,9 @@
 #   bash scripts/gguf_reference.sh --variants   # also the GGUF variants (f32, bf16, Q8_0, Q4_0,
 #                                               # Q4_1, Q4_K_M, Q5_K_M, Q6_K) via llama.cpp
 #   bash scripts/gguf_reference.sh --force      # regenerate even if the stamp matches
+#   bash scripts/gguf_reference.sh --compressed # also models/reference/compressed-tensors.*:
+#                                               # `silica quantize` output read by transformers +
+#                                               # compressed-tensors (scripts/compressed_reference.py)
 #
 # Output: target/gguf-ref/smollm2-135m/ (GGUF_REF_OUT overrides), see scripts/gguf_reference.py.
 # Nothing here is committed: the 98 MB GGUF and the 540 MB f32 folder are too big for the repo,
@@ -20,10 +23,11 @@ REQ_NODEPS="$ROOT/scripts/requirements-gguf-nodeps.txt"
 OUT="${GGUF_REF_OUT:-$ROOT/target/gguf-ref/smollm2-135m}"
 PYTHON="${PYTHON:-python3}"
 
-setup=0 variants=0 force=0
+setup=0 variants=0 force=0 compressed=0
 for arg in "$@"; do
   case "$arg" in
     --setup) setup=1 ;;
+    --compressed) compressed=1 ;;
     --variants) variants=1 ;;
     --force) force=1 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
@@ -66,6 +70,15 @@ if [ "$force" = 1 ] || [ ! -f "$REF_STAMP" ] || [ "$(cat "$REF_STAMP")" != "$REF
   echo "$REF_WANT" > "$REF_STAMP"
 else
   echo "== $OUT/reference.json is up to date (stamp $REF_STAMP)"
+fi
+
+if [ "$compressed" = 1 ]; then
+  echo "== silica quantize vs transformers + compressed-tensors -> models/reference/compressed-tensors.*"
+  if [ -z "${SILICA_BIN:-}" ]; then
+    (cd "$ROOT" && cargo build --release -p silica)
+    SILICA_BIN="$ROOT/target/release/silica"
+  fi
+  SILICA_BIN="$SILICA_BIN" nice -n 19 "$VENV/bin/python" "$ROOT/scripts/compressed_reference.py"
 fi
 
 if [ "$variants" = 1 ]; then

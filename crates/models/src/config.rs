@@ -89,6 +89,8 @@ pub struct ModelConfig {
     pub torch_dtype: Option<DType>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// A compressed-tensors checkpoint's weight quantization (`quantization_config`).
+    pub quantization: Option<crate::compressed::CompressedScheme>,
 }
 
 impl ModelConfig {
@@ -211,19 +213,25 @@ impl Parser<'_> {
         if !self.v.is_object() {
             return Err(self.err("config.json must be a JSON object"));
         }
-        if let Some(q) = self.v.get("quantization_config").filter(|q| !q.is_null()) {
-            // Its weights are not the float tensors the config's shapes promise; reading them as
-            // such would be silently wrong.
-            let method = q
-                .get("quant_method")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown");
-            return Err(self.err(format!(
-                "this checkpoint is already quantized (quantization_config, quant_method \
-                 `{method}`), which silica cannot load yet; load the unquantized checkpoint, \
-                 with --quantize int8|fp8 to quantize it"
-            )));
-        }
+        let quantization = match self.v.get("quantization_config").filter(|q| !q.is_null()) {
+            None => None,
+            Some(q) => {
+                // Any other method's weights are not tensors silica can read: refused, never
+                // read as the float tensors the config's shapes promise.
+                let method = q
+                    .get("quant_method")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown");
+                if method != crate::compressed::QUANT_METHOD {
+                    return Err(self.err(format!(
+                        "this checkpoint is quantized with quant_method `{method}`, which silica \
+                         cannot load; it reads compressed-tensors int8/fp8 checkpoints, or load \
+                         the unquantized checkpoint with --quantize int8|fp8"
+                    )));
+                }
+                Some(crate::compressed::CompressedScheme::parse(q).map_err(|m| self.err(m))?)
+            }
+        };
         let model_type = self
             .v
             .get("model_type")
@@ -308,6 +316,7 @@ impl Parser<'_> {
             torch_dtype,
             bos_token_id: self.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: self.token_ids("eos_token_id")?,
+            quantization,
         })
     }
 

@@ -10,6 +10,7 @@
 //! - [`generate`] and [`sampling`]: generation with HF-compatible sampling;
 //! - [`presets`]: configs of well-known models for benchmarks with random weights.
 
+pub mod compressed;
 pub mod config;
 mod error;
 pub mod generate;

@@ -19,6 +19,7 @@
 //! padded tokens (numbered after the real ones) never affect real ones.
 
 use crate::config::ModelConfig;
+use crate::quant::QuantPlan;
 use crate::tp::TpLayout;
 use silica_tensor::{BlockFormat, CmpDir, DType, Graph, GraphError, Program, QuantFormat, ValueId};
 
@@ -120,14 +121,15 @@ pub struct StepShape {
     pub tp: usize,
     /// Weight-only quantization of the matrices (see [`WeightParams`]); `None`: all weights in
     /// the compute dtype.
-    pub quant: Option<QuantFormat>,
+    pub quant: Option<QuantPlan>,
     /// Block-quantized matrices of a GGUF model, run as blocks (see [`WeightParams`]).
     pub blocks: Option<BlockWeights>,
 }
 
-/// The program-name suffix of a quantization format (`_int8`, `_fp8-e4m3`), empty for none.
-pub(crate) fn quant_suffix(q: Option<QuantFormat>) -> String {
-    q.map(|f| format!("_{}", f.name())).unwrap_or_default()
+/// The program-name suffix of a quantization plan (`_int8`, `_fp8-e4m3`, `_int8-proj`), empty
+/// for none.
+pub(crate) fn quant_suffix(q: Option<QuantPlan>) -> String {
+    q.map(|p| p.suffix()).unwrap_or_default()
 }
 
 /// The parts of a step program's name that say what it does: `decode`/`prefill` (one new
@@ -177,9 +179,9 @@ pub fn mask_min(dt: DType) -> f64 {
 }
 
 /// The model's weights as graph parameters, in [`TpLayout::specs`] order (HF names), and how
-/// they are split over ranks. With a quantization format, every matrix (see
-/// [`crate::weights::quantizable`]) is two parameters: its bytes `NAME` (u8, the weight's shape)
-/// and its per-row scales `NAME_scale` (f32 [rows]), in that order.
+/// they are split over ranks. With a quantization plan, every matrix it covers (see
+/// [`QuantPlan::covers`]) is two parameters: its bytes `NAME` (u8, the weight's shape) and its
+/// per-row scales `NAME_scale` (f32 [rows]), in that order.
 pub struct WeightParams {
     params: std::collections::HashMap<String, ValueId>,
     scales: std::collections::HashMap<String, ValueId>,
@@ -196,14 +198,14 @@ impl WeightParams {
         Self::declare_sharded(g, cfg, &TpLayout::single(cfg), dt, None, None)
     }
 
-    /// Declares one rank's shards of the weights of `cfg` split by `tp`, the matrices quantized
-    /// in `quant` when given, the matrices named in `blocks` as their ggml blocks.
+    /// Declares one rank's shards of the weights of `cfg` split by `tp`, the matrices `quant`
+    /// covers quantized, the matrices named in `blocks` as their ggml blocks.
     pub fn declare_sharded(
         g: &mut Graph,
         cfg: &ModelConfig,
         tp: &TpLayout,
         dt: DType,
-        quant: Option<QuantFormat>,
+        quant: Option<QuantPlan>,
         blocks: Option<&BlockWeights>,
     ) -> Result<Self, GraphError> {
         let mut params = std::collections::HashMap::new();
@@ -224,7 +226,7 @@ impl WeightParams {
                 let v = g.parameter(&spec.name, DType::U8, [rows, rb])?;
                 block_formats.insert(spec.name.clone(), f);
                 params.insert(spec.name, v);
-            } else if quant.is_some() && crate::weights::quantizable(&spec) {
+            } else if quant.is_some_and(|q| q.covers(&spec)) {
                 let v = g.parameter(&spec.name, DType::U8, spec.shape.clone())?;
                 let rows = spec.shape.dim(0);
                 let s = g.parameter(&crate::weights::scale_name(&spec.name), DType::F32, [rows])?;
@@ -238,7 +240,7 @@ impl WeightParams {
         Ok(WeightParams {
             params,
             scales,
-            quant,
+            quant: quant.map(|q| q.format),
             blocks: block_formats,
             dt,
             tp: tp.clone(),

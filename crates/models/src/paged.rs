@@ -54,7 +54,7 @@ pub struct PagedShape {
     /// Tensor-parallel degree.
     pub tp: usize,
     /// Weight-only quantization of the matrices.
-    pub quant: Option<silica_tensor::QuantFormat>,
+    pub quant: Option<crate::quant::QuantPlan>,
     /// Block-quantized matrices of a GGUF model.
     pub blocks: Option<crate::llama::BlockWeights>,
 }

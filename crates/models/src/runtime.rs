@@ -5,6 +5,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufModel;
 use crate::llama::{build_step, cache_names, BlockWeights, LogitsMode, StepShape};
+use crate::quant::QuantPlan;
 use crate::rope::rope_freqs;
 use crate::tokenizer::Tokenizer;
 use crate::tp::TpLayout;
@@ -61,7 +62,7 @@ pub struct LoadedModel {
     /// How the weights are split over ranks (world 1: not split).
     pub tp: TpLayout,
     /// The weight-only quantization of the matrices, if any.
-    pub quant: Option<QuantFormat>,
+    pub quant: Option<QuantPlan>,
     /// A GGUF model's block-quantized matrices, when the backend runs them as blocks.
     pub blocks: Option<BlockWeights>,
     /// How the checkpoint stored its weights when that is not what `dtype`/`quant` say: a
@@ -75,6 +76,18 @@ pub struct LoadedModel {
     /// Seconds spent loading and uploading weights.
     pub load_seconds: f64,
     compile_seconds: Mutex<f64>,
+}
+
+/// The weights a model is made from.
+enum Source<'a> {
+    /// Float tensors in [`crate::weights::weight_specs`] order, quantized by
+    /// `LoadOptions::quantize` when it is given.
+    Dense(&'a [(WeightSpec, HostTensor)]),
+    /// A GGUF's tensors in that order, the matrices `BlockWeights` names as ggml block bytes.
+    Blocks(&'a [(WeightSpec, HostTensor)], &'a BlockWeights),
+    /// A pre-quantized checkpoint's program inputs in upload order — (name, tensor, stored as
+    /// it is): bytes then scales for each matrix the plan covers, float tensors otherwise.
+    Quantized(QuantPlan, crate::compressed::Inputs),
 }
 
 /// One sequence's part of a step: its new tokens, the position of the first one, and which of
@@ -109,11 +122,22 @@ impl LoadedModel {
             None
         };
         let ckpt = Checkpoint::open(dir)?;
-        let weights = ckpt.weights(&config)?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.display().to_string());
+        if let Some(scheme) = config.quantization.clone() {
+            let (plan, tensors) = crate::compressed::load(&ckpt, &config, &scheme)?;
+            let source = Source::Quantized(plan, tensors);
+            let mut m = Self::assemble_source(config, name, tokenizer, source, backend, opts, t0)?;
+            m.source_format = Some(format!(
+                "compressed-tensors {} ({})",
+                plan.label(),
+                scheme.storage
+            ));
+            return Ok(m);
+        }
+        let weights = ckpt.weights(&config)?;
         Self::assemble(config, name, tokenizer, &weights, backend, opts, t0)
     }
 
@@ -146,18 +170,8 @@ impl LoadedModel {
             let blocks = BlockWeights::new(formats);
             let dense: Vec<(WeightSpec, HostTensor)> =
                 weights.into_iter().map(|w| (w.spec, w.data)).collect();
-            let mut m = Self::assemble_with_blocks(
-                config,
-                name,
-                tokenizer,
-                &dense,
-                Some(&blocks),
-                backend,
-                opts,
-                t0,
-            )?;
-            m.blocks = Some(blocks);
-            m
+            let source = Source::Blocks(&dense, &blocks);
+            Self::assemble_source(config, name, tokenizer, source, backend, opts, t0)?
         } else {
             let dense: Vec<(WeightSpec, HostTensor)> = weights
                 .iter()
@@ -211,18 +225,16 @@ impl LoadedModel {
         opts: &LoadOptions,
         t0: Instant,
     ) -> Result<Self> {
-        Self::assemble_with_blocks(config, name, tokenizer, weights, None, backend, opts, t0)
+        let source = Source::Dense(weights);
+        Self::assemble_source(config, name, tokenizer, source, backend, opts, t0)
     }
 
-    /// [`LoadedModel::assemble`] where the matrices named in `blocks` are ggml block bytes
-    /// (uploaded as they are; tensor-parallel degree 1 only).
-    #[allow(clippy::too_many_arguments)]
-    fn assemble_with_blocks(
+    /// Uploads the weights of `source` (per rank) and makes the model.
+    fn assemble_source(
         config: ModelConfig,
         name: String,
         tokenizer: Option<Tokenizer>,
-        weights: &[(WeightSpec, HostTensor)],
-        blocks: Option<&BlockWeights>,
+        source: Source,
         backend: Arc<dyn Backend>,
         opts: &LoadOptions,
         t0: Instant,
@@ -252,12 +264,6 @@ impl LoadedModel {
                 )));
             }
         }
-        let is_blocks = |name: &str| blocks.is_some_and(|b| b.get(name).is_some());
-        if blocks.is_some() && (tp.world > 1 || opts.quantize.is_some()) {
-            return Err(ModelError::Invalid(
-                "block-quantized weights run at tensor-parallel degree 1 without --quantize".into(),
-            ));
-        }
         let upload = |t: &HostTensor, rank: usize| {
             if t.dtype() == opts.dtype {
                 backend.upload_to(t, rank)
@@ -265,29 +271,42 @@ impl LoadedModel {
                 backend.upload_to(&t.convert(opts.dtype), rank)
             }
         };
-        let bufs = match opts.quantize {
-            None if tp.world == 1 => vec![weights
-                .iter()
-                .map(|(spec, t)| {
-                    if is_blocks(&spec.name) {
-                        backend.upload_to(t, 0)
-                    } else {
-                        upload(t, 0)
-                    }
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?],
-            None => (0..tp.world)
-                .map(|rank| -> Result<Vec<Buffer>> {
-                    tp.shard(&config, weights, rank)?
-                        .iter()
-                        .map(|t| Ok(upload(t, rank)?))
-                        .collect()
-                })
-                .collect::<Result<Vec<_>>>()?,
-            Some(format) => {
-                // The whole matrices are quantized (one scale per row), then cut per rank like
-                // the weights: the same scheme at every degree, and rank r's scales are the
-                // ones of its rows.
+        // (name, whole tensor, stored as it is): quantized bytes and scales and ggml blocks are
+        // uploaded as they are, the rest converted to the compute dtype; each is then cut per
+        // rank like its weight (scales follow their rows; see `TpLayout::cut`).
+        let (full, quant, blocks): (Vec<(String, Cow<HostTensor>, bool)>, _, _) = match source {
+            Source::Blocks(weights, blocks) => {
+                if tp.world > 1 || opts.quantize.is_some() {
+                    return Err(ModelError::Invalid(
+                        "block-quantized weights run at tensor-parallel degree 1 without \
+                         --quantize"
+                            .into(),
+                    ));
+                }
+                let full = weights
+                    .iter()
+                    .map(|(spec, t)| {
+                        let raw = blocks.get(&spec.name).is_some();
+                        (spec.name.clone(), Cow::Borrowed(t), raw)
+                    })
+                    .collect();
+                (full, None, Some(blocks.clone()))
+            }
+            Source::Quantized(plan, tensors) => {
+                if opts.quantize.is_some() {
+                    return Err(ModelError::Invalid(format!(
+                        "--quantize on a checkpoint that is already quantized ({}): drop \
+                         --quantize",
+                        plan.label()
+                    )));
+                }
+                let full = tensors
+                    .into_iter()
+                    .map(|(n, t, raw)| (n, Cow::Owned(t), raw))
+                    .collect();
+                (full, Some(plan), None)
+            }
+            Source::Dense(weights) => {
                 let want = crate::weights::weight_specs(&config);
                 let same = want.len() == weights.len()
                     && want
@@ -300,35 +319,38 @@ impl LoadedModel {
                             .into(),
                     ));
                 }
-                // (name, whole tensor, quantized): quantized bytes and scales are uploaded as
-                // they are, the rest converted to the compute dtype.
-                let mut full: Vec<(String, Cow<HostTensor>, bool)> = Vec::new();
+                let plan = opts.quantize.map(QuantPlan::all);
+                let mut full = Vec::new();
                 for (spec, t) in weights {
-                    if crate::weights::quantizable(spec) {
-                        let (q, sc) = crate::quant::quantize(t, format);
-                        full.push((spec.name.clone(), Cow::Owned(q), true));
-                        let scales = crate::weights::scale_name(&spec.name);
-                        full.push((scales, Cow::Owned(sc), true));
-                    } else {
-                        full.push((spec.name.clone(), Cow::Borrowed(t), false));
+                    match plan {
+                        // The whole matrix is quantized (one scale per row), then cut per rank
+                        // like the weight: the same scheme at every degree.
+                        Some(p) if p.covers(spec) => {
+                            let (q, sc) = crate::quant::quantize(t, p.format);
+                            full.push((spec.name.clone(), Cow::Owned(q), true));
+                            let scales = crate::weights::scale_name(&spec.name);
+                            full.push((scales, Cow::Owned(sc), true));
+                        }
+                        _ => full.push((spec.name.clone(), Cow::Borrowed(t), false)),
                     }
                 }
-                (0..tp.world)
-                    .map(|rank| -> Result<Vec<Buffer>> {
-                        full.iter()
-                            .map(|(name, t, quantized)| {
-                                let part = tp.cut(&config, name, t, rank);
-                                Ok(if *quantized {
-                                    backend.upload_to(&part, rank)?
-                                } else {
-                                    upload(&part, rank)?
-                                })
-                            })
-                            .collect()
-                    })
-                    .collect::<Result<Vec<_>>>()?
+                (full, plan, None)
             }
         };
+        let bufs = (0..tp.world)
+            .map(|rank| -> Result<Vec<Buffer>> {
+                full.iter()
+                    .map(|(name, t, raw)| {
+                        let part = tp.cut(&config, name, t, rank);
+                        Ok(if *raw {
+                            backend.upload_to(&part, rank)?
+                        } else {
+                            upload(&part, rank)?
+                        })
+                    })
+                    .collect()
+            })
+            .collect::<Result<Vec<_>>>()?;
         let weight_bytes = bufs[0]
             .iter()
             .map(|b| (b.shape().elem_count() * b.dtype().size_in_bytes()) as u64)
@@ -342,8 +364,8 @@ impl LoadedModel {
             max_prefill_chunk: opts.max_prefill_chunk.max(1).min(cache_len),
             backend,
             tp,
-            quant: opts.quantize,
-            blocks: None,
+            quant,
+            blocks,
             source_format: None,
             weight_bytes,
             weights: bufs,

@@ -175,6 +175,19 @@ impl Checkpoint {
             })
     }
 
+    /// Whether the checkpoint has a tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The one-byte dtype tensor `name` is stored in, when it is one silica reads as `U8`
+    /// bytes (see [`silica_tensor::ByteDType`]).
+    pub fn byte_dtype(&self, name: &str) -> Option<silica_tensor::ByteDType> {
+        self.index
+            .get(name)
+            .and_then(|&i| self.files[i].byte_dtype(name))
+    }
+
     /// The tensors `cfg` needs, checked for presence, shape and dtype (views, no copies).
     pub fn weights(&self, cfg: &ModelConfig) -> Result<Vec<(WeightSpec, HostTensor)>> {
         weight_specs(cfg)
@@ -189,9 +202,13 @@ impl Checkpoint {
                     });
                 }
                 if !t.dtype().is_float() || t.dtype() == DType::F64 {
+                    let dtype = match self.byte_dtype(&spec.name) {
+                        Some(b) => b.name().to_string(),
+                        None => t.dtype().to_string(),
+                    };
                     return Err(ModelError::WrongDType {
                         name: spec.name.clone(),
-                        dtype: t.dtype().to_string(),
+                        dtype,
                     });
                 }
                 Ok((spec, t.clone()))

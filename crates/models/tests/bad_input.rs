@@ -262,16 +262,25 @@ fn bad_sampling_parameters() {
 
 #[test]
 fn an_already_quantized_checkpoint_is_refused_not_misread() {
+    // A method silica does not read.
     let (_t, dir) = fresh_copy();
     edit_config(&dir, |c| {
-        c["quantization_config"] =
-            serde_json::json!({"quant_method": "compressed-tensors", "format": "int-quantized"});
+        c["quantization_config"] = serde_json::json!({"quant_method": "awq", "bits": 4});
     });
     let e = err_text(&dir);
     assert!(
-        e.contains("already quantized")
+        e.contains("quant_method `awq`")
             && e.contains("compressed-tensors")
             && e.contains("config.json"),
         "{e}"
     );
+    // A compressed-tensors config over float weights: the tensors do not say what the config
+    // says, so nothing is read as if they did.
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |c| {
+        c["quantization_config"] =
+            silica_models::compressed::quantization_config(silica_tensor::QuantFormat::Int8);
+    });
+    let e = err_text(&dir);
+    assert!(e.contains("is not quantized"), "{e}");
 }

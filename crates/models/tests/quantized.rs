@@ -81,7 +81,7 @@ fn quantized_models_compute_the_f32_model_of_their_dequantized_weights() {
                 ..Default::default()
             };
             let q = LoadedModel::load(&dir, be.clone(), &opts).unwrap();
-            assert_eq!(q.quant, Some(format));
+            assert_eq!(q.quant, Some(silica_models::quant::QuantPlan::all(format)));
             let got = logits(&q);
             let (cfg, w) = round_tripped(&dir, format);
             let rt =

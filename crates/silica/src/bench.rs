@@ -293,18 +293,30 @@ fn weight_read_bytes(model: &silica_models::LoadedModel) -> u64 {
     match model.quant {
         None => c.weight_bytes_per_token(model.dtype),
         Some(_) if c.tie_word_embeddings => model.weight_bytes * world,
-        Some(_) => {
-            // The embedding is a gather: its bytes (one per element) and scales are not read.
+        Some(plan) => {
+            // The embedding is a gather: its bytes (one per element and its scales when
+            // quantized, else in the compute dtype) are not read.
             let (v, h) = (model.tp.vocab_shard as u64, c.hidden_size as u64);
-            model.weight_bytes.saturating_sub(v * h + 4 * v) * world
+            let embedding = match plan.scope {
+                silica_models::quant::QuantScope::AllMatrices => v * h + 4 * v,
+                silica_models::quant::QuantScope::Projections => {
+                    v * h * model.dtype.size_in_bytes() as u64
+                }
+            };
+            model.weight_bytes.saturating_sub(embedding) * world
         }
     }
 }
 
-/// The report's weight dtype: the compute dtype, or `int8 (f32 activations)` when quantized.
-fn dtype_label(dtype: silica_tensor::DType, quant: Option<silica_tensor::QuantFormat>) -> String {
+/// The report's weight dtype: the compute dtype, or `int8 (f32 activations)` when quantized
+/// (`int8 projections (f32 activations)` for a compressed-tensors checkpoint whose embedding
+/// and head are not).
+fn dtype_label(
+    dtype: silica_tensor::DType,
+    quant: Option<silica_models::quant::QuantPlan>,
+) -> String {
     match quant {
-        Some(q) => format!("{} ({dtype} activations)", q.name()),
+        Some(q) => format!("{} ({dtype} activations)", q.label()),
         None => dtype.to_string(),
     }
 }

@@ -169,6 +169,20 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                 );
             }
             let cfg = ModelConfig::from_dir(dir)?;
+            if let Some(q) = &cfg.quantization {
+                bail!(
+                    "--model {}: a compressed-tensors {} checkpoint (already quantized) runs on \
+                     the CPU backend (silica generate/bench/serve), but its manifest form for \
+                     compiled backends is not written yet; compile the unquantized checkpoint \
+                     with --quantize {} instead",
+                    dir.display(),
+                    q.format,
+                    match q.format {
+                        silica_tensor::QuantFormat::Int8 => "int8",
+                        silica_tensor::QuantFormat::Fp8E4M3 => "fp8",
+                    }
+                );
+            }
             let name = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -266,7 +280,7 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             logits,
             dtype,
             tp: a.tp,
-            quant,
+            quant: quant.map(silica_models::quant::QuantPlan::all),
             blocks: None,
         };
         if !seen.insert(shape.clone()) {

@@ -8,6 +8,7 @@ mod doctor;
 mod generate;
 mod offline;
 mod online;
+mod quantize;
 mod serve;
 mod train;
 
@@ -43,6 +44,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Lower a model's programs to XLA HLO (and NEFFs for Neuron targets) with a manifest.
     Compile(compile::CompileArgs),
+    /// Quantize a Hugging Face checkpoint's weights to int8 or fp8 and write it as a
+    /// compressed-tensors checkpoint (silica, transformers and vLLM read it).
+    Quantize(quantize::QuantizeArgs),
     /// Train or fine-tune a model (autograd + AdamW as one program); writes a Hugging Face folder.
     Train(train::TrainArgs),
     /// Say which backends can run here, and exactly why not (--json for a JSON object).
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Report(a) => bench::report(a),
         Command::Serve(a) => serve::serve(a),
         Command::Compile(a) => compile::compile(a),
+        Command::Quantize(a) => quantize::quantize(a),
         Command::Train(a) => train::train(a),
         Command::Doctor(a) => doctor::doctor(a),
     };

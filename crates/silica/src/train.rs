@@ -32,7 +32,7 @@ pub enum ScheduleArg {
 }
 
 /// Files of a model folder that travel into every checkpoint besides config and weights.
-const TOKENIZER_FILES: &[&str] = &[
+pub(crate) const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -181,7 +181,16 @@ fn source(a: &TrainArgs) -> Result<Source> {
             }
             let text = std::fs::read_to_string(dir.join("config.json"))
                 .with_context(|| format!("reading {}/config.json", dir.display()))?;
-            (ModelConfig::from_dir(dir)?, text, Some(dir.clone()))
+            let cfg = ModelConfig::from_dir(dir)?;
+            if let Some(q) = &cfg.quantization {
+                bail!(
+                    "--model {}: a compressed-tensors {} checkpoint (already quantized); training \
+                     runs on f32 weights: train the unquantized checkpoint",
+                    dir.display(),
+                    q.format
+                );
+            }
+            (cfg, text, Some(dir.clone()))
         }
         (None, Some(name)) => {
             let cfg = presets::preset(name)?;

@@ -410,3 +410,105 @@ fn quantize_and_perplexity_run_and_refuse_bad_input() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/x.txt"), "{}", stderr(&o));
 }
+
+/// `silica quantize` writes a compressed-tensors folder that `generate` runs (tokenizer
+/// copied), and refuses what it must not touch: a non-empty --out (left as it was), a GGUF, an
+/// already quantized folder, and `--quantize` on the result.
+#[test]
+fn quantize_command_writes_a_checkpoint_and_refuses_bad_input() {
+    let dir = fixture("qwen2");
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q8");
+    let o_ = out.to_str().unwrap();
+    let o = silica(&["quantize", "--model", d, "--to", "int8", "--out", o_]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("projections as int8"), "{said}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["quantization_config"]["quant_method"],
+        "compressed-tensors"
+    );
+    // No partial folder is left beside it.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let o = silica(&[
+        "generate",
+        "--model",
+        o_,
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A non-empty --out is not touched.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let o = silica(&["quantize", "--model", d, "--to", "fp8", "--out", o_]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    // Already quantized, as --model of quantize and with --quantize.
+    let again = tmp.path().join("again");
+    let o = silica(&[
+        "quantize",
+        "--model",
+        o_,
+        "--to",
+        "int8",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already quantized"), "{}", stderr(&o));
+    assert!(!again.exists());
+    let o = silica(&[
+        "logits",
+        "--model",
+        o_,
+        "--token-ids",
+        "1,2",
+        "--quantize",
+        "int8",
+        "--out",
+        tmp.path().join("l.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already quantized"), "{}", stderr(&o));
+    // A GGUF is not a float checkpoint.
+    let g = tmp.path().join("x.gguf");
+    std::fs::write(&g, b"GGUF\x03\x00\x00\x00").unwrap();
+    let o = silica(&[
+        "quantize",
+        "--model",
+        g.to_str().unwrap(),
+        "--to",
+        "int8",
+        "--out",
+        tmp.path().join("g").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("GGUF"), "{}", stderr(&o));
+    // compile and train say what to do instead.
+    let o = silica(&[
+        "compile",
+        "--model",
+        o_,
+        "--out",
+        tmp.path().join("c").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--quantize int8"), "{}", stderr(&o));
+}

@@ -30,5 +30,8 @@ pub use graph::{
 pub use half::{bf16, f16};
 pub use host::HostTensor;
 pub use program::{Alias, Program, Signature, TensorSpec};
-pub use safetensors_io::{safetensors_to_bytes, save_safetensors, write_atomic, SafetensorsFile};
+pub use safetensors_io::{
+    safetensors_to_bytes, safetensors_to_bytes_typed, save_safetensors, write_atomic, ByteDType,
+    SafetensorsFile,
+};
 pub use shape::{contiguous_strides, Shape};

@@ -8,11 +8,49 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// One-byte safetensors dtypes that silica has no element type for: such tensors are read as
+/// their raw bytes (`U8`, same shape), and [`SafetensorsFile::byte_dtype`] says what the bytes
+/// are. Quantized checkpoints (compressed-tensors' int8 and fp8 weights) store them.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ByteDType {
+    /// `I8`: two's-complement integers.
+    I8,
+    /// `F8_E4M3`: OCP float8 e4m3fn codes.
+    F8E4M3,
+}
+
+impl ByteDType {
+    /// The safetensors header name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ByteDType::I8 => "I8",
+            ByteDType::F8E4M3 => "F8_E4M3",
+        }
+    }
+
+    fn from_safetensors(d: safetensors::Dtype) -> Option<ByteDType> {
+        match d {
+            safetensors::Dtype::I8 => Some(ByteDType::I8),
+            safetensors::Dtype::F8_E4M3 => Some(ByteDType::F8E4M3),
+            _ => None,
+        }
+    }
+
+    fn to_safetensors(self) -> safetensors::Dtype {
+        match self {
+            ByteDType::I8 => safetensors::Dtype::I8,
+            ByteDType::F8E4M3 => safetensors::Dtype::F8_E4M3,
+        }
+    }
+}
+
 /// The tensors of one safetensors file, each a view into the shared memory map.
 pub struct SafetensorsFile {
     pub path: PathBuf,
     pub metadata: BTreeMap<String, String>,
     tensors: BTreeMap<String, HostTensor>,
+    /// Tensors stored in a [`ByteDType`] (held as `U8` in `tensors`).
+    byte_dtypes: BTreeMap<String, ByteDType>,
 }
 
 impl SafetensorsFile {
@@ -41,14 +79,24 @@ impl SafetensorsFile {
             .unwrap_or_default();
         let base = map.as_ptr() as usize;
         let mut tensors = BTreeMap::new();
+        let mut byte_dtypes = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let dtype = DType::from_safetensors(view.dtype()).ok_or_else(|| {
-                TensorError::UnsupportedDType {
-                    path: path.clone(),
-                    name: name.clone(),
-                    dtype: format!("{:?}", view.dtype()),
-                }
-            })?;
+            let dtype = match DType::from_safetensors(view.dtype()) {
+                Some(d) => d,
+                None => match ByteDType::from_safetensors(view.dtype()) {
+                    Some(b) => {
+                        byte_dtypes.insert(name.clone(), b);
+                        DType::U8
+                    }
+                    None => {
+                        return Err(TensorError::UnsupportedDType {
+                            path: path.clone(),
+                            name: name.clone(),
+                            dtype: format!("{:?}", view.dtype()),
+                        })
+                    }
+                },
+            };
             let data = view.data();
             let start = data.as_ptr() as usize - base;
             let t = HostTensor::from_mmap(
@@ -64,7 +112,14 @@ impl SafetensorsFile {
             path,
             metadata,
             tensors,
+            byte_dtypes,
         })
+    }
+
+    /// What the bytes of tensor `name` are when the file stores it in a one-byte dtype silica
+    /// reads as `U8` (see [`ByteDType`]); `None` for every other tensor (a real `U8` one too).
+    pub fn byte_dtype(&self, name: &str) -> Option<ByteDType> {
+        self.byte_dtypes.get(name).copied()
     }
 
     pub fn get(&self, name: &str) -> Option<&HostTensor> {
@@ -84,11 +139,14 @@ impl SafetensorsFile {
     }
 }
 
-struct View<'a>(&'a HostTensor);
+struct View<'a>(&'a HostTensor, Option<ByteDType>);
 
 impl safetensors::View for View<'_> {
     fn dtype(&self) -> safetensors::Dtype {
-        self.0.dtype().to_safetensors()
+        match self.1 {
+            Some(b) => b.to_safetensors(),
+            None => self.0.dtype().to_safetensors(),
+        }
     }
     fn shape(&self) -> &[usize] {
         self.0.dims()
@@ -106,7 +164,36 @@ pub fn safetensors_to_bytes<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
     metadata: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<u8>, TensorError> {
-    let views: Vec<(&str, View)> = tensors.into_iter().map(|(n, t)| (n, View(t))).collect();
+    let views: Vec<(&str, View)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, View(t, None)))
+        .collect();
+    serialize(views, metadata)
+}
+
+/// [`safetensors_to_bytes`] where a tensor may be stored in a [`ByteDType`] (its `U8` bytes
+/// written under that dtype).
+pub fn safetensors_to_bytes_typed<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor, Option<ByteDType>)>,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, TensorError> {
+    let mut views = Vec::new();
+    for (n, t, b) in tensors {
+        if b.is_some() && t.dtype() != DType::U8 {
+            return Err(TensorError::Serialize(format!(
+                "`{n}`: only U8 bytes can be stored as a one-byte dtype, not {}",
+                t.dtype()
+            )));
+        }
+        views.push((n, View(t, b)));
+    }
+    serialize(views, metadata)
+}
+
+fn serialize(
+    views: Vec<(&str, View)>,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>, TensorError> {
     let meta = metadata.map(|m| m.clone().into_iter().collect());
     safetensors::serialize(views, meta).map_err(|e| TensorError::Serialize(e.to_string()))
 }

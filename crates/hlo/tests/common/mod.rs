@@ -8,6 +8,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use silica_models::config::ModelConfig;
 use silica_models::llama::{build_step, LogitsMode, StepShape};
+use silica_models::quant::{QuantPlan, QuantScope};
 use silica_tensor::graph::DotDims;
 use silica_tensor::{
     BinaryOp, CmpDir, DType, Graph, GraphError, HostTensor, Program, QuantFormat, UnaryOp, ValueId,
@@ -738,8 +739,8 @@ fn llama_inputs(cfg: &ModelConfig, s: &StepShape, start: &[usize], seed: u64) ->
     let mut inputs: Vec<HostTensor> = Vec::new();
     for (spec, t) in weights {
         match s.quant {
-            Some(q) if silica_models::weights::quantizable(&spec) => {
-                let (bytes, scales) = silica_models::quant::quantize(&t, q);
+            Some(q) if q.covers(&spec) => {
+                let (bytes, scales) = silica_models::quant::quantize(&t, q.format);
                 inputs.push(bytes);
                 inputs.push(scales);
             }
@@ -855,6 +856,18 @@ pub fn llama_cases() -> Vec<Case> {
             Some(QuantFormat::Fp8E4M3),
         ),
         (
+            // A compressed-tensors checkpoint's graph: projections quantized, the tied
+            // embedding/head a plain parameter.
+            "qwen2_prefill_tied_int8_projections_f32",
+            &qwen,
+            1,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![1],
+            Some(QuantFormat::Int8),
+        ),
+        (
             "llama_decode_int8_bf16",
             &cfg,
             2,
@@ -867,6 +880,11 @@ pub fn llama_cases() -> Vec<Case> {
     ];
     for (k, (name, cfg, batch, seq, logits, dtype, start, quant)) in shapes.into_iter().enumerate()
     {
+        let scope = if name.contains("projections") {
+            QuantScope::Projections
+        } else {
+            QuantScope::AllMatrices
+        };
         let s = StepShape {
             batch,
             seq,
@@ -874,7 +892,7 @@ pub fn llama_cases() -> Vec<Case> {
             logits,
             dtype,
             tp: 1,
-            quant,
+            quant: quant.map(|format| QuantPlan { format, scope }),
             blocks: None,
         };
         let program = build_step(cfg, &s).unwrap();
