@@ -27,8 +27,9 @@ SILICA="$ROOT/target/release/silica"
 THREADS=2
 export RAYON_NUM_THREADS=$THREADS
 
-silica_run() { # args → "prefill decode"
-    "$SILICA" bench --model "$REF/hf-f32" --batch 1 --input-len 64 --output-len 64 \
+silica_run() { # model args → "prefill decode"
+    local model="$1"; shift
+    "$SILICA" bench --model "$model" --batch 1 --input-len 64 --output-len 64 \
         --num-requests 2 --out "$ROOT/target/bench-vs-llamacpp.json" "$@" >/dev/null 2>&1
     python3 - "$ROOT/target/bench-vs-llamacpp.json" <<'PY'
 import json, sys
@@ -50,12 +51,19 @@ best() { python3 -c 'import sys; a=[tuple(map(float,l.split())) for l in sys.std
 
 echo "| weights | silica prefill | llama.cpp prefill | ratio | silica decode | llama.cpp decode | ratio |"
 echo "|---|---|---|---|---|---|---|"
-for pair in "f32||smollm2-135m-f32.gguf" "bf16|--dtype bf16|smollm2-135m-bf16.gguf" "int8 vs Q8_0|--quantize int8|smollm2-135m-Q8_0.gguf"; do
-    IFS='|' read -r label sargs gguf <<<"$pair"
+# label | silica's model (a folder under $REF, or `gguf`: the llama.cpp file itself) | silica's
+# flags | llama.cpp's GGUF
+for pair in "f32|hf-f32||smollm2-135m-f32.gguf" "bf16|hf-f32|--dtype bf16|smollm2-135m-bf16.gguf" \
+    "int8 vs Q8_0|hf-f32|--quantize int8|smollm2-135m-Q8_0.gguf" \
+    "GGUF Q8_0 (same file)|gguf||smollm2-135m-Q8_0.gguf" \
+    "GGUF Q4_0 (same file)|gguf||smollm2-135m-Q4_0.gguf" \
+    "GGUF Q4_K_M (same file)|gguf||smollm2-135m-Q4_K_M.gguf"; do
+    IFS='|' read -r label smodel sargs gguf <<<"$pair"
+    if [ "$smodel" = gguf ]; then smodel="$REF/$gguf"; else smodel="$REF/$smodel"; fi
     s_runs=""; l_runs=""
     for _ in $(seq "$ROUNDS"); do
         # shellcheck disable=SC2086
-        s_runs+="$(silica_run $sargs)"$'\n'
+        s_runs+="$(silica_run "$smodel" $sargs)"$'\n'
         l_runs+="$(llama_run "$REF/$gguf")"$'\n'
     done
     read -r sp sd <<<"$(printf '%s' "$s_runs" | best)"

@@ -156,7 +156,7 @@ fn generic<T>(x: &[f32], y: &[T], f: impl Fn(&T) -> f32) -> f32 {
 /// The SIMD e4m3 paths reinterpret `(b & 0x7f) << 7` as an f16 (the same sign/exponent/mantissa
 /// fields, exponent bias 15 instead of 7): the value is 2^-8 of the e4m3 value, exactly, for
 /// normals and subnormals alike. This restores the factor.
-const E4M3_VIA_F16: f32 = 256.0;
+pub(crate) const E4M3_VIA_F16: f32 = 256.0;
 
 /// Decodes one fp8 e4m3 (E4M3FN) byte.
 pub fn e4m3_to_f32(b: u8) -> f32 {
@@ -211,7 +211,7 @@ fn round_half_even(v: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -370,7 +370,7 @@ mod x86 {
         _mm_or_si128(_mm_or_si128(mag, sign), nan)
     }
     #[inline(always)]
-    pub(super) unsafe fn e4m3_bits_256(w: __m256i) -> __m256i {
+    pub(crate) unsafe fn e4m3_bits_256(w: __m256i) -> __m256i {
         let low = _mm256_and_si256(w, _mm256_set1_epi16(0x7f));
         let mag = _mm256_slli_epi16(low, 7);
         let sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);

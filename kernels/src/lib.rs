@@ -13,6 +13,7 @@
 
 pub mod blocks;
 pub mod dot;
+pub mod gemm;
 pub mod gemv;
 pub mod isa;
 pub mod pool;

@@ -237,3 +237,65 @@ fn int8_scheme_bounds_the_error_by_half_a_step() {
     let e: f32 = (0..k).map(|i| x[i] * q[i] as f32).sum();
     assert!((portable(&x, Row::I8(&q[..k])) - e).abs() < 1e-3);
 }
+
+#[test]
+fn matmul_nt_matches_naive_for_every_format() {
+    if !silica_kernels::gemm::supported(&Matrix::F32(&[])) {
+        eprintln!("no AVX-512 here: matmul_nt has no kernel to test");
+        return;
+    }
+    let mut rng = SmallRng::seed_from_u64(11);
+    // Tails in every dimension: m past multiples of the 6-row tile, n of the 4-row tile, k of
+    // 16 lanes; one shape large enough to run in parallel.
+    for &(m, k, n) in &[
+        (1, 16, 4),
+        (7, 33, 9),
+        (13, 576, 21),
+        (6, 15, 3),
+        (64, 576, 100),
+        (5, 0, 4),
+    ] {
+        let x = rand_vec(&mut rng, m * k);
+        let wf = rand_vec(&mut rng, n * k);
+        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+        let (qi, si) = quantize_i8(&wf, n, k);
+        let (qe, se) = quantize_e4m3(&wf, n, k);
+        let cases: Vec<(Matrix, Vec<f32>)> = vec![
+            (Matrix::F32(&wf), wf.clone()),
+            (Matrix::BF16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
+            (Matrix::F16(&wh), wh.iter().map(|v| v.to_f32()).collect()),
+            (
+                Matrix::I8 {
+                    q: &qi,
+                    scales: Some(&si),
+                },
+                dequantize_i8(&qi, &si, k),
+            ),
+            (
+                Matrix::E4M3 {
+                    q: &qe,
+                    scales: Some(&se),
+                },
+                dequantize_e4m3(&qe, &se, k),
+            ),
+        ];
+        for (w, dense) in &cases {
+            let mut out = vec![f32::NAN; m * n];
+            silica_kernels::gemm::matmul_nt(&x, m, k, *w, n, &mut out);
+            for i in 0..m {
+                for j in 0..n {
+                    let e: f64 = (0..k)
+                        .map(|kk| x[i * k + kk] as f64 * dense[j * k + kk] as f64)
+                        .sum();
+                    let g = out[i * n + j] as f64;
+                    assert!(
+                        (g - e).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6,
+                        "{:?} m{m} k{k} n{n} [{i},{j}]: {g} vs {e}",
+                        std::mem::discriminant(w)
+                    );
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,9 @@
 //! - **skinny** (M ≤ 8, rhs `[N, K]`: decode): one dot product per output, weights streamed once
 //!   in their stored dtype (bf16/f16 converted in registers) — bound by memory bandwidth, which is
 //!   what decode is;
+//! - linear layers with more rows (prefill) on AVX-512: the kernels crate's register-tiled
+//!   product, which reads the `[N, K]` weights where they lie in any stored dtype (see
+//!   `silica_kernels::gemm` for why not a packing GEMM);
 //! - otherwise the `gemm` crate (candle's CPU matmul engine) in f32/f64. candle has no bf16 matmul on
 //!   CPU (candle#920), so bf16/f16 weights are widened to f32 in bounded tiles and the result is
 //!   rounded once.
@@ -123,6 +126,19 @@ enum RhsRef<'a> {
 fn mm_f32(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     if c.rhs_nk && c.m <= SKINNY_MAX_M {
         return skinny(a, rhs, c);
+    }
+    if c.rhs_nk && c.b == 1 {
+        let mat = match rhs {
+            RhsRef::F32(b) => Matrix::F32(b),
+            RhsRef::BF16(b) => Matrix::BF16(b),
+            RhsRef::F16(b) => Matrix::F16(b),
+        };
+        if silica_kernels::gemm::supported(&mat) {
+            // A linear layer's prefill: weights read in place (see silica_kernels::gemm).
+            let mut out = vec![0f32; c.m * c.n];
+            silica_kernels::gemm::matmul_nt(a, c.m, c.k, mat, c.n, &mut out);
+            return out;
+        }
     }
     match rhs {
         RhsRef::F32(b) => mm_gemm(a, b, c),
@@ -242,7 +258,22 @@ pub fn dot_dequant(
             n,
             rhs_nk: true,
         };
+        let tiled = match decode {
+            Decode::Bytes(QuantFormat::Int8) => Some(Matrix::I8 {
+                q: bytemuck::cast_slice(q),
+                scales: None,
+            }),
+            Decode::Bytes(QuantFormat::Fp8E4M3) => Some(Matrix::E4M3 { q, scales: None }),
+            Decode::Blocks(_) => None,
+        }
+        .filter(silica_kernels::gemm::supported);
         match decode {
+            _ if tiled.is_some() => {
+                let mut out = vec![0f32; m * n];
+                let mat = tiled.expect("checked");
+                silica_kernels::gemm::matmul_nt(&a, m, k, mat, n, &mut out);
+                out
+            }
             Decode::Bytes(format) => {
                 let lut = format.table();
                 tiled_gemm(&a, &c, |_, n0, tn| {
