@@ -15,6 +15,8 @@ fn matmul(c: &mut Criterion) {
         ("decode_1x2048x8192", 1, 2048, 8192),
         ("decode_8x2048x8192", 8, 2048, 8192),
         ("prefill_512x2048x2048", 512, 2048, 2048),
+        // SmolLM2-135M's MLP up/gate projection at a 64-token prefill (a small real model).
+        ("prefill_64x576x1536", 64, 576, 1536),
     ];
     for (name, m, k, n) in shapes {
         let flops = 2 * m * k * n;
@@ -85,5 +87,69 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, norms, attention);
+/// GGUF block formats: the fused decode-dot over one activation row (the decode GEMV's inner
+/// loop, one core) at K = 1536, and the same for f32/bf16/int8 rows for comparison. Throughput in
+/// weights per second.
+fn blocks(c: &mut Criterion) {
+    use silica_kernels::blocks::{dot, BlockFormat};
+    print_limits();
+    let mut g = c.benchmark_group("blocks");
+    let k = 1536;
+    let x: Vec<f32> = random(DType::F32, &[k], 1).to_f32_vec();
+    g.throughput(Throughput::Elements(k as u64));
+    for f in [
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q8_0,
+        BlockFormat::Q4K,
+        BlockFormat::Q5K,
+        BlockFormat::Q6K,
+    ] {
+        // Random bytes are valid blocks except for the f16 scales: set them to small normals.
+        let mut row = vec![0u8; f.row_bytes(k).unwrap()];
+        let mut state = 0x9e3779b9u32;
+        for b in row.iter_mut() {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            *b = (state >> 24) as u8;
+        }
+        let blocks = row.len() / f.block_bytes();
+        for i in 0..blocks {
+            // The f16 super/block scales of each format (ggml's block structs).
+            let offs: &[usize] = match f {
+                BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
+                BlockFormat::Q4_1 | BlockFormat::Q5_1 | BlockFormat::Q4K | BlockFormat::Q5K => {
+                    &[0, 2]
+                }
+                BlockFormat::Q6K => &[208],
+            };
+            for &off in offs {
+                let at = i * f.block_bytes() + off;
+                row[at..at + 2].copy_from_slice(&silica_tensor::f16::from_f32(0.01).to_le_bytes());
+            }
+        }
+        g.bench_function(format!("dot_{}_k{k}", f.name()), |b| {
+            b.iter(|| dot(std::hint::black_box(&x), f, std::hint::black_box(&row)))
+        });
+    }
+    let wf: Vec<f32> = random(DType::F32, &[k], 2).to_f32_vec();
+    let wb: Vec<silica_tensor::bf16> = wf
+        .iter()
+        .map(|&v| silica_tensor::bf16::from_f32(v))
+        .collect();
+    let wi: Vec<i8> = wf.iter().map(|&v| (v * 127.0) as i8).collect();
+    use silica_kernels::Row;
+    for (name, row) in [
+        ("f32", Row::F32(&wf)),
+        ("bf16", Row::BF16(&wb)),
+        ("int8", Row::I8(&wi)),
+    ] {
+        g.bench_function(format!("dot_{name}_k{k}"), |b| {
+            b.iter(|| silica_kernels::dot(std::hint::black_box(&x), row))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, norms, attention, blocks);
 criterion_main!(benches);

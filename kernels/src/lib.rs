@@ -18,6 +18,7 @@ pub mod gemv;
 pub mod isa;
 pub mod pool;
 pub mod quant;
+pub mod vector;
 
 pub use dot::{dot, dot_at, Row};
 pub use gemv::{gemv, gemv_at, Matrix};

@@ -1,0 +1,145 @@
+//! Element-wise and row kernels of the transformer block over f32: SiLU (with a vectorisable
+//! `exp`) and the sum of squares of RMSNorm. One generic body, compiled for the dispatched ISA
+//! (AVX-512, AVX2 or portable) so the compiler vectorises it: a prefill profile of SmolLM2-135M
+//! spent 3.4 ns per SiLU element in libm's scalar `expf` and 3.5 ns per RMSNorm element in a
+//! sum whose single accumulator is one long dependency chain.
+
+use crate::isa::{level, Level};
+
+/// `v[i] = v[i] / (1 + exp(-v[i]))` in place.
+pub fn silu(v: &mut [f32]) {
+    silu_at(level(), v)
+}
+
+/// [`silu`] at an explicit ISA level (tests).
+pub fn silu_at(lvl: Level, v: &mut [f32]) {
+    crate::dot::x86_simd!(lvl, m => m::silu(v));
+    generic_silu(v)
+}
+
+/// Σ v[i]², accumulated in 16 independent f32 lanes.
+pub fn sum_squares(v: &[f32]) -> f32 {
+    sum_squares_at(level(), v)
+}
+
+/// [`sum_squares`] at an explicit ISA level (tests).
+pub fn sum_squares_at(lvl: Level, v: &[f32]) -> f32 {
+    crate::dot::x86_simd!(lvl, m => m::sum_squares(v));
+    generic_sum_squares(v)
+}
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 in two parts (Cody–Waite): n·LN2_HI is exact for the n that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// exp(x) for f32 within 2.5e-7 relative of the exact value where the result is a normal f32
+/// (Cephes' expf polynomial after reduction to r ∈ [-ln2/2, ln2/2]); like libm it overflows to
+/// ∞ past ≈88.72 and underflows through the subnormals to 0 below ≈-103.9. NaN stays NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let nan = x.is_nan();
+    let x = x.clamp(-104.0, 88.8);
+    // Round to nearest with the 1.5·2^23 trick (vectorises to add/sub, unlike `round`).
+    let n = (x * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // 2^n as two factors 2^n1·2^n2, each a normal f32 for every n in [-150, 128], so the
+    // product over- and underflows only where exp itself does.
+    let ni = n as i32;
+    let n1 = ni >> 1;
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    let y = e * pow2(n1) * pow2(ni - n1);
+    if nan {
+        f32::NAN
+    } else {
+        y
+    }
+}
+
+#[inline(always)]
+fn generic_silu(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x /= 1.0 + exp(-*x);
+    }
+}
+
+#[inline(always)]
+fn generic_sum_squares(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x * x;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    macro_rules! level {
+        ($name:ident, $feat:literal) => {
+            pub mod $name {
+                #[target_feature(enable = $feat)]
+                pub unsafe fn silu(v: &mut [f32]) {
+                    super::super::generic_silu(v)
+                }
+                #[target_feature(enable = $feat)]
+                pub unsafe fn sum_squares(v: &[f32]) -> f32 {
+                    super::super::generic_sum_squares(v)
+                }
+            }
+        };
+    }
+    level!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
+    level!(avx2, "avx2,fma,f16c");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_and_silu_matches_f64() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            let rel = ((got - want) / want).abs();
+            assert!(rel < 2.5e-7, "exp({x}) = {got}, want {want}");
+            x += 0.0137;
+        }
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert!(exp(88.7).is_finite() && exp(88.7) > 3.3e38);
+        let xs: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.05).collect();
+        for lvl in crate::isa().supported_levels() {
+            let mut v = xs.clone();
+            silu_at(lvl, &mut v);
+            for (&x, &y) in xs.iter().zip(&v) {
+                let want = x as f64 / (1.0 + (-x as f64).exp());
+                assert!(
+                    // Below x ≈ -88.7, exp(-x) is past f32's range: the result (|y| < 1e-36)
+                    // is 0 here as with libm's expf.
+                    (y as f64 - want).abs() <= 3e-7 * want.abs() + 1e-36,
+                    "{lvl} silu({x}) = {y}, want {want}"
+                );
+            }
+            let s = sum_squares_at(lvl, &xs);
+            let want: f64 = xs.iter().map(|&x| x as f64 * x as f64).sum();
+            assert!(
+                ((s as f64) - want).abs() < 1e-5 * want,
+                "{lvl}: {s} vs {want}"
+            );
+        }
+    }
+}
