@@ -24,17 +24,15 @@ const TILE_W: usize = 4;
 const PAR_MIN_FMAS: usize = 1 << 18;
 
 /// Whether [`matmul_nt`] has a kernel for this matrix format on this CPU (AVX-512 at the
-/// dispatched level; f32, bf16, f16, int8, e4m3 weights).
+/// dispatched level; every format: ggml blocks are decoded to f32 a task's rows at a time).
 pub fn supported(w: &Matrix<'_>) -> bool {
     supported_at(level(), w)
 }
 
 /// [`supported`] at an explicit ISA level.
 pub fn supported_at(lvl: Level, w: &Matrix<'_>) -> bool {
-    cfg!(target_arch = "x86_64")
-        && lvl == Level::Avx512
-        && isa().supports(Level::Avx512)
-        && !matches!(w, Matrix::Blocks { .. })
+    let _ = w;
+    cfg!(target_arch = "x86_64") && lvl == Level::Avx512 && isa().supports(Level::Avx512)
 }
 
 /// `out[i·n + j] = Σ_k x[i·k + kk] · w[j, kk] · scale[j]` for `i < m`, `j < n`, parallel over
@@ -76,9 +74,19 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &m
         // SAFETY: `supported` checked AVX-512; the ranges are inside x, w and out (asserted
         // above), and task t alone writes columns j0..j1.
         #[cfg(target_arch = "x86_64")]
-        unsafe {
-            avx512::columns(x.as_ptr(), m, k, &w, j0, j1, o.ptr(), n)
-        };
+        if let Matrix::Blocks { format, data } = w {
+            // The task's rows decoded once (exactly, as ggml does) into f32, then the f32
+            // tiles: every token tile reuses the decoded rows.
+            let rb = w.row_bytes(k);
+            let mut dense = vec![0f32; (j1 - j0) * k];
+            crate::blocks::dequantize(format, &data[j0 * rb..j1 * rb], &mut dense);
+            let d = Matrix::F32(&dense);
+            // SAFETY: as below, with `dense` holding rows j0..j1 as rows 0..j1 - j0 and the
+            // output pointer moved to column j0.
+            unsafe { avx512::columns(x.as_ptr(), m, k, &d, 0, j1 - j0, o.ptr().add(j0), n) };
+        } else {
+            unsafe { avx512::columns(x.as_ptr(), m, k, &w, j0, j1, o.ptr(), n) };
+        }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (j0, j1, &o);
     });

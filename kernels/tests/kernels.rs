@@ -280,6 +280,34 @@ fn matmul_nt_matches_naive_for_every_format() {
                 dequantize_e4m3(&qe, &se, k),
             ),
         ];
+        // ggml Q8_0 blocks (f16 scale + 32 int8) where k is a whole number of blocks.
+        let q8: Vec<u8> = if k % 32 == 0 {
+            (0..n * k / 32)
+                .flat_map(|b| {
+                    let d = half::f16::from_f32(0.01 + (b % 7) as f32 * 0.003).to_le_bytes();
+                    let q: Vec<u8> = (0..32).map(|_| rng.gen::<u8>()).collect();
+                    d.into_iter().chain(q)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut cases = cases;
+        if !q8.is_empty() {
+            let mut dense = vec![0f32; n * k];
+            silica_kernels::blocks::dequantize(
+                silica_kernels::blocks::BlockFormat::Q8_0,
+                &q8,
+                &mut dense,
+            );
+            cases.push((
+                Matrix::Blocks {
+                    format: silica_kernels::blocks::BlockFormat::Q8_0,
+                    data: &q8,
+                },
+                dense,
+            ));
+        }
         for (w, dense) in &cases {
             let mut out = vec![f32::NAN; m * n];
             silica_kernels::gemm::matmul_nt(&x, m, k, *w, n, &mut out);

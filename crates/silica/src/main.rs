@@ -15,6 +15,10 @@ mod train;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc keeps freed op outputs for reuse instead of unmapping them (see Cargo.toml).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "silica",

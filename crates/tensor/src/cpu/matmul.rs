@@ -258,14 +258,14 @@ pub fn dot_dequant(
             n,
             rhs_nk: true,
         };
-        let tiled = match decode {
-            Decode::Bytes(QuantFormat::Int8) => Some(Matrix::I8 {
+        let tiled = Some(match decode {
+            Decode::Bytes(QuantFormat::Int8) => Matrix::I8 {
                 q: bytemuck::cast_slice(q),
                 scales: None,
-            }),
-            Decode::Bytes(QuantFormat::Fp8E4M3) => Some(Matrix::E4M3 { q, scales: None }),
-            Decode::Blocks(_) => None,
-        }
+            },
+            Decode::Bytes(QuantFormat::Fp8E4M3) => Matrix::E4M3 { q, scales: None },
+            Decode::Blocks(format) => Matrix::Blocks { format, data: q },
+        })
         .filter(silica_kernels::gemm::supported);
         match decode {
             _ if tiled.is_some() => {
