@@ -9,8 +9,8 @@ use common::*;
 use proptest::prelude::*;
 use silica_tensor::graph::broadcast_shapes;
 use silica_tensor::{
-    BinaryOp, CmpDir, DType, DotDims, Graph, GraphError, HostTensor, Program, QuantFormat, Shape,
-    UnaryOp, ValueId,
+    BinaryOp, BlockFormat, CmpDir, DType, DotDims, Graph, GraphError, HostTensor, Program,
+    QuantFormat, Shape, UnaryOp, ValueId,
 };
 
 fn dims_strategy(max_rank: usize, max_dim: usize) -> impl Strategy<Value = Vec<usize>> {
@@ -241,7 +241,7 @@ const CMPS: [CmpDir; 6] = [
     CmpDir::Gt,
     CmpDir::Ge,
 ];
-const N_OPS: u8 = 32;
+const N_OPS: u8 = 34;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -523,6 +523,41 @@ fn build(c: &Case, g: &mut Graph, ps: &[ValueId]) -> Built {
             match g.dequantize(b, f, dt) {
                 Ok(w) => ("dot", vec![sh(g, a), sh(g, w)], g.linear(a, w), false),
                 Err(e) => ("dequantize", vec![sh(g, b)], Err(e), false),
+            }
+        }
+        31 => {
+            // ggml blocks decoded: a random param (mostly refused: it must be u8 whose last
+            // dim is whole blocks) or a well-shaped block matrix of `k`'s format.
+            let f = BlockFormat::ALL[k % BlockFormat::ALL.len()];
+            let q = if c.seed % 2 == 0 {
+                a
+            } else {
+                let rows = 1 + k % 3;
+                g.parameter("blocks", DType::U8, [rows, f.block_bytes() * (1 + k % 2)])
+                    .unwrap()
+            };
+            (
+                "dequantize_blocks",
+                vec![sh(g, q)],
+                g.dequantize_blocks(q, f, c.dt),
+                false,
+            )
+        }
+        32 => {
+            // A GGUF linear layer as the CPU fuses it (dequantize_blocks into the dot), one
+            // block per row so that every sum is exact: a single-scale format's values are
+            // integer multiples of the block's d, the activations small multiples of 1/8.
+            let f = [BlockFormat::Q4_0, BlockFormat::Q5_0, BlockFormat::Q8_0][k % 3];
+            let rows = 1 + k % 5;
+            let q = g
+                .parameter("blocks", DType::U8, [rows, f.block_bytes()])
+                .unwrap();
+            let x = g
+                .parameter("x", DType::F32, [1 + (c.seed % 11) as usize, 32])
+                .unwrap();
+            match g.dequantize_blocks(q, f, DType::F32) {
+                Ok(w) => ("dot", vec![sh(g, x), sh(g, w)], g.linear(x, w), false),
+                Err(e) => ("dequantize_blocks", vec![sh(g, q)], Err(e), false),
             }
         }
         _ => {
