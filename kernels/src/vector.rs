@@ -28,6 +28,50 @@ pub fn sum_squares_at(lvl: Level, v: &[f32]) -> f32 {
     generic_sum_squares(v)
 }
 
+/// f32 → bf16 (round to nearest even, NaN kept NaN and quieted), as `half::bf16::from_f32`,
+/// bit for bit, vectorised: the bf16 model's every op output goes through it.
+pub fn f32_to_bf16(src: &[f32], dst: &mut [half::bf16]) {
+    f32_to_bf16_at(level(), src, dst)
+}
+
+/// [`f32_to_bf16`] at an explicit ISA level (tests).
+pub fn f32_to_bf16_at(lvl: Level, src: &[f32], dst: &mut [half::bf16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_bf16: lengths differ");
+    // SAFETY: bf16 is a transparent u16.
+    let d: &mut [u16] =
+        unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) };
+    crate::dot::x86_simd!(lvl, m => m::f32_to_bf16(src, d));
+    generic_f32_to_bf16(src, d)
+}
+
+/// The bf16 bits of `x` (round to nearest even; NaN → quiet NaN of the same sign and payload
+/// top bits), branch-free.
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let nan = (b & 0x7fff_ffff) > 0x7f80_0000;
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    let quiet = ((b >> 16) as u16) | 0x0040;
+    if nan {
+        quiet
+    } else {
+        rounded
+    }
+}
+
+/// `x` rounded to bf16 precision, as f32.
+#[inline(always)]
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
+#[inline(always)]
+fn generic_f32_to_bf16(src: &[f32], dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(x);
+    }
+}
+
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 // ln 2 in two parts (Cody–Waite): n·LN2_HI is exact for the n that occur.
 const LN2_HI: f32 = 0.693_359_4;
@@ -96,6 +140,10 @@ mod x86 {
                 pub unsafe fn sum_squares(v: &[f32]) -> f32 {
                     super::super::generic_sum_squares(v)
                 }
+                #[target_feature(enable = $feat)]
+                pub unsafe fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
+                    super::super::generic_f32_to_bf16(src, dst)
+                }
             }
         };
     }
@@ -106,6 +154,47 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_conversion_is_half_bit_for_bit() {
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xff80_0001),
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0x7f7f_ffff),
+        ];
+        let mut state = 1u32;
+        for _ in 0..100_000 {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            xs.push(f32::from_bits(state));
+        }
+        for lvl in crate::isa().supported_levels() {
+            let mut got = vec![half::bf16::ZERO; xs.len()];
+            f32_to_bf16_at(lvl, &xs, &mut got);
+            for (x, g) in xs.iter().zip(&got) {
+                let want = half::bf16::from_f32(*x);
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "{lvl}: {x:e} ({:#x})",
+                    x.to_bits()
+                );
+                assert_eq!(round_bf16(*x).to_bits(), want.to_f32().to_bits());
+            }
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_and_silu_matches_f64() {

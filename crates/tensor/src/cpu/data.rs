@@ -167,7 +167,17 @@ impl CpuData {
         }
         match (self, to) {
             (CpuData::F32(v), DType::BF16) => {
-                return CpuData::BF16(widen!(v, |&x| bf16::from_f32(x)))
+                // The kernels crate's vectorised rounding (half's, bit for bit).
+                let mut out = vec![bf16::ZERO; v.len()];
+                let f = silica_kernels::vector::f32_to_bf16;
+                if v.len() >= PAR_CONVERT_MIN {
+                    out.par_chunks_mut(8192)
+                        .zip(v.par_chunks(8192))
+                        .for_each(|(o, s)| f(s, o));
+                } else {
+                    f(v, &mut out);
+                }
+                return CpuData::BF16(out);
             }
             (CpuData::F32(v), DType::F16) => return CpuData::F16(widen!(v, |&x| f16::from_f32(x))),
             (CpuData::BF16(v), DType::F32) => return CpuData::F32(widen!(v, |&x| x.to_f32())),

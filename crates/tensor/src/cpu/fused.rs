@@ -19,7 +19,7 @@ const PAR_MIN: usize = 1 << 14;
 /// Rounds an f32 to `dt`'s precision and back (identity for f32).
 fn rounder(dt: DType) -> fn(f32) -> f32 {
     match dt {
-        DType::BF16 => |x| bf16::from_f32(x).to_f32(),
+        DType::BF16 => silica_kernels::vector::round_bf16,
         DType::F16 => |x| f16::from_f32(x).to_f32(),
         _ => |x| x,
     }
