@@ -92,7 +92,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
     let e = p * r * r + r + 1.0;
     // 2^n as two factors 2^n1·2^n2, each a normal f32 for every n in [-150, 128], so the
     // product over- and underflows only where exp itself does.

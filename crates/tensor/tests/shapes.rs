@@ -529,7 +529,7 @@ fn build(c: &Case, g: &mut Graph, ps: &[ValueId]) -> Built {
             // ggml blocks decoded: a random param (mostly refused: it must be u8 whose last
             // dim is whole blocks) or a well-shaped block matrix of `k`'s format.
             let f = BlockFormat::ALL[k % BlockFormat::ALL.len()];
-            let q = if c.seed % 2 == 0 {
+            let q = if c.seed.is_multiple_of(2) {
                 a
             } else {
                 let rows = 1 + k % 3;
