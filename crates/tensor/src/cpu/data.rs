@@ -226,6 +226,11 @@ impl CpuData {
 
     /// f32 data converted back to `dt` (f64 data for F64).
     pub fn from_f32(v: Vec<f32>, dt: DType) -> CpuData {
+        if dt == DType::F32 {
+            // Moved, not converted: `convert` to the same dtype copies (it takes `&self`), and
+            // every f32 op output came through here.
+            return CpuData::F32(v);
+        }
         CpuData::F32(v).convert(dt)
     }
 }
