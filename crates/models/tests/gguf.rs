@@ -4,9 +4,11 @@
 //! host-dequantized path, single or split; and every kind of bad file gets a clear error. The
 //! real-checkpoint comparison with transformers is tests/gguf_reference.rs.
 
+mod common;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use common::max_abs_diff;
 use silica_models::gguf::GgufModel;
 use silica_models::weights::Checkpoint;
 use silica_models::{LoadOptions, LoadedModel, ModelConfig, ModelError};
@@ -180,14 +182,6 @@ fn logits(m: &LoadedModel) -> Vec<f32> {
     m.logits(&ids).unwrap().to_vec::<f32>().unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn f32_gguf_computes_exactly_what_the_folder_computes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -244,7 +238,7 @@ fn block_gguf_runs_natively_and_through_the_host_dequantized_path() {
             )
             .unwrap();
             let (a, b) = (logits(&native), logits(&dense));
-            let d = max_diff(&a, &b);
+            let d = max_abs_diff(&a, &b);
             assert!(
                 d < 1e-4,
                 "{name} {ty:?}: native blocks vs dequantized f32: {d}"
@@ -260,7 +254,7 @@ fn block_gguf_runs_natively_and_through_the_host_dequantized_path() {
             )
             .unwrap();
             assert!(tp2.blocks.is_none());
-            let d = max_diff(&logits(&tp2), &b);
+            let d = max_abs_diff(&logits(&tp2), &b);
             assert!(d < 1e-4, "{name} {ty:?}: tp 2 vs dequantized f32: {d}");
             // bf16 compute: blocks decode to f32 and the products run in f32.
             let bf = LoadedModel::load(
@@ -275,7 +269,7 @@ fn block_gguf_runs_natively_and_through_the_host_dequantized_path() {
             // bf16 activations, norms and KV cache (8 significant bits): a few percent of the
             // logit scale after three layers.
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = max_diff(&logits(&bf), &b);
+            let d = max_abs_diff(&logits(&bf), &b);
             assert!(
                 d < 0.05 * scale,
                 "{name} {ty:?}: bf16 vs f32: {d} (scale {scale})"

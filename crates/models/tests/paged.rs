@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod common;
-use common::{fixtures, ids};
+use common::{fixtures, ids, max_abs_diff};
 
 fn load(dir: &Path) -> Arc<LoadedModel> {
     let opts = LoadOptions {
@@ -20,14 +20,6 @@ fn load(dir: &Path) -> Arc<LoadedModel> {
         ..Default::default()
     };
     Arc::new(LoadedModel::load(dir, Arc::new(CpuBackend::new()), &opts).unwrap())
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Prefills `prompt` in chunks of `chunk` tokens (a multiple of the block size) into the blocks

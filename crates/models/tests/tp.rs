@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod common;
-use common::{fixtures, ids, reference};
+use common::{fixtures, ids, max_abs_diff, reference};
 
 fn load(dir: &Path, tp: usize) -> LoadedModel {
     let opts = LoadOptions {
@@ -26,14 +26,6 @@ fn load(dir: &Path, tp: usize) -> LoadedModel {
     };
     LoadedModel::load(dir, Arc::new(CpuBackend::new()), &opts)
         .unwrap_or_else(|e| panic!("{} tp {tp}: {e}", dir.display()))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
