@@ -152,6 +152,107 @@ fn e4m3_round_trips_and_rounds_to_nearest() {
     assert_eq!(f32_to_e4m3(1.1875), 0x3a);
 }
 
+/// One random weight matrix `[n, k]` in every stored format the products take, owned, with
+/// the dense values each one stands for.
+struct Weights {
+    k: usize,
+    f32: Vec<f32>,
+    bf16: Vec<bf16>,
+    f16: Vec<f16>,
+    i8: (Vec<i8>, Vec<f32>),
+    e4m3: (Vec<u8>, Vec<f32>),
+    /// ggml Q8_0 blocks (f16 scale + 32 int8), empty unless k is a whole number of blocks.
+    q8_0: Vec<u8>,
+}
+
+impl Weights {
+    fn new(rng: &mut SmallRng, n: usize, k: usize) -> Self {
+        let wf = rand_vec(rng, n * k);
+        let q8_0 = if k.is_multiple_of(32) {
+            (0..n * k / 32)
+                .flat_map(|b| {
+                    let d = f16::from_f32(0.01 + (b % 7) as f32 * 0.003).to_le_bytes();
+                    let q: Vec<u8> = (0..32).map(|_| rng.gen::<u8>()).collect();
+                    d.into_iter().chain(q)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Weights {
+            k,
+            bf16: wf.iter().map(|&v| bf16::from_f32(v)).collect(),
+            f16: wf.iter().map(|&v| f16::from_f32(v)).collect(),
+            i8: quantize_i8(&wf, n, k),
+            e4m3: quantize_e4m3(&wf, n, k),
+            q8_0,
+            f32: wf,
+        }
+    }
+
+    /// (matrix, its dense values) for every format.
+    fn cases(&self) -> Vec<(Matrix<'_>, Vec<f32>)> {
+        let k = self.k;
+        let (qi, si) = (&self.i8.0, &self.i8.1);
+        let (qe, se) = (&self.e4m3.0, &self.e4m3.1);
+        let mut cases: Vec<(Matrix, Vec<f32>)> = vec![
+            (Matrix::F32(&self.f32), self.f32.clone()),
+            (
+                Matrix::BF16(&self.bf16),
+                self.bf16.iter().map(|v| v.to_f32()).collect(),
+            ),
+            (
+                Matrix::F16(&self.f16),
+                self.f16.iter().map(|v| v.to_f32()).collect(),
+            ),
+            (
+                Matrix::I8 {
+                    q: qi,
+                    scales: Some(si),
+                },
+                dequantize_i8(qi, si, k),
+            ),
+            (
+                Matrix::E4M3 {
+                    q: qe,
+                    scales: Some(se),
+                },
+                dequantize_e4m3(qe, se, k),
+            ),
+        ];
+        if !self.q8_0.is_empty() {
+            let format = silica_kernels::blocks::BlockFormat::Q8_0;
+            let mut dense = vec![0f32; self.f32.len()];
+            silica_kernels::blocks::dequantize(format, &self.q8_0, &mut dense);
+            let data = &self.q8_0;
+            cases.push((Matrix::Blocks { format, data }, dense));
+        }
+        cases
+    }
+}
+
+/// `out [m, n]` against Σ_k x[i, k]·dense[j, k] in f64.
+fn assert_naive(
+    what: &str,
+    x: &[f32],
+    dense: &[f32],
+    out: &[f32],
+    (m, k, n): (usize, usize, usize),
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let e: f64 = (0..k)
+                .map(|kk| x[i * k + kk] as f64 * dense[j * k + kk] as f64)
+                .sum();
+            let g = out[i * n + j] as f64;
+            assert!(
+                (g - e).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6,
+                "{what} m{m} k{k} n{n} [{i},{j}]: {g} vs {e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn gemv_matches_naive_for_every_format_and_level() {
     let mut rng = SmallRng::seed_from_u64(3);
@@ -163,44 +264,13 @@ fn gemv_matches_naive_for_every_format_and_level() {
         (2, 0, 5),
     ] {
         let x = rand_vec(&mut rng, m * k);
-        let wf = rand_vec(&mut rng, n * k);
-        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-        let (qi, si) = quantize_i8(&wf, n, k);
-        let (qe, se) = quantize_e4m3(&wf, n, k);
-        let cases: Vec<(Matrix, Vec<f32>)> = vec![
-            (Matrix::F32(&wf), wf.clone()),
-            (Matrix::BF16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
-            (
-                Matrix::I8 {
-                    q: &qi,
-                    scales: Some(&si),
-                },
-                dequantize_i8(&qi, &si, k),
-            ),
-            (
-                Matrix::E4M3 {
-                    q: &qe,
-                    scales: Some(&se),
-                },
-                dequantize_e4m3(&qe, &se, k),
-            ),
-        ];
-        for (w, dense) in &cases {
+        let w = Weights::new(&mut rng, n, k);
+        for (mat, dense) in &w.cases() {
             for l in isa().supported_levels() {
                 let mut out = vec![f32::NAN; m * n];
-                gemv_at(l, &x, m, k, *w, n, &mut out);
-                for i in 0..m {
-                    for j in 0..n {
-                        let e: f64 = (0..k)
-                            .map(|kk| x[i * k + kk] as f64 * dense[j * k + kk] as f64)
-                            .sum();
-                        let g = out[i * n + j] as f64;
-                        assert!(
-                            (g - e).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6,
-                            "{l} m{m} k{k} n{n} [{i},{j}]: {g} vs {e}"
-                        );
-                    }
-                }
+                gemv_at(l, &x, m, k, *mat, n, &mut out);
+                let what = format!("{l} {:?}", std::mem::discriminant(mat));
+                assert_naive(&what, &x, dense, &out, (m, k, n));
             }
         }
     }
@@ -240,7 +310,7 @@ fn int8_scheme_bounds_the_error_by_half_a_step() {
 
 #[test]
 fn matmul_nt_matches_naive_for_every_format() {
-    if !silica_kernels::gemm::supported(&Matrix::F32(&[])) {
+    if !silica_kernels::gemm::supported() {
         eprintln!("no AVX-512 here: matmul_nt has no kernel to test");
         return;
     }
@@ -256,74 +326,12 @@ fn matmul_nt_matches_naive_for_every_format() {
         (5, 0, 4),
     ] {
         let x = rand_vec(&mut rng, m * k);
-        let wf = rand_vec(&mut rng, n * k);
-        let wb: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
-        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-        let (qi, si) = quantize_i8(&wf, n, k);
-        let (qe, se) = quantize_e4m3(&wf, n, k);
-        let cases: Vec<(Matrix, Vec<f32>)> = vec![
-            (Matrix::F32(&wf), wf.clone()),
-            (Matrix::BF16(&wb), wb.iter().map(|v| v.to_f32()).collect()),
-            (Matrix::F16(&wh), wh.iter().map(|v| v.to_f32()).collect()),
-            (
-                Matrix::I8 {
-                    q: &qi,
-                    scales: Some(&si),
-                },
-                dequantize_i8(&qi, &si, k),
-            ),
-            (
-                Matrix::E4M3 {
-                    q: &qe,
-                    scales: Some(&se),
-                },
-                dequantize_e4m3(&qe, &se, k),
-            ),
-        ];
-        // ggml Q8_0 blocks (f16 scale + 32 int8) where k is a whole number of blocks.
-        let q8: Vec<u8> = if k % 32 == 0 {
-            (0..n * k / 32)
-                .flat_map(|b| {
-                    let d = half::f16::from_f32(0.01 + (b % 7) as f32 * 0.003).to_le_bytes();
-                    let q: Vec<u8> = (0..32).map(|_| rng.gen::<u8>()).collect();
-                    d.into_iter().chain(q)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut cases = cases;
-        if !q8.is_empty() {
-            let mut dense = vec![0f32; n * k];
-            silica_kernels::blocks::dequantize(
-                silica_kernels::blocks::BlockFormat::Q8_0,
-                &q8,
-                &mut dense,
-            );
-            cases.push((
-                Matrix::Blocks {
-                    format: silica_kernels::blocks::BlockFormat::Q8_0,
-                    data: &q8,
-                },
-                dense,
-            ));
-        }
-        for (w, dense) in &cases {
+        let w = Weights::new(&mut rng, n, k);
+        for (mat, dense) in &w.cases() {
             let mut out = vec![f32::NAN; m * n];
-            silica_kernels::gemm::matmul_nt(&x, m, k, *w, n, &mut out);
-            for i in 0..m {
-                for j in 0..n {
-                    let e: f64 = (0..k)
-                        .map(|kk| x[i * k + kk] as f64 * dense[j * k + kk] as f64)
-                        .sum();
-                    let g = out[i * n + j] as f64;
-                    assert!(
-                        (g - e).abs() <= 1e-5 * (k as f64).sqrt() + 1e-6,
-                        "{:?} m{m} k{k} n{n} [{i},{j}]: {g} vs {e}",
-                        std::mem::discriminant(w)
-                    );
-                }
-            }
+            silica_kernels::gemm::matmul_nt(&x, m, k, *mat, n, &mut out);
+            let what = format!("{:?}", std::mem::discriminant(mat));
+            assert_naive(&what, &x, dense, &out, (m, k, n));
         }
     }
 }
