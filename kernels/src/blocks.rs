@@ -466,52 +466,60 @@ mod x86 {
             _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
         }
 
+        /// Σ x·w over a row of 32-value blocks of `$bb` bytes: `$decode` (with `$blk` the
+        /// block's first byte) yields the block's two 16-lane halves of weights, accumulated
+        /// with FMA in two accumulators. A macro, not a closure, so that the intrinsics stay
+        /// inlined into the AVX-512 function.
+        macro_rules! dot32 {
+            ($x:expr, $row:expr, $bb:expr, |$blk:ident| $decode:expr) => {{
+                let nb = $row.len() / $bb;
+                let (xp, rp) = ($x.as_ptr(), $row.as_ptr());
+                let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for b in 0..nb {
+                    let $blk = rp.add(b * $bb);
+                    let (w0, w1): (__m512, __m512) = $decode;
+                    a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp.add(32 * b)), a0);
+                    a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(32 * b + 16)), a1);
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }};
+        }
+
         /// Q4_0 (`MIN` false: (q − 8)·d) and Q4_1 (`MIN` true: q·d + m).
         #[inline(always)]
         unsafe fn dot_q4_01<const MIN: bool>(x: &[f32], row: &[u8]) -> f32 {
             let bb = if MIN { 20 } else { 18 };
             let off = if MIN { 4 } else { 2 };
-            let nb = row.len() / bb;
-            let (xp, rp) = (x.as_ptr(), row.as_ptr());
             let low = _mm_set1_epi8(0x0F);
-            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            for b in 0..nb {
-                let blk = rp.add(b * bb);
+            let eight = _mm512_set1_ps(8.0);
+            dot32!(x, row, bb, |blk| {
                 let d = f16x16(blk);
                 let q = _mm_loadu_si128(blk.add(off) as *const __m128i);
                 let lo = u8x16(_mm_and_si128(q, low));
                 let hi = u8x16(_mm_and_si128(_mm_srli_epi16(q, 4), low));
-                let (w0, w1) = if MIN {
+                if MIN {
                     let m = f16x16(blk.add(2));
                     (
                         _mm512_add_ps(_mm512_mul_ps(lo, d), m),
                         _mm512_add_ps(_mm512_mul_ps(hi, d), m),
                     )
                 } else {
-                    let eight = _mm512_set1_ps(8.0);
                     (
                         _mm512_mul_ps(_mm512_sub_ps(lo, eight), d),
                         _mm512_mul_ps(_mm512_sub_ps(hi, eight), d),
                     )
-                };
-                a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp.add(32 * b)), a0);
-                a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(32 * b + 16)), a1);
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+                }
+            })
         }
 
         /// Q5_0: ((nibble | fifth bit) − 16)·d, the fifth bits of the block's 32 values in
         /// `qh` (bit j for value j) applied as byte masks.
         #[inline(always)]
         unsafe fn dot_q5_0(x: &[f32], row: &[u8]) -> f32 {
-            let nb = row.len() / 22;
-            let (xp, rp) = (x.as_ptr(), row.as_ptr());
             let low = _mm_set1_epi8(0x0F);
             let bit = _mm_set1_epi8(0x10);
             let sixteen = _mm512_set1_ps(16.0);
-            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            for b in 0..nb {
-                let blk = rp.add(b * 22);
+            dot32!(x, row, 22, |blk| {
                 let d = f16x16(blk);
                 let qh = u32::from_le_bytes(*(blk.add(2) as *const [u8; 4]));
                 let q = _mm_loadu_si128(blk.add(6) as *const __m128i);
@@ -523,30 +531,24 @@ mod x86 {
                     _mm_and_si128(_mm_srli_epi16(q, 4), low),
                     _mm_maskz_mov_epi8((qh >> 16) as u16 as __mmask16, bit),
                 );
-                let w0 = _mm512_mul_ps(_mm512_sub_ps(u8x16(lo), sixteen), d);
-                let w1 = _mm512_mul_ps(_mm512_sub_ps(u8x16(hi), sixteen), d);
-                a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp.add(32 * b)), a0);
-                a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(32 * b + 16)), a1);
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+                (
+                    _mm512_mul_ps(_mm512_sub_ps(u8x16(lo), sixteen), d),
+                    _mm512_mul_ps(_mm512_sub_ps(u8x16(hi), sixteen), d),
+                )
+            })
         }
 
         #[inline(always)]
         unsafe fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
-            let nb = row.len() / 34;
-            let (xp, rp) = (x.as_ptr(), row.as_ptr());
-            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            for b in 0..nb {
-                let blk = rp.add(b * 34);
+            dot32!(x, row, 34, |blk| {
                 let d = f16x16(blk);
                 let q0 = _mm_loadu_si128(blk.add(2) as *const __m128i);
                 let q1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
-                let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d);
-                let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d);
-                a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp.add(32 * b)), a0);
-                a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp.add(32 * b + 16)), a1);
-            }
-            _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+                (
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d),
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d),
+                )
+            })
         }
 
         #[inline(always)]

@@ -23,22 +23,21 @@ const TILE_W: usize = 4;
 /// Below this many multiply-adds the product runs on the calling thread.
 const PAR_MIN_FMAS: usize = 1 << 18;
 
-/// Whether [`matmul_nt`] has a kernel for this matrix format on this CPU (AVX-512 at the
-/// dispatched level; every format: ggml blocks are decoded to f32 a task's rows at a time).
-pub fn supported(w: &Matrix<'_>) -> bool {
-    supported_at(level(), w)
+/// Whether [`matmul_nt`] runs on this CPU: AVX-512 at the dispatched level. Every matrix
+/// format is then supported (ggml blocks are decoded to f32 a task's rows at a time).
+pub fn supported() -> bool {
+    supported_at(level())
 }
 
 /// [`supported`] at an explicit ISA level.
-pub fn supported_at(lvl: Level, w: &Matrix<'_>) -> bool {
-    let _ = w;
+pub fn supported_at(lvl: Level) -> bool {
     cfg!(target_arch = "x86_64") && lvl == Level::Avx512 && isa().supports(Level::Avx512)
 }
 
 /// `out[i·n + j] = Σ_k x[i·k + kk] · w[j, kk] · scale[j]` for `i < m`, `j < n`, parallel over
 /// weight rows. Panics when [`supported`] is false.
 pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &mut [f32]) {
-    assert!(supported(&w), "matmul_nt: no kernel for {w:?} here");
+    assert!(supported(), "matmul_nt: no AVX-512 here");
     assert_eq!(x.len(), m * k, "matmul_nt: x is not [m, k]");
     assert_eq!(w.len(), n * k, "matmul_nt: w is not [n, k]");
     assert_eq!(out.len(), m * n, "matmul_nt: out is not [m, n]");

@@ -37,9 +37,8 @@ pub fn f32_to_bf16(src: &[f32], dst: &mut [half::bf16]) {
 /// [`f32_to_bf16`] at an explicit ISA level (tests).
 pub fn f32_to_bf16_at(lvl: Level, src: &[f32], dst: &mut [half::bf16]) {
     assert_eq!(src.len(), dst.len(), "f32_to_bf16: lengths differ");
-    // SAFETY: bf16 is a transparent u16.
-    let d: &mut [u16] =
-        unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) };
+    use half::slice::HalfFloatSliceExt;
+    let d: &mut [u16] = dst.reinterpret_cast_mut();
     crate::dot::x86_simd!(lvl, m => m::f32_to_bf16(src, d));
     generic_f32_to_bf16(src, d)
 }

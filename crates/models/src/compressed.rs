@@ -149,10 +149,15 @@ impl CompressedScheme {
 
     /// The safetensors dtype the quantized weights are stored in.
     pub fn byte_dtype(&self) -> ByteDType {
-        match self.format {
-            QuantFormat::Int8 => ByteDType::I8,
-            QuantFormat::Fp8E4M3 => ByteDType::F8E4M3,
-        }
+        stored_as(self.format)
+    }
+}
+
+/// The safetensors dtype of a format's bytes.
+fn stored_as(format: QuantFormat) -> ByteDType {
+    match format {
+        QuantFormat::Int8 => ByteDType::I8,
+        QuantFormat::Fp8E4M3 => ByteDType::F8E4M3,
     }
 }
 
@@ -356,10 +361,7 @@ pub fn save(
         format,
         scope: QuantScope::Projections,
     };
-    let byte_dtype = match format {
-        QuantFormat::Int8 => ByteDType::I8,
-        QuantFormat::Fp8E4M3 => ByteDType::F8E4M3,
-    };
+    let byte_dtype = stored_as(format);
     // (name, tensor, stored dtype) in name order, as safetensors sorts them.
     let mut tensors: Vec<(String, HostTensor, Option<ByteDType>)> = Vec::new();
     let (mut bytes_in, mut matrices) = (0u64, 0);

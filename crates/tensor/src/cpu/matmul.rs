@@ -123,22 +123,34 @@ enum RhsRef<'a> {
     F16(&'a [f16]),
 }
 
+impl<'a> RhsRef<'a> {
+    /// The kernels crate's view of the weights.
+    fn matrix(self) -> Matrix<'a> {
+        match self {
+            RhsRef::F32(b) => Matrix::F32(b),
+            RhsRef::BF16(b) => Matrix::BF16(b),
+            RhsRef::F16(b) => Matrix::F16(b),
+        }
+    }
+
+    fn slice(self, r: std::ops::Range<usize>) -> RhsRef<'a> {
+        match self {
+            RhsRef::F32(b) => RhsRef::F32(&b[r]),
+            RhsRef::BF16(b) => RhsRef::BF16(&b[r]),
+            RhsRef::F16(b) => RhsRef::F16(&b[r]),
+        }
+    }
+}
+
 fn mm_f32(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     if c.rhs_nk && c.m <= SKINNY_MAX_M {
         return skinny(a, rhs, c);
     }
-    if c.rhs_nk && c.b == 1 {
-        let mat = match rhs {
-            RhsRef::F32(b) => Matrix::F32(b),
-            RhsRef::BF16(b) => Matrix::BF16(b),
-            RhsRef::F16(b) => Matrix::F16(b),
-        };
-        if silica_kernels::gemm::supported(&mat) {
-            // A linear layer's prefill: weights read in place (see silica_kernels::gemm).
-            let mut out = vec![0f32; c.m * c.n];
-            silica_kernels::gemm::matmul_nt(a, c.m, c.k, mat, c.n, &mut out);
-            return out;
-        }
+    if c.rhs_nk && c.b == 1 && silica_kernels::gemm::supported() {
+        // A linear layer's prefill: weights read in place (see silica_kernels::gemm).
+        let mut out = vec![0f32; c.m * c.n];
+        silica_kernels::gemm::matmul_nt(a, c.m, c.k, rhs.matrix(), c.n, &mut out);
+        return out;
     }
     match rhs {
         RhsRef::F32(b) => mm_gemm(a, b, c),
@@ -220,7 +232,8 @@ fn tiled_gemm(a: &[f32], c: &Canon, tile: impl Fn(usize, usize, usize) -> Vec<f3
 
 /// `x [.., K] · decode(q [N, K])ᵀ → [.., N]`: a `dot` whose rhs is a fused
 /// [`crate::Op::Dequantize`]. Decode-shaped products stream the bytes through the kernels
-/// crate's GEMV; larger ones decode a bounded tile to f32 at a time for gemm. Exactly the
+/// crate's GEMV, larger ones its register-tiled product on AVX-512; elsewhere a bounded tile is
+/// decoded to f32 at a time for gemm. Exactly the
 /// unfused result: decoded values are exact in every float dtype, the sum is in f32 and is
 /// rounded once to `out_dt`.
 pub fn dot_dequant(
@@ -238,17 +251,23 @@ pub fn dot_dequant(
         CpuData::F32(v) => v.as_slice().into(),
         other => other.to_f32().into(),
     };
-    let out = if m <= SKINNY_MAX_M {
+    let mat = match decode {
+        Decode::Bytes(QuantFormat::Int8) => Matrix::I8 {
+            q: bytemuck::cast_slice(q),
+            scales: None,
+        },
+        Decode::Bytes(QuantFormat::Fp8E4M3) => Matrix::E4M3 { q, scales: None },
+        Decode::Blocks(format) => Matrix::Blocks { format, data: q },
+    };
+    let out = if m <= SKINNY_MAX_M || silica_kernels::gemm::supported() {
+        // Decode shapes: the GEMV; prefill on AVX-512: the register-tiled product. Both widen
+        // the bytes in registers.
         let mut out = vec![0f32; m * n];
-        let mat = match decode {
-            Decode::Bytes(QuantFormat::Int8) => Matrix::I8 {
-                q: bytemuck::cast_slice(q),
-                scales: None,
-            },
-            Decode::Bytes(QuantFormat::Fp8E4M3) => Matrix::E4M3 { q, scales: None },
-            Decode::Blocks(format) => Matrix::Blocks { format, data: q },
-        };
-        gemv(&a, m, k, mat, n, &mut out);
+        if m <= SKINNY_MAX_M {
+            gemv(&a, m, k, mat, n, &mut out);
+        } else {
+            silica_kernels::gemm::matmul_nt(&a, m, k, mat, n, &mut out);
+        }
         out
     } else {
         let c = Canon {
@@ -258,22 +277,7 @@ pub fn dot_dequant(
             n,
             rhs_nk: true,
         };
-        let tiled = Some(match decode {
-            Decode::Bytes(QuantFormat::Int8) => Matrix::I8 {
-                q: bytemuck::cast_slice(q),
-                scales: None,
-            },
-            Decode::Bytes(QuantFormat::Fp8E4M3) => Matrix::E4M3 { q, scales: None },
-            Decode::Blocks(format) => Matrix::Blocks { format, data: q },
-        })
-        .filter(silica_kernels::gemm::supported);
         match decode {
-            _ if tiled.is_some() => {
-                let mut out = vec![0f32; m * n];
-                let mat = tiled.expect("checked");
-                silica_kernels::gemm::matmul_nt(&a, m, k, mat, n, &mut out);
-                out
-            }
             Decode::Bytes(format) => {
                 let lut = format.table();
                 tiled_gemm(&a, &c, |_, n0, tn| {
@@ -425,11 +429,7 @@ fn skinny(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     for bi in 0..c.b {
         let ab = &a[bi * m * k..(bi + 1) * m * k];
         let w = bi * n * k..(bi + 1) * n * k;
-        let mat = match rhs {
-            RhsRef::F32(b) => Matrix::F32(&b[w]),
-            RhsRef::BF16(b) => Matrix::BF16(&b[w]),
-            RhsRef::F16(b) => Matrix::F16(&b[w]),
-        };
+        let mat = rhs.slice(w).matrix();
         gemv(ab, m, k, mat, n, &mut out[bi * m * n..(bi + 1) * m * n]);
     }
     out
