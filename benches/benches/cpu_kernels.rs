@@ -151,5 +151,63 @@ fn blocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, norms, attention, blocks);
+/// The decode GEMV (one token through 2048→8192 projections, both threads) over a working set
+/// larger than the last-level cache (this project's hosts report up to 300 MiB of L3), so it
+/// streams from memory as a real model's step does. Throughput in weight bytes: compare with
+/// the memory bandwidth printed above.
+fn gemv(c: &mut Criterion) {
+    use silica_kernels::{gemv, Matrix};
+    print_limits();
+    let mut g = c.benchmark_group("gemv");
+    let (k, n) = (2048, 8192);
+    let x: Vec<f32> = random(DType::F32, &[k], 1).to_f32_vec();
+    let mut out = vec![0f32; n];
+    let set_bytes = 512usize << 20;
+    let base: Vec<f32> = random(DType::F32, &[n, k], 2).to_f32_vec();
+    let scales = vec![0.01f32; n];
+    let f32s: Vec<Vec<f32>> = (0..set_bytes / (4 * n * k)).map(|_| base.clone()).collect();
+    let bf16s: Vec<Vec<silica_tensor::bf16>> = (0..set_bytes / (2 * n * k))
+        .map(|_| {
+            base.iter()
+                .map(|&v| silica_tensor::bf16::from_f32(v))
+                .collect()
+        })
+        .collect();
+    let i8s: Vec<Vec<i8>> = (0..set_bytes / (n * k))
+        .map(|_| base.iter().map(|&v| (v * 127.0) as i8).collect())
+        .collect();
+    let mut run = |name: &str, bytes: usize, mats: Vec<Matrix<'_>>| {
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut i = 0;
+        g.bench_function(format!("{name}_1x{k}x{n}"), |b| {
+            b.iter(|| {
+                gemv(&x, 1, k, mats[i % mats.len()], n, &mut out);
+                i += 1;
+            })
+        });
+    };
+    run(
+        "f32",
+        4 * n * k,
+        f32s.iter().map(|w| Matrix::F32(w)).collect(),
+    );
+    run(
+        "bf16",
+        2 * n * k,
+        bf16s.iter().map(|w| Matrix::BF16(w)).collect(),
+    );
+    run(
+        "int8",
+        n * k,
+        i8s.iter()
+            .map(|q| Matrix::I8 {
+                q,
+                scales: Some(&scales),
+            })
+            .collect(),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, matmul, norms, attention, blocks, gemv);
 criterion_main!(benches);

@@ -8,7 +8,8 @@
 //!
 //! `SILICA_ISA=portable|avx2|avx512|neon` caps the level the kernels dispatch to (never raises it
 //! above what the CPU has): the benchmarks and tests use it to measure and check every path on
-//! one machine.
+//! one machine. Any cap, `avx512` included, also turns off the AMX kernels ([`Isa::amx`]), so
+//! `SILICA_ISA=avx512` measures the AVX-512 paths on an AMX host.
 
 use std::sync::OnceLock;
 
@@ -91,6 +92,9 @@ pub struct Isa {
     pub level: Level,
     /// Why the level differs from `widest`, or why `SILICA_ISA` was not applied.
     pub note: Option<String>,
+    /// Whether the AMX-BF16 kernels run ([`crate::amx`]): the CPU has AMX-BF16, the kernel
+    /// granted the tile state, the level is AVX-512 and `SILICA_ISA` caps nothing.
+    pub amx: bool,
 }
 
 impl Isa {
@@ -170,13 +174,16 @@ fn detect(cap: Option<&str>) -> Isa {
     } else {
         Level::Portable
     };
+    let amx = widest == Level::Avx512 && features.amx_bf16 && features.amx_granted;
     let mut isa = Isa {
         features,
         widest,
         level: widest,
         note: None,
+        amx,
     };
     if let Some(c) = cap.filter(|c| !c.trim().is_empty()) {
+        isa.amx = false;
         match Level::parse(c) {
             Some(l) if isa.supports(l) => {
                 if l != widest {
@@ -276,6 +283,7 @@ mod tests {
         if full.widest != Level::Portable {
             assert!(p.note.as_deref().unwrap().contains("caps"));
         }
+        assert!(!p.amx && !detect(Some("avx512")).amx, "a cap turns AMX off");
         let bad = detect(Some("avx9000"));
         assert_eq!(bad.level, full.widest);
         assert!(bad.note.unwrap().contains("expected portable"));

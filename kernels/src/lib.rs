@@ -4,6 +4,8 @@
 //!   whether the kernel grants it, NEON) and the level kernels dispatch to (`SILICA_ISA` caps it).
 //! - [`dot`]: an f32 activation row against a weight row stored as f32, bf16, f16, int8 or fp8
 //!   e4m3, widened in registers.
+//! - [`gemm`]: prefill-shaped products on AVX-512 register tiles, weights read in place.
+//! - [`amx`]: bf16 × bf16 prefill products on AMX tiles, where the kernel grants them.
 //! - [`gemv`]: decode-shaped products (few rows × `[N, K]` weights), parallel over output rows.
 //! - [`blocks`]: GGUF's block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), decoded
 //!   as ggml does and dotted with f32 activations.
@@ -11,6 +13,7 @@
 //!
 //! Every SIMD path is tested against the portable code and an f64 reference (`tests/`).
 
+pub mod amx;
 pub mod blocks;
 pub mod dot;
 pub mod gemm;

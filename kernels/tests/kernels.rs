@@ -335,3 +335,42 @@ fn matmul_nt_matches_naive_for_every_format() {
         }
     }
 }
+
+#[test]
+fn amx_bf16_product_matches_naive() {
+    if !silica_kernels::amx::supported(32) {
+        eprintln!("no AMX-BF16 granted here: the AMX product has nothing to run on");
+        return;
+    }
+    let mut rng = SmallRng::seed_from_u64(12);
+    // Tails in every dimension the kernel tiles: tokens past multiples of 16 (and one token
+    // tile, three, an odd count), weight rows past 16 and 32 (a partial last tile done without
+    // AMX), several k steps; one shape large enough to run in parallel.
+    for &(m, k, n) in &[
+        (1, 32, 16),
+        (9, 64, 17),
+        (16, 32, 32),
+        (17, 96, 48),
+        (40, 576, 70),
+        (64, 576, 1536),
+        (3, 32, 5),
+    ] {
+        let x: Vec<bf16> = rand_vec(&mut rng, m * k)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let w: Vec<bf16> = rand_vec(&mut rng, n * k)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let mut out = vec![f32::NAN; m * n];
+        silica_kernels::amx::matmul_nt_bf16(&x, m, k, &w, n, &mut out);
+        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        assert_naive("amx bf16", &xf, &wf, &out, (m, k, n));
+    }
+    assert!(
+        !silica_kernels::amx::supported(48),
+        "k must be whole 32-value steps"
+    );
+}

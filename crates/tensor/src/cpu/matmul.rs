@@ -95,6 +95,13 @@ fn matmul(l: &CpuData, r: &CpuData, c: &Canon) -> CpuData {
     match (l, r) {
         (CpuData::F32(a), CpuData::F32(b)) => CpuData::F32(mm_f32(a, RhsRef::F32(b), c)),
         (CpuData::BF16(a), CpuData::BF16(b)) => {
+            if c.rhs_nk && c.b == 1 && c.m > SKINNY_MAX_M && silica_kernels::amx::supported(c.k) {
+                // A linear layer's prefill on AMX tiles: bf16 products summed in f32, as the
+                // AVX-512 path computes them but for the order of the sum.
+                let mut out = vec![0f32; c.m * c.n];
+                silica_kernels::amx::matmul_nt_bf16(a, c.m, c.k, b, c.n, &mut out);
+                return CpuData::from_f32(out, crate::DType::BF16);
+            }
             let a: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
             CpuData::from_f32(mm_f32(&a, RhsRef::BF16(b), c), crate::DType::BF16)
         }
