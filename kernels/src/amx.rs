@@ -81,21 +81,25 @@ pub fn matmul_nt_bf16(x: &[bf16], m: usize, k: usize, w: &[bf16], n: usize, out:
     });
 }
 
-/// The activations as B tiles: for token block `b` (16 tokens) and k step `c`, 512 values at
-/// `(b · k/32 + c) · 512`, row `r` holding `[x[t, 32c + 2r], x[t, 32c + 2r + 1]]` for the 16
-/// tokens `t` of the block (zeros past `m`).
-fn pack_tokens(x: &[bf16], m: usize, k: usize) -> Vec<bf16> {
+/// The activations as B tiles, as 32-bit bf16 pairs: for token block `b` (16 tokens) and k
+/// step `c`, 256 pairs at `(b · k/32 + c) · 256`, row `r` holding `[x[t, 32c + 2r], x[t, 32c +
+/// 2r + 1]]` for the 16 tokens `t` of the block (zeros past `m`).
+fn pack_tokens(x: &[bf16], m: usize, k: usize) -> Vec<u32> {
     let steps = k / K_STEP;
     let blocks = m.div_ceil(TILE);
-    let mut p = vec![bf16::ZERO; blocks * steps * TILE * K_STEP];
+    let pairs = K_STEP / 2; // 32-bit pairs per tile row
+                            // As 32-bit pairs each tile is a 16 × 16 transpose of the tokens' pairs: read each token's
+                            // pairs in order, write them down a tile column.
+    let mut p = vec![0u32; blocks * steps * TILE * pairs];
     for t in 0..m {
         let (b, tt) = (t / TILE, t % TILE);
         let row = &x[t * k..(t + 1) * k];
         for c in 0..steps {
-            let tile = &mut p[(b * steps + c) * TILE * K_STEP..][..TILE * K_STEP];
-            for r in 0..K_STEP / 2 {
-                tile[r * K_STEP + 2 * tt] = row[c * K_STEP + 2 * r];
-                tile[r * K_STEP + 2 * tt + 1] = row[c * K_STEP + 2 * r + 1];
+            let tile = &mut p[(b * steps + c) * TILE * pairs..][..TILE * pairs];
+            let src = &row[c * K_STEP..(c + 1) * K_STEP];
+            for (r, pair) in src.chunks_exact(2).enumerate() {
+                // The pair's first value in the low half (memory order, little-endian).
+                tile[r * TILE + tt] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
             }
         }
     }
@@ -134,6 +138,42 @@ mod tiles {
         }
     }
 
+    /// `iters` rounds of 8 `tdpbf16ps` into 4 accumulators from tiles loaded from `a` (1 KB).
+    ///
+    /// # Safety
+    /// AMX-BF16 must be present and granted; `a` holds at least 512 values.
+    pub(super) unsafe fn peak(a: &[bf16], iters: usize) {
+        let cfg = Config::full();
+        asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let _release = Release;
+        asm!(
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm5, [{a} + {s}*1]",
+            "tileloadd tmm6, [{a} + {s}*1]",
+            "tileloadd tmm7, [{a} + {s}*1]",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            a = in(reg) a.as_ptr(),
+            s = in(reg) 2 * K_STEP,
+            options(nostack, readonly)
+        );
+        for _ in 0..iters {
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tdpbf16ps tmm0, tmm5, tmm7",
+                "tdpbf16ps tmm1, tmm5, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm7",
+                "tdpbf16ps tmm3, tmm4, tmm6",
+                options(nostack, nomem)
+            );
+        }
+    }
+
     /// Columns `j0..j1` of the product for every token.
     ///
     /// # Safety
@@ -143,7 +183,7 @@ mod tiles {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn columns(
         x: &[bf16],
-        packed: &[bf16],
+        packed: &[u32],
         m: usize,
         k: usize,
         w: &[bf16],
@@ -172,9 +212,9 @@ mod tiles {
             let mut b = 0;
             while b < blocks {
                 let two_b = b + 1 < blocks;
-                let x0 = packed.as_ptr().add(b * steps * TILE * K_STEP);
+                let x0 = packed.as_ptr().add(b * steps * TILE * K_STEP / 2);
                 let x1 = if two_b {
-                    x0.add(steps * TILE * K_STEP)
+                    x0.add(steps * TILE * K_STEP / 2)
                 } else {
                     x0
                 };
@@ -197,8 +237,8 @@ mod tiles {
                         "tdpbf16ps tmm3, tmm5, tmm7",
                         w0 = in(reg) w0.add(s * K_STEP),
                         w1 = in(reg) w1.add(s * K_STEP),
-                        x0 = in(reg) x0.add(s * TILE * K_STEP),
-                        x1 = in(reg) x1.add(s * TILE * K_STEP),
+                        x0 = in(reg) x0.add(s * TILE * K_STEP / 2),
+                        x1 = in(reg) x1.add(s * TILE * K_STEP / 2),
                         ws = in(reg) w_stride,
                         ts = in(reg) tile_stride,
                         options(nostack, readonly)
@@ -224,10 +264,12 @@ mod tiles {
                         continue;
                     }
                     let tokens = (m - (b + t) * TILE).min(TILE);
-                    for r in 0..TILE {
-                        let col = j + a * TILE + r;
-                        for tt in 0..tokens {
-                            *out.add(((b + t) * TILE + tt) * ldo + col) = acc[r * TILE + tt];
+                    // Token-major writes: each token's 16 results are one contiguous run of
+                    // `out` (the accumulator, in L1, is read down a column).
+                    for tt in 0..tokens {
+                        let o = out.add(((b + t) * TILE + tt) * ldo + j + a * TILE);
+                        for r in 0..TILE {
+                            *o.add(r) = acc[r * TILE + tt];
                         }
                     }
                 }
@@ -249,4 +291,23 @@ mod tiles {
             }
         }
     }
+}
+
+/// `iters` rounds of 8 independent `tdpbf16ps` (16×16×32 multiply-adds each) on tiles loaded
+/// once: the AMX-BF16 peak of one core, for the machine probe. Returns the FLOPs done (a
+/// multiply-add counts 2), or `None` where [`supported`] is false.
+pub fn peak_rounds(iters: usize) -> Option<f64> {
+    if !supported(K_STEP) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Small normal values: no subnormal or overflow path is measured.
+        let a = vec![bf16::from_f32(0.01); TILE * K_STEP];
+        // SAFETY: `supported` checked AMX-BF16 and the grant; the tiles read 1 KB from `a`.
+        unsafe { tiles::peak(&a, iters) };
+        Some((iters * 8 * TILE * TILE * K_STEP * 2) as f64)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }

@@ -183,11 +183,12 @@ fn detail_lines(r: &Report) -> Vec<String> {
         }
         if let Some(p) = rf.prefill_tok_s {
             out.push(format!(
-                "prefill {} tok/s = {} of the {} tok/s compute limit ({} GFLOP/s FMA peak measured)",
+                "prefill {} tok/s = {} of the {} tok/s compute limit ({} GFLOP/s {} peak measured)",
                 num(Some(p)),
                 pct(rf.prefill_fraction),
                 num(Some(rf.prefill_limit_tok_s)),
-                num(Some(rf.fma_peak_gflops))
+                num(Some(rf.fma_peak_gflops)),
+                rf.compute_peak
             ));
         }
     }

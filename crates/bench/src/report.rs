@@ -162,7 +162,8 @@ pub struct Metrics {
 /// Decode is memory-bound: each decode step reads `decode_bytes_per_token` bytes and yields one
 /// token per sequence, so `decode_limit_tok_s = mem_read_gbps·1e9 / decode_bytes_per_token ×
 /// batch`. Prefill is compute-bound at `2·params` FLOP per token, so `prefill_limit_tok_s =
-/// fma_peak_gflops·1e9 / prefill_flops_per_token`.
+/// fma_peak_gflops·1e9 / prefill_flops_per_token`, the peak being that of the units the
+/// products ran on (`compute_peak`: the f32 FMA peak, or AMX-BF16's for a bf16 model on AMX).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Roofline {
     pub batch: usize,
@@ -174,8 +175,11 @@ pub struct Roofline {
     pub decode_tok_s: Option<f64>,
     /// decode_tok_s / decode_limit_tok_s.
     pub decode_fraction: Option<f64>,
-    /// Measured f32 FMA peak, GFLOP/s.
+    /// Measured compute peak the prefill limit uses, GFLOP/s (named by `compute_peak`).
     pub fma_peak_gflops: f64,
+    /// Which peak `fma_peak_gflops` is: `f32 FMA` or `AMX-BF16`.
+    #[serde(default = "f32_fma")]
+    pub compute_peak: String,
     /// 2 × params.
     pub prefill_flops_per_token: f64,
     pub prefill_limit_tok_s: f64,
@@ -203,11 +207,22 @@ impl Roofline {
             decode_tok_s: None,
             decode_fraction: None,
             fma_peak_gflops: limits.fma_peak_gflops,
+            compute_peak: f32_fma(),
             prefill_flops_per_token: flops,
             prefill_limit_tok_s: limits.fma_peak_gflops * 1e9 / flops,
             prefill_tok_s: None,
             prefill_fraction: None,
         }
+    }
+
+    /// The prefill limit at another measured peak (`gflops` of the units named `kind`), for a
+    /// run whose products did not run on the f32 FMA units; the fraction follows.
+    pub fn with_compute_peak(mut self, gflops: f64, kind: &str) -> Self {
+        self.fma_peak_gflops = gflops;
+        self.compute_peak = kind.to_string();
+        self.prefill_limit_tok_s = gflops * 1e9 / self.prefill_flops_per_token;
+        let (d, p) = (self.decode_tok_s, self.prefill_tok_s);
+        self.with_measured(d, p)
     }
 
     /// Sets the measured speeds and their fractions of the limits.
@@ -219,6 +234,10 @@ impl Roofline {
         self.prefill_fraction = frac(prefill_tok_s, self.prefill_limit_tok_s);
         self
     }
+}
+
+fn f32_fma() -> String {
+    "f32 FMA".into()
 }
 
 /// What the measured throughput costs.

@@ -187,6 +187,7 @@ fn limits() -> MachineLimits {
         fma_peak_gflops: 400.0,
         threads: 2,
         simd: "avx2+fma".into(),
+        amx_bf16_peak_gflops: None,
     }
 }
 
@@ -252,6 +253,13 @@ fn roofline_and_cost_arithmetic() {
     assert!(close(rf.prefill_flops_per_token, 2e9));
     assert!(close(rf.prefill_limit_tok_s, 200.0));
     assert!(close(rf.prefill_fraction.unwrap(), 0.25));
+    // The same run's products on AMX: 2,000 GFLOP/s → a 1,000 tok/s limit, 5 %.
+    let amx = rf.clone().with_compute_peak(2000.0, "AMX-BF16");
+    assert!(close(amx.prefill_limit_tok_s, 1000.0));
+    assert!(close(amx.prefill_fraction.unwrap(), 0.05));
+    assert_eq!(amx.decode_fraction, rf.decode_fraction);
+    assert_eq!(amx.compute_peak, "AMX-BF16");
+    assert_eq!(rf.compute_peak, "f32 FMA");
     let direct = Roofline::new(&limits(), 1_000_000_000, 2_000_000_000, 0);
     assert_eq!(direct.batch, 1);
     assert!(close(direct.decode_limit_tok_s, 10.0));

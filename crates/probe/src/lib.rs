@@ -22,6 +22,10 @@ pub struct MachineLimits {
     /// SIMD path the peak was measured with (`avx512f`, `avx2+fma`, `portable`).
     /// It is what the kernels dispatch to on this CPU (`silica_kernels::isa`).
     pub simd: String,
+    /// AMX-BF16 peak over all threads, GFLOP/s, where the AMX kernels run: the compute limit
+    /// of a bf16 prefill whose products run on AMX tiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amx_bf16_peak_gflops: Option<f64>,
 }
 
 /// Measures both limits (about a second in total).
@@ -30,6 +34,7 @@ pub fn measure(quick: bool) -> MachineLimits {
     MachineLimits {
         mem_read_gbps: memory_bandwidth(bytes, if quick { 3 } else { 5 }),
         fma_peak_gflops: fma_peak(if quick { 0.15 } else { 0.4 }),
+        amx_bf16_peak_gflops: amx_bf16_peak(if quick { 0.15 } else { 0.4 }),
         threads: rayon::current_num_threads(),
         simd: simd_name().to_string(),
     }
@@ -89,26 +94,34 @@ fn sum_f32(x: &[f32]) -> f32 {
 
 /// f32 GFLOP/s of register-resident FMA chains on all threads for about `seconds`.
 pub fn fma_peak(seconds: f64) -> f64 {
+    rate_on_all_threads(seconds, |iters| std::hint::black_box(fma_kernel(iters)).1)
+}
+
+/// AMX-BF16 GFLOP/s of register-resident tile products on all threads for about `seconds`,
+/// where the AMX kernels run (`silica_kernels::isa().amx`); `None` elsewhere.
+pub fn amx_bf16_peak(seconds: f64) -> Option<f64> {
+    silica_kernels::amx::peak_rounds(1)?;
+    Some(rate_on_all_threads(seconds, |iters| {
+        silica_kernels::amx::peak_rounds(iters).unwrap_or(0.0)
+    }))
+}
+
+/// GFLOP/s of `kernel(iters) -> flops` on every rayon thread at once, calibrated on one
+/// thread to run for about `seconds`.
+fn rate_on_all_threads(seconds: f64, kernel: impl Fn(usize) -> f64 + Sync) -> f64 {
     let threads = rayon::current_num_threads();
-    // Calibrate iterations on one thread, then run all threads together.
     let iters_per_call = 1usize << 16;
     let t = Instant::now();
     let mut calls = 0usize;
     while t.elapsed().as_secs_f64() < seconds / 4.0 {
-        std::hint::black_box(fma_kernel(iters_per_call));
+        kernel(iters_per_call);
         calls += 1;
     }
     let calls = (calls * 4).max(4);
     let t = Instant::now();
     let flops: f64 = (0..threads)
         .into_par_iter()
-        .map(|_| {
-            let mut f = 0.0;
-            for _ in 0..calls {
-                f += fma_kernel(iters_per_call).1;
-            }
-            f
-        })
+        .map(|_| (0..calls).map(|_| kernel(iters_per_call)).sum::<f64>())
         .sum();
     flops / t.elapsed().as_secs_f64() / 1e9
 }
@@ -273,6 +286,13 @@ mod tests {
         assert!(bw.is_finite() && bw > 0.0);
         let p = fma_peak(0.02);
         assert!(p.is_finite() && p > 0.0);
+        // Measured exactly where the AMX kernels run.
+        let amx = amx_bf16_peak(0.02);
+        assert_eq!(amx.is_some(), silica_kernels::isa().amx);
+        assert!(
+            amx.is_none_or(|a| a.is_finite() && a > p),
+            "{amx:?} vs FMA {p}"
+        );
     }
 
     #[test]

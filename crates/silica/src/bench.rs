@@ -227,6 +227,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         peak_rss_bytes: silica_probe::peak_rss_bytes(),
     });
     report.fill_roofline();
+    if let (Some(amx), true) = (
+        report.limits.as_ref().and_then(|l| l.amx_bf16_peak_gflops),
+        products_on_amx(&model),
+    ) {
+        report.roofline = report
+            .roofline
+            .take()
+            .map(|r| r.with_compute_peak(amx, "AMX-BF16"));
+    }
     match &price {
         Ok(p) => report.set_cost(p),
         Err(e) => report.notes.push(format!("no cost: {e}")),
@@ -277,6 +286,17 @@ fn drive(
     let res = rt.block_on(online::run(target, cfg, move || b.inc(1)));
     bar.finish_and_clear();
     res
+}
+
+/// Whether a prefill's linear products run on AMX tiles (a dense bf16 model whose contraction
+/// sizes are whole tile steps, where the AMX kernels run): its compute limit is then AMX's.
+fn products_on_amx(model: &silica_models::LoadedModel) -> bool {
+    let c = &model.config;
+    model.dtype == silica_tensor::DType::BF16
+        && model.quant.is_none()
+        && model.blocks.is_none()
+        && silica_kernels::amx::supported(c.hidden_size)
+        && silica_kernels::amx::supported(c.intermediate_size)
 }
 
 /// Weight bytes one decode step reads (all ranks together, as for unquantized models): every
@@ -538,8 +558,12 @@ fn print_summary(r: &Report) {
     };
     println!("silica bench — {}{about} {place}", r.model.name);
     if let Some(l) = &r.limits {
+        let amx = l
+            .amx_bf16_peak_gflops
+            .map(|a| format!(", AMX-BF16 peak {a:.1} GFLOP/s"))
+            .unwrap_or_default();
         println!(
-            "  machine limits (this run): memory read {:.1} GB/s, f32 FMA peak {:.1} GFLOP/s",
+            "  machine limits (this run): memory read {:.1} GB/s, f32 FMA peak {:.1} GFLOP/s{amx}",
             l.mem_read_gbps, l.fma_peak_gflops
         );
     }
@@ -556,8 +580,9 @@ fn print_summary(r: &Report) {
             rf.decode_limit_tok_s, rf.decode_bytes_per_token / 1e6, rf.batch,
             rf.decode_fraction.map(|f| format!("{:.0}%", f * 100.0)).unwrap_or_else(|| "–".into()));
         println!(
-            "  prefill limit     {:>10.1} tok/s  (FMA peak ÷ 2·params) → {} of the limit",
+            "  prefill limit     {:>10.1} tok/s  ({} peak ÷ 2·params) → {} of the limit",
             rf.prefill_limit_tok_s,
+            rf.compute_peak,
             rf.prefill_fraction
                 .map(|f| format!("{:.0}%", f * 100.0))
                 .unwrap_or_else(|| "–".into())
