@@ -260,8 +260,14 @@ pub fn attention(
             scale,
         ));
     }
-    let qf = q.to_f32();
-    let mf = mask.to_f32();
+    // f32 operands are borrowed, not copied (the mask is [B, Tq, Tk] over the whole cache).
+    fn f32_of(d: &CpuData) -> std::borrow::Cow<'_, [f32]> {
+        match d {
+            CpuData::F32(v) => std::borrow::Cow::Borrowed(&v[..]),
+            other => std::borrow::Cow::Owned(other.to_f32()),
+        }
+    }
+    let (qf, mf) = (f32_of(q), f32_of(mask));
     let (kk, vv) = (Kv::of(k), Kv::of(v));
     let grp = a.hq / a.hkv;
     let scale = scale as f32;
@@ -269,6 +275,14 @@ pub fn attention(
     if out.is_empty() {
         return finish(out, q.dtype()); // no rows (and `chunks_mut(0)` would panic for Dv = 0)
     }
+    // Per mask row, the slots from the first to the last one not skipped: every slot outside
+    // gets weight exactly 0, so only this range is scored, exponentiated and summed (a causal
+    // mask over a 2,048-slot cache leaves position + 1 of them). A row with every slot skipped
+    // is computed whole, as the decomposition computes it. Found once per mask row, not per
+    // head: the scan is the work when the range is short.
+    let ranges: Vec<(usize, usize, bool)> = (0..a.b * a.tq)
+        .map(|r| kept_range(&mf[r * a.tk..(r + 1) * a.tk]))
+        .collect();
     let row = |(r, o): (usize, &mut [f32])| {
         let ti = r % a.tq;
         let h = (r / a.tq) % a.hq;
@@ -277,11 +291,11 @@ pub fn attention(
         let qrow = &qf[r * a.d..(r + 1) * a.d];
         let mrow = &mf[(bi * a.tq + ti) * a.tk..(bi * a.tq + ti + 1) * a.tk];
         let kbase = (bi * a.hkv + hk) * a.tk;
-        let all_skipped = mrow.iter().all(|&m| m <= MASK_SKIP);
-        let mut s = vec![f32::NEG_INFINITY; a.tk];
+        let (lo, hi, all_skipped) = ranges[bi * a.tq + ti];
+        let mut s = vec![f32::NEG_INFINITY; hi - lo];
         let mut mx = f32::NEG_INFINITY;
-        for (j, sj) in s.iter_mut().enumerate() {
-            if !all_skipped && mrow[j] <= MASK_SKIP {
+        for (j, sj) in (lo..hi).zip(s.iter_mut()) {
+            if !all_skipped && !kept(mrow[j]) {
                 continue;
             }
             *sj = kk.dot(qrow, (kbase + j) * a.d) * scale + mrow[j];
@@ -300,7 +314,7 @@ pub fn attention(
             };
             sum += *sj;
         }
-        for (j, &p) in s.iter().enumerate() {
+        for (j, &p) in (lo..hi).zip(s.iter()) {
             if p != 0.0 || p.is_nan() {
                 vv.axpy(p / sum, (kbase + j) * a.dv, o);
             }
@@ -320,6 +334,28 @@ pub fn attention(
         out.chunks_mut(a.dv).enumerate().for_each(row);
     }
     finish(out, q.dtype())
+}
+
+/// Whether an additive-mask value leaves its slot in (NaN included: it must reach the result).
+#[inline(always)]
+fn kept(m: f32) -> bool {
+    m > MASK_SKIP || m.is_nan()
+}
+
+/// `(first, last + 1, false)` over the kept slots of a mask row, or `(0, len, true)` when none
+/// is kept. Scans 16 values at a time without branching inside a group, so it vectorises.
+fn kept_range(m: &[f32]) -> (usize, usize, bool) {
+    const G: usize = 16;
+    let any = |c: &[f32]| c.iter().fold(false, |acc, &v| acc | kept(v));
+    let Some(first) = m.chunks(G).position(any) else {
+        return (0, m.len(), true);
+    };
+    let lo = first * G + m[first * G..].iter().position(|&v| kept(v)).unwrap_or(0);
+    let last = m.rchunks(G).position(any).unwrap_or(0);
+    let end = m.len() - last * G;
+    let start = end.saturating_sub(G);
+    let hi = start + m[start..end].iter().rposition(|&v| kept(v)).unwrap_or(0) + 1;
+    (lo, hi, false)
 }
 
 fn attention_f64(q: &[f64], k: &[f64], v: &[f64], m: &[f64], a: &AttnDims, scale: f64) -> Vec<f64> {
@@ -359,5 +395,45 @@ impl CpuData {
                 _ => unreachable!(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kept_range` against the plain definition: first and last kept slot, for every length
+    /// up to three scan groups and kept sets at the edges, in the middle, split, NaN, none.
+    #[test]
+    fn kept_range_is_first_to_last_kept_slot() {
+        let naive = |m: &[f32]| match m.iter().position(|&v| kept(v)) {
+            None => (0, m.len(), true),
+            Some(lo) => (lo, m.iter().rposition(|&v| kept(v)).unwrap() + 1, false),
+        };
+        for len in 0usize..50 {
+            let sets: Vec<Vec<usize>> = vec![
+                vec![],
+                vec![0],
+                vec![len.saturating_sub(1)],
+                (0..len / 2).collect(),
+                vec![len / 3, (2 * len) / 3],
+                (len / 4..len / 2).collect(),
+            ];
+            for set in sets {
+                for fill in [f32::NEG_INFINITY, -1e30, -3e38] {
+                    let mut m = vec![fill; len];
+                    for &i in set.iter().filter(|&&i| i < len) {
+                        m[i] = if i % 5 == 4 { f32::NAN } else { 0.0 };
+                    }
+                    assert_eq!(
+                        kept_range(&m),
+                        naive(&m),
+                        "len {len} set {set:?} fill {fill}"
+                    );
+                }
+            }
+        }
+        // -1e30 itself is skipped (`MASK_SKIP` is inclusive); anything above is kept.
+        assert_eq!(kept_range(&[-1e30, -9e29, -1e30]), (1, 2, false));
     }
 }
