@@ -59,25 +59,15 @@ pub fn matmul_nt_bf16(x: &[bf16], m: usize, k: usize, w: &[bf16], n: usize, out:
     } else {
         n
     };
-    struct Out(*mut f32);
-    // SAFETY: tasks write disjoint column ranges [j0, j1) of `out`, which outlives the call.
-    unsafe impl Sync for Out {}
-    impl Out {
-        fn ptr(&self) -> *mut f32 {
-            self.0
-        }
-    }
-    let o = Out(out.as_mut_ptr());
-    crate::pool::for_each(n.div_ceil(per), &|t| {
-        let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+    crate::pool::for_each_column_range(n, per, out, |j0, j1, o| {
         // SAFETY: `supported` checked AMX-BF16 and the grant; the ranges lie inside x, w and
-        // out (asserted above), and task t alone writes columns j0..j1.
+        // out (asserted above), and this call alone writes columns j0..j1.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            tiles::columns(x, &packed, m, k, w, j0, j1, o.ptr(), n)
+            tiles::columns(x, &packed, m, k, w, j0, j1, o, n)
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (j0, j1, &o, &packed);
+        let _ = (j0, j1, o, &packed);
     });
 }
 

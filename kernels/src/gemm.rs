@@ -56,22 +56,9 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &m
     } else {
         n
     };
-    struct Out(*mut f32);
-    // SAFETY: tasks write disjoint column ranges [j0, j1) of `out` (below), which outlives
-    // the call.
-    unsafe impl Sync for Out {}
-    impl Out {
-        // A method, so closures capture the whole (Sync) wrapper, not the raw field.
-        fn ptr(&self) -> *mut f32 {
-            self.0
-        }
-    }
-    let o = Out(out.as_mut_ptr());
-    let tasks = n.div_ceil(per);
-    crate::pool::for_each(tasks, &|t| {
-        let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+    crate::pool::for_each_column_range(n, per, out, |j0, j1, o| {
         // SAFETY: `supported` checked AVX-512; the ranges are inside x, w and out (asserted
-        // above), and task t alone writes columns j0..j1.
+        // above), and this call alone writes columns j0..j1.
         #[cfg(target_arch = "x86_64")]
         if let Matrix::Blocks { format, data } = w {
             // The task's rows decoded once (exactly, as ggml does) into f32, then the f32
@@ -82,12 +69,12 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &m
             let d = Matrix::F32(&dense);
             // SAFETY: as below, with `dense` holding rows j0..j1 as rows 0..j1 - j0 and the
             // output pointer moved to column j0.
-            unsafe { avx512::columns(x.as_ptr(), m, k, &d, 0, j1 - j0, o.ptr().add(j0), n) };
+            unsafe { avx512::columns(x.as_ptr(), m, k, &d, 0, j1 - j0, o.add(j0), n) };
         } else {
-            unsafe { avx512::columns(x.as_ptr(), m, k, &w, j0, j1, o.ptr(), n) };
+            unsafe { avx512::columns(x.as_ptr(), m, k, &w, j0, j1, o, n) };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (j0, j1, &o);
+        let _ = (j0, j1, o);
     });
 }
 

@@ -203,6 +203,33 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &m
     for_each(tasks, &|t| f(t, o.part(t, chunk)));
 }
 
+/// Runs `f(j0, j1, out)` for column ranges `[j0, j1)` covering `0..n` — `per` columns each,
+/// handed out by the pool as threads free up — with `out` pointing at a row-major output whose
+/// rows are `n` long. Each call may write columns `j0..j1` of every row and nothing else; the
+/// callers' prefill products keep to that, which is what makes the shared pointer sound.
+pub fn for_each_column_range(
+    n: usize,
+    per: usize,
+    out: &mut [f32],
+    f: impl Fn(usize, usize, *mut f32) + Sync,
+) {
+    struct Out(*mut f32);
+    // SAFETY: tasks write disjoint column ranges [j0, j1) of `out` (the contract above), which
+    // outlives the call.
+    unsafe impl Sync for Out {}
+    impl Out {
+        // A method, so closures capture the whole (Sync) wrapper, not the raw field.
+        fn ptr(&self) -> *mut f32 {
+            self.0
+        }
+    }
+    let per = per.max(1);
+    let o = Out(out.as_mut_ptr());
+    for_each(n.div_ceil(per), &|t| {
+        f(t * per, ((t + 1) * per).min(n), o.ptr())
+    });
+}
+
 /// Threads a job uses (workers + the caller).
 pub fn threads() -> usize {
     pool().workers + 1
