@@ -497,12 +497,13 @@ impl NeuronExecutable {
 }
 
 /// One error for a failed group execution: the root cause — the first rank that failed with
-/// something other than a timeout (a peer that merely waited for it times out too) — with the
+/// something other than waiting for a peer (a rank that merely waited for the failed one times
+/// out, or reports NRT_EXEC_HW_ERR_COLLECTIVES, see [`NrtStatus::waited_on_peer`]) — with the
 /// other failing ranks named in its context.
 fn group_error(program: &str, world: usize, mut failed: Vec<(usize, NeuronError)>) -> NeuronError {
     let primary = failed
         .iter()
-        .position(|(_, e)| e.status() != Some(NrtStatus::Timeout))
+        .position(|(_, e)| !e.status().is_some_and(NrtStatus::waited_on_peer))
         .unwrap_or(0);
     let (rank, err) = failed.remove(primary);
     let others = failed
@@ -529,7 +530,7 @@ fn group_error(program: &str, world: usize, mut failed: Vec<(usize, NeuronError)
             // The runtime's context already names the rank (see Model::execute).
             context: format!(
                 "{context}, in a group of {world} running `{program}`{also}{}",
-                if status == NrtStatus::Timeout {
+                if status.waited_on_peer() {
                     "; a collective waits for every rank of the group, so a rank that never \
                      reached it (not executing, hung, or on a core another process holds) \
                      times out its peers"
@@ -654,6 +655,45 @@ impl Backend for NeuronBackend {
 mod tests {
     use super::*;
     use crate::runtime::Usage;
+
+    fn call_failed(rank: usize, code: i32) -> (usize, NeuronError) {
+        let e = NeuronError::Call {
+            call: "nrt_execute",
+            status: NrtStatus::from_code(code),
+            context: format!("rank {rank} of 3"),
+        };
+        (rank, e)
+    }
+
+    /// The rank blamed is the first whose failure is its own: ranks that timed out or were
+    /// stuck in a collective behind another worker's hardware error (1200) only waited.
+    #[test]
+    fn a_group_error_blames_the_rank_that_failed_not_those_that_waited() {
+        let e = group_error(
+            "p",
+            3,
+            vec![
+                call_failed(0, 1200),
+                call_failed(1, 5),
+                call_failed(2, 1201),
+            ],
+        );
+        assert_eq!(e.status(), Some(NrtStatus::ExecHwErrHbmUe), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("rank 2 of 3"), "{msg}");
+        assert!(
+            msg.contains("rank 0: NRT_EXEC_HW_ERR_COLLECTIVES=1200")
+                && msg.contains("rank 1: NRT_TIMEOUT=5"),
+            "{msg}"
+        );
+        // When every rank only waited, the first is reported, with the collective's note.
+        let e = group_error("p", 2, vec![call_failed(1, 1200), call_failed(0, 5)]);
+        assert_eq!(e.status(), Some(NrtStatus::ExecHwErrCollectives));
+        assert!(
+            e.to_string().contains("a collective waits for every rank"),
+            "{e}"
+        );
+    }
 
     fn spec(name: &str, dims: &[usize]) -> TensorSpec {
         TensorSpec {

@@ -19,18 +19,27 @@ pub enum NrtStatus {
     FailHostMemAlloc,
     Uninitialized,
     Closed,
+    QueueEmpty,
+    ExecUnitUnrecoverable,
     ExecBadInput,
     ExecCompletedWithNumErr,
     ExecCompletedWithErr,
     ExecNcBusy,
     ExecOob,
     CollPending,
+    ExecHwErrCollectives,
+    ExecHwErrHbmUe,
+    ExecHwErrNcUe,
+    ExecHwErrDmaAbort,
+    ExecSwNqOverflow,
+    ExecHwErrRepairableHbmUe,
+    NetworkProxyFailure,
     Unknown(i32),
 }
 
 impl NrtStatus {
-    /// Every known status, for exhaustive tests.
-    pub const KNOWN: [NrtStatus; 19] = [
+    /// Every status of nrt_status.h (SDK 2.28), for exhaustive tests.
+    pub const KNOWN: [NrtStatus; 28] = [
         NrtStatus::Success,
         NrtStatus::Failure,
         NrtStatus::Invalid,
@@ -44,12 +53,21 @@ impl NrtStatus {
         NrtStatus::FailHostMemAlloc,
         NrtStatus::Uninitialized,
         NrtStatus::Closed,
+        NrtStatus::QueueEmpty,
+        NrtStatus::ExecUnitUnrecoverable,
         NrtStatus::ExecBadInput,
         NrtStatus::ExecCompletedWithNumErr,
         NrtStatus::ExecCompletedWithErr,
         NrtStatus::ExecNcBusy,
         NrtStatus::ExecOob,
         NrtStatus::CollPending,
+        NrtStatus::ExecHwErrCollectives,
+        NrtStatus::ExecHwErrHbmUe,
+        NrtStatus::ExecHwErrNcUe,
+        NrtStatus::ExecHwErrDmaAbort,
+        NrtStatus::ExecSwNqOverflow,
+        NrtStatus::ExecHwErrRepairableHbmUe,
+        NrtStatus::NetworkProxyFailure,
     ];
 
     pub fn from_code(code: i32) -> NrtStatus {
@@ -68,12 +86,21 @@ impl NrtStatus {
             11 => FailHostMemAlloc,
             13 => Uninitialized,
             14 => Closed,
+            15 => QueueEmpty,
+            101 => ExecUnitUnrecoverable,
             1002 => ExecBadInput,
             1003 => ExecCompletedWithNumErr,
             1004 => ExecCompletedWithErr,
             1005 => ExecNcBusy,
             1006 => ExecOob,
             1100 => CollPending,
+            1200 => ExecHwErrCollectives,
+            1201 => ExecHwErrHbmUe,
+            1202 => ExecHwErrNcUe,
+            1203 => ExecHwErrDmaAbort,
+            1204 => ExecSwNqOverflow,
+            1205 => ExecHwErrRepairableHbmUe,
+            1206 => NetworkProxyFailure,
             c => Unknown(c),
         }
     }
@@ -94,12 +121,21 @@ impl NrtStatus {
             FailHostMemAlloc => 11,
             Uninitialized => 13,
             Closed => 14,
+            QueueEmpty => 15,
+            ExecUnitUnrecoverable => 101,
             ExecBadInput => 1002,
             ExecCompletedWithNumErr => 1003,
             ExecCompletedWithErr => 1004,
             ExecNcBusy => 1005,
             ExecOob => 1006,
             CollPending => 1100,
+            ExecHwErrCollectives => 1200,
+            ExecHwErrHbmUe => 1201,
+            ExecHwErrNcUe => 1202,
+            ExecHwErrDmaAbort => 1203,
+            ExecSwNqOverflow => 1204,
+            ExecHwErrRepairableHbmUe => 1205,
+            NetworkProxyFailure => 1206,
             Unknown(c) => c,
         }
     }
@@ -121,12 +157,21 @@ impl NrtStatus {
             FailHostMemAlloc => "NRT_FAIL_HOST_MEM_ALLOC",
             Uninitialized => "NRT_UNINITIALIZED",
             Closed => "NRT_CLOSED",
+            QueueEmpty => "NRT_QUEUE_EMPTY",
+            ExecUnitUnrecoverable => "NRT_EXEC_UNIT_UNRECOVERABLE",
             ExecBadInput => "NRT_EXEC_BAD_INPUT",
             ExecCompletedWithNumErr => "NRT_EXEC_COMPLETED_WITH_NUM_ERR",
             ExecCompletedWithErr => "NRT_EXEC_COMPLETED_WITH_ERR",
             ExecNcBusy => "NRT_EXEC_NC_BUSY",
             ExecOob => "NRT_EXEC_OOB",
             CollPending => "NRT_COLL_PENDING",
+            ExecHwErrCollectives => "NRT_EXEC_HW_ERR_COLLECTIVES",
+            ExecHwErrHbmUe => "NRT_EXEC_HW_ERR_HBM_UE",
+            ExecHwErrNcUe => "NRT_EXEC_HW_ERR_NC_UE",
+            ExecHwErrDmaAbort => "NRT_EXEC_HW_ERR_DMA_ABORT",
+            ExecSwNqOverflow => "NRT_EXEC_SW_NQ_OVERFLOW",
+            ExecHwErrRepairableHbmUe => "NRT_EXEC_HW_ERR_REPAIRABLE_HBM_UE",
+            NetworkProxyFailure => "NRT_NETWORK_PROXY_FAILURE",
             Unknown(c) => return format!("unknown NRT_STATUS {c}"),
         }
         .to_string()
@@ -149,15 +194,34 @@ impl NrtStatus {
             UnsupportedNeffVersion => "this libnrt cannot run the NEFF: compile it with a neuronx-cc from the same Neuron SDK release as the runtime (clear the NEFF cache)",
             FailHostMemAlloc => "host memory allocation failed: the host is out of RAM",
             Uninitialized => "the runtime is not initialized (nrt_init was not called or failed)",
-            Closed => "the runtime was closed (nrt_close) and cannot be reinitialized in this process; restart the process",
+            Closed => "the runtime was closed (nrt_close); silica initializes it once per process, so restart the process",
+            QueueEmpty => "an asynchronous poll found no completed execution yet (not an error of the model)",
+            ExecUnitUnrecoverable => "the execution unit is in an unrecoverable state: restart the process; if it persists, check dmesg and `neuron-ls`",
             ExecBadInput => "the input tensors do not match the NEFF (names or sizes)",
             ExecCompletedWithNumErr => "execution produced NaN/Inf (numerical error): check the inputs and the model dtype",
             ExecCompletedWithErr => "execution completed with errors (logical or parity error on the device): check dmesg",
             ExecNcBusy => "the NeuronCore is in use by another process: stop it or choose other cores with NEURON_RT_VISIBLE_CORES",
             ExecOob => "execution accessed memory out of bounds (an invalid NEFF or input)",
             CollPending => "a collective operation is still pending",
+            ExecHwErrCollectives => "stuck in a collective (missing notifications), possibly because of a hardware error on another worker of the group: look at the other ranks' errors first",
+            ExecHwErrHbmUe => "device memory (HBM) had an uncorrectable error and the results are wrong: the device needs attention (dmesg, `neuron-ls`); move the workload to another instance",
+            ExecHwErrNcUe => "a NeuronCore's on-chip memory had a parity error and the results are wrong: retry; if it repeats, the device needs attention",
+            ExecHwErrDmaAbort => "a DMA engine had an unrecoverable error: restart the process; if it persists, check dmesg",
+            ExecSwNqOverflow => "the runtime's software notification queue overflowed (too many outstanding notifications): lower the concurrency or the profiling/trace settings",
+            ExecHwErrRepairableHbmUe => "device memory (HBM) had an uncorrectable error in a repairable region and the results are wrong: reboot the instance so the region is repaired",
+            NetworkProxyFailure => "the EFA network proxy for collectives failed: check the EFA setup and the other hosts of the group",
             Unknown(_) => "a status code this silica version does not know: check the libnrt release notes",
         }
+    }
+}
+
+impl NrtStatus {
+    /// Whether a rank failing with this status may only have been waiting for another rank of
+    /// its group: a collective timing out, or the runtime's "stuck in collectives … possibly
+    /// caused by a hardware error on another worker". A group's error names another rank's
+    /// failure first, when there is one.
+    pub fn waited_on_peer(self) -> bool {
+        matches!(self, NrtStatus::Timeout | NrtStatus::ExecHwErrCollectives)
     }
 }
 
@@ -360,5 +424,63 @@ pub(crate) fn check(
             status,
             context: context(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code of nrt_status.h (SDK 2.28) by value and name; the gaps stay unknown.
+    #[test]
+    fn every_header_status_round_trips_by_code_and_name() {
+        let header = [
+            (0, "NRT_SUCCESS"),
+            (1, "NRT_FAILURE"),
+            (2, "NRT_INVALID"),
+            (3, "NRT_INVALID_HANDLE"),
+            (4, "NRT_RESOURCE"),
+            (5, "NRT_TIMEOUT"),
+            (6, "NRT_HW_ERROR"),
+            (7, "NRT_QUEUE_FULL"),
+            (9, "NRT_LOAD_NOT_ENOUGH_NC"),
+            (10, "NRT_UNSUPPORTED_NEFF_VERSION"),
+            (11, "NRT_FAIL_HOST_MEM_ALLOC"),
+            (13, "NRT_UNINITIALIZED"),
+            (14, "NRT_CLOSED"),
+            (15, "NRT_QUEUE_EMPTY"),
+            (101, "NRT_EXEC_UNIT_UNRECOVERABLE"),
+            (1002, "NRT_EXEC_BAD_INPUT"),
+            (1003, "NRT_EXEC_COMPLETED_WITH_NUM_ERR"),
+            (1004, "NRT_EXEC_COMPLETED_WITH_ERR"),
+            (1005, "NRT_EXEC_NC_BUSY"),
+            (1006, "NRT_EXEC_OOB"),
+            (1100, "NRT_COLL_PENDING"),
+            (1200, "NRT_EXEC_HW_ERR_COLLECTIVES"),
+            (1201, "NRT_EXEC_HW_ERR_HBM_UE"),
+            (1202, "NRT_EXEC_HW_ERR_NC_UE"),
+            (1203, "NRT_EXEC_HW_ERR_DMA_ABORT"),
+            (1204, "NRT_EXEC_SW_NQ_OVERFLOW"),
+            (1205, "NRT_EXEC_HW_ERR_REPAIRABLE_HBM_UE"),
+            (1206, "NRT_NETWORK_PROXY_FAILURE"),
+        ];
+        assert_eq!(header.len(), NrtStatus::KNOWN.len());
+        for (&(code, name), &known) in header.iter().zip(NrtStatus::KNOWN.iter()) {
+            let s = NrtStatus::from_code(code);
+            assert_eq!(s, known);
+            assert_eq!((s.code(), s.name().as_str()), (code, name));
+            assert!(!s.advice().contains("does not know"), "{name}");
+        }
+        for gap in [8, 12, 16, 100, 1000, 1001, 1007, 1207] {
+            assert_eq!(NrtStatus::from_code(gap), NrtStatus::Unknown(gap));
+        }
+        let waiters: Vec<_> = NrtStatus::KNOWN
+            .iter()
+            .filter(|s| s.waited_on_peer())
+            .collect();
+        assert_eq!(
+            waiters,
+            [&NrtStatus::Timeout, &NrtStatus::ExecHwErrCollectives]
+        );
     }
 }
