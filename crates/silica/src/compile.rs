@@ -305,15 +305,15 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         programs.push(entry);
     }
 
-    if a.target != Target::Hlo {
-        crate::compile_neuron::compile_neffs(
+    // Whether the Neuron target's NEFFs exist (true for `--target hlo`, which asks for none).
+    let neffs = a.target == Target::Hlo
+        || crate::compile_neuron::compile_neffs(
             &a.out,
             a.target.name(),
             &mut programs,
             &modules,
             a.neff_cache.clone(),
         )?;
-    }
 
     // rope_inv_freq is a runtime input (dynamic NTK scaling changes it with the sequence
     // length); its value for sequences within the trained context is the same every step.
@@ -377,6 +377,18 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         a.target.name(),
         a.out.display()
     );
+    if !neffs {
+        // The HLO and manifest are written (the commands above compile them elsewhere), but
+        // what was asked for, NEFFs, does not exist: a script or image build must not go on.
+        bail!(
+            "no NEFF was produced for --target {}: neuronx-cc is not available here \
+             (SILICA_NEURONX_CC unset, not on PATH). The HLO modules and manifest.json are in \
+             {}; compile them with the commands above on a machine with the Neuron compiler, \
+             or use --target hlo to write the HLO alone",
+            a.target.name(),
+            a.out.display()
+        );
+    }
     Ok(())
 }
 

@@ -12,13 +12,16 @@ use silica_neuron::{NeffCache, Target};
 use std::path::{Path, PathBuf};
 
 /// Compiles every module (in `programs` order) and records `neff` in each manifest entry.
+/// Compiles every program to a NEFF (through the cache) and records it in its manifest entry.
+/// Returns `false`, after printing the neuronx-cc commands that would, when no compiler is
+/// found here: the caller still writes the HLO and manifest, then fails.
 pub fn compile_neffs(
     out: &Path,
     target: &str,
     programs: &mut [Value],
     modules: &[HloModule],
     cache_dir: Option<PathBuf>,
-) -> Result<()> {
+) -> Result<bool> {
     let opts = CompileOptions::new(Target::parse(target)?);
     let Some(compiler) = find_compiler() else {
         println!(
@@ -35,7 +38,7 @@ pub fn compile_neffs(
                 command_line("neuronx-cc", &opts.args(Path::new(file), Path::new(&neff)))
             );
         }
-        return Ok(());
+        return Ok(false);
     };
     let version = compiler_version(&compiler)?;
     let cache = NeffCache::new(cache_dir.unwrap_or_else(default_cache_dir));
@@ -57,5 +60,5 @@ pub fn compile_neffs(
         p["neff"] = Value::String(neff);
         p["neff_cache_key"] = Value::String(cached.key);
     }
-    Ok(())
+    Ok(true)
 }

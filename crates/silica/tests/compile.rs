@@ -125,7 +125,7 @@ fn presets_compile_with_explicit_buckets() {
 }
 
 #[test]
-fn neuron_targets_print_the_compiler_command_without_neuronx_cc() {
+fn neuron_targets_without_neuronx_cc_print_the_commands_and_fail() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("n");
     let o = silica(&[
@@ -141,11 +141,23 @@ fn neuron_targets_print_the_compiler_command_without_neuronx_cc() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // No NEFF was made, so the command fails (a build script must not go on) ...
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no NEFF was produced for --target inf2"),
+        "{err}"
+    );
+    assert!(err.contains("--target hlo"), "{err}");
+    // ... after printing the compiler commands and writing what they need.
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("neuronx-cc"), "{text}");
     assert!(text.contains("--target inf2"), "{text}");
     assert!(text.contains("decode_b1_t1_s64_f32.hlo.pb"), "{text}");
+    assert!(out.join("decode_b1_t1_s64_f32.hlo.pb").is_file());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(m["programs"][0].get("neff").is_none(), "no NEFF is claimed");
 }
 
 #[test]
