@@ -260,15 +260,6 @@ pub enum NeuronError {
         symbol: String,
         detail: String,
     },
-    #[error(
-        "{library}: libnrt {found} is too old; silica needs {min} or newer \
-         (update aws-neuronx-runtime-lib)"
-    )]
-    VersionTooOld {
-        library: String,
-        found: String,
-        min: String,
-    },
     #[error("{call} failed with {status}: {}{}", .status.advice(), context_suffix(.context))]
     Call {
         call: &'static str,
@@ -361,15 +352,6 @@ impl NeuronError {
                 symbol: symbol.clone(),
                 detail: detail.clone(),
             },
-            NeuronError::VersionTooOld {
-                library,
-                found,
-                min,
-            } => NeuronError::VersionTooOld {
-                library: library.clone(),
-                found: found.clone(),
-                min: min.clone(),
-            },
             NeuronError::Call {
                 call,
                 status,
@@ -397,7 +379,6 @@ impl From<NeuronError> for silica_tensor::BackendError {
         match e {
             NeuronError::LibraryNotFound { .. }
             | NeuronError::MissingSymbol { .. }
-            | NeuronError::VersionTooOld { .. }
             | NeuronError::CompilerNotFound { .. } => B::Unavailable {
                 backend: "neuron",
                 reason: e.to_string(),

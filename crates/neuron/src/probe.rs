@@ -34,7 +34,13 @@ impl NeuronProbe {
 /// the target.
 pub fn probe() -> NeuronProbe {
     let library = crate::sys::global()
-        .map(|a| (a.path.clone(), a.version.to_string()))
+        .map(|a| {
+            let version = match &a.version_note {
+                Some(note) => format!("{} (warning: {note})", a.version),
+                None => a.version.to_string(),
+            };
+            (a.path.clone(), version)
+        })
         .map_err(|e| e.to_string());
     let (init, cores) = if library.is_ok() {
         match Runtime::global() {

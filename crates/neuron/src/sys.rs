@@ -107,10 +107,14 @@ pub const REQUIRED_SYMBOLS: &[&str] = &[
 pub const VISIBLE_COUNT_SYMBOLS: &[&str] =
     &["nrt_get_visible_vnc_count", "nrt_get_visible_nc_count"];
 
-/// Oldest libnrt accepted: 2.x with x ≥ 12 (the runtime line that shipped with Inferentia2
-/// support; the tensor-info and collectives calls silica uses are all present there). The major
-/// must be 2: that is the ABI the headers above describe.
-pub const MIN_VERSION: (u64, u64) = (2, 12);
+/// The libnrt versions silica was written against: 2.x with x ≥ 12 (the runtime line that
+/// shipped with Inferentia2 support; the tensor-info and collectives calls silica uses are all
+/// present there). Outside it silica warns and proceeds, it does not refuse: the header does
+/// not say whether `nrt_version_t`'s `rt_major.rt_minor` is the library's or the API's version,
+/// so a gate on it could refuse every real runtime, and no version is known to be broken. The
+/// ABI is checked where it can be: every required symbol must resolve, and `nrt_get_version`
+/// is given the struct size of the 2.28 header.
+pub const EXPECTED_VERSION: (u64, u64) = (2, 12);
 
 /// The resolved symbol table. It lives as long as the process (the library is never unloaded:
 /// libnrt owns device state that must not disappear under live handles).
@@ -118,6 +122,8 @@ pub struct Api {
     /// Where it was loaded from.
     pub path: String,
     pub version: RuntimeVersion,
+    /// Set when the version is outside [`EXPECTED_VERSION`]: the warning (silica proceeds).
+    pub version_note: Option<String>,
     pub get_version: NrtGetVersion,
     pub init: NrtInit,
     pub close: NrtClose,
@@ -163,9 +169,19 @@ impl std::fmt::Display for RuntimeVersion {
     }
 }
 
-/// Is `v` new enough (see [`MIN_VERSION`])?
-pub fn version_supported(major: u64, minor: u64) -> bool {
-    major == MIN_VERSION.0 && minor >= MIN_VERSION.1
+/// Why a runtime reporting `major.minor` is outside what silica was written against (see
+/// [`EXPECTED_VERSION`]), or `None` inside it.
+pub fn version_note(major: u64, minor: u64) -> Option<String> {
+    let (em, en) = EXPECTED_VERSION;
+    if major == em && minor >= en {
+        return None;
+    }
+    Some(format!(
+        "libnrt reports version {major}.{minor}, outside the {em}.{en}+ line silica was written \
+         against; proceeding (every required symbol resolved). If loading or executing fails, \
+         install aws-neuronx-runtime-lib {em}.{en} or newer from the same Neuron SDK release as \
+         neuronx-cc"
+    ))
 }
 
 pub(crate) fn c_str(chars: &[c_char]) -> String {
@@ -181,7 +197,8 @@ pub(crate) fn c_str(chars: &[c_char]) -> String {
 pub type Lookup<'a> = dyn FnMut(&str) -> Result<*const c_void, String> + 'a;
 
 impl Api {
-    /// Builds the table from a symbol lookup, checks the version, and returns it. `lookup` is a
+    /// Builds the table from a symbol lookup, reads the version (warning outside the expected
+    /// line), and returns it. `lookup` is a
     /// parameter (not a `Library`) so tests can hide symbols of a real library.
     ///
     /// # Safety
@@ -225,12 +242,9 @@ impl Api {
             maintenance: raw.rt_maintenance,
             detail: c_str(&raw.rt_detail),
         };
-        if !version_supported(version.major, version.minor) {
-            return Err(NeuronError::VersionTooOld {
-                library: path.to_string(),
-                found: version.to_string(),
-                min: format!("{}.{}", MIN_VERSION.0, MIN_VERSION.1),
-            });
+        let version_note = version_note(version.major, version.minor);
+        if let Some(note) = &version_note {
+            eprintln!("warning: {path}: {note}");
         }
         let visible_count = VISIBLE_COUNT_SYMBOLS.iter().find_map(|s| {
             lookup(s).ok().map(|p| {
@@ -246,6 +260,7 @@ impl Api {
         Ok(Api {
             path: path.to_string(),
             version,
+            version_note,
             get_version,
             init: cast!(1, NrtInit),
             close: cast!(2, NrtClose),
