@@ -48,15 +48,8 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &m
         out.fill(0.0);
         return;
     }
-    let threads = crate::pool::threads();
-    let per = if threads > 1 && m * n * k >= PAR_MIN_FMAS {
-        // Several tasks per thread, handed out by the pool as threads free up: on a shared
-        // host one descheduled thread would otherwise hold up the whole product.
-        n.div_ceil(threads * 4).next_multiple_of(TILE_W)
-    } else {
-        n
-    };
-    crate::pool::for_each_column_range(n, per, out, |j0, j1, o| {
+    let parallel = m * n * k >= PAR_MIN_FMAS;
+    crate::pool::for_each_column_range(n, TILE_W, parallel, out, |j0, j1, o| {
         // SAFETY: `supported` checked AVX-512; the ranges are inside x, w and out (asserted
         // above), and this call alone writes columns j0..j1.
         #[cfg(target_arch = "x86_64")]

@@ -203,16 +203,24 @@ pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &m
     for_each(tasks, &|t| f(t, o.part(t, chunk)));
 }
 
-/// Runs `f(j0, j1, out)` for column ranges `[j0, j1)` covering `0..n` — `per` columns each,
-/// handed out by the pool as threads free up — with `out` pointing at a row-major output whose
-/// rows are `n` long. Each call may write columns `j0..j1` of every row and nothing else; the
-/// callers' prefill products keep to that, which is what makes the shared pointer sound.
+/// Runs `f(j0, j1, out)` for column ranges `[j0, j1)` covering `0..n`, with `out` pointing at
+/// a row-major output whose rows are `n` long. Each call may write columns `j0..j1` of every
+/// row and nothing else; the callers' prefill products keep to that, which is what makes the
+/// shared pointer sound. With `parallel`, the ranges are about a quarter of a thread's share
+/// each (a multiple of `multiple`), handed out by the pool as threads free up, so that one
+/// descheduled thread on a shared host does not hold up the product; otherwise one range.
 pub fn for_each_column_range(
     n: usize,
-    per: usize,
+    multiple: usize,
+    parallel: bool,
     out: &mut [f32],
     f: impl Fn(usize, usize, *mut f32) + Sync,
 ) {
+    let per = if parallel && threads() > 1 {
+        n.div_ceil(threads() * 4).next_multiple_of(multiple)
+    } else {
+        n
+    };
     struct Out(*mut f32);
     // SAFETY: tasks write disjoint column ranges [j0, j1) of `out` (the contract above), which
     // outlives the call.
