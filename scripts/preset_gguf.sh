@@ -19,6 +19,10 @@ VENV="${GGUF_VENV:-$ROOT/.venv-gguf}"
 OUT="$ROOT/target/preset-ref/$PRESET"
 BIN="$ROOT/target/llamacpp/bin"
 TOKENIZER="$ROOT/target/gguf-ref/smollm2-135m/hf-f32"
+if [ ! -f "$ROOT/models/presets/$PRESET.json" ]; then
+  echo "unknown preset '$PRESET': expected one of $(ls "$ROOT/models/presets" | sed -n 's/\.json$//p' | tr '\n' ' ')" >&2
+  exit 2
+fi
 
 # The tokenizer's folder and the llama.cpp build; both return at once when up to date.
 bash "$ROOT/scripts/gguf_reference.sh"
