@@ -25,4 +25,4 @@ pub use backend::{Binding, NeuronBackend, NeuronExecutable, NeuronOptions};
 pub use compile::{CacheOutcome, CachedNeff, CompileOptions, NeffCache, Target};
 pub use error::{Attempt, NeuronError, NrtStatus};
 pub use probe::{probe, NeuronProbe};
-pub use runtime::{DeviceTensor, Model, Runtime, TensorInfo, TensorSet, Usage};
+pub use runtime::{DeviceTensor, Model, RootCommId, Runtime, TensorInfo, TensorSet, Usage};

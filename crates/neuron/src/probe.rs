@@ -1,7 +1,7 @@
 //! What the Neuron backend needs, checked without failing: for `silica doctor`.
 
 use crate::compile::{compiler_version, find_compiler, Target};
-use crate::runtime::Runtime;
+use crate::runtime::{visible_cores, RootCommId, Runtime};
 use std::path::PathBuf;
 
 /// Facts about this machine's Neuron stack; every field says what was found or why not.
@@ -11,8 +11,11 @@ pub struct NeuronProbe {
     pub library: Result<(String, String), String>,
     /// `nrt_init` outcome (only tried when the library loaded).
     pub init: Option<Result<(), String>>,
-    /// Visible NeuronCores (`Ok(None)`: this libnrt cannot say).
+    /// Visible NeuronCores, asked before `nrt_init` so the count shows even when the
+    /// initialization fails (`Ok(None)`: this libnrt cannot say; `None`: no library).
     pub cores: Option<Result<Option<u32>, String>>,
+    /// The collective root address the runtime was initialized with (after `nrt_init`).
+    pub root_comm_id: Option<RootCommId>,
     /// `/dev/neuron*` device files (the driver, aws-neuronx-dkms).
     pub devices: Vec<PathBuf>,
     /// neuronx-cc path and version line, or why not.
@@ -42,12 +45,12 @@ pub fn probe() -> NeuronProbe {
             (a.path.clone(), version)
         })
         .map_err(|e| e.to_string());
-    let (init, cores) = if library.is_ok() {
+    let cores = crate::sys::global()
+        .ok()
+        .map(|api| visible_cores(api).map_err(|e| e.to_string()));
+    let (init, root_comm_id) = if library.is_ok() {
         match Runtime::global() {
-            Ok(rt) => (
-                Some(Ok(())),
-                Some(rt.visible_cores().map_err(|e| e.to_string())),
-            ),
+            Ok(rt) => (Some(Ok(())), Some(rt.root_comm_id().clone())),
             Err(e) => (Some(Err(e.to_string())), None),
         }
     } else {
@@ -79,6 +82,7 @@ pub fn probe() -> NeuronProbe {
         library,
         init,
         cores,
+        root_comm_id,
         devices,
         compiler,
         target: Target::detect().map_err(|e| e.to_string()),

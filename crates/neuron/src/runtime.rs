@@ -18,10 +18,93 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
-/// The initialized Neuron runtime: one per process (`nrt_init` once; it is never closed, because
-/// `nrt_init` after `nrt_close` fails and device handles may live until exit).
+/// The initialized Neuron runtime: one per process (`nrt_init` once). silica never calls
+/// `nrt_close`, although the runtime supports a close / init cycle: closing frees every model
+/// and tensor on the devices, and silica's handles (weights, KV caches, loaded NEFFs) may live
+/// until the process exits.
 pub struct Runtime {
     api: &'static Api,
+    root_comm_id: RootCommId,
+}
+
+/// `NEURON_RT_ROOT_COMM_ID`: where rank 0 of a collective group listens (`<ip>:<port>`). The
+/// runtime guide calls it "mandatory for applications that run workloads containing Collective
+/// Communication operators"; silica's tensor-parallel groups run on one instance, so when the
+/// user has not set it silica sets a free loopback port before `nrt_init`. A group spanning
+/// instances needs the user's value (rank 0's address), which is never replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootCommId {
+    pub value: String,
+    /// true: silica chose it (it was unset); false: the environment's.
+    pub chosen_by_silica: bool,
+}
+
+impl RootCommId {
+    /// The environment's value, else `127.0.0.1:<a port free now>` set into the environment.
+    fn ensure() -> RootCommId {
+        if let Some(v) = std::env::var("NEURON_RT_ROOT_COMM_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return RootCommId {
+                value: v,
+                chosen_by_silica: false,
+            };
+        }
+        // Port 0 asks the kernel for a free port; it is released at once for the runtime to
+        // bind. Another process could take it in between: then collective loads fail and the
+        // error names the address (set NEURON_RT_ROOT_COMM_ID to choose one).
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(48620);
+        let value = format!("127.0.0.1:{port}");
+        // Set before nrt_init, inside the one-time initialization; nothing in silica reads
+        // the environment concurrently with it.
+        std::env::set_var("NEURON_RT_ROOT_COMM_ID", &value);
+        RootCommId {
+            value,
+            chosen_by_silica: true,
+        }
+    }
+}
+
+impl std::fmt::Display for RootCommId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NEURON_RT_ROOT_COMM_ID={}{}",
+            self.value,
+            if self.chosen_by_silica {
+                " (set by silica: it was unset; set it for groups spanning instances)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// NeuronCores visible to this process, asked before or after `nrt_init` (nrt.h: the
+/// visible-count calls "can be called before nrt_init()", and they claim no cores, while
+/// `nrt_init` takes the visible cores exclusively), or `None` when this libnrt exports
+/// neither call.
+pub fn visible_cores(api: &Api) -> Result<Option<u32>, NeuronError> {
+    let Some((name, f)) = api.visible_count else {
+        return Ok(None);
+    };
+    let mut n = 0u32;
+    // SAFETY: nrt.h signature, valid out pointer.
+    let code = unsafe { f(&mut n) };
+    check(
+        if name == "nrt_get_visible_vnc_count" {
+            "nrt_get_visible_vnc_count"
+        } else {
+            "nrt_get_visible_nc_count"
+        },
+        code,
+        String::new,
+    )?;
+    Ok(Some(n))
 }
 
 static RUNTIME: OnceLock<Result<Runtime, NeuronError>> = OnceLock::new();
@@ -32,6 +115,7 @@ impl Runtime {
     pub fn global() -> Result<&'static Runtime, NeuronError> {
         let r = RUNTIME.get_or_init(|| {
             let api = sys::global()?;
+            let root_comm_id = RootCommId::ensure();
             let (fw, fal) = (c"", c"");
             // SAFETY: the symbol has nrt.h's signature; the strings are NUL-terminated.
             let code =
@@ -43,7 +127,7 @@ impl Runtime {
                     std::env::var("NEURON_RT_VISIBLE_CORES").unwrap_or_else(|_| "(unset)".into())
                 )
             })?;
-            Ok(Runtime { api })
+            Ok(Runtime { api, root_comm_id })
         });
         match r {
             Ok(rt) => Ok(rt),
@@ -55,25 +139,15 @@ impl Runtime {
         self.api
     }
 
+    /// The collective root address the runtime was initialized with.
+    pub fn root_comm_id(&self) -> &RootCommId {
+        &self.root_comm_id
+    }
+
     /// NeuronCores visible to this process (`NEURON_RT_VISIBLE_CORES` applies), or `None` when
     /// this libnrt exports neither visible-count call.
     pub fn visible_cores(&self) -> Result<Option<u32>, NeuronError> {
-        let Some((name, f)) = self.api.visible_count else {
-            return Ok(None);
-        };
-        let mut n = 0u32;
-        // SAFETY: nrt.h signature, valid out pointer.
-        let code = unsafe { f(&mut n) };
-        check(
-            if name == "nrt_get_visible_vnc_count" {
-                "nrt_get_visible_vnc_count"
-            } else {
-                "nrt_get_visible_nc_count"
-            },
-            code,
-            String::new,
-        )?;
-        Ok(Some(n))
+        visible_cores(self.api)
     }
 
     /// Allocates `size` bytes of device memory on NeuronCore `core`.
@@ -190,7 +264,10 @@ impl Runtime {
             )
         };
         check("nrt_load_collectives", code, || {
-            format!("`{name}` rank {rank} of {world} on NeuronCore {core}")
+            format!(
+                "`{name}` rank {rank} of {world} on NeuronCore {core}; {}",
+                self.root_comm_id
+            )
         })?;
         Model::new(self, out, core, Some((rank, world)), name)
     }

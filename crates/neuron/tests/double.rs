@@ -419,3 +419,19 @@ fn dropped_handles_are_freed() {
     assert_no_leaks(d);
     assert_eq!(d.core_used(0), before);
 }
+
+#[test]
+fn an_unset_collective_root_gets_a_free_loopback_port() {
+    setup();
+    let id = Runtime::global().unwrap().root_comm_id();
+    assert!(id.chosen_by_silica, "{id}");
+    let port: u16 = id
+        .value
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{id}"));
+    assert!(port > 0);
+    // Set for the runtime to read, and said where it matters (collective load errors).
+    assert_eq!(std::env::var("NEURON_RT_ROOT_COMM_ID").unwrap(), id.value);
+    assert!(id.to_string().contains("set by silica"), "{id}");
+}

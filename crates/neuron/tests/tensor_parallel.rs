@@ -20,6 +20,8 @@ use silica_tensor::{
 };
 use std::path::Path;
 
+static USER_ROOT: std::sync::Once = std::sync::Once::new();
+
 const B: usize = 3;
 const D: usize = 4;
 const H: usize = 8;
@@ -28,6 +30,8 @@ const H: usize = 8;
 fn double(cores: u32) -> &'static Double {
     fake_compiler_env();
     let d = setup();
+    // A user's collective root (as for a group spanning instances) is what the runtime gets.
+    USER_ROOT.call_once(|| std::env::set_var("NEURON_RT_ROOT_COMM_ID", "127.0.0.1:47111"));
     // nrt_init reads SILICA_NRT_DOUBLE_CORES: initialize first so the count set here stays.
     Runtime::global().unwrap();
     d.set_cores(cores);
@@ -664,4 +668,18 @@ fn llama_fixture_tensor_parallel_on_neuron_double_matches_cpu() {
         }
         assert_no_leaks(d, 4);
     }
+}
+
+#[test]
+fn a_users_collective_root_is_kept() {
+    let _s = serial();
+    double(2);
+    let id = Runtime::global().unwrap().root_comm_id();
+    assert_eq!(id.value, "127.0.0.1:47111");
+    assert!(!id.chosen_by_silica);
+    assert_eq!(
+        std::env::var("NEURON_RT_ROOT_COMM_ID").unwrap(),
+        "127.0.0.1:47111"
+    );
+    assert!(!id.to_string().contains("set by silica"), "{id}");
 }

@@ -28,9 +28,22 @@
 //! instead of hanging, as the real runtime's collectives time out. `nrt_execute` runs without
 //! the double's global lock held, so the ranks really execute concurrently.
 //!
-//! Behaviour chosen to be at least as strict as the real runtime: a second `nrt_init` fails,
-//! `nrt_init` after `nrt_close` returns `NRT_CLOSED`, calls before `nrt_init` return
-//! `NRT_UNINITIALIZED`, unknown handles return `NRT_INVALID_HANDLE` instead of crashing.
+//! **Lifecycle**, as nrt.h and the runtime guide describe it: the visible-core queries answer
+//! before `nrt_init` ("can be called before nrt_init()"); `nrt_close` "closes all the devices
+//! and cleans up the runtime state", so every model, tensor and tensor set made before it is gone
+//! (its handle returns `NRT_INVALID_HANDLE`) and other calls return `NRT_CLOSED` until the next
+//! `nrt_init`; an `nrt_close` / `nrt_init` cycle is supported (the runtime release notes fix "a
+//! bootstrap hang after an nrt_close / nrt_init cycle"). `nrt_load` with `vnc = -1` loads on the
+//! first free NeuronCore (one with no model loaded), `NRT_LOAD_NOT_ENOUGH_NC` when none is.
+//! `nrt_load_collectives` needs `NEURON_RT_ROOT_COMM_ID=<host>:<port>` in the environment (the
+//! guide: "mandatory for applications that run workloads containing Collective Communication
+//! operators"); without a valid one it prints why and returns `NRT_INVALID` (the status is the
+//! double's choice: the guide names none).
+//!
+//! Stricter than the real runtime on purpose, where the documents say nothing: a second
+//! `nrt_init` while initialized fails (a caller bug silica must not have); calls before
+//! `nrt_init` return `NRT_UNINITIALIZED`; unknown handles return `NRT_INVALID_HANDLE` instead of
+//! crashing.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -252,19 +265,15 @@ pub unsafe extern "C" fn nrt_init(
 ) -> c_int {
     with_state("nrt_init", false, |st| {
         st.init_calls += 1;
-        if st.closed {
-            return NRT_CLOSED;
-        }
         if st.initialized || framework != 1 {
             // Stricter than needed on purpose: a second init is a caller bug silica must not have.
             return NRT_FAILURE;
         }
-        st.cores = std::env::var("SILICA_NRT_DOUBLE_CORES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2);
+        // After nrt_close too: the close / init cycle is supported (runtime release notes).
+        st.cores = env_cores();
         st.core_used = vec![0; st.cores];
         st.initialized = true;
+        st.closed = false;
         NRT_SUCCESS
     })
 }
@@ -276,16 +285,50 @@ pub extern "C" fn nrt_close() {
     st.calls.push("nrt_close".into());
     st.initialized = false;
     st.closed = true;
+    // "Closes all the devices … and cleans up the runtime state": what lived on them is gone.
+    // Tensor-info arrays are host allocations the caller frees, so they stay.
+    st.models.clear();
+    st.tensors.clear();
+    st.sets.clear();
+    st.contexts.clear();
+    st.core_used.iter_mut().for_each(|u| *u = 0);
+}
+
+/// The NeuronCores `nrt_init` would take: `SILICA_NRT_DOUBLE_CORES` (default 2), standing for
+/// what the real runtime reads from `NEURON_RT_VISIBLE_CORES` / `NEURON_RT_NUM_CORES`.
+fn env_cores() -> usize {
+    std::env::var("SILICA_NRT_DOUBLE_CORES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
 }
 
 unsafe fn visible(out: *mut u32, call: &str) -> c_int {
-    with_state(call, true, |st| {
+    // nrt.h: "This API can be called before nrt_init()".
+    with_state(call, false, |st| {
         if out.is_null() {
             return NRT_INVALID;
         }
-        *out = st.cores as u32;
+        *out = if st.initialized {
+            st.cores
+        } else {
+            env_cores()
+        } as u32;
         NRT_SUCCESS
     })
+}
+
+/// `NEURON_RT_ROOT_COMM_ID` as the guide defines it (`<ip_address:port>`), or why it is not.
+fn root_comm_id() -> Result<String, String> {
+    let v = std::env::var("NEURON_RT_ROOT_COMM_ID").map_err(|_| {
+        "NEURON_RT_ROOT_COMM_ID is not set; it is mandatory for NEFFs with collectives".to_string()
+    })?;
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(v),
+        _ => Err(format!(
+            "NEURON_RT_ROOT_COMM_ID={v:?} is not <ip_address>:<port>"
+        )),
+    }
 }
 
 #[no_mangle]
@@ -312,12 +355,24 @@ unsafe fn load(
         if neff.is_null() || out.is_null() {
             return NRT_INVALID;
         }
-        let core = if vnc < 0 { 0 } else { vnc as usize };
+        let core = if vnc < 0 {
+            // "-1 means runtime would automatically load in first free VNC".
+            match (0..st.cores).find(|c| st.models.values().all(|m| m.core != *c)) {
+                Some(c) => c,
+                None => return NRT_LOAD_NOT_ENOUGH_NC,
+            }
+        } else {
+            vnc as usize
+        };
         if core >= st.cores {
             return NRT_LOAD_NOT_ENOUGH_NC;
         }
         if let Some((rank, world)) = collectives {
             if world == 0 || rank >= world {
+                return NRT_INVALID;
+            }
+            if let Err(e) = root_comm_id() {
+                eprintln!("silica-nrt-double: nrt_load_collectives: {e}");
                 return NRT_INVALID;
             }
         }

@@ -121,8 +121,11 @@ fn neuron_section() -> Section {
         None => checks.push(Check::new(
             "NeuronCores",
             Some(false),
-            "not checked: runtime not initialized",
+            "not checked: no libnrt",
         )),
+    }
+    if let Some(id) = &p.root_comm_id {
+        checks.push(Check::new("collectives root", None, id.to_string()));
     }
     checks.push(Check::new(
         "devices",

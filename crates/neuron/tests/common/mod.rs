@@ -75,6 +75,8 @@ pub fn setup() -> &'static Double {
         // Set once, before any test thread can read it (all tests go through here first).
         std::env::set_var("SILICA_NRT_LIB", &path);
         std::env::set_var("SILICA_NRT_DOUBLE_CORES", "2");
+        // Each test binary decides: unset (silica chooses a loopback root) unless it sets one.
+        std::env::remove_var("NEURON_RT_ROOT_COMM_ID");
         // SAFETY: loading the double runs no initializers that matter; dlopen of the same path
         // returns the same handle silica-neuron will get, so the state is shared.
         let lib = unsafe { libloading::Library::new(&path) }.expect("loading the double");
