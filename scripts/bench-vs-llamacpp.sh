@@ -7,7 +7,9 @@
 #   bash scripts/bench-vs-llamacpp.sh [ROUNDS]        # default 2 rounds per pair
 #
 # Pairs: silica f32 vs llama.cpp F32, silica --dtype bf16 vs BF16, silica --quantize int8 vs
-# Q8_0 (both 8-bit weights with per-block / per-row scales), and GGUF files loaded by both.
+# Q8_0 (both 8-bit weights with per-block / per-row scales), and GGUF files loaded by both;
+# the quantized ones twice, with silica's exact f32 activations and with --activations q8
+# (activations rounded to 8 bits per 32 values, integer dots: what llama.cpp computes).
 # Prefill = 64 prompt tokens, decode = 64 generated tokens, 2 threads. Prints a markdown table
 # of tok/s and ratios (silica ÷ llama.cpp); the best of ROUNDS runs counts for each.
 #
@@ -107,9 +109,13 @@ pairs "$REF" <<'PAIRS'
 f32|hf-f32||smollm2-135m-f32.gguf
 bf16|hf-f32|--dtype bf16|smollm2-135m-bf16.gguf
 int8 vs Q8_0|hf-f32|--quantize int8|smollm2-135m-Q8_0.gguf
+int8, q8 activations vs Q8_0|hf-f32|--quantize int8 --activations q8|smollm2-135m-Q8_0.gguf
 GGUF Q8_0 (same file)|gguf||smollm2-135m-Q8_0.gguf
+GGUF Q8_0, q8 activations|gguf|--activations q8|smollm2-135m-Q8_0.gguf
 GGUF Q4_0 (same file)|gguf||smollm2-135m-Q4_0.gguf
+GGUF Q4_0, q8 activations|gguf|--activations q8|smollm2-135m-Q4_0.gguf
 GGUF Q4_K_M (same file)|gguf||smollm2-135m-Q4_K_M.gguf
+GGUF Q4_K_M, q8 activations|gguf|--activations q8|smollm2-135m-Q4_K_M.gguf
 PAIRS
 
 if [ "$PRESET" = 1 ]; then
@@ -119,7 +125,9 @@ if [ "$PRESET" = 1 ]; then
 f32|hf-bf16|--dtype f32|f32.gguf
 bf16|hf-bf16|--dtype bf16|bf16.gguf
 int8 vs Q8_0|hf-bf16|--quantize int8|Q8_0.gguf
+int8, q8 activations vs Q8_0|hf-bf16|--quantize int8 --activations q8|Q8_0.gguf
 GGUF Q8_0 (same file)|gguf||Q8_0.gguf
+GGUF Q8_0, q8 activations|gguf|--activations q8|Q8_0.gguf
 PAIRS
 fi
 "$SILICA" doctor 2>/dev/null | grep -iE "cpu|isa" | head -3 || true

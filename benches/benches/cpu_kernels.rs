@@ -131,6 +131,17 @@ fn blocks(c: &mut Criterion) {
         g.bench_function(format!("dot_{}_k{k}", f.name()), |b| {
             b.iter(|| dot(std::hint::black_box(&x), f, std::hint::black_box(&row)))
         });
+        // The same row against 8-bit activations (quantized once, as a GEMV does).
+        let m = silica_kernels::Matrix::Blocks {
+            format: f,
+            data: &row,
+        };
+        if let Some(a) = silica_kernels::q8::Q8Row::for_matrix(&x, &m) {
+            let kind = silica_kernels::q8::Kind::Blocks(f);
+            g.bench_function(format!("q8dot_{}_k{k}", f.name()), |b| {
+                b.iter(|| silica_kernels::q8::dot(kind, std::hint::black_box(&row), &a))
+            });
+        }
     }
     let wf: Vec<f32> = random(DType::F32, &[k], 2).to_f32_vec();
     let wb: Vec<silica_tensor::bf16> = wf
@@ -156,7 +167,8 @@ fn blocks(c: &mut Criterion) {
 /// streams from memory as a real model's step does. Throughput in weight bytes: compare with
 /// the memory bandwidth printed above.
 fn gemv(c: &mut Criterion) {
-    use silica_kernels::{gemv, Matrix};
+    use silica_kernels::blocks::BlockFormat;
+    use silica_kernels::{gemv_with, Activations, Matrix};
     print_limits();
     let mut g = c.benchmark_group("gemv");
     let (k, n) = (2048, 8192);
@@ -176,15 +188,70 @@ fn gemv(c: &mut Criterion) {
     let i8s: Vec<Vec<i8>> = (0..set_bytes / (n * k))
         .map(|_| base.iter().map(|&v| (v * 127.0) as i8).collect())
         .collect();
-    let mut run = |name: &str, bytes: usize, mats: Vec<Matrix<'_>>| {
+    // ggml blocks: random codes with small f16 scales (see `blocks`).
+    let block_mats = |f: BlockFormat| -> Vec<Vec<u8>> {
+        let bytes = f.row_bytes(k).unwrap() * n;
+        let mut m = vec![0u8; bytes];
+        let mut state = 0x9e3779b9u32;
+        for b in m.iter_mut() {
+            state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+            *b = (state >> 24) as u8;
+        }
+        let offs: &[usize] = match f {
+            BlockFormat::Q6K => &[208],
+            BlockFormat::Q4_1 | BlockFormat::Q5_1 | BlockFormat::Q4K | BlockFormat::Q5K => &[0, 2],
+            _ => &[0],
+        };
+        for i in 0..bytes / f.block_bytes() {
+            for &off in offs {
+                let at = i * f.block_bytes() + off;
+                m[at..at + 2].copy_from_slice(&silica_tensor::f16::from_f32(0.01).to_le_bytes());
+            }
+        }
+        (0..set_bytes / bytes).map(|_| m.clone()).collect()
+    };
+    let q4_0s = block_mats(BlockFormat::Q4_0);
+    let q8_0s = block_mats(BlockFormat::Q8_0);
+    let q4_ks = block_mats(BlockFormat::Q4K);
+    let mut run_with = |name: &str, act: Activations, bytes: usize, mats: Vec<Matrix<'_>>| {
         g.throughput(Throughput::Bytes(bytes as u64));
         let mut i = 0;
         g.bench_function(format!("{name}_1x{k}x{n}"), |b| {
             b.iter(|| {
-                gemv(&x, 1, k, mats[i % mats.len()], n, &mut out);
+                gemv_with(act, &x, 1, k, mats[i % mats.len()], n, &mut out);
                 i += 1;
             })
         });
+    };
+    for (name, f, mats) in [
+        ("q4_0", BlockFormat::Q4_0, &q4_0s),
+        ("q8_0", BlockFormat::Q8_0, &q8_0s),
+        ("q4_k", BlockFormat::Q4K, &q4_ks),
+    ] {
+        for act in [Activations::F32, Activations::Q8] {
+            run_with(
+                &format!("{name}_{}", act.name()),
+                act,
+                f.row_bytes(k).unwrap() * n,
+                mats.iter()
+                    .map(|data| Matrix::Blocks { format: f, data })
+                    .collect(),
+            );
+        }
+    }
+    run_with(
+        "int8_q8",
+        Activations::Q8,
+        n * k,
+        i8s.iter()
+            .map(|q| Matrix::I8 {
+                q,
+                scales: Some(&scales),
+            })
+            .collect(),
+    );
+    let mut run = |name: &str, bytes: usize, mats: Vec<Matrix<'_>>| {
+        run_with(name, Activations::F32, bytes, mats)
     };
     run(
         "f32",

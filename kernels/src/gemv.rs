@@ -7,6 +7,7 @@
 use crate::blocks::{self, BlockFormat};
 use crate::dot::{dot4_at, dot_at, Row, Rows4};
 use crate::isa::{level, Level};
+use crate::q8::{self, Activations};
 use half::{bf16, f16};
 
 /// A weight matrix `[N, K]` in a stored format.
@@ -125,7 +126,7 @@ const TASKS_PER_THREAD: usize = 1;
 
 /// Prefetches bytes `[from, to)` after `base` into the cache, one hint per line.
 #[inline(always)]
-fn prefetch(base: *const u8, from: usize, to: usize) {
+pub(crate) fn prefetch(base: *const u8, from: usize, to: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let mut off = from;
@@ -214,11 +215,26 @@ pub fn gemv_at(
         );
     }
     assert_eq!(out.len(), m * n, "gemv: out is not [m, n]");
+    split_rows(m, n, w.row_bytes(k), out, |j0, o| {
+        rows_block(lvl, x, m, k, &w, j0, o)
+    });
+}
+
+/// Runs `block(j0, o)` — weight rows `j0..j0 + len` into `o` (`[len][m]`) — over all `n` rows,
+/// split into one contiguous range per thread when the weights are large enough, and leaves
+/// `[m, n]` in `out`.
+fn split_rows(
+    m: usize,
+    n: usize,
+    row_bytes: usize,
+    out: &mut [f32],
+    block: impl Fn(usize, &mut [f32]) + Sync,
+) {
     if m == 0 || n == 0 {
         return;
     }
     let threads = crate::pool::threads();
-    let parallel = threads > 1 && n * w.row_bytes(k) >= PAR_MIN_BYTES;
+    let parallel = threads > 1 && n * row_bytes >= PAR_MIN_BYTES;
     // Rows per task: a multiple of 4 (the kernel's group).
     let per = if parallel {
         n.div_ceil(threads * TASKS_PER_THREAD).next_multiple_of(4)
@@ -227,18 +243,61 @@ pub fn gemv_at(
     };
     if m == 1 {
         // One activation row: results land directly in `out` ([row][1] is [n]).
-        crate::pool::for_each_chunk(out, per, |t, o| rows_block(lvl, x, 1, k, &w, t * per, o));
+        crate::pool::for_each_chunk(out, per, |t, o| block(t * per, o));
         return;
     }
     // Several rows: compute in [n, m] order so each task owns a contiguous block, then
     // transpose (m·n floats: negligible next to the weights).
     let mut nm = vec![0f32; n * m];
-    crate::pool::for_each_chunk(&mut nm, per * m, |t, o| {
-        rows_block(lvl, x, m, k, &w, t * per, o)
-    });
+    crate::pool::for_each_chunk(&mut nm, per * m, |t, o| block(t * per, o));
     for j in 0..n {
         for i in 0..m {
             out[i * n + j] = nm[j * m + i];
         }
     }
+}
+
+/// [`gemv`], or with `Activations::Q8` and weights [`q8::supports`] runs, the product of the
+/// weights with the activations quantized to 8 bits ([`crate::q8`]): each activation row is
+/// quantized once, then every weight row is dotted in integers with four activation rows at a
+/// time. Meant for decode shapes (few rows); for many rows the same function is cheaper as the
+/// f32 product of the weights with [`q8::round_trip`]'s dequantized activations.
+pub fn gemv_with(
+    act: Activations,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Matrix<'_>,
+    n: usize,
+    out: &mut [f32],
+) {
+    let Some(kind) = (act == Activations::Q8 && q8::supports(&w, k))
+        .then(|| q8::Kind::of(&w))
+        .flatten()
+    else {
+        return gemv(x, m, k, w, n, out);
+    };
+    assert_eq!(x.len(), m * k, "gemv: x is not [m, k]");
+    assert_eq!(w.len(), n * k, "gemv: w is not [n, k]");
+    assert_eq!(out.len(), m * n, "gemv: out is not [m, n]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let quantize = |r: &[f32]| q8::Q8Row::for_matrix(r, &w).expect("supported above");
+    let rows: Vec<q8::Q8Row> = if m > 8 {
+        use rayon::prelude::*;
+        x.par_chunks_exact(k).map(quantize).collect()
+    } else {
+        x.chunks_exact(k).map(quantize).collect()
+    };
+    let (base, row_bytes) = w.bytes(k);
+    // SAFETY: the matrix holds n rows of `row_bytes` bytes from `base` (checked by len above).
+    let data = unsafe { std::slice::from_raw_parts(base, n * row_bytes) };
+    let scales = match w {
+        Matrix::I8 { scales, .. } => scales,
+        _ => None,
+    };
+    split_rows(m, n, row_bytes, out, |j0, o| {
+        q8::rows(kind, data, row_bytes, j0, &rows, scales, o)
+    });
 }

@@ -9,6 +9,8 @@
 //! - [`gemv`]: decode-shaped products (few rows × `[N, K]` weights), parallel over output rows.
 //! - [`blocks`]: GGUF's block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), decoded
 //!   as ggml does and dotted with f32 activations.
+//! - [`q8`]: the option llama.cpp takes: activations quantized to 8 bits per 32-value block and
+//!   integer dot products (AVX-512 VNNI) with GGUF blocks and per-channel int8 weights.
 //! - [`quant`]: the weight-only int8 and fp8 schemes (per-output-channel symmetric scales).
 //!
 //! Every SIMD path is tested against the portable code and an f64 reference (`tests/`).
@@ -20,9 +22,11 @@ pub mod gemm;
 pub mod gemv;
 pub mod isa;
 pub mod pool;
+pub mod q8;
 pub mod quant;
 pub mod vector;
 
 pub use dot::{dot, dot_at, Row};
-pub use gemv::{gemv, gemv_at, Matrix};
+pub use gemv::{gemv, gemv_at, gemv_with, Matrix};
 pub use isa::{isa, level, Isa, Level};
+pub use q8::Activations;

@@ -133,3 +133,139 @@ fn smollm2_q4_1_gguf_matches_transformers() {
     }
     eprintln!("worst top-20 logit difference vs transformers: {worst:e}");
 }
+
+/// The largest top-20 logit difference from transformers allowed with 8-bit activations: the
+/// size of llama.cpp's own deviation on this file (its `llama-debug` logits, exact KV cache and
+/// attention, differ from transformers' by up to 0.27 on the top 20 and 0.65 over the whole
+/// vocabulary of the text cases), not a fit to silica's (0.43 measured). The perplexity bound
+/// below is the sharper check.
+const Q8_LOGIT_BOUND: f32 = 1.0;
+
+/// Perplexity of non-overlapping `window`-token windows of the first `tokens` tokens of
+/// `models/default/corpus.txt` (no special tokens; every next-token prediction scored), as
+/// scripts/gguf_reference.py computes `perplexity_f32.windows`.
+fn perplexity(model: &LoadedModel, tokens: usize, window: usize) -> f64 {
+    let text = std::fs::read_to_string(repo().join("models/default/corpus.txt")).unwrap();
+    let tok = model.tokenizer.as_ref().unwrap();
+    let ids = tok.encode(&text, false).unwrap();
+    let v = model.config.vocab_size;
+    let (mut nll, mut n) = (0f64, 0usize);
+    for w in ids[..tokens].chunks(window) {
+        let l = model.logits(w).unwrap().to_vec::<f32>().unwrap();
+        for i in 0..w.len() - 1 {
+            let row = &l[i * v..(i + 1) * v];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[w[i + 1] as usize] as f64;
+            n += 1;
+        }
+    }
+    (nll / n as f64).exp()
+}
+
+/// `--activations q8` on the same file: activations rounded to 8 bits per 32 values before
+/// every product with the blocks (llama.cpp's function, not transformers'). Against transformers'
+/// dequantized f32 model the logits move by the rounding (bounded below) and the top-1 token of
+/// every case stays, both where the last position is computed in the prompt's step (prefill
+/// shapes: f32 products of the rounded activations) and in a step of its own (decode shapes:
+/// the integer kernels); perplexity stays within 1%.
+#[test]
+fn smollm2_q4_1_gguf_with_q8_activations_stays_close() {
+    let Some(path) = gguf_file() else { return };
+    let r = reference();
+    let q8 = Arc::new(CpuBackend::with_activations(
+        silica_tensor::cpu::Activations::Q8,
+    ));
+    let model = LoadedModel::load(&path, q8, &LoadOptions::default()).unwrap();
+    let exact =
+        LoadedModel::load(&path, Arc::new(CpuBackend::new()), &LoadOptions::default()).unwrap();
+    let v = model.config.vocab_size;
+    let (mut worst, mut moved) = ([0f32; 2], 0f32);
+    for (name, case) in r["cases"].as_object().unwrap() {
+        let ids = ids(&case["ids"]);
+        let n = ids.len();
+        // [0]: the prompt in one step; [1]: all but the last token, then the last alone.
+        let all = model.logits(&ids).unwrap().to_vec::<f32>().unwrap();
+        let mut cache = model.new_cache(1).unwrap();
+        let head = silica_models::RowInput {
+            cache_row: 0,
+            tokens: &ids[..n - 1],
+            start_pos: 0,
+            logits_at: n - 2,
+        };
+        model
+            .step(&mut cache, &[head], silica_models::LogitsMode::Last)
+            .unwrap();
+        let last_row = silica_models::RowInput {
+            cache_row: 0,
+            tokens: &ids[n - 1..],
+            start_pos: n - 1,
+            logits_at: 0,
+        };
+        let decoded = model
+            .step(&mut cache, &[last_row], silica_models::LogitsMode::Last)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let base = exact.logits(&ids).unwrap().to_vec::<f32>().unwrap();
+        let top = &case["f32"]["last_logits_top20"];
+        for (path, last) in [&all[all.len() - v..], &decoded[..v]]
+            .into_iter()
+            .enumerate()
+        {
+            for (id, val) in ids_of(top).iter().zip(top["values"].as_array().unwrap()) {
+                let d = (last[*id as usize] - val.as_f64().unwrap() as f32).abs();
+                worst[path] = worst[path].max(d);
+            }
+            let argmax = (0..v).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
+            assert_eq!(
+                argmax as u64,
+                top["ids"][0].as_u64().unwrap(),
+                "{name}: top-1 ({})",
+                ["prompt step", "decode step"][path]
+            );
+        }
+        moved = moved.max(
+            all[all.len() - v..]
+                .iter()
+                .zip(&base[base.len() - v..])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max),
+        );
+    }
+    eprintln!(
+        "q8 activations: worst top-20 logit vs transformers {:e} (prompt step), {:e} (decode \
+         step); whole-vocabulary change from f32 activations {moved:e}",
+        worst[0], worst[1]
+    );
+    assert!(
+        moved > 0.0,
+        "q8 activations changed nothing: the option did not reach the kernels"
+    );
+    for w in worst {
+        assert!(w < Q8_LOGIT_BOUND, "worst top-20 logit difference {w}");
+    }
+    // Perplexity within 1% of transformers' f32 (measured: +0.2–0.3%; llama.cpp's own run of
+    // this file, llama-perplexity with its q8 activations, +0.44% on its scoring).
+    let want = r["perplexity_f32"]["windows"]["ppl"].as_f64().unwrap();
+    let (tokens, window) = (
+        r["perplexity_f32"]["tokens_used"].as_u64().unwrap() as usize,
+        r["perplexity_f32"]["window"].as_u64().unwrap() as usize,
+    );
+    // (silica's f32 activations give transformers' 32.58002 to 1e-9; not rerun here.)
+    let p_q8 = perplexity(&model, tokens, window);
+    eprintln!("perplexity: transformers {want}, silica q8 activations {p_q8}");
+    assert!(
+        (p_q8 / want - 1.0).abs() < 0.01,
+        "q8 activations: {p_q8} vs {want}"
+    );
+}
+
+fn ids_of(top: &serde_json::Value) -> Vec<u32> {
+    ids(&top["ids"])
+}

@@ -2,7 +2,8 @@
 //! `silica report` (side-by-side markdown/HTML of silica, vLLM and llmperf results).
 
 use crate::common::{
-    backend, load_folder_or_preset, quant_format, BackendName, DTypeArg, QuantizeArg,
+    backend, check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName,
+    DTypeArg, QuantizeArg,
 };
 use crate::offline::{self, OfflineConfig};
 use crate::online::{self, HttpTarget, OnlineConfig};
@@ -35,6 +36,11 @@ pub struct BenchArgs {
     /// Quantize every weight matrix at load (weight-only, one scale per output channel).
     #[arg(long, value_enum)]
     quantize: Option<QuantizeArg>,
+    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8) in decode:
+    /// f32 keeps float activations (exact), q8 rounds them to 8 bits per 32 values and
+    /// multiplies integers, as llama.cpp does.
+    #[arg(long, value_enum, default_value = "f32")]
+    activations: ActivationsArg,
     /// Sequences per batch.
     #[arg(long)]
     batch: Option<usize>,
@@ -110,7 +116,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let (machine, price) = resolve_price(&a)?;
 
     // The backend first: one that cannot run here fails before the limit probes.
-    let be = backend(a.backend)?;
+    let be = backend(a.backend, a.activations)?;
     eprintln!("measuring this machine's limits (memory bandwidth, FMA peak)…");
     let limits = silica_probe::measure(a.quick);
     let opts = LoadOptions {
@@ -128,6 +134,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         a.seed,
         Some(input_len + output_len),
     )?;
+    check_activations(&model, a.activations)?;
     if a.concurrency.is_some() || a.request_rate.is_some() {
         let cfg = OnlineConfig {
             input_len,
@@ -205,8 +212,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_params()),
         dtype: Some(match &model.blocks {
-            Some(b) => format!("GGUF {} ({} activations)", b.label(), model.dtype),
-            None => dtype_label(model.dtype, model.quant),
+            Some(b) => format!(
+                "GGUF {} ({})",
+                b.label(),
+                activations_label(model.dtype, a.activations)
+            ),
+            None => dtype_label(model.dtype, model.quant, a.activations),
         }),
         weight_bytes_per_token: Some(bytes_per_step),
     };
@@ -334,10 +345,20 @@ fn weight_read_bytes(model: &silica_models::LoadedModel) -> u64 {
 fn dtype_label(
     dtype: silica_tensor::DType,
     quant: Option<silica_models::quant::QuantPlan>,
+    activations: ActivationsArg,
 ) -> String {
     match quant {
-        Some(q) => format!("{} ({dtype} activations)", q.label()),
+        Some(q) => format!("{} ({})", q.label(), activations_label(dtype, activations)),
         None => dtype.to_string(),
+    }
+}
+
+/// What quantized matrices multiply: `f32 activations`, or `q8 activations in decode, f32 in
+/// prefill` with --activations q8 (only the decode-shaped products quantize them).
+fn activations_label(dtype: silica_tensor::DType, activations: ActivationsArg) -> String {
+    match activations {
+        ActivationsArg::F32 => format!("{dtype} activations"),
+        ActivationsArg::Q8 => format!("q8 activations in decode, {dtype} in prefill"),
     }
 }
 
@@ -434,7 +455,7 @@ fn bench_engine(
         name,
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_params()),
-        dtype: Some(dtype_label(dtype, quant)),
+        dtype: Some(dtype_label(dtype, quant, a.activations)),
         weight_bytes_per_token: Some(read_bytes),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);

@@ -27,6 +27,26 @@ pub enum DTypeArg {
     F16,
 }
 
+/// `--activations`: how the CPU multiplies quantized weights by the activations.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ActivationsArg {
+    /// f32 activations times the exactly dequantized weights (what transformers computes).
+    #[default]
+    F32,
+    /// Activations rounded to 8 bits per 32-value block and integer dot products (AVX-512
+    /// VNNI), as llama.cpp runs GGUF files: faster decode, logits off by the rounding.
+    Q8,
+}
+
+impl ActivationsArg {
+    pub fn kernels(self) -> silica_tensor::cpu::Activations {
+        match self {
+            ActivationsArg::F32 => silica_tensor::cpu::Activations::F32,
+            ActivationsArg::Q8 => silica_tensor::cpu::Activations::Q8,
+        }
+    }
+}
+
 /// `--quantize`: weight-only quantization of every matrix at load time.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QuantizeArg {
@@ -84,13 +104,25 @@ pub struct ModelArgs {
     /// activations stay in --dtype.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
+    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8) in decode:
+    /// f32 keeps float activations (exact), q8 rounds them to 8 bits per 32 values and
+    /// multiplies integers, as llama.cpp does.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub activations: ActivationsArg,
 }
 
 /// Creates the backend; an accelerator that cannot run here is an error that says why
 /// (e.g. "pjrt backend unavailable: no GPU visible: …").
-pub fn backend(name: BackendName) -> Result<Arc<dyn Backend>> {
+pub fn backend(name: BackendName, activations: ActivationsArg) -> Result<Arc<dyn Backend>> {
+    if activations != ActivationsArg::F32 && name != BackendName::Cpu {
+        bail!(
+            "--activations {} is a CPU setting (how the CPU kernels multiply quantized weights);              drop it for --backend {}",
+            activations.kernels().name(),
+            format!("{name:?}").to_lowercase()
+        );
+    }
     Ok(match name {
-        BackendName::Cpu => Arc::new(CpuBackend::new()),
+        BackendName::Cpu => Arc::new(CpuBackend::with_activations(activations.kernels())),
         BackendName::Pjrt => Arc::new(
             silica_pjrt::PjrtBackend::new()
                 .map_err(silica_tensor::BackendError::from)
@@ -165,8 +197,34 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         quantize: quant_format(args.quantize),
         ..Default::default()
     };
-    LoadedModel::load(&model, backend(args.backend)?, &opts)
-        .with_context(|| format!("loading {}", model.display()))
+    let loaded = LoadedModel::load(&model, backend(args.backend, args.activations)?, &opts)
+        .with_context(|| format!("loading {}", model.display()))?;
+    check_activations(&loaded, args.activations)?;
+    Ok(loaded)
+}
+
+/// `--activations q8` needs weights it applies to: GGUF blocks or int8 matrices (else it would
+/// silently change nothing). Warns where the integer kernels fall back to portable code.
+pub fn check_activations(model: &LoadedModel, activations: ActivationsArg) -> Result<()> {
+    if activations == ActivationsArg::F32 {
+        return Ok(());
+    }
+    let int8 = model.quant.is_some_and(|q| q.format == QuantFormat::Int8);
+    if model.blocks.is_none() && !int8 {
+        bail!(
+            "--activations q8 applies to quantized weights (a GGUF file's blocks, or --quantize              int8); {} has {} weights{}",
+            model.name,
+            model.source_format.as_deref().unwrap_or(&model.dtype.to_string()),
+            if model.quant.is_some() { " (fp8 keeps f32 activations)" } else { "" }
+        );
+    }
+    if !silica_kernels::q8::vnni() {
+        eprintln!(
+            "warning: --activations q8 without AVX-512 VNNI on this CPU ({}): the integer dot              products run in portable code, slower than --activations f32",
+            silica_kernels::isa().feature_list()
+        );
+    }
+    Ok(())
 }
 
 /// `--model` names a Hugging Face folder or a GGUF file.

@@ -1,7 +1,8 @@
 //! `silica serve`: the OpenAI-compatible server (silica-serve) on a model folder or a preset.
 
 use crate::common::{
-    backend, load_folder_or_preset, quant_format, BackendName, DTypeArg, QuantizeArg,
+    backend, check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName,
+    DTypeArg, QuantizeArg,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -32,6 +33,11 @@ pub struct ServeArgs {
     /// Quantize every weight matrix at load (weight-only, one scale per output channel).
     #[arg(long, value_enum)]
     quantize: Option<QuantizeArg>,
+    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8) in decode:
+    /// f32 keeps float activations (exact), q8 rounds them to 8 bits per 32 values and
+    /// multiplies integers, as llama.cpp does.
+    #[arg(long, value_enum, default_value = "f32")]
+    activations: ActivationsArg,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -69,7 +75,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let be = backend(a.backend)?;
+    let be = backend(a.backend, a.activations)?;
     let opts = LoadOptions {
         dtype: a.dtype.dtype(),
         max_context: a.max_context,
@@ -85,6 +91,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         a.seed,
         None,
     )?;
+    check_activations(&model, a.activations)?;
     if preset.is_some() {
         // Presets ship no tokenizer: a byte-level one makes text prompts and chat work.
         model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config)?);

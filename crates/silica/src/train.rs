@@ -300,7 +300,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             total,
         },
     };
-    let be = backend(a.backend)?;
+    let be = backend(a.backend, crate::common::ActivationsArg::F32)?;
     let mut trainer = Trainer::new(
         be,
         src.config.clone(),

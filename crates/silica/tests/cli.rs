@@ -383,6 +383,27 @@ fn quantize_and_perplexity_run_and_refuse_bad_input() {
     // Different weights, a different (but nearby) model.
     assert!(i8 != f && (i8 / f - 1.0).abs() < 0.5, "{f} {i8}");
     assert!(f8 != f && (f8 / f - 1.0).abs() < 0.5, "{f} {f8}");
+    // 8-bit activations on the int8 weights: a different function again, close to int8's.
+    let i8q8 = ppl(&["--quantize", "int8", "--activations", "q8"]);
+    assert!(i8q8 != i8 && (i8q8 / i8 - 1.0).abs() < 0.05, "{i8} {i8q8}");
+    // --activations q8 where it would change nothing is refused, not ignored.
+    for (extra, says) in [
+        (&["--activations", "q8"][..], "applies to quantized weights"),
+        (
+            &["--quantize", "fp8", "--activations", "q8"][..],
+            "fp8 keeps f32 activations",
+        ),
+        (
+            &["--backend", "neuron", "--activations", "q8"][..],
+            "is a CPU setting",
+        ),
+    ] {
+        let mut args = vec!["perplexity", "--model", d, "--file", t, "--window", "32"];
+        args.extend_from_slice(extra);
+        let o = silica(&args);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(stderr(&o).contains(says), "{extra:?}: {}", stderr(&o));
+    }
     // An unknown format is a usage error naming the choices.
     let o = silica(&[
         "logits",

@@ -242,7 +242,9 @@ fn tiled_gemm(a: &[f32], c: &Canon, tile: impl Fn(usize, usize, usize) -> Vec<f3
 /// crate's GEMV, larger ones its register-tiled product on AVX-512; elsewhere a bounded tile is
 /// decoded to f32 at a time for gemm. Exactly the
 /// unfused result: decoded values are exact in every float dtype, the sum is in f32 and is
-/// rounded once to `out_dt`.
+/// rounded once to `out_dt`. With [`silica_kernels::Activations::Q8`] (GGUF blocks, int8) the
+/// activations are first rounded to 8 bits per 32 values (`silica_kernels::q8`): llama.cpp's
+/// function instead.
 pub fn dot_dequant(
     lhs: &CpuData,
     ld: &[usize],
@@ -250,11 +252,12 @@ pub fn dot_dequant(
     decode: Decode,
     n: usize,
     out_dt: DType,
+    activations: silica_kernels::Activations,
 ) -> CpuData {
     let k = *ld.last().expect("linear lhs has rank ≥ 1");
     let m: usize = ld[..ld.len() - 1].iter().product();
     // f32 activations are read in place; 16-bit ones widened once.
-    let a: std::borrow::Cow<[f32]> = match lhs {
+    let mut a: std::borrow::Cow<[f32]> = match lhs {
         CpuData::F32(v) => v.as_slice().into(),
         other => other.to_f32().into(),
     };
@@ -266,7 +269,19 @@ pub fn dot_dequant(
         Decode::Bytes(QuantFormat::Fp8E4M3) => Matrix::E4M3 { q, scales: None },
         Decode::Blocks(format) => Matrix::Blocks { format, data: q },
     };
-    let out = if m <= SKINNY_MAX_M || silica_kernels::gemm::supported() {
+    let q8 =
+        activations == silica_kernels::Activations::Q8 && silica_kernels::q8::supports(&mat, k);
+    if q8 && m > SKINNY_MAX_M {
+        // 8-bit activations at every row count: decode shapes dot integers, prefill shapes run
+        // the f32 product on the rounded activations (the same function to f32 summation
+        // order, at the f32 product's speed).
+        a = silica_kernels::q8::round_trip(&a, k).into();
+    }
+    let out = if q8 && m <= SKINNY_MAX_M {
+        let mut out = vec![0f32; m * n];
+        silica_kernels::gemv_with(activations, &a, m, k, mat, n, &mut out);
+        out
+    } else if m <= SKINNY_MAX_M || silica_kernels::gemm::supported() {
         // Decode shapes: the GEMV; prefill on AVX-512: the register-tiled product. Both widen
         // the bytes in registers.
         let mut out = vec![0f32; m * n];

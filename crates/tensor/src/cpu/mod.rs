@@ -82,13 +82,31 @@ pub mod profile {
     }
 }
 
-/// The CPU backend. Stateless: buffers are host memory.
+/// The CPU backend. Buffers are host memory; the one setting is how quantized weights meet
+/// float activations ([`Activations`]).
 #[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    activations: Activations,
+}
+
+pub use silica_kernels::Activations;
 
 impl CpuBackend {
+    /// Exact products: f32 activations times the dequantized weights.
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
+    }
+
+    /// With quantized matrices multiplied as `activations` says: [`Activations::Q8`]
+    /// quantizes each activation row to 8 bits per 32-value block for the decode-shaped
+    /// products with GGUF blocks and per-channel int8 weights, as llama.cpp does (a different
+    /// function from [`Activations::F32`]; see `silica_kernels::q8`).
+    pub fn with_activations(activations: Activations) -> Self {
+        CpuBackend { activations }
+    }
+
+    pub fn activations(&self) -> Activations {
+        self.activations
     }
 }
 
@@ -119,7 +137,9 @@ impl Backend for CpuBackend {
     }
 
     fn compile(&self, program: &Program) -> Result<Arc<dyn Executable>, BackendError> {
-        Ok(Arc::new(CpuExecutable::new(program)))
+        Ok(Arc::new(
+            CpuExecutable::new(program).with_activations(self.activations),
+        ))
     }
 
     fn upload(&self, t: &HostTensor) -> Result<Buffer, BackendError> {
@@ -176,6 +196,7 @@ pub struct CpuExecutable {
     fused_rhs: Vec<Option<usize>>,
     /// Nodes evaluated inside their consumer (see `fused_rhs`).
     skip: Vec<bool>,
+    activations: Activations,
 }
 
 impl CpuExecutable {
@@ -223,7 +244,14 @@ impl CpuExecutable {
             last_use,
             fused_rhs,
             skip,
+            activations: Activations::F32,
         }
+    }
+
+    /// How its fused quantized products treat the activations (see [`CpuBackend::with_activations`]).
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.activations = activations;
+        self
     }
 }
 
@@ -408,6 +436,7 @@ impl CpuExecutable {
                     decode,
                     nodes[d].shape.dim(0),
                     node.dtype,
+                    self.activations,
                 );
                 slots[i] = Slot::Own(out);
                 self.release(&mut slots, node.inputs.iter().chain([&qv]), pos);
