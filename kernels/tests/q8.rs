@@ -268,13 +268,22 @@ fn gemv_over_rows_and_threads_equals_the_row_dots() {
 #[test]
 fn round_trip_is_the_rows_dequantized_activations() {
     let k = 96;
-    let x = activations(5 * k, 12);
-    let rt = q8::round_trip(&x, k);
-    for (i, r) in x.chunks(k).enumerate() {
-        let want = Q8Row::new(r, Order::Natural).dequantized();
-        assert_eq!(&rt[i * k..(i + 1) * k], &want[..], "row {i}");
-        // The nibble order dequantizes to the same values.
-        assert_eq!(Q8Row::new(r, Order::Nibbles).dequantized(), want);
+    // Few rows (one thread) and many (split over threads), a non-finite block among them.
+    let mut x = activations(200 * k, 12);
+    x[3 * k + 40] = f32::NAN;
+    for rows in [5usize, 200] {
+        let x = &x[..rows * k];
+        let rt = q8::round_trip(x, k);
+        for (i, r) in x.chunks(k).enumerate() {
+            let want = Q8Row::new(r, Order::Natural).dequantized();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&rt[i * k..(i + 1) * k]), bits(&want), "row {i}");
+            // The nibble order dequantizes to the same values.
+            assert_eq!(
+                bits(&Q8Row::new(r, Order::Nibbles).dequantized()),
+                bits(&want)
+            );
+        }
     }
 }
 
