@@ -649,6 +649,17 @@ impl Backend for NeuronBackend {
     fn zeros_on(&self, dtype: DType, shape: &Shape, rank: usize) -> Result<Buffer, BackendError> {
         self.upload_to(&HostTensor::zeros(dtype, shape.clone()), rank)
     }
+
+    /// A NeuronCore's device memory ([`crate::tp::core_memory`]: 16 GiB on Inf2/Trn1) and what
+    /// this process's tensors hold on it; libnrt has no free-memory query.
+    fn device_memory(&self, rank: usize) -> Option<silica_tensor::DeviceMemory> {
+        let core = self.core + rank as i32;
+        Some(silica_tensor::DeviceMemory {
+            total: crate::tp::core_memory(self.target),
+            used: self.rt.held_bytes(core),
+            name: format!("NeuronCore {core} ({})", self.target),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -87,15 +87,55 @@ impl fmt::Display for Target {
     }
 }
 
-/// How to compile: target and flags. The defaults are the flags NxD/Transformers-NeuronX use
-/// for decoder LLMs (DESIGN.md, "Lowering").
+/// What a program computes, for its compiler flags: NxD Inference compiles context encoding
+/// (prompt prefill) and token generation differently.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProgramKind {
+    /// Prompts (prefill buckets), and anything that is not token generation: `-O1`, collective
+    /// pipeline tiling factor 2.
+    ContextEncoding,
+    /// One new token per sequence (decode): `-O2`, tiling factor 1.
+    TokenGeneration,
+}
+
+impl ProgramKind {
+    /// The kind of a program by its name: silica's step programs are `decode_…` /
+    /// `paged_decode_…` for token generation (`silica_models::llama::step_kind`; HLO module
+    /// names keep the prefix).
+    pub fn of(program_name: &str) -> ProgramKind {
+        let n = program_name.strip_prefix("paged_").unwrap_or(program_name);
+        if n.starts_with("decode") {
+            ProgramKind::TokenGeneration
+        } else {
+            ProgramKind::ContextEncoding
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgramKind::ContextEncoding => "context encoding",
+            ProgramKind::TokenGeneration => "token generation",
+        }
+    }
+}
+
+/// How to compile: target and flags. The defaults are NxD Inference's for decoder LLMs:
+/// `--model-type=transformer --auto-cast=none`, `-O1` for context encoding and `-O2` for token
+/// generation, `--tensorizer-options='--enable-ccop-compute-overlap
+/// --cc-pipeline-tiling-factor=2 --vectorize-strided-dma'` (tiling factor 1 for token
+/// generation), and on trn2 the logical-core size `--lnc`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
     pub target: Target,
-    /// `-O1` by default: -O2/-O3 compile much longer for little decode gain on these models.
-    pub optimization: String,
+    /// An optimization level for every program kind (`-O1`…); `None`: per kind, as above.
+    pub optimization: Option<String>,
+    /// Physical NeuronCores per logical core on trn2 (`--lnc`): `NEURON_LOGICAL_NC_CONFIG`
+    /// (the variable the runtime reads for the same setting), else 2, the trn2 default that
+    /// [`crate::tp::core_memory`] assumes (24 GiB per logical core). `None` on inf2/trn1.
+    pub lnc: Option<u32>,
     /// Appended after the standard flags (e.g. `--enable-fast-loading-neuron-binaries`); also
     /// read from `SILICA_NEURONX_CC_FLAGS` (whitespace-separated) by [`CompileOptions::new`].
+    /// A `-O…`, `--tensorizer-options…` or `--lnc…` here replaces silica's own.
     pub extra_flags: Vec<String>,
 }
 
@@ -103,15 +143,27 @@ impl CompileOptions {
     pub fn new(target: Target) -> Self {
         CompileOptions {
             target,
-            optimization: "-O1".into(),
+            optimization: None,
+            lnc: (target == Target::Trn2).then(|| {
+                std::env::var("NEURON_LOGICAL_NC_CONFIG")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(2)
+            }),
             extra_flags: std::env::var("SILICA_NEURONX_CC_FLAGS")
                 .map(|s| s.split_whitespace().map(String::from).collect())
                 .unwrap_or_default(),
         }
     }
 
-    /// The flags (everything but input and output paths): part of the cache key.
-    pub fn flags(&self) -> Vec<String> {
+    /// Whether the extra flags set an option themselves (`-O2`, `--lnc=1`, `--lnc 1`).
+    fn overridden(&self, prefix: &str) -> bool {
+        self.extra_flags.iter().any(|f| f.starts_with(prefix))
+    }
+
+    /// The flags for a program of `kind` (everything but input and output paths): part of the
+    /// cache key, so the two kinds never share a NEFF.
+    pub fn flags(&self, kind: ProgramKind) -> Vec<String> {
         let mut f: Vec<String> = [
             "--framework",
             "XLA",
@@ -125,15 +177,36 @@ impl CompileOptions {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        f.push(self.optimization.clone());
+        if !self.overridden("-O") {
+            f.push(self.optimization.clone().unwrap_or_else(|| {
+                match kind {
+                    ProgramKind::ContextEncoding => "-O1",
+                    ProgramKind::TokenGeneration => "-O2",
+                }
+                .to_string()
+            }));
+        }
+        if !self.overridden("--tensorizer-options") {
+            let tiling = match kind {
+                ProgramKind::ContextEncoding => 2,
+                ProgramKind::TokenGeneration => 1,
+            };
+            f.push(format!(
+                "--tensorizer-options=--enable-ccop-compute-overlap \
+                 --cc-pipeline-tiling-factor={tiling} --vectorize-strided-dma"
+            ));
+        }
+        if let (Some(lnc), false) = (self.lnc, self.overridden("--lnc")) {
+            f.push(format!("--lnc={lnc}"));
+        }
         f.extend(self.extra_flags.iter().cloned());
         f
     }
 
     /// The full argument list: `compile <hlo> <flags…> --output <neff>`.
-    pub fn args(&self, hlo: &Path, neff: &Path) -> Vec<String> {
+    pub fn args(&self, kind: ProgramKind, hlo: &Path, neff: &Path) -> Vec<String> {
         let mut a = vec!["compile".to_string(), hlo.display().to_string()];
-        a.extend(self.flags());
+        a.extend(self.flags(kind));
         a.push("--output".into());
         a.push(neff.display().to_string());
         a
@@ -315,7 +388,8 @@ impl NeffCache {
         compiler: Option<(&Path, &str)>,
     ) -> Result<CachedNeff, NeuronError> {
         let version = compiler.map_or("no-compiler", |(_, v)| v);
-        let key = Self::key(&hlo.hash, &opts.flags(), version);
+        let kind = ProgramKind::of(&hlo.name);
+        let key = Self::key(&hlo.hash, &opts.flags(kind), version);
         let neff = self.neff_path(&key);
         if neff.is_file() {
             return Ok(CachedNeff {
@@ -328,7 +402,7 @@ impl NeffCache {
         let Some((compiler, _)) = compiler else {
             let hlo_path = self.write_hlo(&key, hlo)?;
             return Err(NeuronError::CompilerNotFound {
-                command: command_line("neuronx-cc", &opts.args(&hlo_path, &neff)),
+                command: command_line("neuronx-cc", &opts.args(kind, &hlo_path, &neff)),
                 hlo: hlo_path,
             });
         };
@@ -347,7 +421,7 @@ impl NeffCache {
             .dir
             .join(format!(".{key}.neff.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
-        let args = opts.args(&hlo_path, &tmp);
+        let args = opts.args(kind, &hlo_path, &tmp);
         let log = self.log_path(&key);
         let result = run_compiler(compiler, &args, &log, &hlo.name, opts.target);
         let result = result.and_then(|()| {
@@ -570,16 +644,67 @@ mod tests {
 
     #[test]
     fn command_has_design_flags_in_order() {
-        let o = CompileOptions {
+        let mut o = CompileOptions {
             target: Target::Trn1,
-            optimization: "-O1".into(),
+            optimization: None,
+            lnc: None,
             extra_flags: vec!["--enable-fast-loading-neuron-binaries".into()],
         };
-        let a = o.args(Path::new("/c/k.hlo.pb"), Path::new("/c/k.neff"));
+        let ctx = ProgramKind::of("prefill_b1_t16_s64_f32");
+        assert_eq!(ctx, ProgramKind::ContextEncoding);
+        let a = o.args(ctx, Path::new("/c/k.hlo.pb"), Path::new("/c/k.neff"));
         assert_eq!(
             a.join(" "),
             "compile /c/k.hlo.pb --framework XLA --target trn1 --model-type transformer \
-             --auto-cast none -O1 --enable-fast-loading-neuron-binaries --output /c/k.neff"
+             --auto-cast none -O1 --tensorizer-options=--enable-ccop-compute-overlap \
+             --cc-pipeline-tiling-factor=2 --vectorize-strided-dma \
+             --enable-fast-loading-neuron-binaries --output /c/k.neff"
+        );
+        // Token generation: -O2 and tiling factor 1, as NxD Inference compiles it.
+        for name in ["decode_b4_t1_s64_f32", "paged_decode_b8_t1_m4x16_n33_bf16"] {
+            assert_eq!(
+                ProgramKind::of(name),
+                ProgramKind::TokenGeneration,
+                "{name}"
+            );
+        }
+        let f = o.flags(ProgramKind::TokenGeneration).join(" ");
+        assert!(
+            f.contains(" -O2 ") && f.contains("--cc-pipeline-tiling-factor=1"),
+            "{f}"
+        );
+        // trn2: the logical-core size; the user's flags replace silica's own.
+        o.target = Target::Trn2;
+        o.lnc = Some(2);
+        assert!(o.flags(ctx).contains(&"--lnc=2".to_string()));
+        o.extra_flags = vec![
+            "-O3".into(),
+            "--lnc=1".into(),
+            "--tensorizer-options=--x".into(),
+        ];
+        let f = o.flags(ctx);
+        assert!(!f.iter().any(|x| x == "-O1" || x == "--lnc=2"), "{f:?}");
+        assert_eq!(
+            f.iter()
+                .filter(|x| x.starts_with("--tensorizer-options"))
+                .count(),
+            1,
+            "{f:?}"
+        );
+        assert!(f.ends_with(&[
+            "-O3".into(),
+            "--lnc=1".into(),
+            "--tensorizer-options=--x".into()
+        ]));
+        // An explicit level applies to both kinds; the kinds never share a cache key.
+        o.extra_flags.clear();
+        o.optimization = Some("-O3".into());
+        assert!(o
+            .flags(ProgramKind::TokenGeneration)
+            .contains(&"-O3".to_string()));
+        assert_ne!(
+            NeffCache::key("h", &o.flags(ProgramKind::TokenGeneration), "v"),
+            NeffCache::key("h", &o.flags(ProgramKind::ContextEncoding), "v")
         );
         assert_eq!(
             command_line("neuronx-cc", &["a b".into(), "it's".into(), "x".into()]),

@@ -25,7 +25,14 @@ use std::sync::OnceLock;
 pub struct Runtime {
     api: &'static Api,
     root_comm_id: RootCommId,
+    /// Bytes of live device tensors per NeuronCore (index = core), as silica allocated them:
+    /// libnrt reports no free-memory figure, so cache sizing starts from these.
+    held: Vec<std::sync::atomic::AtomicU64>,
 }
+
+/// NeuronCores whose device memory is tracked (more than any instance has: trn2.48xlarge
+/// exposes 64 logical cores).
+const TRACKED_CORES: usize = 256;
 
 /// `NEURON_RT_ROOT_COMM_ID`: where rank 0 of a collective group listens (`<ip>:<port>`). The
 /// runtime guide calls it "mandatory for applications that run workloads containing Collective
@@ -127,7 +134,11 @@ impl Runtime {
                     std::env::var("NEURON_RT_VISIBLE_CORES").unwrap_or_else(|_| "(unset)".into())
                 )
             })?;
-            Ok(Runtime { api, root_comm_id })
+            Ok(Runtime {
+                api,
+                root_comm_id,
+                held: (0..TRACKED_CORES).map(|_| Default::default()).collect(),
+            })
         });
         match r {
             Ok(rt) => Ok(rt),
@@ -142,6 +153,24 @@ impl Runtime {
     /// The collective root address the runtime was initialized with.
     pub fn root_comm_id(&self) -> &RootCommId {
         &self.root_comm_id
+    }
+
+    /// Bytes of device tensors this process holds on NeuronCore `core` now.
+    pub fn held_bytes(&self, core: i32) -> u64 {
+        usize::try_from(core)
+            .ok()
+            .and_then(|c| self.held.get(c))
+            .map_or(0, |h| h.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn hold(&self, core: i32, bytes: usize, add: bool) {
+        if let Some(h) = usize::try_from(core).ok().and_then(|c| self.held.get(c)) {
+            if add {
+                h.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                h.fetch_sub(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// NeuronCores visible to this process (`NEURON_RT_VISIBLE_CORES` applies), or `None` when
@@ -203,6 +232,9 @@ impl Runtime {
             status: NrtStatus::Failure,
             context: "returned success but no tensor".into(),
         })?;
+        if placement == sys::NRT_TENSOR_PLACEMENT_DEVICE {
+            self.hold(core, size, true);
+        }
         Ok(DeviceTensor {
             rt: self,
             ptr,
@@ -395,6 +427,8 @@ impl Drop for DeviceTensor {
         let mut p = self.ptr.as_ptr();
         // SAFETY: the handle is live and owned; no TensorSet can outlive it (borrow).
         unsafe { (self.rt.api.tensor_free)(&mut p) };
+        // Host-placed tensors have core -1 and were never counted.
+        self.rt.hold(self.core, self.size, false);
     }
 }
 

@@ -97,7 +97,9 @@ fn program_runs_through_fake_compiler_and_double_like_cpu() {
     assert_eq!(mine.len(), 1, "{calls:?}");
     assert!(
         mine[0].contains(
-            "--framework XLA --target inf2 --model-type transformer --auto-cast none -O1 --output"
+            "--framework XLA --target inf2 --model-type transformer --auto-cast none -O1 \
+             --tensorizer-options=--enable-ccop-compute-overlap --cc-pipeline-tiling-factor=2 \
+             --vectorize-strided-dma --output"
         ),
         "{}",
         mine[0]
@@ -135,11 +137,18 @@ fn llama_fixture_on_neuron_double_matches_cpu() {
         ..Default::default()
     };
     let ids = [1u32, 17, 42, 7, 99, 3, 12, 5, 64, 2];
+    let memory = |be: &Arc<dyn Backend>| be.device_memory(0).expect("a device backend");
+    let before_all = memory(&be).used;
+    assert_eq!(memory(&be).total, 16 << 30, "an Inf2 NeuronCore-v2");
+    let handle = be.clone();
     {
         let before = d.core_used(1);
         let on_neuron = LoadedModel::load(&dir, be, &opts).unwrap();
         let after_load = d.core_used(1);
         assert!(after_load > before, "weights live on NeuronCore 1");
+        // What the backend says it holds is what the runtime allocated (the KV pool is sized
+        // from it).
+        assert_eq!(memory(&handle).used - before_all, after_load - before);
         let on_cpu = LoadedModel::load(&dir, Arc::new(CpuBackend::new()), &opts).unwrap();
         // Two prefill chunks (8 + 2 tokens): two bucket programs share the same weight tensors.
         let got = on_neuron.logits(&ids).unwrap().to_vec::<f32>().unwrap();
@@ -162,6 +171,28 @@ fn llama_fixture_on_neuron_double_matches_cpu() {
         let b = on_cpu.generate(&ids[..4], &gen, |_| {}).unwrap();
         assert_eq!(a.token_ids, b.token_ids);
         assert_eq!(a.token_ids.len(), 6);
+        // The stand-in compiler saw NxD Inference's flags per program kind: prefill buckets
+        // at -O1 with collective pipeline tiling 2, decode at -O2 with tiling 1.
+        let log = std::fs::read_to_string(
+            common::fake_compiler_env()
+                .parent()
+                .unwrap()
+                .join("calls.log"),
+        )
+        .unwrap();
+        let mine: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(cache.path().to_str().unwrap()))
+            .collect();
+        let (prefill, decode): (Vec<&str>, Vec<&str>) =
+            mine.iter().partition(|l| !l.contains(" -O2 "));
+        assert!(!prefill.is_empty() && !decode.is_empty(), "{mine:?}");
+        for l in &prefill {
+            assert!(l.contains(" -O1 ") && l.contains("tiling-factor=2"), "{l}");
+        }
+        for l in &decode {
+            assert!(l.contains(" -O2 ") && l.contains("tiling-factor=1"), "{l}");
+        }
         // Weights were uploaded once at load: running both bucket programs and a generation
         // allocated nothing that stayed (KV caches and outputs were freed), re-uploaded nothing.
         assert_eq!(
@@ -169,7 +200,9 @@ fn llama_fixture_on_neuron_double_matches_cpu() {
             after_load,
             "device memory grew while running"
         );
+        assert_eq!(memory(&handle).used - before_all, after_load - before);
     }
+    assert_eq!(memory(&handle).used, before_all, "freed with the model");
 }
 
 fn lowered() -> silica_hlo::HloModule {

@@ -18,6 +18,7 @@ use silica_models::paged::{PagedModel, PagedRow};
 use silica_models::sampling::{Sampler, SamplingParams};
 use silica_models::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use silica_models::{LoadedModel, LogitsMode};
+use silica_tensor::Backend;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -240,7 +241,54 @@ pub struct Engine {
     vocab_size: usize,
     context_len: usize,
     max_queue: usize,
+    /// How the KV pool was sized (for the startup line).
+    kv_pool_note: String,
 }
+
+/// Blocks the KV pool may take when no size is configured, and where that came from. On a
+/// backend with device memory (Neuron) every rank's share of a block lives on its own device:
+/// the pool takes 3/4 of the smallest rank's memory not yet held by the weights (the rest is
+/// left to the NEFFs' code, scratchpad and step inputs/outputs, which the runtime does not
+/// report). Host-memory backends take a quarter of the host's available memory.
+fn kv_budget(backend: &dyn Backend, world: usize, block_bytes: usize) -> (usize, String) {
+    let world = world.max(1);
+    let devices: Option<Vec<silica_tensor::DeviceMemory>> =
+        (0..world).map(|r| backend.device_memory(r)).collect();
+    match devices {
+        Some(devs) if !devs.is_empty() => {
+            let per_rank_block = (block_bytes / world).max(1) as u64;
+            let tightest = devs
+                .iter()
+                .min_by_key(|d| d.total.saturating_sub(d.used))
+                .expect("non-empty");
+            let free = tightest.total.saturating_sub(tightest.used);
+            let budget = free / 4 * 3;
+            (
+                (budget / per_rank_block) as usize,
+                format!(
+                    "3/4 of {:.2} GiB free on {} ({:.2} GiB, {:.2} GiB held by weights)",
+                    free as f64 / GIB,
+                    tightest.name,
+                    tightest.total as f64 / GIB,
+                    tightest.used as f64 / GIB
+                ),
+            )
+        }
+        _ => {
+            let avail = available_memory();
+            let budget = avail.unwrap_or(1 << 30) / 4;
+            (
+                budget / block_bytes,
+                match avail {
+                    Some(a) => format!("1/4 of {:.2} GiB available host memory", a as f64 / GIB),
+                    None => "1/4 of an assumed 1 GiB (no /proc/meminfo)".to_string(),
+                },
+            )
+        }
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Memory available to this process now (Linux), for sizing the pool.
 fn available_memory() -> Option<usize> {
@@ -261,19 +309,20 @@ impl Engine {
         let bs = cfg.block_size;
         let block_bytes = PagedModel::block_bytes(&model.config, &model.tp, bs, model.dtype);
         let ctx = model.cache_len;
-        let num_blocks = match cfg.num_blocks {
-            Some(n) => n,
+        let (num_blocks, pool_note) = match cfg.num_blocks {
+            Some(n) => (n, format!("{n} blocks as configured")),
             None => {
                 let want = cfg.max_num_seqs * ctx.div_ceil(bs) + 1;
-                let budget = cfg
-                    .kv_cache_bytes
-                    .unwrap_or_else(|| available_memory().unwrap_or(1 << 30) / 4);
-                (budget / block_bytes).min(want)
+                let (blocks, note) = match cfg.kv_cache_bytes {
+                    Some(b) => (b / block_bytes, format!("{} MiB as configured", b >> 20)),
+                    None => kv_budget(model.backend.as_ref(), model.tp.world, block_bytes),
+                };
+                (blocks.min(want), note)
             }
         };
         if num_blocks < 2 {
             return Err(ServeError::Config(format!(
-                "the KV pool would hold {num_blocks} blocks of {block_bytes} bytes; it needs at least 2 (give more memory)"
+                "the KV pool would hold {num_blocks} blocks of {block_bytes} bytes ({pool_note}); it needs at least 2 (give more memory, or set the KV cache size)"
             )));
         }
         let model = Arc::new(model);
@@ -320,6 +369,7 @@ impl Engine {
             vocab_size: model.config.vocab_size,
             context_len: ctx,
             max_queue: cfg.max_queue,
+            kv_pool_note: pool_note,
         })
     }
 
@@ -334,6 +384,12 @@ impl Engine {
     /// Token slots per sequence (prompt + generated).
     pub fn context_len(&self) -> usize {
         self.context_len
+    }
+
+    /// How the KV pool was sized: as configured, or from which memory (a device's or the
+    /// host's) and how much of it.
+    pub fn kv_pool_note(&self) -> &str {
+        &self.kv_pool_note
     }
 
     /// The end-of-sequence token ids.
@@ -908,5 +964,72 @@ impl Scheduler {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod kv_budget_tests {
+    use super::kv_budget;
+    use silica_tensor::{Backend, BackendError, Buffer, DeviceMemory, Executable, HostTensor};
+    use silica_tensor::{Program, Shape};
+    use std::sync::Arc;
+
+    /// A backend that only reports device memory (rank r: 16 GiB, `used[r]` held).
+    struct Device {
+        used: Vec<u64>,
+    }
+
+    impl Backend for Device {
+        fn name(&self) -> &'static str {
+            "device"
+        }
+        fn device_description(&self) -> String {
+            "a device".into()
+        }
+        fn compile(&self, _: &Program) -> Result<Arc<dyn Executable>, BackendError> {
+            Err(BackendError::InvalidArgument("sizing only".into()))
+        }
+        fn upload(&self, _: &HostTensor) -> Result<Buffer, BackendError> {
+            Err(BackendError::InvalidArgument("sizing only".into()))
+        }
+        fn download(&self, _: &Buffer) -> Result<HostTensor, BackendError> {
+            Err(BackendError::InvalidArgument("sizing only".into()))
+        }
+        fn zeros(&self, _: silica_tensor::DType, _: &Shape) -> Result<Buffer, BackendError> {
+            Err(BackendError::InvalidArgument("sizing only".into()))
+        }
+        fn device_memory(&self, rank: usize) -> Option<DeviceMemory> {
+            Some(DeviceMemory {
+                total: 16 << 30,
+                used: self.used[rank],
+                name: format!("core {rank}"),
+            })
+        }
+    }
+
+    #[test]
+    fn device_pools_take_three_quarters_of_the_tightest_ranks_free_memory() {
+        let gib = 1u64 << 30;
+        let be = Device {
+            used: vec![4 * gib, 8 * gib],
+        };
+        // A block of 2 MiB over 2 ranks: 1 MiB per rank; rank 1 has 8 GiB free → 6 GiB.
+        let (blocks, note) = kv_budget(&be, 2, 2 << 20);
+        assert_eq!(blocks, 6 * 1024);
+        assert!(
+            note.contains("core 1") && note.contains("8.00 GiB free"),
+            "{note}"
+        );
+        // One rank: 12 GiB free → 9 GiB of 1 MiB blocks.
+        let (blocks, _) = kv_budget(&be, 1, 1 << 20);
+        assert_eq!(blocks, 9 * 1024);
+    }
+
+    #[test]
+    fn host_pools_take_a_quarter_of_available_memory() {
+        let be = silica_tensor::cpu::CpuBackend::new();
+        let (blocks, note) = kv_budget(&be, 1, 1 << 20);
+        assert!(blocks > 0, "{note}");
+        assert!(note.contains("host memory"), "{note}");
     }
 }

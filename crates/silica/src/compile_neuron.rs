@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use silica_hlo::HloModule;
 use silica_neuron::compile::{
-    command_line, compiler_version, default_cache_dir, find_compiler, CompileOptions,
+    command_line, compiler_version, default_cache_dir, find_compiler, CompileOptions, ProgramKind,
 };
 use silica_neuron::{NeffCache, Target};
 use std::path::{Path, PathBuf};
@@ -33,9 +33,13 @@ pub fn compile_neffs(
         for p in programs.iter() {
             let file = p["file"].as_str().unwrap_or_default();
             let neff = file.trim_end_matches(".hlo.pb").to_string() + ".neff";
+            let kind = ProgramKind::of(p["name"].as_str().unwrap_or_default());
             println!(
                 "  {}",
-                command_line("neuronx-cc", &opts.args(Path::new(file), Path::new(&neff)))
+                command_line(
+                    "neuronx-cc",
+                    &opts.args(kind, Path::new(file), Path::new(&neff))
+                )
             );
         }
         return Ok(false);

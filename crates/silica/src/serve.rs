@@ -130,11 +130,12 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let local = listener.local_addr()?;
         let s = engine.stats();
         eprintln!(
-            "silica serve: listening on http://{local} (model `{}`, context {}, KV pool {} blocks of {}{})",
+            "silica serve: listening on http://{local} (model `{}`, context {}, KV pool {} blocks of {}: {}{})",
             engine.model_name(),
             engine.context_len(),
             s.blocks_total,
             s.block_size,
+            engine.kv_pool_note(),
             if cfg.api_key.is_some() { ", API key required" } else { "" }
         );
         silica_serve::serve(listener, engine, cfg, shutdown_signal())

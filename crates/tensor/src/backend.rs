@@ -110,6 +110,22 @@ pub trait Backend: Send + Sync {
             self.upload_to(&HostTensor::zeros(dtype, shape.clone()), rank)
         }
     }
+    /// The memory of rank `rank`'s device, for sizing caches (the serving KV pool): `None`
+    /// when buffers live in host memory (the CPU backend), which callers size from the host.
+    fn device_memory(&self, _rank: usize) -> Option<DeviceMemory> {
+        None
+    }
+}
+
+/// A device's memory as a backend knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// What the device has (bytes), e.g. 16 GiB per NeuronCore-v2.
+    pub total: u64,
+    /// Bytes held by this backend's live buffers on it (weights, caches).
+    pub used: u64,
+    /// The device, for messages (`NeuronCore 3 (inf2)`).
+    pub name: String,
 }
 
 fn no_groups(backend: &'static str, world: usize) -> BackendError {

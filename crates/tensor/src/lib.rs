@@ -19,7 +19,9 @@ mod safetensors_io;
 mod shape;
 
 pub use autograd::{backward, grad};
-pub use backend::{run_host, run_host_group, run_host_with, Arg, Backend, Buffer, Executable};
+pub use backend::{
+    run_host, run_host_group, run_host_with, Arg, Backend, Buffer, DeviceMemory, Executable,
+};
 pub use collective::{on_rank_threads, Collective, Group, Member, Solo};
 pub use dtype::{DType, Element};
 pub use error::{BackendError, GraphError, TensorError};
