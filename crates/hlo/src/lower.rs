@@ -611,6 +611,7 @@ impl<'m> CompBuilder<'m> {
             Op::Compare(d) => self.compare(&ins[0], &ins[1], *d),
             Op::Select => self.push("select", dt, dims, &refs, |_| {}),
             Op::Convert(to) => self.convert(&ins[0], *to),
+            Op::BitcastConvert(to) => self.elementwise("bitcast-convert", &[&ins[0]], *to),
             Op::Reshape => self.push("reshape", dt, dims, &refs, |_| {}),
             Op::Transpose { perm } => {
                 self.push("transpose", dt, dims, &refs, |i| i.dimensions = i64s(perm))

@@ -82,7 +82,7 @@ impl HloModule {
                             }
                         }
                     }
-                    "compare" | "convert" | "select" => {
+                    "compare" | "convert" | "bitcast-convert" | "select" => {
                         for k in 0..inst.operand_ids.len() {
                             if operand(k).dimensions != shape.dimensions {
                                 return Err(format!("{what}: operand {k} dims differ"));

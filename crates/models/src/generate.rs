@@ -3,7 +3,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::llama::LogitsMode;
-use crate::runtime::{LoadedModel, RowInput};
+use crate::runtime::{KvCache, LoadedModel, RowInput};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::StreamDecoder;
 use serde::Serialize;
@@ -133,6 +133,27 @@ impl StopFilter {
 }
 
 impl LoadedModel {
+    /// Runs `row`'s step and picks its next token: inside the backend when
+    /// [`LoadedModel::device_sampling`] is set and the sampler allows it (no repetition
+    /// penalty), else from the downloaded logits. The sampler's RNG advances the same either way.
+    fn next_token(
+        &self,
+        cache: &mut KvCache,
+        row: RowInput,
+        sampler: &mut Sampler,
+        history: &[u32],
+    ) -> Result<u32> {
+        if self.device_sampling {
+            if let Some(draw) = sampler.device_draw() {
+                return Ok(self.step_sampled(cache, &[row], &[draw])?.tokens[0]);
+            }
+        }
+        let l = self
+            .step(cache, &[row], LogitsMode::Last)?
+            .to_vec::<f32>()?;
+        Ok(sampler.sample(&l, history))
+    }
+
     /// Generates from `prompt` token ids; `on_text` receives text as it is produced (only when the
     /// model has a tokenizer).
     pub fn generate(
@@ -161,16 +182,21 @@ impl LoadedModel {
         let mut stop = StopFilter::new(&opts.stop);
         let mut cache = self.new_cache(1)?;
 
-        // Prefill in chunks; the last chunk's last position gives the first token's logits.
-        let mut logits = None;
-        for (c, chunk) in prompt.chunks(self.max_prefill_chunk).enumerate() {
+        // Prefill in chunks; the last chunk's last position gives the first token.
+        let chunks: Vec<&[u32]> = prompt.chunks(self.max_prefill_chunk).collect();
+        let mut next = None;
+        for (c, chunk) in chunks.iter().enumerate() {
             let row = RowInput {
                 cache_row: 0,
                 tokens: chunk,
                 start_pos: c * self.max_prefill_chunk,
                 logits_at: chunk.len() - 1,
             };
-            logits = Some(self.step(&mut cache, &[row], LogitsMode::Last)?);
+            if c + 1 < chunks.len() {
+                self.step_buffer(&mut cache, &[row], LogitsMode::Last)?;
+            } else {
+                next = Some(self.next_token(&mut cache, row, &mut sampler, prompt)?);
+            }
         }
         let mut history: Vec<u32> = prompt.to_vec();
         let mut generated = Vec::new();
@@ -179,11 +205,7 @@ impl LoadedModel {
         let mut finish = FinishReason::Length;
         let mut text = decoder.as_ref().map(|_| String::new());
         while generated.len() < max_new {
-            let l = logits
-                .take()
-                .expect("logits of the previous step")
-                .to_vec::<f32>()?;
-            let tok = sampler.sample(&l, &history);
+            let tok = next.take().expect("the previous step's token");
             if generated.is_empty() {
                 ttft = t0.elapsed().as_secs_f64();
             }
@@ -216,7 +238,7 @@ impl LoadedModel {
                 start_pos: pos,
                 logits_at: 0,
             };
-            logits = Some(self.step(&mut cache, &[row], LogitsMode::Last)?);
+            next = Some(self.next_token(&mut cache, row, &mut sampler, &history)?);
         }
         if let Some(d) = decoder.as_mut() {
             if finish != FinishReason::Stop {

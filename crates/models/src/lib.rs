@@ -7,11 +7,13 @@
 //! - [`tokenizer`]: `tokenizer.json` + chat templates; streaming detokenization;
 //! - [`llama`]: the decoder written once against the graph builder;
 //! - [`runtime`]: a model on a backend, bucketed programs, KV caches, the step;
-//! - [`generate`] and [`sampling`]: generation with HF-compatible sampling;
+//! - [`generate`] and [`sampling`]: generation with HF-compatible sampling; [`device_sampling`]:
+//!   the same sampling as a program, so only token ids leave the backend;
 //! - [`presets`]: configs of well-known models for benchmarks with random weights.
 
 pub mod compressed;
 pub mod config;
+pub mod device_sampling;
 mod error;
 pub mod generate;
 pub mod gguf;
@@ -30,5 +32,5 @@ pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, GenerateOptions, Generation, GenerationStats};
 pub use llama::{LogitsMode, StepShape};
-pub use runtime::{KvCache, LoadOptions, LoadedModel, RowInput};
+pub use runtime::{KvCache, LoadOptions, LoadedModel, RowInput, Sampled};
 pub use tp::TpLayout;

@@ -26,10 +26,11 @@
 //! block tables, so one block allocator serves the whole group.
 
 use crate::config::ModelConfig;
+use crate::device_sampling::DeviceDraw;
 use crate::error::{ModelError, Result};
 use crate::llama::{causal_mask, decoder, rope_tables, step_logits, LogitsMode, WeightParams};
 use crate::rope::rope_freqs;
-use crate::runtime::LoadedModel;
+use crate::runtime::{LoadedModel, Sampled};
 use crate::tp::TpLayout;
 use silica_tensor::ValueId;
 use silica_tensor::{Buffer, DType, Executable, Graph, GraphError, HostTensor, Program, Shape};
@@ -303,6 +304,35 @@ impl PagedModel {
         max_blocks: usize,
         mode: LogitsMode,
     ) -> Result<HostTensor> {
+        let logits = self.step_buffer(rows, batch, seq, max_blocks, mode)?;
+        Ok(self.model.backend.download(&logits)?)
+    }
+
+    /// [`PagedModel::step`] with each row's next token sampled inside the backend (`draws` in
+    /// `rows` order; see [`LoadedModel::step_sampled`]): only tokens and log-probabilities are
+    /// downloaded.
+    pub fn step_sampled(
+        &mut self,
+        rows: &[PagedRow],
+        batch: usize,
+        seq: usize,
+        max_blocks: usize,
+        draws: &[DeviceDraw],
+    ) -> Result<Sampled> {
+        let logits = self.step_buffer(rows, batch, seq, max_blocks, LogitsMode::Last)?;
+        let at: Vec<usize> = (0..rows.len()).collect();
+        self.model.sample_on_backend(&logits, batch, &at, draws)
+    }
+
+    /// [`PagedModel::step`] without the download.
+    pub fn step_buffer(
+        &mut self,
+        rows: &[PagedRow],
+        batch: usize,
+        seq: usize,
+        max_blocks: usize,
+        mode: LogitsMode,
+    ) -> Result<Buffer> {
         let bs = self.block_size;
         let cfg = &self.model.config;
         if rows.is_empty() || rows.len() > batch {

@@ -2,6 +2,7 @@
 //! and cached, KV caches, and the prefill/decode step.
 
 use crate::config::ModelConfig;
+use crate::device_sampling::{sampler_program, DeviceDraw, SamplerShape};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufModel;
 use crate::llama::{build_step, cache_names, BlockWeights, LogitsMode, StepShape};
@@ -34,6 +35,11 @@ pub struct LoadOptions {
     /// fp8 e4m3 with one scale per output row, each matrix quantized whole and then cut per
     /// rank; default none.
     pub quantize: Option<QuantFormat>,
+    /// Sample inside the backend ([`crate::device_sampling`]) where a caller asks for tokens
+    /// ([`LoadedModel::step_sampled`]): only token ids and their log-probabilities are
+    /// downloaded. Generation uses it when set; default off (on the CPU backend the host
+    /// sampler is faster and downloading is a copy).
+    pub device_sampling: bool,
 }
 
 impl Default for LoadOptions {
@@ -44,6 +50,7 @@ impl Default for LoadOptions {
             max_prefill_chunk: 512,
             tp: 1,
             quantize: None,
+            device_sampling: false,
         }
     }
 }
@@ -73,6 +80,9 @@ pub struct LoadedModel {
     /// Each rank's weight buffers, in [`TpLayout::specs`] order.
     weights: Vec<Vec<Buffer>>,
     programs: Mutex<HashMap<StepShape, Arc<dyn Executable>>>,
+    samplers: Mutex<HashMap<SamplerShape, Arc<dyn Executable>>>,
+    /// Whether generation samples inside the backend ([`LoadOptions::device_sampling`]).
+    pub device_sampling: bool,
     /// Seconds spent loading and uploading weights.
     pub load_seconds: f64,
     compile_seconds: Mutex<f64>,
@@ -370,6 +380,8 @@ impl LoadedModel {
             weight_bytes,
             weights: bufs,
             programs: Mutex::new(HashMap::new()),
+            samplers: Mutex::new(HashMap::new()),
+            device_sampling: opts.device_sampling,
             load_seconds: t0.elapsed().as_secs_f64(),
             compile_seconds: Mutex::new(0.0),
         })
@@ -448,6 +460,103 @@ impl LoadedModel {
         rows: &[RowInput],
         mode: LogitsMode,
     ) -> Result<HostTensor> {
+        let logits = self.step_buffer(cache, rows, mode)?;
+        Ok(self.backend.download(&logits)?)
+    }
+
+    /// Runs one step for `rows` and samples each row's next token inside the backend with its
+    /// `draws` entry (same order as `rows`; see [`crate::sampling::Sampler::device_draw`]):
+    /// the logits never leave the backend, only the tokens and their log-probabilities do.
+    pub fn step_sampled(
+        &self,
+        cache: &mut KvCache,
+        rows: &[RowInput],
+        draws: &[DeviceDraw],
+    ) -> Result<Sampled> {
+        let logits = self.step_buffer(cache, rows, LogitsMode::Last)?;
+        let at: Vec<usize> = rows.iter().map(|r| r.cache_row).collect();
+        self.sample_on_backend(&logits, cache.batch, &at, draws)
+    }
+
+    /// Samples from a [batch, V] f32 logits buffer on the backend: row `at[i]` with `draws[i]`;
+    /// the other rows (padding) run greedy and are not returned.
+    pub fn sample_on_backend(
+        &self,
+        logits: &Buffer,
+        batch: usize,
+        at: &[usize],
+        draws: &[DeviceDraw],
+    ) -> Result<Sampled> {
+        let v = self.config.vocab_size;
+        if at.len() != draws.len() || at.iter().any(|&r| r >= batch) {
+            return Err(ModelError::Invalid(format!(
+                "{} draws for {} rows of a batch of {batch}",
+                draws.len(),
+                at.len()
+            )));
+        }
+        if logits.dtype() != DType::F32 || logits.shape().dims() != [batch, v] {
+            return Err(ModelError::Invalid(format!(
+                "sampling needs f32 [{batch}, {v}] logits, got {} {}",
+                logits.dtype(),
+                logits.shape()
+            )));
+        }
+        let mut full = vec![DeviceDraw::GREEDY; batch];
+        for (&r, d) in at.iter().zip(draws) {
+            full[r] = *d;
+        }
+        let shape = SamplerShape::for_rows(batch, v, &full);
+        let exe = self.sampler(shape)?;
+        let mut params = Vec::new();
+        for name in shape.parameter_names() {
+            let t = match name {
+                "temperature" => {
+                    HostTensor::from_vec(full.iter().map(|d| d.temperature).collect(), [batch])
+                }
+                "top_k" => HostTensor::from_vec(full.iter().map(|d| d.top_k).collect(), [batch]),
+                "top_p" => HostTensor::from_vec(full.iter().map(|d| d.top_p).collect(), [batch]),
+                "min_p" => HostTensor::from_vec(full.iter().map(|d| d.min_p).collect(), [batch]),
+                _ => HostTensor::from_vec(full.iter().map(|d| d.uniform).collect(), [batch]),
+            }?;
+            params.push(self.backend.upload(&t)?);
+        }
+        let mut args: Vec<Arg> = vec![Arg::In(logits)];
+        args.extend(params.iter().map(Arg::In));
+        let out = exe.execute(&mut args)?;
+        let [tok, lp] = <[Buffer; 2]>::try_from(out).map_err(|o| {
+            ModelError::Invalid(format!("the sampler program returned {} outputs", o.len()))
+        })?;
+        let tok = self.backend.download(&tok)?.to_vec::<i32>()?;
+        let lp = self.backend.download(&lp)?.to_vec::<f32>()?;
+        Ok(Sampled {
+            tokens: at.iter().map(|&r| tok[r] as u32).collect(),
+            logprobs: at.iter().map(|&r| lp[r]).collect(),
+        })
+    }
+
+    /// The compiled sampler program for a shape (built and compiled on first use).
+    fn sampler(&self, shape: SamplerShape) -> Result<Arc<dyn Executable>> {
+        if let Some(e) = self.samplers.lock().expect("not poisoned").get(&shape) {
+            return Ok(e.clone());
+        }
+        let t0 = Instant::now();
+        let exe = self.backend.compile(&sampler_program(&shape)?)?;
+        *self.compile_seconds.lock().expect("not poisoned") += t0.elapsed().as_secs_f64();
+        self.samplers
+            .lock()
+            .expect("not poisoned")
+            .insert(shape, exe.clone());
+        Ok(exe)
+    }
+
+    /// [`LoadedModel::step`] without the download: the logits buffer as the program left it.
+    pub fn step_buffer(
+        &self,
+        cache: &mut KvCache,
+        rows: &[RowInput],
+        mode: LogitsMode,
+    ) -> Result<Buffer> {
         let b = cache.batch;
         let n = rows.iter().map(|r| r.tokens.len()).max().unwrap_or(0);
         if rows.is_empty() || n == 0 {
@@ -567,10 +676,18 @@ impl LoadedModel {
     }
 }
 
+/// Tokens sampled inside the backend, one per row asked for, with their log-probabilities
+/// under the raw logits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
+}
+
 /// The common tail of a step (contiguous or paged): uploads the step's `runtime` inputs, then
 /// `logits_index` (when given) and `rope_inv_freq`, to every rank; executes with each rank's
-/// `weights` read-only and its `state` (KV cache or pools) updated in place; and downloads the
-/// logits (rank 0's: every rank returns the whole, gathered logits).
+/// `weights` read-only and its `state` (KV cache or pools) updated in place; and returns the
+/// logits buffer (rank 0's: every rank returns the whole, gathered logits), not downloaded.
 pub(crate) fn run_step(
     be: &Arc<dyn Backend>,
     exe: &dyn Executable,
@@ -579,7 +696,7 @@ pub(crate) fn run_step(
     logits_index: Option<Vec<i32>>,
     inv_freq: Vec<f32>,
     state: &mut [Vec<Buffer>],
-) -> Result<HostTensor> {
+) -> Result<Buffer> {
     if let Some(lidx) = logits_index {
         let b = lidx.len();
         runtime.push(HostTensor::from_vec(lidx, [b])?);
@@ -613,9 +730,7 @@ pub(crate) fn run_step(
             .next()
             .unwrap_or_default()
     };
-    let logits = out
-        .into_iter()
+    out.into_iter()
         .next()
-        .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))?;
-    Ok(be.download(&logits)?)
+        .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))
 }

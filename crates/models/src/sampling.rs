@@ -13,6 +13,7 @@
 //! NaN logits never panic: they are treated as `-inf` (never sampled unless every logit is NaN or
 //! `-inf`, in which case token 0 is returned).
 
+use crate::device_sampling::DeviceDraw;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -189,21 +190,57 @@ impl Sampler {
         }
     }
 
-    /// Softmax and a categorical draw (inverse CDF on one uniform number).
+    /// The parameters and the random number a sampler program
+    /// ([`crate::device_sampling`]) needs for this row's next token, or `None` when that token
+    /// needs the host (a repetition penalty reads the history). It consumes the RNG exactly as
+    /// [`Sampler::sample`] would, so a sequence may move between the two paths and a seed gives
+    /// the same tokens on either.
+    pub fn device_draw(&mut self) -> Option<DeviceDraw> {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            return None;
+        }
+        if p.temperature == 0.0 {
+            return Some(DeviceDraw::GREEDY);
+        }
+        let (temperature, top_k, top_p, min_p) = (
+            p.temperature,
+            p.top_k.min(i32::MAX as usize) as i32,
+            p.top_p,
+            p.min_p,
+        );
+        Some(DeviceDraw {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            uniform: self.uniform(),
+        })
+    }
+
+    /// The one uniform number a draw consumes, in [0, 1], rounded to f32 so the host and a
+    /// sampler program (which takes it as f32) start from the same value.
+    fn uniform(&mut self) -> f32 {
+        self.rng.gen::<f64>() as f32
+    }
+
+    /// Softmax and a categorical draw (inverse CDF on one uniform number, drawn first whatever
+    /// the scores, so the RNG advances once per sampled token on every path).
     fn draw(&mut self, scores: &[f32]) -> usize {
+        let u = self.uniform() as f64;
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         if max == f32::NEG_INFINITY {
             return 0;
         }
         if max == f32::INFINITY {
-            // Only +inf logits can be drawn; pick uniformly among them.
+            // Only +inf logits can be drawn: uniformly among them, by the same number.
             let inf: Vec<usize> = (0..scores.len())
                 .filter(|&i| scores[i] == f32::INFINITY)
                 .collect();
-            return inf[self.rng.gen_range(0..inf.len())];
+            return inf[((u * inf.len() as f64) as usize).min(inf.len() - 1)];
         }
         let total: f64 = scores.iter().map(|&s| ((s - max) as f64).exp()).sum();
-        let u = self.rng.gen::<f64>() * total;
+        let u = u * total;
         let mut acc = 0.0f64;
         let mut last = 0;
         for (i, &s) in scores.iter().enumerate() {

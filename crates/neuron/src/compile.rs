@@ -94,7 +94,8 @@ pub enum ProgramKind {
     /// Prompts (prefill buckets), and anything that is not token generation: `-O1`, collective
     /// pipeline tiling factor 2.
     ContextEncoding,
-    /// One new token per sequence (decode): `-O2`, tiling factor 1.
+    /// One new token per sequence (decode), and the sampler programs that run after every
+    /// step (`sample_…`, silica_models::device_sampling): `-O2`, tiling factor 1.
     TokenGeneration,
 }
 
@@ -104,7 +105,7 @@ impl ProgramKind {
     /// names keep the prefix).
     pub fn of(program_name: &str) -> ProgramKind {
         let n = program_name.strip_prefix("paged_").unwrap_or(program_name);
-        if n.starts_with("decode") {
+        if n.starts_with("decode") || n.starts_with("sample_") {
             ProgramKind::TokenGeneration
         } else {
             ProgramKind::ContextEncoding
@@ -661,7 +662,12 @@ mod tests {
              --enable-fast-loading-neuron-binaries --output /c/k.neff"
         );
         // Token generation: -O2 and tiling factor 1, as NxD Inference compiles it.
-        for name in ["decode_b4_t1_s64_f32", "paged_decode_b8_t1_m4x16_n33_bf16"] {
+        for name in [
+            "decode_b4_t1_s64_f32",
+            "paged_decode_b8_t1_m4x16_n33_bf16",
+            "sample_topk_b8",
+            "sample_greedy_b1",
+        ] {
             assert_eq!(
                 ProgramKind::of(name),
                 ProgramKind::TokenGeneration,

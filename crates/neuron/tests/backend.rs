@@ -205,6 +205,122 @@ fn llama_fixture_on_neuron_double_matches_cpu() {
     assert_eq!(memory(&handle).used, before_all, "freed with the model");
 }
 
+#[test]
+fn device_sampling_on_the_double_downloads_token_ids_and_keeps_the_hosts_tokens() {
+    let _s = serial();
+    let d = setup();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/llama3-tied");
+    let opts = LoadOptions {
+        max_context: Some(32),
+        max_prefill_chunk: 8,
+        ..Default::default()
+    };
+    let on_neuron = LoadedModel::load(
+        &dir,
+        Arc::new(backend(cache.path())),
+        &LoadOptions {
+            device_sampling: true,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    let on_cpu = LoadedModel::load(&dir, Arc::new(CpuBackend::new()), &opts).unwrap();
+    let ids = [1u32, 17, 42, 7, 99, 3];
+    // Greedy, and sampling with every warper: the sampler programs (lowered to HLO, through
+    // the stand-in compiler, decoded and run by the double) pick the host sampler's tokens
+    // for the same seed.
+    for sampling in [
+        silica_models::sampling::SamplingParams::default(),
+        silica_models::sampling::SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.02,
+            seed: Some(5),
+            ..Default::default()
+        },
+        silica_models::sampling::SamplingParams {
+            temperature: 1.5,
+            seed: Some(6),
+            ..Default::default()
+        },
+    ] {
+        let gen = silica_models::GenerateOptions {
+            max_tokens: 8,
+            ignore_eos: true,
+            sampling,
+            ..Default::default()
+        };
+        let a = on_neuron.generate(&ids, &gen, |_| {}).unwrap();
+        let b = on_cpu.generate(&ids, &gen, |_| {}).unwrap();
+        assert_eq!(a.token_ids, b.token_ids, "{:?}", gen.sampling);
+    }
+    // Bytes downloaded by one decode step (nrt_tensor_read): the [1, V] f32 logits on the
+    // host path, one token id and its log-probability with sampling in the program.
+    let v = on_neuron.config.vocab_size as u64;
+    let mut kv = on_neuron.new_cache(1).unwrap();
+    let prompt = silica_models::RowInput {
+        cache_row: 0,
+        tokens: &ids,
+        start_pos: 0,
+        logits_at: ids.len() - 1,
+    };
+    on_neuron
+        .step_buffer(&mut kv, &[prompt], silica_models::LogitsMode::Last)
+        .unwrap();
+    let tok = [5u32];
+    let row = |pos: usize| silica_models::RowInput {
+        cache_row: 0,
+        tokens: &tok,
+        start_pos: pos,
+        logits_at: 0,
+    };
+    let r0 = d.bytes_read();
+    let logits = on_neuron
+        .step(&mut kv, &[row(6)], silica_models::LogitsMode::Last)
+        .unwrap();
+    let host_bytes = d.bytes_read() - r0;
+    let r1 = d.bytes_read();
+    let draw = silica_models::device_sampling::DeviceDraw::GREEDY;
+    let s = on_neuron.step_sampled(&mut kv, &[row(7)], &[draw]).unwrap();
+    let device_bytes = d.bytes_read() - r1;
+    eprintln!(
+        "bytes downloaded per decode step: host sampling {host_bytes}, device {device_bytes}"
+    );
+    assert_eq!(host_bytes, v * 4);
+    assert_eq!(device_bytes, 8);
+    // The step at position 7 saw the same cache as a host step would: its greedy token is the
+    // argmax of the host path's logits for that step.
+    let mut kv2 = on_neuron.new_cache(1).unwrap();
+    on_neuron
+        .step_buffer(
+            &mut kv2,
+            &[prompt_row(&ids)],
+            silica_models::LogitsMode::Last,
+        )
+        .unwrap();
+    on_neuron
+        .step_buffer(&mut kv2, &[row(6)], silica_models::LogitsMode::Last)
+        .unwrap();
+    let l7 = on_neuron
+        .step(&mut kv2, &[row(7)], silica_models::LogitsMode::Last)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(s.tokens[0], silica_models::sampling::argmax(&l7) as u32);
+    drop(logits);
+}
+
+fn prompt_row(ids: &[u32]) -> silica_models::RowInput<'_> {
+    silica_models::RowInput {
+        cache_row: 0,
+        tokens: ids,
+        start_pos: 0,
+        logits_at: ids.len() - 1,
+    }
+}
+
 fn lowered() -> silica_hlo::HloModule {
     silica_hlo::lower(&step_program()).unwrap()
 }

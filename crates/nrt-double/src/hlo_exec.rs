@@ -241,6 +241,9 @@ pub fn decode(hlo: &[u8]) -> Result<Decoded, String> {
                     Val::Array(e(g.select(arr(&vals, 0)?, arr(&vals, 1)?, arr(&vals, 2)?))?)
                 }
                 "convert" => Val::Array(e(g.convert(arr(&vals, 0)?, array_of(i)?.0))?),
+                "bitcast-convert" => {
+                    Val::Array(e(g.bitcast_convert(arr(&vals, 0)?, array_of(i)?.0))?)
+                }
                 "reshape" => Val::Array(e(g.reshape(arr(&vals, 0)?, array_of(i)?.1))?),
                 "transpose" => Val::Array(e(g.transpose(arr(&vals, 0)?, &us(&i.dimensions)))?),
                 "broadcast" => Val::Array(e(g.broadcast_in_dim(

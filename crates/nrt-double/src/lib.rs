@@ -148,6 +148,8 @@ struct State {
     cores: usize,
     core_memory: u64,
     core_used: Vec<u64>,
+    /// Bytes copied out by `nrt_tensor_read` since start (what a caller downloads).
+    bytes_read: u64,
     version: (u64, u64, u64),
     calls: Vec<String>,
     /// Call name → (calls to let through first, status to return then); fires once.
@@ -177,6 +179,7 @@ fn state() -> MutexGuard<'static, Option<State>> {
             cores: 0,
             core_memory: 16 << 30,
             core_used: vec![],
+            bytes_read: 0,
             version: (2, 21, 0),
             calls: vec![],
             inject: HashMap::new(),
@@ -669,6 +672,7 @@ pub unsafe extern "C" fn nrt_tensor_read(
             return NRT_INVALID;
         }
         std::ptr::copy_nonoverlapping(t.data.as_ptr().add(offset), buf as *mut u8, size);
+        st.bytes_read += size as u64;
         NRT_SUCCESS
     })
 }
@@ -988,6 +992,13 @@ pub extern "C" fn silica_double_set_version(major: u64, minor: u64, patch: u64) 
 #[no_mangle]
 pub extern "C" fn silica_double_set_core_memory(bytes: u64) {
     state().as_mut().expect("state made above").core_memory = bytes;
+}
+
+/// Bytes copied to the host by `nrt_tensor_read` so far (never reset: take differences).
+#[no_mangle]
+pub extern "C" fn silica_double_bytes_read() -> u64 {
+    let g = state();
+    g.as_ref().map_or(0, |st| st.bytes_read)
 }
 
 /// Bytes currently allocated on `core`.

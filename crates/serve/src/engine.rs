@@ -13,6 +13,7 @@
 use crate::blocks::{BlockManager, PrefixCursor};
 use crate::metrics::Metrics;
 use crate::ServeError;
+use silica_models::device_sampling::DeviceDraw;
 use silica_models::generate::StopFilter;
 use silica_models::paged::{PagedModel, PagedRow};
 use silica_models::sampling::{Sampler, SamplingParams};
@@ -557,6 +558,12 @@ impl Drop for Engine {
     }
 }
 
+/// What a step gives its rows: logits to sample on the host, or tokens sampled in the backend.
+enum Next {
+    Logits(Vec<f32>),
+    Tokens(Vec<u32>),
+}
+
 struct Seq {
     /// Prompt and generated tokens.
     tokens: Vec<u32>,
@@ -819,6 +826,15 @@ impl Scheduler {
             })
             .collect();
         let m = m.next_power_of_two().max(t / bs);
+        // Rows whose prompt ends in this chunk pick their first token.
+        let samples: Vec<bool> = chunks
+            .iter()
+            .map(|&(i, c)| {
+                let s = &self.running[i];
+                s.computed + c == s.tokens.len()
+            })
+            .collect();
+        let sampled = self.device_draws(&chunks.iter().map(|c| c.0).collect::<Vec<_>>(), &samples);
         let rows: Vec<PagedRow> = chunks
             .iter()
             .map(|&(i, c)| {
@@ -831,9 +847,15 @@ impl Scheduler {
                 }
             })
             .collect();
-        let logits = self.paged.step(&rows, b, t, m, LogitsMode::Last)?;
+        let next = match sampled {
+            Some(draws) => Next::Tokens(self.paged.step_sampled(&rows, b, t, m, &draws)?.tokens),
+            None => Next::Logits(
+                self.paged
+                    .step(&rows, b, t, m, LogitsMode::Last)?
+                    .to_vec::<f32>()?,
+            ),
+        };
         let v = self.paged.model.config.vocab_size;
-        let l = logits.to_vec::<f32>()?;
         let mut done = Vec::new();
         for (r, &(i, c)) in chunks.iter().enumerate() {
             let s = &mut self.running[i];
@@ -841,7 +863,7 @@ impl Scheduler {
             self.blocks
                 .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
             if s.computed == s.tokens.len() {
-                if let Some(reason) = self.sample(i, &l[r * v..(r + 1) * v]) {
+                if let Some(reason) = self.take_next(i, &next, r, v) {
                     done.push((i, reason));
                 }
             }
@@ -886,6 +908,7 @@ impl Scheduler {
             .max()
             .unwrap_or(1)
             .next_power_of_two();
+        let sampled = self.device_draws(&idx, &vec![true; idx.len()]);
         let rows: Vec<PagedRow> = idx
             .iter()
             .map(|&i| {
@@ -898,16 +921,22 @@ impl Scheduler {
                 }
             })
             .collect();
-        let logits = self.paged.step(&rows, b, 1, m, LogitsMode::Last)?;
+        let next = match sampled {
+            Some(draws) => Next::Tokens(self.paged.step_sampled(&rows, b, 1, m, &draws)?.tokens),
+            None => Next::Logits(
+                self.paged
+                    .step(&rows, b, 1, m, LogitsMode::Last)?
+                    .to_vec::<f32>()?,
+            ),
+        };
         let v = self.paged.model.config.vocab_size;
-        let l = logits.to_vec::<f32>()?;
         let mut done = Vec::new();
         for (r, &i) in idx.iter().enumerate() {
             let s = &mut self.running[i];
             s.computed += 1;
             self.blocks
                 .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
-            if let Some(reason) = self.sample(i, &l[r * v..(r + 1) * v]) {
+            if let Some(reason) = self.take_next(i, &next, r, v) {
                 done.push((i, reason));
             }
         }
@@ -924,12 +953,49 @@ impl Scheduler {
         }
     }
 
-    /// Samples the next token of running sequence `i` and streams it; returns why it finished,
-    /// if it did.
-    fn sample(&mut self, i: usize, logits: &[f32]) -> Option<FinishReason> {
+    /// The draws for a step sampled inside the backend — running sequences `idx` in row order,
+    /// `samples[r]` whether row `r` picks a token this step (the others run greedy and their
+    /// result is unused) — or `None` to sample on the host: device sampling is off, or a
+    /// sampling row needs the host (a repetition penalty). Checked before any draw, so a
+    /// sequence's RNG only advances for the path that runs.
+    fn device_draws(&mut self, idx: &[usize], samples: &[bool]) -> Option<Vec<DeviceDraw>> {
+        if !self.paged.model.device_sampling
+            || idx
+                .iter()
+                .zip(samples)
+                .any(|(&i, &s)| s && self.running[i].sampler.params().repetition_penalty != 1.0)
+        {
+            return None;
+        }
+        idx.iter()
+            .zip(samples)
+            .map(|(&i, &s)| {
+                if s {
+                    self.running[i].sampler.device_draw()
+                } else {
+                    Some(DeviceDraw::GREEDY)
+                }
+            })
+            .collect()
+    }
+
+    /// Row `r`'s next token from a step's result (sampled on the host from its logits, or
+    /// already sampled in the backend) for running sequence `i`, streamed.
+    fn take_next(&mut self, i: usize, next: &Next, r: usize, v: usize) -> Option<FinishReason> {
+        let tok = match next {
+            Next::Tokens(t) => t[r],
+            Next::Logits(l) => {
+                let s = &mut self.running[i];
+                s.sampler.sample(&l[r * v..(r + 1) * v], &s.tokens)
+            }
+        };
+        self.accept(i, tok)
+    }
+
+    /// Appends `tok` to running sequence `i` and streams it; returns why it finished, if it did.
+    fn accept(&mut self, i: usize, tok: u32) -> Option<FinishReason> {
         let ctx = self.context_len;
         let s = &mut self.running[i];
-        let tok = s.sampler.sample(logits, &s.tokens);
         s.tokens.push(tok);
         if s.first_token.is_none() {
             let now = Instant::now();

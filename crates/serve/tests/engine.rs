@@ -11,10 +11,15 @@ fn engine(num_blocks: usize) -> Engine {
 }
 
 fn engine_tp(num_blocks: usize, tp: usize) -> Engine {
+    engine_with(num_blocks, tp, false)
+}
+
+fn engine_with(num_blocks: usize, tp: usize, device_sampling: bool) -> Engine {
     let cfg = presets::preset(DEFAULT_PRESET).unwrap();
     let opts = LoadOptions {
         max_context: Some(256),
         tp,
+        device_sampling,
         ..Default::default()
     };
     let be = Arc::new(silica_tensor::cpu::CpuBackend::new());
@@ -180,4 +185,51 @@ fn invalid_requests_are_refused_at_submit() {
     r.max_tokens = None;
     let (_, _, reason, n) = run(&e, r);
     assert_eq!((reason, n), (FinishReason::Length, 119));
+}
+
+/// Sampling inside the backend (sampler programs after every batched prefill and decode step)
+/// gives every concurrent request the tokens the host sampler gives it, for greedy and seeded
+/// sampling requests mixed in one batch; a repetition penalty moves its batch to the host.
+#[test]
+fn device_sampling_engine_matches_host_sampling() {
+    let (host, dev) = (engine(200), engine_with(200, 1, true));
+    let mut reqs = vec![
+        greedy("one", 12),
+        greedy("a somewhat longer prompt for two", 12),
+    ];
+    for (i, (t, k, p, min_p)) in [(0.8, 20, 0.9, 0.0), (1.2, 0, 1.0, 0.05), (1.0, 5, 0.7, 0.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut r = greedy(&format!("sampled request {i}"), 12);
+        r.sampling.temperature = t;
+        r.sampling.top_k = k;
+        r.sampling.top_p = p;
+        r.sampling.min_p = min_p;
+        r.sampling.seed = Some(7 + i as u64);
+        reqs.push(r);
+    }
+    let mut penalized = greedy("with a penalty", 12);
+    penalized.sampling.temperature = 0.9;
+    penalized.sampling.repetition_penalty = 1.3;
+    penalized.sampling.seed = Some(3);
+    reqs.push(penalized);
+    let want: Vec<Vec<u32>> = reqs.iter().map(|r| run(&host, r.clone()).0).collect();
+    // Together, so prefill and decode steps batch rows with different parameters.
+    let streams: Vec<_> = reqs
+        .iter()
+        .map(|r| dev.submit(r.clone()).unwrap())
+        .collect();
+    for (i, (mut s, want)) in streams.into_iter().zip(&want).enumerate() {
+        let mut ids = vec![];
+        while let Some(ev) = s.blocking_next() {
+            match ev {
+                Event::Token { id, .. } => ids.push(id),
+                Event::Error(e) => panic!("{e}"),
+                Event::Finished { .. } => {}
+            }
+        }
+        assert_eq!(&ids, want, "request {i}");
+    }
+    assert_eq!(dev.stats().blocks_in_use, 0);
 }

@@ -3,7 +3,7 @@
 
 use crate::common::{
     backend, check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName,
-    DTypeArg, QuantizeArg,
+    DTypeArg, QuantizeArg, SamplingArg,
 };
 use crate::offline::{self, OfflineConfig};
 use crate::online::{self, HttpTarget, OnlineConfig};
@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// multiplies integers, as llama.cpp does.
     #[arg(long, value_enum, default_value = "f32")]
     activations: ActivationsArg,
+    /// Where the next token is picked: auto (in the backend on neuron and pjrt, on the host on
+    /// cpu), host, or device (only token ids leave the backend).
+    #[arg(long, value_enum, default_value = "auto")]
+    sampling: SamplingArg,
     /// Sequences per batch.
     #[arg(long)]
     batch: Option<usize>,
@@ -124,6 +128,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         max_context: Some(input_len + output_len),
         tp: a.tp,
         quantize: quant_format(a.quantize),
+        device_sampling: a.sampling.on_device(a.backend),
         ..Default::default()
     };
     let (model, preset) = load_folder_or_preset(

@@ -47,6 +47,30 @@ impl ActivationsArg {
     }
 }
 
+/// `--sampling`: where each next token is picked.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SamplingArg {
+    /// In the backend on neuron and pjrt (the logits stay on the device), on the host on cpu
+    /// (where downloading logits is a copy and the host sampler is faster).
+    #[default]
+    Auto,
+    /// On the host, from the downloaded logits.
+    Host,
+    /// In the backend, by a sampler program: only token ids leave it (a repetition penalty
+    /// still samples on the host). The same seed gives the same tokens as `host`.
+    Device,
+}
+
+impl SamplingArg {
+    pub fn on_device(self, backend: BackendName) -> bool {
+        match self {
+            SamplingArg::Auto => backend != BackendName::Cpu,
+            SamplingArg::Host => false,
+            SamplingArg::Device => true,
+        }
+    }
+}
+
 /// `--quantize`: weight-only quantization of every matrix at load time.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QuantizeArg {
@@ -109,6 +133,10 @@ pub struct ModelArgs {
     /// multiplies integers, as llama.cpp does.
     #[arg(long, value_enum, default_value = "f32")]
     pub activations: ActivationsArg,
+    /// Where the next token is picked: auto (in the backend on neuron and pjrt, on the host on
+    /// cpu), host, or device (only token ids leave the backend).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub sampling: SamplingArg,
 }
 
 /// Creates the backend; an accelerator that cannot run here is an error that says why
@@ -116,7 +144,7 @@ pub struct ModelArgs {
 pub fn backend(name: BackendName, activations: ActivationsArg) -> Result<Arc<dyn Backend>> {
     if activations != ActivationsArg::F32 && name != BackendName::Cpu {
         bail!(
-            "--activations {} is a CPU setting (how the CPU kernels multiply quantized weights);              drop it for --backend {}",
+            "--activations {} is a CPU setting (how the CPU kernels multiply quantized weights); drop it for --backend {}",
             activations.kernels().name(),
             format!("{name:?}").to_lowercase()
         );
@@ -195,6 +223,7 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         max_context: args.max_context,
         tp: args.tp,
         quantize: quant_format(args.quantize),
+        device_sampling: args.sampling.on_device(args.backend),
         ..Default::default()
     };
     let loaded = LoadedModel::load(&model, backend(args.backend, args.activations)?, &opts)
@@ -212,7 +241,7 @@ pub fn check_activations(model: &LoadedModel, activations: ActivationsArg) -> Re
     let int8 = model.quant.is_some_and(|q| q.format == QuantFormat::Int8);
     if model.blocks.is_none() && !int8 {
         bail!(
-            "--activations q8 applies to quantized weights (a GGUF file's blocks, or --quantize              int8); {} has {} weights{}",
+            "--activations q8 applies to quantized weights (a GGUF file's blocks, or --quantize int8); {} has {} weights{}",
             model.name,
             model.source_format.as_deref().unwrap_or(&model.dtype.to_string()),
             if model.quant.is_some() { " (fp8 keeps f32 activations)" } else { "" }
@@ -220,7 +249,7 @@ pub fn check_activations(model: &LoadedModel, activations: ActivationsArg) -> Re
     }
     if !silica_kernels::q8::vnni() {
         eprintln!(
-            "warning: --activations q8 without AVX-512 VNNI on this CPU ({}): the integer dot              products run in portable code, slower than --activations f32",
+            "warning: --activations q8 without AVX-512 VNNI on this CPU ({}): the integer dot products run in portable code, slower than --activations f32",
             silica_kernels::isa().feature_list()
         );
     }

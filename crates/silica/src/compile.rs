@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use silica_hlo::HloModule;
+use silica_models::device_sampling::{sampler_program, SamplerShape};
 use silica_models::llama::{build_step, cache_names};
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::rope::rope_freqs;
@@ -73,6 +74,11 @@ pub struct CompileArgs {
     /// Which logits the programs return.
     #[arg(long, value_enum, default_value = "last")]
     logits: LogitsArg,
+    /// Leave out the sampler programs (on-device sampling: every variant — greedy, and
+    /// sampling with or without top-k / top-p — for each bucket's batch size, written with
+    /// `--logits last` so a NEFF cache prebuilt from this folder covers `--sampling device`).
+    #[arg(long)]
+    no_samplers: bool,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DTypeArg,
     /// KV-cache slots per sequence (default: min(max_position_embeddings, 2048)).
@@ -303,6 +309,41 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             "logits": if logits == LogitsMode::All { "all" } else { "last" },
         });
         programs.push(entry);
+    }
+
+    // The sampler programs every batch size may run after a step (silica_models::device_sampling).
+    let mut seen_batch = HashSet::new();
+    let batches: Vec<usize> = buckets
+        .iter()
+        .map(|&(b, _)| b)
+        .filter(|b| seen_batch.insert(*b))
+        .collect();
+    if !a.train && !a.no_samplers && logits == LogitsMode::Last {
+        for &batch in &batches {
+            for (sample, top_k, top_p) in [
+                (false, false, false),
+                (true, false, false),
+                (true, true, false),
+                (true, false, true),
+                (true, true, true),
+            ] {
+                let shape = SamplerShape {
+                    batch,
+                    vocab: cfg.vocab_size,
+                    sample,
+                    top_k,
+                    top_p,
+                };
+                let program = sampler_program(&shape)?;
+                let (mut entry, module) =
+                    write_program(&a.out, &program, &HashMap::new(), &HashSet::new())
+                        .with_context(|| format!("lowering {}", program.name))?;
+                entry["kind"] = json!("sample");
+                entry["bucket"] = json!({"batch": batch, "vocab": cfg.vocab_size});
+                modules.push(module);
+                programs.push(entry);
+            }
+        }
     }
 
     // Whether the Neuron target's NEFFs exist (true for `--target hlo`, which asks for none).

@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
-use silica_models::{LoadedModel, LogitsMode, RowInput};
+use silica_models::device_sampling::DeviceDraw;
+use silica_models::{KvCache, LoadedModel, LogitsMode, RowInput};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -111,11 +112,7 @@ pub fn run(
                 logits_at: p.len() - 1,
             })
             .collect();
-        let logits = model
-            .step(&mut cache, &rows, LogitsMode::Last)?
-            .to_vec::<f32>()?;
-        let v = model.config.vocab_size;
-        let mut last: Vec<u32> = logits.chunks(v).map(argmax).collect();
+        let mut last = greedy_tokens(model, &mut cache, &rows)?;
         let t_first = run0.elapsed().as_secs_f64();
         let mut times: Vec<Vec<f64>> = vec![vec![t_first]; cfg.batch];
         for step in 1..cfg.output_len {
@@ -131,10 +128,7 @@ pub fn run(
                     logits_at: 0,
                 })
                 .collect();
-            let logits = model
-                .step(&mut cache, &rows, LogitsMode::Last)?
-                .to_vec::<f32>()?;
-            last = logits.chunks(v).map(argmax).collect();
+            last = greedy_tokens(model, &mut cache, &rows)?;
             let now = run0.elapsed().as_secs_f64();
             for t in times.iter_mut() {
                 t.push(now);
@@ -170,4 +164,16 @@ pub fn run(
         decode_tok_s: median(tg),
         duration_s,
     })
+}
+
+/// One step's greedy tokens, one per row: picked in the backend with `--sampling device`
+/// (only token ids are downloaded), else the argmax of the downloaded logits.
+fn greedy_tokens(model: &LoadedModel, cache: &mut KvCache, rows: &[RowInput]) -> Result<Vec<u32>> {
+    if model.device_sampling {
+        let draws = vec![DeviceDraw::GREEDY; rows.len()];
+        return Ok(model.step_sampled(cache, rows, &draws)?.tokens);
+    }
+    let logits = model.step(cache, rows, LogitsMode::Last)?.to_vec::<f32>()?;
+    let v = model.config.vocab_size;
+    Ok(logits.chunks(v).map(argmax).collect())
 }

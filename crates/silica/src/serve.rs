@@ -2,7 +2,7 @@
 
 use crate::common::{
     backend, check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName,
-    DTypeArg, QuantizeArg,
+    DTypeArg, QuantizeArg, SamplingArg,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// multiplies integers, as llama.cpp does.
     #[arg(long, value_enum, default_value = "f32")]
     activations: ActivationsArg,
+    /// Where the next token is picked: auto (in the backend on neuron and pjrt, on the host on
+    /// cpu), host, or device (only token ids leave the backend).
+    #[arg(long, value_enum, default_value = "auto")]
+    sampling: SamplingArg,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -81,6 +85,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_context: a.max_context,
         tp: a.tp,
         quantize: quant_format(a.quantize),
+        device_sampling: a.sampling.on_device(a.backend),
         ..Default::default()
     };
     let (mut model, preset) = load_folder_or_preset(

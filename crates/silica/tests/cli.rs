@@ -113,6 +113,24 @@ fn generate_streams_text_and_prints_a_summary() {
         "3",
     ]);
     assert_eq!(o.stdout, o2.stdout);
+    // Sampled inside the backend (a sampler program): the same seed gives the same text.
+    let o3 = silica(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "The café",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "3",
+        "--sampling",
+        "device",
+    ]);
+    assert!(o3.status.success(), "{}", stderr(&o3));
+    assert_eq!(o.stdout, o3.stdout);
 }
 
 #[test]

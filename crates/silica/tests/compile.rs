@@ -41,7 +41,33 @@ fn hlo_target_writes_modules_and_manifest() {
     assert_eq!(m["schema"], "silica-compile/1");
     assert_eq!(m["target"], "hlo");
     assert_eq!(m["model"]["cache_len"], 64);
-    let progs = m["programs"].as_array().unwrap();
+    let all = m["programs"].as_array().unwrap();
+    // After the step programs, the five sampler programs of batch 1 (on-device sampling).
+    let (samplers, progs): (Vec<_>, Vec<_>) = all.iter().partition(|p| p["kind"] == "sample");
+    let names: Vec<&str> = samplers
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "sample_greedy_b1",
+            "sample_b1",
+            "sample_topk_b1",
+            "sample_topp_b1",
+            "sample_topk_topp_b1"
+        ]
+    );
+    let vocab = m["model"]["vocab_size"].clone();
+    for p in &samplers {
+        assert!(out.join(p["file"].as_str().unwrap()).exists());
+        assert_eq!(p["inputs"][0]["name"], "logits");
+        assert_eq!(p["inputs"][0]["shape"], serde_json::json!([1, vocab]));
+        assert_eq!(p["inputs"][0]["source"]["runtime"], "logits");
+        assert_eq!(p["outputs"][0]["name"], "token");
+        assert_eq!(p["outputs"][1]["name"], "logprob");
+    }
+    assert_eq!(all.len(), progs.len() + 5);
     // Default buckets: decode plus prefill 16, 32 and 64 (the cache caps the 512 chunk).
     let buckets: Vec<(u64, u64)> = progs
         .iter()

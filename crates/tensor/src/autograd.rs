@@ -224,7 +224,8 @@ fn vjp(g: &mut Graph, node: &Node, y: ValueId, gy: ValueId) -> R<Vec<Option<Valu
     let x = ins.first().copied();
     Ok(match &node.op {
         Op::Parameter { .. } | Op::Constant(_) | Op::Iota { .. } | Op::RankId { .. } => vec![],
-        Op::Compare(_) | Op::ArgMax { .. } => vec![None; ins.len()],
+        // Integer results (or bit patterns): nothing flows back.
+        Op::Compare(_) | Op::ArgMax { .. } | Op::BitcastConvert(_) => vec![None; ins.len()],
         Op::Unary(u) => {
             let x = x.expect("unary has an operand");
             let gx = match u {

@@ -145,6 +145,10 @@ pub enum Op {
     /// `select(pred, on_true, on_false)`, all the same shape.
     Select,
     Convert(DType),
+    /// Reinterprets the bits of each element as another dtype of the same width (HLO
+    /// `bitcast-convert`): f32 ↔ i32 and f64 ↔ i64. Used where an integer order over floats is
+    /// needed (the on-device sampler's threshold searches).
+    BitcastConvert(DType),
     Reshape,
     Transpose {
         perm: Vec<usize>,
@@ -297,6 +301,7 @@ impl Op {
             Op::Compare(_) => "compare",
             Op::Select => "select",
             Op::Convert(_) => "convert",
+            Op::BitcastConvert(_) => "bitcast-convert",
             Op::Reshape => "reshape",
             Op::Transpose { .. } => "transpose",
             Op::Broadcast { .. } => "broadcast",
@@ -703,6 +708,33 @@ impl Graph {
         }
         let shape = self.shape(x).clone();
         Ok(self.push(Op::Convert(dtype), vec![x], dtype, shape))
+    }
+
+    /// The same bits read as `dtype` (f32 ↔ i32, f64 ↔ i64); see [`Op::BitcastConvert`].
+    pub fn bitcast_convert(&mut self, x: ValueId, dtype: DType) -> R {
+        self.check("bitcast-convert", &[x])?;
+        let from = self.dtype(x);
+        if from == dtype {
+            return Ok(x);
+        }
+        let ok = matches!(
+            (from, dtype),
+            (DType::F32, DType::I32)
+                | (DType::I32, DType::F32)
+                | (DType::F64, DType::I64)
+                | (DType::I64, DType::F64)
+        );
+        if !ok {
+            return Err(err(
+                "bitcast-convert",
+                format!(
+                    "{from} {} cannot be reinterpreted as {dtype} (supported: f32 <-> i32, f64 <-> i64)",
+                    self.shape(x)
+                ),
+            ));
+        }
+        let shape = self.shape(x).clone();
+        Ok(self.push(Op::BitcastConvert(dtype), vec![x], dtype, shape))
     }
 
     // ------------------------------------------------------------------ layout

@@ -935,6 +935,55 @@ pub fn all_cases() -> Vec<Case> {
     v.extend(composite_cases());
     v.push(alias_case());
     v.extend(llama_cases());
+    v.extend(sampler_cases());
+    v
+}
+
+/// `bitcast-convert` both ways, and the on-device sampler programs (silica_models::
+/// device_sampling): greedy, and a batch mixing greedy, temperature, top-k, top-p and min-p rows.
+/// Tokens are integers, so XLA must pick exactly the CPU backend's.
+pub fn sampler_cases() -> Vec<Case> {
+    use silica_models::device_sampling::{sampler_program, SamplerShape};
+    let x = rand_t(DType::F32, &[3, 5], -4.0, 4.0, 71);
+    let mut v = vec![c!("bitcast_f32_i32_f32", vec![x], (0.0, 0.0), |g, p| {
+        let bits = g.bitcast_convert(p[0], DType::I32)?;
+        let back = g.bitcast_convert(bits, DType::F32)?;
+        vec![bits, back]
+    })];
+    let (b, vocab) = (4, 1000);
+    let logits = rand_t(DType::F32, &[b, vocab], -6.0, 6.0, 72);
+    let greedy = SamplerShape {
+        batch: b,
+        vocab,
+        sample: false,
+        top_k: false,
+        top_p: false,
+    };
+    let full = SamplerShape {
+        sample: true,
+        top_k: true,
+        top_p: true,
+        ..greedy
+    };
+    for shape in [greedy, full] {
+        let program = sampler_program(&shape).unwrap();
+        let mut inputs = vec![logits.clone()];
+        if shape.sample {
+            let f = |v: [f32; 4]| HostTensor::from_vec(v.to_vec(), [b]).unwrap();
+            inputs.push(f([0.0, 0.8, 1.0, 1.3])); // temperature (row 0 greedy)
+            inputs.push(HostTensor::from_vec(vec![0i32, 50, 5, 0], [b]).unwrap()); // top_k
+            inputs.push(f([1.0, 0.9, 1.0, 0.5])); // top_p
+            inputs.push(f([0.0, 0.05, 0.0, 0.1])); // min_p
+            inputs.push(f([0.1, 0.5, 0.93, 0.33])); // uniform
+        }
+        v.push(Case {
+            name: program.name.clone(),
+            program,
+            inputs,
+            atol: 1e-5,
+            rtol: 1e-5,
+        });
+    }
     v
 }
 

@@ -155,6 +155,11 @@ impl Double {
         self.sym::<extern "C" fn(u32) -> u64>("silica_double_core_used")(core)
     }
 
+    /// Bytes downloaded through `nrt_tensor_read` so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.sym::<extern "C" fn() -> u64>("silica_double_bytes_read")()
+    }
+
     pub fn distinct_set_tensors(&self) -> u64 {
         self.sym::<extern "C" fn() -> u64>("silica_double_distinct_set_tensors")()
     }

@@ -148,6 +148,29 @@ impl CpuData {
 
     /// Elementwise conversion with XLA `convert` semantics: floats round to nearest even,
     /// float→int truncates toward zero (saturating; NaN→0), anything→bool is `!= 0`.
+    /// The same bits as `to` (f32 ↔ i32, f64 ↔ i64; the graph builder admits nothing else).
+    pub fn bitcast(self, to: DType) -> CpuData {
+        match (self, to) {
+            (CpuData::F32(v), DType::I32) => {
+                CpuData::I32(v.into_iter().map(|x| x.to_bits() as i32).collect())
+            }
+            (CpuData::I32(v), DType::F32) => {
+                CpuData::F32(v.into_iter().map(|x| f32::from_bits(x as u32)).collect())
+            }
+            (CpuData::F64(v), DType::I64) => {
+                CpuData::I64(v.into_iter().map(|x| x.to_bits() as i64).collect())
+            }
+            (CpuData::I64(v), DType::F64) => {
+                CpuData::F64(v.into_iter().map(|x| f64::from_bits(x as u64)).collect())
+            }
+            (same, to) if same.dtype() == to => same,
+            (v, to) => unreachable!(
+                "bitcast {} -> {to} is rejected by the graph builder",
+                v.dtype()
+            ),
+        }
+    }
+
     pub fn convert(&self, to: DType) -> CpuData {
         use rayon::prelude::*;
         if self.dtype() == to {

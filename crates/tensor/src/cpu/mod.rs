@@ -527,6 +527,7 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
             inp(2),
         ),
         Op::Convert(dt) => first.as_ref().unwrap_or_else(|| inp(0)).convert(*dt),
+        Op::BitcastConvert(dt) => own0(first).bitcast(*dt),
         Op::Reshape => own0(first),
         Op::Transpose { perm } => {
             map_data!(inp0(&first, slots, node), v => layout::transpose(v, dims(0), perm))

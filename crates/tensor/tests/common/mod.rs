@@ -541,6 +541,16 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
             }
         }),
         Op::Convert(to) => RTensor::build(*to, &od, |idx| a[0].at(idx)),
+        Op::BitcastConvert(to) => RTensor::build(*to, &od, |idx| {
+            let x = a[0].at(idx);
+            match (a[0].dtype, *to) {
+                (DType::F32, DType::I32) => S::I((x.f() as f32).to_bits() as i32 as i64),
+                (DType::I32, DType::F32) => S::F(f32::from_bits(x.i() as i32 as u32) as f64),
+                (DType::F64, DType::I64) => S::I(x.f().to_bits() as i64),
+                (DType::I64, DType::F64) => S::F(f64::from_bits(x.i() as u64)),
+                (from, to) => panic!("bitcast {from} -> {to}"),
+            }
+        }),
         Op::Reshape => {
             assert_eq!(numel(&od), a[0].numel());
             RTensor {
