@@ -64,6 +64,17 @@ impl HloModule {
             .expect("silica wrote these bytes")
     }
 
+    /// The same program with its module rewritten to `bytes` (hash recomputed), for passes
+    /// that edit the proto (the Neuron compatibility pass).
+    pub fn with_bytes(&self, bytes: Vec<u8>) -> HloModule {
+        HloModule {
+            name: self.name.clone(),
+            hash: hex_sha256(&bytes),
+            bytes,
+            signature: self.signature.clone(),
+        }
+    }
+
     /// Writes the serialized module (conventionally `*.hlo.pb`).
     pub fn write(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
         std::fs::write(path, &self.bytes)
@@ -164,6 +175,7 @@ pub(crate) fn array_shape(dt: DType, dims: &[usize]) -> ShapeProto {
         layout: Some(LayoutProto {
             minor_to_major: (0..dims.len() as i64).rev().collect(),
         }),
+        is_dynamic_dimension: vec![],
     }
 }
 
@@ -173,6 +185,7 @@ fn tuple_shape(elems: Vec<ShapeProto>) -> ShapeProto {
         dimensions: vec![],
         tuple_shapes: elems,
         layout: None,
+        is_dynamic_dimension: vec![],
     }
 }
 

@@ -50,6 +50,10 @@ pub struct ShapeProto {
     pub tuple_shapes: Vec<ShapeProto>,
     #[prost(message, optional, tag = "5")]
     pub layout: Option<LayoutProto>,
+    /// Which dimensions are dynamic (bounded by `dimensions`); silica writes none, and the
+    /// Neuron compatibility pass refuses modules that have any.
+    #[prost(bool, repeated, tag = "6")]
+    pub is_dynamic_dimension: Vec<bool>,
 }
 
 /// `xla.ProgramShapeProto`.
@@ -201,6 +205,10 @@ pub struct HloInstructionProto {
     /// are cross-replica and leave it unset (0: "no channel id" to XLA).
     #[prost(int64, tag = "26")]
     pub channel_id: i64,
+    /// kCustomCall only: the external target's name (silica emits no custom calls; read so
+    /// that the Neuron compatibility pass can name one it refuses).
+    #[prost(string, tag = "28")]
+    pub custom_call_target: String,
     #[prost(message, optional, tag = "30")]
     pub dot_dimension_numbers: Option<DotDimensionNumbers>,
     #[prost(message, optional, tag = "33")]

@@ -264,6 +264,7 @@ fn check_scalar_add(c: &HloComputationProto, element_type: i32) -> Result<(), St
         layout: Some(LayoutProto {
             minor_to_major: vec![],
         }),
+        is_dynamic_dimension: vec![],
     };
     let ps = c.program_shape.as_ref().ok_or("has no program shape")?;
     if ps.parameters != [scalar.clone(), scalar.clone()] || ps.result.as_ref() != Some(&scalar) {

@@ -388,6 +388,9 @@ impl NeffCache {
         opts: &CompileOptions,
         compiler: Option<(&Path, &str)>,
     ) -> Result<CachedNeff, NeuronError> {
+        // Refused here, before a compile that may take an hour; i64 rewritten on NeuronCore-v2.
+        let prepared = crate::compat::prepare(hlo, opts.target)?;
+        let hlo = prepared.as_ref();
         let version = compiler.map_or("no-compiler", |(_, v)| v);
         let kind = ProgramKind::of(&hlo.name);
         let key = Self::key(&hlo.hash, &opts.flags(kind), version);

@@ -298,6 +298,14 @@ pub enum NeuronError {
         log: PathBuf,
         tail: String,
     },
+    /// The compatibility pass refused the module before neuronx-cc ran (crate::compat).
+    /// `detail` names the instruction, its opcode and computation, and what it has.
+    #[error("`{program}` cannot run on {target}: {detail}")]
+    Unsupported {
+        program: String,
+        target: String,
+        detail: String,
+    },
     #[error("{0}")]
     Config(String),
     #[error("{}: {source}", .path.display())]

@@ -4,6 +4,7 @@
 //!   `libnrt.so.1`, `libnrt.so`, `/opt/aws/neuron/lib`) — no build-time link, no Python;
 //! - [`runtime`]: safe wrappers ([`Runtime`], [`Model`], [`DeviceTensor`], [`TensorSet`]) with
 //!   every status code mapped to a typed, actionable [`NeuronError`];
+//! - [`compat`]: what NeuronCores can run, checked (i64 rewritten) on the HLO before compiling;
 //! - [`compile`]: the `neuronx-cc` command line and a content-addressed NEFF cache safe with
 //!   concurrent processes;
 //! - [`backend`]: [`NeuronBackend`], silica's `Backend` on all of the above;
@@ -14,6 +15,7 @@
 //! marshalling, lifetimes and error paths, not the hardware. No Neuron hardware run has happened.
 
 pub mod backend;
+pub mod compat;
 pub mod compile;
 mod error;
 pub mod probe;

@@ -23,6 +23,22 @@ pub fn compile_neffs(
     cache_dir: Option<PathBuf>,
 ) -> Result<bool> {
     let opts = CompileOptions::new(Target::parse(target)?);
+    // What the target's NeuronCores cannot run is refused now, naming the instruction; where
+    // the pass rewrites a module (i64 → i32 on inf2/trn1), the file and its manifest entry
+    // become the rewritten module's, the one neuronx-cc must compile.
+    let mut prepared = Vec::with_capacity(modules.len());
+    for (p, module) in programs.iter_mut().zip(modules) {
+        let m = silica_neuron::compat::prepare(module, opts.target)?;
+        if let std::borrow::Cow::Owned(m) = &m {
+            let file = p["file"].as_str().unwrap_or_default().to_string();
+            m.write(out.join(&file))
+                .with_context(|| format!("writing {}", out.join(&file).display()))?;
+            p["bytes"] = Value::from(m.bytes.len());
+            p["sha256"] = Value::String(m.hash.clone());
+        }
+        prepared.push(m.into_owned());
+    }
+    let modules = &prepared;
     let Some(compiler) = find_compiler() else {
         println!(
             "neuronx-cc is not on PATH here (nor SILICA_NEURONX_CC); the HLO is in {}. On a machine \
