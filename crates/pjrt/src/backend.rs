@@ -25,6 +25,18 @@ impl PjrtBackend {
         PjrtBackend::with_plugin(Plugin::discover()?)
     }
 
+    /// Loads the PJRT C-API plugin at `path` (any plugin: jax's CUDA plugin, libneuronxla's
+    /// Neuron plugin, libtpu) and creates a client on its first device. Only loading jax's CUDA
+    /// plugin has been verified (without a GPU: it reaches its clean "no device" error).
+    pub fn from_path(path: &std::path::Path) -> Result<Self, PjrtError> {
+        if !path.is_file() {
+            return Err(PjrtError::PluginPathMissing {
+                path: path.to_path_buf(),
+            });
+        }
+        PjrtBackend::with_plugin(Plugin::load(path)?)
+    }
+
     pub fn with_plugin(plugin: &'static Plugin) -> Result<Self, PjrtError> {
         Ok(PjrtBackend {
             client: Client::new(plugin)?,

@@ -88,6 +88,9 @@ pub enum PjrtError {
         .searched.iter().map(|s| format!("  - {s}")).collect::<Vec<_>>().join("\n")
     )]
     PluginNotFound { searched: Vec<String> },
+    /// `--pjrt-plugin` names a file that does not exist.
+    #[error("--pjrt-plugin {}: no such file (a PJRT C-API plugin .so: jax's xla_cuda_plugin.so, libneuronxla's or libtpu's)", .path.display())]
+    PluginPathMissing { path: PathBuf },
     /// `SILICA_PJRT_PLUGIN` names a file that does not exist.
     #[error("SILICA_PJRT_PLUGIN={}: no such file", .path.display())]
     EnvPathMissing { path: PathBuf },

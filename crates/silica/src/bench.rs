@@ -2,8 +2,8 @@
 //! `silica report` (side-by-side markdown/HTML of silica, vLLM and llmperf results).
 
 use crate::common::{
-    backend, check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName,
-    DTypeArg, QuantizeArg, SamplingArg,
+    backend_with, check_activations, load_folder_or_preset, quant_format, ActivationsArg,
+    BackendName, DTypeArg, QuantizeArg, SamplingArg,
 };
 use crate::offline::{self, OfflineConfig};
 use crate::online::{self, HttpTarget, OnlineConfig};
@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// cpu), host, or device (only token ids leave the backend).
     #[arg(long, value_enum, default_value = "auto")]
     sampling: SamplingArg,
+    /// With --backend pjrt: the PJRT C-API plugin to load (default: search for jax's CUDA
+    /// plugin; SILICA_PJRT_PLUGIN names one too).
+    #[arg(long)]
+    pjrt_plugin: Option<std::path::PathBuf>,
     /// Sequences per batch.
     #[arg(long)]
     batch: Option<usize>,
@@ -120,7 +124,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let (machine, price) = resolve_price(&a)?;
 
     // The backend first: one that cannot run here fails before the limit probes.
-    let be = backend(a.backend, a.activations)?;
+    let be = backend_with(a.backend, a.activations, a.pjrt_plugin.as_deref())?;
     eprintln!("measuring this machine's limits (memory bandwidth, FMA peak)…");
     let limits = silica_probe::measure(a.quick);
     let opts = LoadOptions {

@@ -137,11 +137,39 @@ pub struct ModelArgs {
     /// cpu), host, or device (only token ids leave the backend).
     #[arg(long, value_enum, default_value = "auto")]
     pub sampling: SamplingArg,
+    /// With --backend pjrt: the PJRT C-API plugin to load (default: search for jax's CUDA
+    /// plugin; SILICA_PJRT_PLUGIN names one too).
+    #[arg(long)]
+    pub pjrt_plugin: Option<PathBuf>,
 }
 
 /// Creates the backend; an accelerator that cannot run here is an error that says why
 /// (e.g. "pjrt backend unavailable: no GPU visible: …").
 pub fn backend(name: BackendName, activations: ActivationsArg) -> Result<Arc<dyn Backend>> {
+    backend_with(name, activations, None)
+}
+
+/// [`backend`] with `--pjrt-plugin`: the PJRT backend on the plugin at that path (jax's CUDA
+/// plugin, libneuronxla's Neuron plugin, libtpu: any PJRT C-API plugin) instead of the search.
+pub fn backend_with(
+    name: BackendName,
+    activations: ActivationsArg,
+    pjrt_plugin: Option<&std::path::Path>,
+) -> Result<Arc<dyn Backend>> {
+    if let (Some(p), false) = (pjrt_plugin, name == BackendName::Pjrt) {
+        bail!(
+            "--pjrt-plugin {} applies to --backend pjrt (got --backend {})",
+            p.display(),
+            format!("{name:?}").to_lowercase()
+        );
+    }
+    if let Some(p) = pjrt_plugin {
+        return Ok(Arc::new(
+            silica_pjrt::PjrtBackend::from_path(p)
+                .map_err(silica_tensor::BackendError::from)
+                .with_context(|| format!("--backend pjrt --pjrt-plugin {}", p.display()))?,
+        ));
+    }
     if activations != ActivationsArg::F32 && name != BackendName::Cpu {
         bail!(
             "--activations {} is a CPU setting (how the CPU kernels multiply quantized weights); drop it for --backend {}",
@@ -226,8 +254,12 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         device_sampling: args.sampling.on_device(args.backend),
         ..Default::default()
     };
-    let loaded = LoadedModel::load(&model, backend(args.backend, args.activations)?, &opts)
-        .with_context(|| format!("loading {}", model.display()))?;
+    let loaded = LoadedModel::load(
+        &model,
+        backend_with(args.backend, args.activations, args.pjrt_plugin.as_deref())?,
+        &opts,
+    )
+    .with_context(|| format!("loading {}", model.display()))?;
     check_activations(&loaded, args.activations)?;
     Ok(loaded)
 }

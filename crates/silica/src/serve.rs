@@ -1,8 +1,8 @@
 //! `silica serve`: the OpenAI-compatible server (silica-serve) on a model folder or a preset.
 
 use crate::common::{
-    backend, check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName,
-    DTypeArg, QuantizeArg, SamplingArg,
+    backend_with, check_activations, load_folder_or_preset, quant_format, ActivationsArg,
+    BackendName, DTypeArg, QuantizeArg, SamplingArg,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// cpu), host, or device (only token ids leave the backend).
     #[arg(long, value_enum, default_value = "auto")]
     sampling: SamplingArg,
+    /// With --backend pjrt: the PJRT C-API plugin to load (default: search for jax's CUDA
+    /// plugin; SILICA_PJRT_PLUGIN names one too).
+    #[arg(long)]
+    pjrt_plugin: Option<std::path::PathBuf>,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -79,7 +83,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let be = backend(a.backend, a.activations)?;
+    let be = backend_with(a.backend, a.activations, a.pjrt_plugin.as_deref())?;
     let opts = LoadOptions {
         dtype: a.dtype.dtype(),
         max_context: a.max_context,
