@@ -366,7 +366,9 @@ impl NeffCache {
     }
 
     fn ensure_dir(&self) -> Result<(), NeuronError> {
-        fs::create_dir_all(&self.dir).map_err(|e| NeuronError::io(&self.dir, e))
+        fs::create_dir_all(&self.dir).map_err(|e| NeuronError::io(&self.dir, e))?;
+        sweep_stale_temporaries(&self.dir, STALE_TEMPORARY);
+        Ok(())
     }
 
     /// Writes the module's HLO where the printed command expects it (atomically).
@@ -421,9 +423,7 @@ impl NeffCache {
         }
         let hlo_path = self.write_hlo(&key, hlo)?;
         // The compiler writes a private temporary name; only a complete NEFF is renamed in.
-        let tmp = self
-            .dir
-            .join(format!(".{key}.neff.tmp-{}", std::process::id()));
+        let tmp = self.dir.join(format!(".{key}.neff{}", temporary_suffix()));
         let _ = fs::remove_file(&tmp);
         let args = opts.args(kind, &hlo_path, &tmp);
         let log = self.log_path(&key);
@@ -475,15 +475,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NeuronError> {
     })
 }
 
-fn tempfile_in(dir: &Path) -> Result<(PathBuf, File), NeuronError> {
+/// Temporaries older than this in a cache folder belong to a writer that died (a compile
+/// takes at most hours); they are removed when the folder is next used.
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(2 * 24 * 3600);
+
+/// `.tmp-<host>-<pid>-<n>`: unique across the hosts and pods sharing a cache volume, where
+/// every container's silica may well be PID 1 (the host name, a pod's name, tells them apart),
+/// and across the calls of one process.
+pub fn temporary_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".tmp-{}-{}-{}",
+        host_name(),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// This machine's host name (a pod's name in Kubernetes), made file-name safe.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(if ok { &buf[..end] } else { b"host" })
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "host".into()
+    } else {
+        name
+    }
+}
+
+/// Removes this cache's temporaries (`.silica-tmp-…`, `.<key>.neff.tmp-…`) older than `age`:
+/// what a writer killed mid-write left (a live writer's file is younger; a reader never looks
+/// at temporaries). Errors are ignored: another host may be sweeping at the same time.
+pub fn sweep_stale_temporaries(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".silica-tmp-") || (name.starts_with('.') && name.contains(".tmp-")))
+        {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|d| d > age);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn tempfile_in(dir: &Path) -> Result<(PathBuf, File), NeuronError> {
     loop {
-        let p = dir.join(format!(
-            ".silica-tmp-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let p = dir.join(format!(".silica{}", temporary_suffix()));
         match OpenOptions::new().write(true).create_new(true).open(&p) {
             Ok(f) => return Ok((p, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -510,6 +572,18 @@ impl FileLock {
         let fd = file.as_raw_fd();
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if lock_unsupported(&e) {
+                // A shared volume without locks (some FUSE and object-store mounts): compiling
+                // unlocked stays safe, since every writer has its own temporary and a NEFF
+                // appears only by atomic rename; two hosts may compile the same module twice.
+                eprintln!(
+                    "warning: {} does not support file locks ({e}); compiling `{what}` without \
+                     one (safe, but another host may compile it too)",
+                    path.display()
+                );
+                return Ok(FileLock { _file: file });
+            }
             eprintln!(
                 "waiting for another process compiling `{what}` (lock {})",
                 path.display()
@@ -527,6 +601,14 @@ impl FileLock {
         }
         Ok(FileLock { _file: file })
     }
+}
+
+/// Whether a lock error means "this filesystem has no locks" rather than "someone holds it".
+pub fn lock_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+    )
 }
 
 /// The last lines of a compiler log, indented, for error messages.
@@ -760,6 +842,57 @@ mod tests {
             Some(exe)
         );
         assert_eq!(find_compiler_in(None, None), None);
+    }
+
+    #[test]
+    fn temporaries_are_unique_across_hosts_and_calls_and_stale_ones_are_swept() {
+        let (a, b) = (temporary_suffix(), temporary_suffix());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!(".tmp-{}-{}-", host_name(), std::process::id())));
+        assert!(!host_name().is_empty() && !host_name().contains('/'));
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+        let touch = |name: &str, stale: bool| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"x").unwrap();
+            if stale {
+                File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+            p
+        };
+        let dead = touch(&format!(".silica{}", temporary_suffix()), true);
+        let dead_neff = touch(&format!(".abc.neff{}", temporary_suffix()), true);
+        let live = touch(&format!(".abc.neff{}", temporary_suffix()), false);
+        let neff = touch("abc.neff", true);
+        let lock = touch("abc.lock", true);
+        sweep_stale_temporaries(dir.path(), STALE_TEMPORARY);
+        assert!(
+            !dead.exists() && !dead_neff.exists(),
+            "a dead writer's files are removed"
+        );
+        assert!(live.exists(), "a live writer's temporary stays");
+        assert!(
+            neff.exists() && lock.exists(),
+            "published files are never swept"
+        );
+    }
+
+    #[test]
+    fn filesystems_without_locks_are_told_apart_from_a_held_lock() {
+        for code in [libc::ENOLCK, libc::EOPNOTSUPP, libc::ENOSYS] {
+            assert!(lock_unsupported(&std::io::Error::from_raw_os_error(code)));
+        }
+        assert!(!lock_unsupported(&std::io::Error::from_raw_os_error(
+            libc::EWOULDBLOCK
+        )));
+        assert!(!lock_unsupported(&std::io::Error::from_raw_os_error(
+            libc::EINTR
+        )));
     }
 
     #[test]
