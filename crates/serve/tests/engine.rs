@@ -192,7 +192,7 @@ fn invalid_requests_are_refused_at_submit() {
 /// sampling requests mixed in one batch; a repetition penalty moves its batch to the host.
 #[test]
 fn device_sampling_engine_matches_host_sampling() {
-    let (host, dev) = (engine(200), engine_with(200, 1, true));
+    let host = engine(200);
     let mut reqs = vec![
         greedy("one", 12),
         greedy("a somewhat longer prompt for two", 12),
@@ -215,21 +215,25 @@ fn device_sampling_engine_matches_host_sampling() {
     penalized.sampling.seed = Some(3);
     reqs.push(penalized);
     let want: Vec<Vec<u32>> = reqs.iter().map(|r| run(&host, r.clone()).0).collect();
-    // Together, so prefill and decode steps batch rows with different parameters.
-    let streams: Vec<_> = reqs
-        .iter()
-        .map(|r| dev.submit(r.clone()).unwrap())
-        .collect();
-    for (i, (mut s, want)) in streams.into_iter().zip(&want).enumerate() {
-        let mut ids = vec![];
-        while let Some(ev) = s.blocking_next() {
-            match ev {
-                Event::Token { id, .. } => ids.push(id),
-                Event::Error(e) => panic!("{e}"),
-                Event::Finished { .. } => {}
+    // One rank and two (the sampler reads rank 0's gathered logits).
+    for tp in [1, 2] {
+        let dev = engine_with(200, tp, true);
+        // Together, so prefill and decode steps batch rows with different parameters.
+        let streams: Vec<_> = reqs
+            .iter()
+            .map(|r| dev.submit(r.clone()).unwrap())
+            .collect();
+        for (i, (mut s, want)) in streams.into_iter().zip(&want).enumerate() {
+            let mut ids = vec![];
+            while let Some(ev) = s.blocking_next() {
+                match ev {
+                    Event::Token { id, .. } => ids.push(id),
+                    Event::Error(e) => panic!("{e}"),
+                    Event::Finished { .. } => {}
+                }
             }
+            assert_eq!(&ids, want, "tp {tp}, request {i}");
         }
-        assert_eq!(&ids, want, "request {i}");
+        assert_eq!(dev.stats().blocks_in_use, 0);
     }
-    assert_eq!(dev.stats().blocks_in_use, 0);
 }
