@@ -201,17 +201,39 @@ impl Collective for Solo {
 /// Runs `f(rank, item)` for every item on a thread of its own, all at once (a collective
 /// completes only when every rank has reached it, so ranks cannot run one after another), and
 /// returns the results in rank order; a rank whose thread panicked gets `on_panic(rank)`.
+///
+/// `on_panic` is also called from inside a panicking rank's thread while it unwinds: its peers
+/// may be waiting for it at a collective, and the joins (in rank order) would otherwise wait
+/// for them first — forever, with no timeout. It must therefore be callable twice for a rank
+/// (aborting a [`Group`] is).
 pub fn on_rank_threads<I: Send, T: Send>(
     items: Vec<I>,
     f: impl Fn(usize, I) -> T + Sync,
-    on_panic: impl Fn(usize) -> T,
+    on_panic: impl Fn(usize) -> T + Sync,
 ) -> Vec<T> {
-    let f = &f;
+    /// Calls `on_panic` if dropped during a panic (the rank's thread unwinding).
+    struct Unwind<'a, T> {
+        rank: usize,
+        on_panic: &'a (dyn Fn(usize) -> T + Sync),
+    }
+    impl<T> Drop for Unwind<'_, T> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                drop((self.on_panic)(self.rank));
+            }
+        }
+    }
+    let (f, on_panic) = (&f, &on_panic);
     std::thread::scope(|s| {
         let handles: Vec<_> = items
             .into_iter()
             .enumerate()
-            .map(|(rank, item)| s.spawn(move || f(rank, item)))
+            .map(|(rank, item)| {
+                s.spawn(move || {
+                    let _unwind = Unwind { rank, on_panic };
+                    f(rank, item)
+                })
+            })
             .collect();
         handles
             .into_iter()

@@ -157,6 +157,43 @@ fn a_failing_rank_releases_its_waiting_peers() {
     });
 }
 
+/// A rank that panics while rank 0 waits for it at an exchange (a group with no timeout, as the
+/// CPU backend's `execute_group` builds) must release rank 0: the panic aborts the group from
+/// inside the unwinding thread, before the joins, which go in rank order and would otherwise
+/// wait for rank 0 forever.
+#[test]
+fn a_panicking_rank_releases_a_peer_waiting_at_a_collective() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let group = Group::new(2, None);
+        let results = silica_tensor::on_rank_threads(
+            vec![(), ()],
+            |rank, ()| {
+                if rank == 1 {
+                    std::thread::sleep(Duration::from_millis(50));
+                    panic!("rank 1 hit a bug");
+                }
+                group
+                    .member(rank)
+                    .exchange(f32s(&[1.0], &[1]))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+            |rank| {
+                group.abort(&format!("rank {rank} panicked"));
+                Err(format!("rank {rank} panicked"))
+            },
+        );
+        let _ = tx.send(results);
+    });
+    let results = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the group hung: rank 0 was never released");
+    let e0 = results[0].as_ref().unwrap_err();
+    assert!(e0.contains("rank 1 panicked"), "{e0}");
+    assert_eq!(results[1].as_ref().unwrap_err(), "rank 1 panicked");
+}
+
 #[test]
 fn a_missing_peer_times_out() {
     let group = Group::new(3, Some(Duration::from_millis(100)));

@@ -394,6 +394,67 @@ fn attention_gqa_uses_kv_head_h_div_group() {
     check_fused_and_decomposed(&p, &inputs, Tol::EXACT, Tol::EXACT);
 }
 
+/// Masked cache slots are skipped, not computed, in every dtype's mask (f16 models mask with
+/// f16's lowest value, -65504, bf16/f32 ones with their own): with NaN keys and values in every
+/// masked slot the output stays finite and equals attention over the kept slots alone. A kernel
+/// that computed the masked slots would read the NaNs (the work done, not only the values).
+#[test]
+fn masked_cache_slots_are_skipped_in_every_dtype() {
+    let (hq, d, tk, kept) = (2, 8, 64, 5);
+    for dt in [DType::F16, DType::BF16, DType::F32] {
+        let lowest = match dt {
+            DType::F16 => -65504.0,
+            DType::BF16 => -3.3895313892515355e38,
+            _ => f32::MIN as f64,
+        };
+        let mut rng = rand::thread_rng();
+        let q: Vec<f64> = (0..hq * d).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let kv = |rng: &mut rand::rngs::ThreadRng| -> Vec<f64> {
+            (0..tk * d)
+                .map(|i| {
+                    if i / d < kept {
+                        rng.gen_range(-1.0..1.0)
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
+        };
+        let (k, v) = (kv(&mut rng), kv(&mut rng));
+        let mask: Vec<f64> = (0..tk)
+            .map(|j| if j < kept { 0.0 } else { lowest })
+            .collect();
+        let run = |tk: usize, k: &[f64], v: &[f64], mask: &[f64]| {
+            let p = program1(
+                &[
+                    (dt, &[1, hq, 1, d]),
+                    (dt, &[1, 1, tk, d]),
+                    (dt, &[1, 1, tk, d]),
+                    (dt, &[1, 1, tk]),
+                ],
+                |g, p| g.attention(p[0], p[1], p[2], p[3], 0.35),
+            );
+            let inputs = [
+                host_f(dt, &[1, hq, 1, d], &q),
+                host_f(dt, &[1, 1, tk, d], k),
+                host_f(dt, &[1, 1, tk, d], v),
+                host_f(dt, &[1, 1, tk], mask),
+            ];
+            run_cpu(&p, &inputs)[0]
+                .convert(DType::F32)
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let full = run(tk, &k, &v, &mask);
+        assert!(
+            full.iter().all(|x| x.is_finite()),
+            "{dt}: masked slots were computed: {full:?}"
+        );
+        let prefix = run(kept, &k[..kept * d], &v[..kept * d], &mask[..kept]);
+        assert_eq!(full, prefix, "{dt}");
+    }
+}
+
 // ---------------------------------------------------------------- decomposition shape
 
 #[test]

@@ -10,9 +10,13 @@ use rayon::prelude::*;
 use silica_kernels::{dot, Row};
 
 /// Additive-mask values at or below this are treated as "excluded" by the attention kernel and
-/// skipped (their weight underflows to exactly 0 in f32 for any score below 1e29), unless a
-/// whole row is excluded, in which case it is computed in full like the decomposition does.
-pub const MASK_SKIP: f32 = -1e30;
+/// skipped, unless a whole row is excluded, in which case it is computed in full like the
+/// decomposition does. It is f16's lowest value, the mask f16 models use (transformers'
+/// `finfo(dtype).min`; bf16/f32 masks are far below it): a skipped slot's weight
+/// `exp(s + m - max)` is exactly 0 in f32 unless its score exceeds every kept score by more than
+/// 65,400, which no finite f16 activation reaches. (At -1e30, f16 masks were never skipped and
+/// f16 decode computed every cache slot.)
+pub const MASK_SKIP: f32 = -65504.0;
 
 const PAR_MIN: usize = 1 << 14;
 
@@ -433,7 +437,8 @@ mod tests {
                 }
             }
         }
-        // -1e30 itself is skipped (`MASK_SKIP` is inclusive); anything above is kept.
-        assert_eq!(kept_range(&[-1e30, -9e29, -1e30]), (1, 2, false));
+        // MASK_SKIP itself is skipped (inclusive); anything above is kept.
+        assert_eq!(kept_range(&[-1e30, -9e29, -1e30]), (0, 3, true));
+        assert_eq!(kept_range(&[-65504.0, -65000.0, -65504.0]), (1, 2, false));
     }
 }
