@@ -84,6 +84,16 @@ impl BlockManager {
         None
     }
 
+    /// Forgets every cached prefix: after a failed step the pools' contents are unspecified
+    /// (`Executable::execute`), so no block may be found by its tokens again. Free blocks stay
+    /// free; references are untouched.
+    pub fn forget_contents(&mut self) {
+        self.cache.clear();
+        for m in &mut self.meta {
+            m.key = None;
+        }
+    }
+
     /// Drops one reference to each block.
     pub fn release(&mut self, blocks: &[u32]) {
         for &b in blocks {

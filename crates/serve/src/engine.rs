@@ -719,6 +719,9 @@ impl Scheduler {
             self.blocks.release(&s.blocks);
             let _ = s.tx.send(Event::Error(format!("engine error: {msg}")));
         }
+        // The failed step may have left the KV pools' contents unspecified: a later request
+        // must recompute its prefix rather than reuse blocks cached before the failure.
+        self.blocks.forget_contents();
     }
 
     fn drop_cancelled(&mut self) {

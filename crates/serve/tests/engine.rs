@@ -237,3 +237,118 @@ fn device_sampling_engine_matches_host_sampling() {
         assert_eq!(dev.stats().blocks_in_use, 0);
     }
 }
+
+/// A CPU backend whose next execution can be made to fail the way a device would: every
+/// donated (in-place) buffer loses its contents (zeroed) and the step returns an error.
+struct Flaky {
+    inner: silica_tensor::cpu::CpuBackend,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct FlakyExe {
+    inner: Arc<dyn silica_tensor::Executable>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl silica_tensor::Executable for FlakyExe {
+    fn signature(&self) -> &silica_tensor::Signature {
+        self.inner.signature()
+    }
+    fn execute(
+        &self,
+        args: &mut [silica_tensor::Arg<'_>],
+    ) -> Result<Vec<silica_tensor::Buffer>, silica_tensor::BackendError> {
+        use std::sync::atomic::Ordering;
+        if self.fail.swap(false, Ordering::SeqCst) {
+            let cpu = silica_tensor::cpu::CpuBackend::new();
+            for a in args.iter_mut() {
+                if let silica_tensor::Arg::InOut(b) = a {
+                    **b = silica_tensor::Backend::zeros(&cpu, b.dtype(), &b.shape().clone())?;
+                }
+            }
+            return Err(silica_tensor::BackendError::Device {
+                backend: "flaky",
+                message: "injected device error".into(),
+            });
+        }
+        self.inner.execute(args)
+    }
+}
+
+impl silica_tensor::Backend for Flaky {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn device_description(&self) -> String {
+        "flaky cpu".into()
+    }
+    fn compile(
+        &self,
+        p: &silica_tensor::Program,
+    ) -> Result<Arc<dyn silica_tensor::Executable>, silica_tensor::BackendError> {
+        Ok(Arc::new(FlakyExe {
+            inner: self.inner.compile(p)?,
+            fail: self.fail.clone(),
+        }))
+    }
+    fn upload(
+        &self,
+        t: &silica_tensor::HostTensor,
+    ) -> Result<silica_tensor::Buffer, silica_tensor::BackendError> {
+        self.inner.upload(t)
+    }
+    fn download(
+        &self,
+        b: &silica_tensor::Buffer,
+    ) -> Result<silica_tensor::HostTensor, silica_tensor::BackendError> {
+        self.inner.download(b)
+    }
+}
+
+/// After a backend error fails the requests in flight, the engine keeps serving, and a prompt
+/// whose blocks were cached before the failure is recomputed, not read back from pools the
+/// failed step left unspecified: its output equals a healthy engine's.
+#[test]
+fn the_engine_recovers_from_a_backend_error_without_reusing_lost_blocks() {
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cfg = presets::preset(DEFAULT_PRESET).unwrap();
+    let opts = LoadOptions {
+        max_context: Some(256),
+        ..Default::default()
+    };
+    let be = Arc::new(Flaky {
+        inner: silica_tensor::cpu::CpuBackend::new(),
+        fail: fail.clone(),
+    });
+    let mut model = LoadedModel::random(cfg, "tiny", be, &opts, 3).unwrap();
+    model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config).unwrap());
+    let e = Engine::new(
+        model,
+        EngineConfig {
+            block_size: 8,
+            num_blocks: Some(64),
+            max_num_seqs: 8,
+            max_prefill_tokens: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompt = "a shared system prompt that is long enough to fill several blocks of eight";
+    let (want, ..) = run(&e, greedy(prompt, 12));
+    // The next step fails: the request gets an error event, not a hang or a panic.
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut s = e.submit(greedy("another request", 12)).unwrap();
+    let mut errored = false;
+    while let Some(ev) = s.blocking_next() {
+        if let Event::Error(msg) = ev {
+            assert!(msg.contains("injected device error"), "{msg}");
+            errored = true;
+        }
+    }
+    assert!(errored, "the failed step was not reported");
+    assert_eq!(e.stats().blocks_in_use, 0);
+    // The same prompt again: its cached blocks were zeroed by the failure, so reusing them
+    // would change the output.
+    let (again, ..) = run(&e, greedy(prompt, 12));
+    assert_eq!(again, want);
+}

@@ -142,12 +142,15 @@ pub trait Executable: Send + Sync {
     fn signature(&self) -> &Signature;
     /// Runs the program. `args` follow the input order; an input that an alias updates must be
     /// passed as [`Arg::InOut`] and holds the aliased output afterwards. Returns the outputs that
-    /// are not aliased, in output order. On error no argument is modified.
+    /// are not aliased, in output order. An error in checking the arguments modifies none; an
+    /// error while running (a failed device, a failed peer of a group) leaves every argument
+    /// valid, with its dtype and shape, but the contents of `InOut` ones unspecified: a
+    /// caller that keeps state in them (a KV cache) must treat that state as lost.
     fn execute(&self, args: &mut [Arg<'_>]) -> Result<Vec<Buffer>, BackendError>;
     /// Runs a tensor-parallel program on every rank of its group at once: `args[r]` are rank
     /// r's arguments (uploaded with [`Backend::upload_to`] for rank r) and the result's entry r
     /// its outputs, as [`Executable::execute`] returns them. A single-rank program runs as
-    /// `execute`. On error no argument is modified.
+    /// `execute`. On error, as for `execute`.
     fn execute_group(&self, args: &mut [Vec<Arg<'_>>]) -> Result<Vec<Vec<Buffer>>, BackendError> {
         let sig = self.signature();
         if sig.world == 1 && args.len() == 1 {

@@ -194,6 +194,60 @@ fn a_panicking_rank_releases_a_peer_waiting_at_a_collective() {
     assert_eq!(results[1].as_ref().unwrap_err(), "rank 1 panicked");
 }
 
+/// A rank whose peer fails at a collective returns an error, and its donated (in-place) buffer
+/// stays usable: valid f32 storage of its size (here: the cache with this step's update, which
+/// ran before the collective), and the next execution on it succeeds. It was left empty, so the
+/// next step on it failed.
+#[test]
+fn donated_buffers_stay_usable_after_a_failed_collective() {
+    let mut g = Graph::new();
+    let cache = g.parameter("cache", DType::F32, [2, 4]).unwrap();
+    let x = g.parameter("x", DType::F32, [2, 4]).unwrap();
+    let one = g.scalar(1.0, DType::F32);
+    let updated = g.add(cache, one).unwrap();
+    let s = g.all_reduce(x, 2).unwrap();
+    let p = Program::new(
+        "kv",
+        g,
+        vec![("cache_out".into(), updated), ("sum".into(), s)],
+    )
+    .unwrap()
+    .alias("cache_out", "cache")
+    .unwrap();
+    let be = CpuBackend::new();
+    let exe = CpuExecutable::new(&p);
+    let start: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    let mut c0 = be.upload(&f32s(&start, &[2, 4])).unwrap();
+    let x0 = be.upload(&f32s(&[1.0; 8], &[2, 4])).unwrap();
+    let group = Group::new(2, None);
+    let m0 = group.member(0);
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            let mut args = vec![Arg::InOut(&mut c0), Arg::In(&x0)];
+            exe.execute_rank(&mut args, &m0).map(|_| ())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        group.abort("rank 1 failed");
+        assert!(h.join().unwrap().is_err());
+    });
+    let after = be.download(&c0).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(after.len(), 8);
+    // Now a whole group runs on the same buffer.
+    let mut c1 = be.upload(&f32s(&start, &[2, 4])).unwrap();
+    let x1 = be.upload(&f32s(&[2.0; 8], &[2, 4])).unwrap();
+    let exe: Arc<dyn silica_tensor::Executable> = be.compile(&p).unwrap();
+    let out = exe
+        .execute_group(&mut [
+            vec![Arg::InOut(&mut c0), Arg::In(&x0)],
+            vec![Arg::InOut(&mut c1), Arg::In(&x1)],
+        ])
+        .unwrap();
+    assert_eq!(out[0][0].dtype(), DType::F32);
+    let c0v = be.download(&c0).unwrap().to_vec::<f32>().unwrap();
+    let want: Vec<f32> = after.iter().map(|v| v + 1.0).collect();
+    assert_eq!(c0v, want);
+}
+
 #[test]
 fn a_missing_peer_times_out() {
     let group = Group::new(3, Some(Duration::from_millis(100)));

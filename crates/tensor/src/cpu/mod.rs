@@ -270,6 +270,38 @@ impl CpuExecutable {
         }
     }
 
+    /// After a failed execution (a peer's collective failed), gives every donated buffer valid
+    /// storage of its dtype and size again, so the caller can keep using it: its own data where
+    /// no op consumed it yet; else the data of the output aliased to it where that was already
+    /// computed (the old contents with this step's in-place updates, e.g. the KV cache with the
+    /// new positions written); else zeros. Without this the buffers were left empty and the
+    /// next step on them broke.
+    fn restore_donated(&self, slots: &mut [Slot<'_>], donated: &mut [Option<&mut Buffer>]) {
+        let params = self.program.graph.params();
+        for (i, d) in donated.iter_mut().enumerate() {
+            let Some(b) = d else { continue };
+            let (dtype, len) = (b.dtype(), b.shape().elem_count());
+            let fits = |x: &CpuData| x.dtype() == dtype && x.len() == len;
+            let mut data = None;
+            let own = params[i].index();
+            if matches!(&slots[own], Slot::Own(x) if fits(x)) {
+                if let Slot::Own(x) = std::mem::replace(&mut slots[own], Slot::Empty) {
+                    data = Some(x);
+                }
+            }
+            if data.is_none() {
+                if let Some(a) = self.signature.alias_of_input(i) {
+                    let v = self.program.outputs[a.output].1.index();
+                    if matches!(&slots[v], Slot::Own(x) if fits(x)) {
+                        data = Some(slots[v].get().clone());
+                    }
+                }
+            }
+            b.downcast_mut::<CpuBuffer>().expect("validated").0 =
+                data.unwrap_or_else(|| CpuData::zeros(dtype, len));
+        }
+    }
+
     /// How many `dequantize` nodes run fused into the `dot` that reads them.
     pub fn fused_dequantize_count(&self) -> usize {
         self.skip.iter().filter(|&&s| s).count()
@@ -370,8 +402,9 @@ impl Executable for CpuExecutable {
 impl CpuExecutable {
     /// Executes as rank `comm.rank()` of a group of `comm.world()` ranks, each running this
     /// program on its own arguments; collectives meet through `comm`. If an exchange fails
-    /// (a peer failed or timed out) the donated arguments are left unspecified, as a device's
-    /// would be after a failed collective.
+    /// (a peer failed or timed out) the donated arguments keep their dtype and size but their
+    /// contents are unspecified (see `restore_donated`), as a device's would be after a failed
+    /// collective.
     pub fn execute_rank(
         &self,
         args: &mut [Arg<'_>],
@@ -446,7 +479,13 @@ impl CpuExecutable {
                 continue;
             }
             if node.op.collective_world().is_some() {
-                let out = collective(node, nodes, &slots, comm)?;
+                let out = match collective(node, nodes, &slots, comm) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        self.restore_donated(&mut slots, &mut donated);
+                        return Err(e);
+                    }
+                };
                 slots[i] = Slot::Own(out);
                 self.release(&mut slots, &node.inputs, pos);
                 continue;
