@@ -132,6 +132,18 @@ impl StopFilter {
     }
 }
 
+/// The end of a stream that no stop string has ended yet: `flushed` (what the detokenizer held
+/// back, `StreamDecoder::finish`) goes through the stop filter like any piece. Returns the text
+/// still to emit and whether a stop string ended the stream after all (its finish reason is
+/// then `Stop`). The one place both generation and the serving engine end a stream.
+pub fn finish_stream(flushed: &str, stop: &mut StopFilter) -> (String, bool) {
+    let (mut out, hit) = stop.push(flushed);
+    if !hit {
+        out.push_str(&stop.finish());
+    }
+    (out, hit)
+}
+
 impl LoadedModel {
     /// Runs `row`'s step and picks its next token: inside the backend when
     /// [`LoadedModel::device_sampling`] is set and the sampler allows it (no repetition
@@ -242,11 +254,9 @@ impl LoadedModel {
         }
         if let Some(d) = decoder.as_mut() {
             if finish != FinishReason::Stop {
-                let (mut out, hit) = stop.push(&d.finish());
+                let (out, hit) = finish_stream(&d.finish(), &mut stop);
                 if hit {
                     finish = FinishReason::Stop;
-                } else {
-                    out.push_str(&stop.finish());
                 }
                 if !out.is_empty() {
                     on_text(&out);
@@ -314,6 +324,22 @@ mod tests {
     fn held_back_prefix_is_released_when_not_a_stop() {
         assert_eq!(run(&["END"], &["hello E", "x"]), ("hello Ex".into(), false));
         assert_eq!(run(&["END"], &["tail EN"]), ("tail EN".into(), false));
+    }
+
+    #[test]
+    fn the_final_flush_can_complete_a_stop_string() {
+        let stops = vec!["END".to_string()];
+        let mut f = StopFilter::new(&stops);
+        assert_eq!(f.push("hello EN"), ("hello ".to_string(), false));
+        // The detokenizer's held-back "D" completes the stop string: nothing more is shown and
+        // the stream ended on a stop.
+        assert_eq!(super::finish_stream("D", &mut f), (String::new(), true));
+        let mut f = StopFilter::new(&stops);
+        f.push("hello EN");
+        assert_eq!(
+            super::finish_stream("d", &mut f),
+            ("ENd".to_string(), false)
+        );
     }
 
     #[test]

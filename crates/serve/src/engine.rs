@@ -14,7 +14,7 @@ use crate::blocks::{BlockManager, PrefixCursor};
 use crate::metrics::Metrics;
 use crate::ServeError;
 use silica_models::device_sampling::DeviceDraw;
-use silica_models::generate::StopFilter;
+use silica_models::generate::{finish_stream, StopFilter};
 use silica_models::paged::{PagedModel, PagedRow};
 use silica_models::sampling::{Sampler, SamplingParams};
 use silica_models::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
@@ -676,7 +676,7 @@ impl Scheduler {
         s.running.store(self.running.len(), Ordering::Relaxed);
     }
 
-    fn finish(&mut self, mut seq: Seq, reason: FinishReason) {
+    fn finish(&mut self, mut seq: Seq, mut reason: FinishReason) {
         self.blocks.release(&seq.blocks);
         seq.blocks.clear();
         // Publish before the Finished event: a caller that sees its request end must see its
@@ -687,9 +687,13 @@ impl Scheduler {
         let mut text = String::new();
         if reason != FinishReason::Stop && reason != FinishReason::Cancelled {
             if let Some(d) = seq.decoder.as_mut() {
-                let (out, _hit) = seq.stop.push(&d.finish());
+                // As generation does: a stop string the final flush completes ends the stream
+                // with reason Stop (it was dropped here, reporting length/eos).
+                let (out, hit) = finish_stream(&d.finish(), &mut seq.stop);
                 text.push_str(&out);
-                text.push_str(&seq.stop.finish());
+                if hit {
+                    reason = FinishReason::Stop;
+                }
             }
         }
         let usage = Usage {
