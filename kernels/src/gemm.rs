@@ -64,6 +64,7 @@ pub fn matmul_nt(x: &[f32], m: usize, k: usize, w: Matrix<'_>, n: usize, out: &m
             // output pointer moved to column j0.
             unsafe { avx512::columns(x.as_ptr(), m, k, &d, 0, j1 - j0, o.add(j0), n) };
         } else {
+            // SAFETY: as below: `w` holds every row, columns j0..j1 of `o` are this task's.
             unsafe { avx512::columns(x.as_ptr(), m, k, &w, j0, j1, o, n) };
         }
         #[cfg(not(target_arch = "x86_64"))]

@@ -302,6 +302,7 @@ fn resolve_hiding(d: &common::Double, hidden: &[&str]) -> Result<Api, NeuronErro
             d.lookup(name)
         }
     };
+    // SAFETY: the lookup returns the double's own symbols (or errors), of the nrt.h signatures.
     unsafe { Api::resolve("double", &mut lookup) }
 }
 

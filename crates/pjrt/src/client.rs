@@ -25,6 +25,7 @@ pub struct Client {
 // SAFETY: PJRT clients are thread-safe (jax shares one across threads); the raw pointers are
 // owned by this value and destroyed once, in Drop.
 unsafe impl Send for Client {}
+// SAFETY: as for Send.
 unsafe impl Sync for Client {}
 
 impl Client {
@@ -121,6 +122,7 @@ impl Client {
             api.PJRT_Client_PlatformVersion,
             &mut a,
         )?;
+        // SAFETY: the plugin owns the string (it lives as long as the client) and gives its length.
         Ok(unsafe { str_from(a.platform_version, a.platform_version_size) })
     }
 
@@ -188,6 +190,7 @@ impl Client {
         )?;
         // SAFETY: both strings are owned by the device (lives as long as the client).
         let kind = unsafe { str_from(k.device_kind, k.device_kind_size) };
+        // SAFETY: as above.
         let name = unsafe { str_from(s.to_string, s.to_string_size) };
         Ok(format!("{kind} ({name})"))
     }
@@ -345,6 +348,7 @@ pub struct DeviceBuffer {
 
 // SAFETY: PJRT buffers may be used from any thread; the handle is owned and destroyed once.
 unsafe impl Send for DeviceBuffer {}
+// SAFETY: as for Send.
 unsafe impl Sync for DeviceBuffer {}
 
 impl DeviceBuffer {
@@ -374,6 +378,7 @@ pub struct LoadedExecutable {
 
 // SAFETY: PJRT executables may be executed concurrently from several threads.
 unsafe impl Send for LoadedExecutable {}
+// SAFETY: as for Send.
 unsafe impl Sync for LoadedExecutable {}
 
 impl LoadedExecutable {

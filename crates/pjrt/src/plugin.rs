@@ -208,6 +208,7 @@ pub struct Plugin {
 // SAFETY: the PJRT C API is thread-safe by contract (clients, buffers and executables are used
 // from many threads by jax); the table itself is immutable after GetPjrtApi.
 unsafe impl Send for Plugin {}
+// SAFETY: as for Send: the table is immutable and the API is thread-safe.
 unsafe impl Sync for Plugin {}
 
 static LOADED: OnceLock<Mutex<HashMap<PathBuf, &'static Plugin>>> = OnceLock::new();
@@ -244,10 +245,13 @@ impl Plugin {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        // SAFETY: `GetPjrtApi` has this signature in every PJRT plugin (pjrt_c_api.h).
         let get_api: libloading::Symbol<unsafe extern "C" fn() -> *const ffi::PJRT_Api> =
             unsafe { lib.get(b"GetPjrtApi\0") }.map_err(|_| PjrtError::NotAPlugin {
                 path: path.to_path_buf(),
             })?;
+        // SAFETY: a plugin's GetPjrtApi takes nothing and returns its static table (checked for
+        // null below).
         let api = unsafe { get_api() };
         // Never unloaded (see the module comment): from here on the library lives as long as
         // the process, which makes the table's 'static lifetime true.
@@ -319,6 +323,7 @@ impl Plugin {
         }
         // SAFETY: the plugin returns `num_attributes` values that live as long as the process.
         let attrs = unsafe { std::slice::from_raw_parts(args.attributes, args.num_attributes) };
+        // SAFETY: each value's pointers are the plugin's, valid as the slice above.
         Ok(attrs.iter().map(|a| unsafe { named_value(a) }).collect())
     }
 

@@ -115,6 +115,7 @@ impl Double {
         // SAFETY: null buffer asks for the length; then a buffer of that length.
         let n = unsafe { f(std::ptr::null_mut(), 0) };
         let mut buf = vec![0u8; n];
+        // SAFETY: a buffer of the length the first call reported.
         unsafe { f(buf.as_mut_ptr().cast(), n) };
         String::from_utf8(buf)
             .unwrap()
@@ -130,6 +131,7 @@ impl Double {
     pub fn inject(&self, call: &str, status: i32, skip: u32) {
         let c = CString::new(call).unwrap();
         let f = self.sym::<unsafe extern "C" fn(*const c_char, c_int, u32)>("silica_double_inject");
+        // SAFETY: the double's export takes a NUL-terminated name that outlives the call.
         unsafe { f(c.as_ptr(), status, skip) }
     }
 
@@ -199,6 +201,7 @@ impl Double {
     /// Symbol lookup in the double, for `Api::resolve` with symbols hidden.
     pub fn lookup(&self, name: &str) -> Result<*const std::ffi::c_void, String> {
         let n = format!("{name}\0");
+        // SAFETY: only the symbol's address is read; the caller casts it to its nrt.h type.
         unsafe {
             self.lib
                 .get::<*const std::ffi::c_void>(n.as_bytes())
