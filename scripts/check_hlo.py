@@ -35,7 +35,7 @@ infinities must match exactly); integer and boolean outputs must be equal; the m
 input_output_alias, as XLA parsed it, must be the case's aliases. One line per case;
 the exit status is non-zero if any case fails or cannot be compiled.
 
-Needs the pinned jax of scripts/requirements-hlo.txt (private xla_client API; see DESIGN.md,
+Needs the pinned jax of scripts/requirements-hlo.txt (private xla_client API; see docs/architecture.md,
 "Lowering"): `bash scripts/check_hlo.sh` makes .venv-hlo with it.
 """
 

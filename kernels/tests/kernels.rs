@@ -337,6 +337,40 @@ fn matmul_nt_matches_naive_for_every_format() {
 }
 
 #[test]
+fn dpbf16_product_matches_naive() {
+    if !silica_kernels::dpbf16::supported() {
+        eprintln!("no AVX512_BF16 here: the vdpbf16ps product has nothing to run on");
+        return;
+    }
+    let mut rng = SmallRng::seed_from_u64(13);
+    // Tails in every dimension: tokens past the 6-row tile, weight rows past the 4-row tile, k
+    // past whole 32-value steps (and below one); one shape large enough to run in parallel.
+    for &(m, k, n) in &[
+        (1, 32, 4),
+        (7, 33, 9),
+        (13, 576, 21),
+        (6, 15, 3),
+        (9, 64, 17),
+        (64, 576, 1536),
+        (5, 0, 4),
+    ] {
+        let x: Vec<bf16> = rand_vec(&mut rng, m * k)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let w: Vec<bf16> = rand_vec(&mut rng, n * k)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let mut out = vec![f32::NAN; m * n];
+        silica_kernels::dpbf16::matmul_nt_bf16(&x, m, k, &w, n, &mut out);
+        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        assert_naive("vdpbf16ps", &xf, &wf, &out, (m, k, n));
+    }
+}
+
+#[test]
 fn amx_bf16_product_matches_naive() {
     if !silica_kernels::amx::supported(32) {
         eprintln!("no AMX-BF16 granted here: the AMX product has nothing to run on");

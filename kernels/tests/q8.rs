@@ -329,3 +329,47 @@ fn integer_products_equal_f32_products_of_the_round_trip() {
         }
     }
 }
+
+/// The vectorisable rounding equals `f32::round` (ggml's roundf, half away from zero) cast to
+/// i8 on every f32 in [-160, 160] (all 1.4 billion of them would take too long in debug: every
+/// bit pattern of that range's exponents at a stride, plus all halves and their neighbours),
+/// and on the specials.
+#[test]
+fn round_i8_is_roundf_saturated() {
+    let check = |t: f32| {
+        assert_eq!(
+            q8::round_i8(t),
+            t.round() as i8,
+            "{t:e} ({:#x})",
+            t.to_bits()
+        );
+    };
+    for bits in (0u32..=0x4320_0000).step_by(97) {
+        check(f32::from_bits(bits));
+        check(-f32::from_bits(bits));
+    }
+    for h in -320..=320 {
+        let t = h as f32 * 0.5;
+        for x in [
+            t,
+            f32::from_bits(t.to_bits() + 1),
+            f32::from_bits(t.to_bits().max(1) - 1),
+        ] {
+            check(x);
+            check(-x);
+        }
+    }
+    for t in [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e30,
+        -1e30,
+        127.5,
+        -128.5,
+        0.0,
+        -0.0,
+    ] {
+        check(t);
+    }
+}

@@ -39,7 +39,7 @@ pub struct NrtVersion {
 }
 
 /// `nrt_tensor_info_t`. `dtype` is deliberately not interpreted: its values were renumbered in
-/// SDK 2.28 (DESIGN.md), so silica keeps dtypes in its own metadata.
+/// SDK 2.28 (docs/architecture.md), so silica keeps dtypes in its own metadata.
 #[repr(C)]
 pub struct NrtTensorInfo {
     pub name: [c_char; NRT_TENSOR_NAME_MAX],

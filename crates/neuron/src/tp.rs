@@ -6,7 +6,7 @@
 use crate::compile::Target;
 use crate::error::NeuronError;
 
-/// Tensor-parallel degrees the Neuron stack supports per target (DESIGN.md: Inf2 {1,2,4,8,24},
+/// Tensor-parallel degrees the Neuron stack supports per target (docs/architecture.md: Inf2 {1,2,4,8,24},
 /// Trn1 {1,2,8,16,32}). Trn2 (8 NeuronCore-v3 per chip, logical cores of 2 by default) takes
 /// powers of two up to 64 on trn2.48xlarge.
 pub fn valid_degrees(target: Target) -> &'static [usize] {

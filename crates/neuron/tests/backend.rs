@@ -88,7 +88,7 @@ fn program_runs_through_fake_compiler_and_double_like_cpu() {
     {
         assert!((a - b).abs() <= 1e-6);
     }
-    // One compile, with the flags DESIGN.md gives, writing a temporary that was renamed in.
+    // One compile, with the flags docs/neuron.md gives, writing a temporary that was renamed in.
     let calls = compiles(cc.parent().unwrap());
     let mine: Vec<_> = calls[before..]
         .iter()

@@ -555,7 +555,7 @@ pub unsafe extern "C" fn nrt_get_model_tensor_info(
     })
 }
 
-/// `nrt_dtype_t` values of the current headers (silica never relies on them: see DESIGN.md).
+/// `nrt_dtype_t` values of the current headers (silica never relies on them: see docs/architecture.md).
 fn nrt_dtype(dt: silica_tensor::DType) -> c_int {
     use silica_tensor::DType::*;
     match dt {

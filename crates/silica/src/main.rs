@@ -1,4 +1,4 @@
-//! `silica`: the command-line interface (see DESIGN.md "CLI contract").
+//! `silica`: the command-line interface (see docs/architecture.md, "CLI contract").
 
 mod bench;
 mod common;

@@ -1,4 +1,4 @@
-//! The CLI contract (DESIGN.md), run as a user would: the real binary, real fixture folders.
+//! The CLI contract (docs/architecture.md), run as a user would: the real binary, real fixture folders.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -102,6 +102,13 @@ fn matmul(l: &CpuData, r: &CpuData, c: &Canon) -> CpuData {
                 silica_kernels::amx::matmul_nt_bf16(a, c.m, c.k, b, c.n, &mut out);
                 return CpuData::from_f32(out, crate::DType::BF16);
             }
+            if c.rhs_nk && c.b == 1 && c.m > SKINNY_MAX_M && silica_kernels::dpbf16::supported() {
+                // No AMX (AMD Zen 4/5): the same products and f32 sums with vdpbf16ps, which
+                // multiplies 32 bf16 pairs per instruction where the f32 tile widens 16.
+                let mut out = vec![0f32; c.m * c.n];
+                silica_kernels::dpbf16::matmul_nt_bf16(a, c.m, c.k, b, c.n, &mut out);
+                return CpuData::from_f32(out, crate::DType::BF16);
+            }
             let a: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
             CpuData::from_f32(mm_f32(&a, RhsRef::BF16(b), c), crate::DType::BF16)
         }
