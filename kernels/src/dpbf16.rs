@@ -71,6 +71,8 @@ mod x86 {
     /// AVX-512 F and AVX512_BF16 must be present; `x` holds `RX` rows and `w` `RW` rows of `k`
     /// values; `out` has `RX` rows of `ldo ≥ RW` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    // Indexing the accumulator grid by (row, token) reads clearer than nested iterators.
+    #[allow(clippy::needless_range_loop)]
     unsafe fn tile<const RW: usize, const RX: usize>(
         x: *const bf16,
         w: *const bf16,
