@@ -336,16 +336,40 @@ fn matmul_nt_matches_naive_for_every_format() {
     }
 }
 
+/// A bf16 × bf16 → f32 product (`f(x, m, k, w, n, out)`) against the naive reference on random
+/// bf16 values, for each shape.
+fn check_bf16_product(
+    what: &str,
+    seed: u64,
+    shapes: &[(usize, usize, usize)],
+    f: impl Fn(&[bf16], usize, usize, &[bf16], usize, &mut [f32]),
+) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for &(m, k, n) in shapes {
+        let mut bf = |len: usize| -> Vec<bf16> {
+            rand_vec(&mut rng, len)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect()
+        };
+        let (x, w) = (bf(m * k), bf(n * k));
+        let mut out = vec![f32::NAN; m * n];
+        f(&x, m, k, &w, n, &mut out);
+        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        assert_naive(what, &xf, &wf, &out, (m, k, n));
+    }
+}
+
 #[test]
 fn dpbf16_product_matches_naive() {
     if !silica_kernels::dpbf16::supported() {
         eprintln!("no AVX512_BF16 here: the vdpbf16ps product has nothing to run on");
         return;
     }
-    let mut rng = SmallRng::seed_from_u64(13);
     // Tails in every dimension: tokens past the 6-row tile, weight rows past the 4-row tile, k
     // past whole 32-value steps (and below one); one shape large enough to run in parallel.
-    for &(m, k, n) in &[
+    let shapes = [
         (1, 32, 4),
         (7, 33, 9),
         (13, 576, 21),
@@ -353,21 +377,13 @@ fn dpbf16_product_matches_naive() {
         (9, 64, 17),
         (64, 576, 1536),
         (5, 0, 4),
-    ] {
-        let x: Vec<bf16> = rand_vec(&mut rng, m * k)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let w: Vec<bf16> = rand_vec(&mut rng, n * k)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let mut out = vec![f32::NAN; m * n];
-        silica_kernels::dpbf16::matmul_nt_bf16(&x, m, k, &w, n, &mut out);
-        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-        assert_naive("vdpbf16ps", &xf, &wf, &out, (m, k, n));
-    }
+    ];
+    check_bf16_product(
+        "vdpbf16ps",
+        13,
+        &shapes,
+        silica_kernels::dpbf16::matmul_nt_bf16,
+    );
 }
 
 #[test]
@@ -376,11 +392,10 @@ fn amx_bf16_product_matches_naive() {
         eprintln!("no AMX-BF16 granted here: the AMX product has nothing to run on");
         return;
     }
-    let mut rng = SmallRng::seed_from_u64(12);
     // Tails in every dimension the kernel tiles: tokens past multiples of 16 (and one token
     // tile, three, an odd count), weight rows past 16 and 32 (a partial last tile done without
     // AMX), several k steps; one shape large enough to run in parallel.
-    for &(m, k, n) in &[
+    let shapes = [
         (1, 32, 16),
         (9, 64, 17),
         (16, 32, 32),
@@ -388,21 +403,8 @@ fn amx_bf16_product_matches_naive() {
         (40, 576, 70),
         (64, 576, 1536),
         (3, 32, 5),
-    ] {
-        let x: Vec<bf16> = rand_vec(&mut rng, m * k)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let w: Vec<bf16> = rand_vec(&mut rng, n * k)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let mut out = vec![f32::NAN; m * n];
-        silica_kernels::amx::matmul_nt_bf16(&x, m, k, &w, n, &mut out);
-        let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-        assert_naive("amx bf16", &xf, &wf, &out, (m, k, n));
-    }
+    ];
+    check_bf16_product("amx bf16", 12, &shapes, silica_kernels::amx::matmul_nt_bf16);
     assert!(
         !silica_kernels::amx::supported(48),
         "k must be whole 32-value steps"

@@ -26,7 +26,7 @@
 //! of the tie in index order, the program keeps or removes the whole tie.
 
 use crate::error::Result;
-use silica_tensor::{CmpDir, DType, Graph, Program, ValueId};
+use silica_tensor::{CmpDir, DType, Graph, HostTensor, Program, ValueId};
 
 /// Which sampler program: greedy only, or a categorical draw with the warpers some row uses.
 /// Every variant takes per-row parameters, so rows with different settings share one program
@@ -88,6 +88,27 @@ impl SamplerShape {
         }
         v.extend(["min_p", "uniform"]);
         v
+    }
+
+    /// The program's inputs after `logits` for one draw per row (`draws.len()` = batch), in
+    /// [`SamplerShape::parameter_names`] order.
+    pub fn inputs(&self, draws: &[DeviceDraw]) -> Result<Vec<HostTensor>> {
+        let b = draws.len();
+        let f = |get: fn(&DeviceDraw) -> f32| {
+            HostTensor::from_vec(draws.iter().map(get).collect(), [b])
+        };
+        self.parameter_names()
+            .into_iter()
+            .map(|name| {
+                Ok(match name {
+                    "temperature" => f(|d| d.temperature)?,
+                    "top_k" => HostTensor::from_vec(draws.iter().map(|d| d.top_k).collect(), [b])?,
+                    "top_p" => f(|d| d.top_p)?,
+                    "min_p" => f(|d| d.min_p)?,
+                    _ => f(|d| d.uniform)?,
+                })
+            })
+            .collect()
     }
 }
 

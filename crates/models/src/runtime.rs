@@ -508,19 +508,11 @@ impl LoadedModel {
         }
         let shape = SamplerShape::for_rows(batch, v, &full);
         let exe = self.sampler(shape)?;
-        let mut params = Vec::new();
-        for name in shape.parameter_names() {
-            let t = match name {
-                "temperature" => {
-                    HostTensor::from_vec(full.iter().map(|d| d.temperature).collect(), [batch])
-                }
-                "top_k" => HostTensor::from_vec(full.iter().map(|d| d.top_k).collect(), [batch]),
-                "top_p" => HostTensor::from_vec(full.iter().map(|d| d.top_p).collect(), [batch]),
-                "min_p" => HostTensor::from_vec(full.iter().map(|d| d.min_p).collect(), [batch]),
-                _ => HostTensor::from_vec(full.iter().map(|d| d.uniform).collect(), [batch]),
-            }?;
-            params.push(self.backend.upload(&t)?);
-        }
+        let params = shape
+            .inputs(&full)?
+            .iter()
+            .map(|t| self.backend.upload(t))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut args: Vec<Arg> = vec![Arg::In(logits)];
         args.extend(params.iter().map(Arg::In));
         let out = exe.execute(&mut args)?;

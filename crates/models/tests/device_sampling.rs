@@ -48,19 +48,7 @@ fn run_program(
     let prog = sampler_program(&shape).unwrap();
     let exe = be.compile(&prog).unwrap();
     let mut inputs = vec![HostTensor::from_vec(rows.concat(), [b, v]).unwrap()];
-    for name in shape.parameter_names() {
-        let t = match name {
-            "temperature" => {
-                HostTensor::from_vec(draws.iter().map(|d| d.temperature).collect(), [b])
-            }
-            "top_k" => HostTensor::from_vec(draws.iter().map(|d| d.top_k).collect(), [b]),
-            "top_p" => HostTensor::from_vec(draws.iter().map(|d| d.top_p).collect(), [b]),
-            "min_p" => HostTensor::from_vec(draws.iter().map(|d| d.min_p).collect(), [b]),
-            "uniform" => HostTensor::from_vec(draws.iter().map(|d| d.uniform).collect(), [b]),
-            other => panic!("unexpected input {other}"),
-        };
-        inputs.push(t.unwrap());
-    }
+    inputs.extend(shape.inputs(draws).unwrap());
     let out = run_host(be, exe.as_ref(), &inputs).unwrap();
     (
         out[0].to_vec::<i32>().unwrap(),

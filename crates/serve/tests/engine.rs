@@ -66,6 +66,19 @@ fn run(e: &Engine, req: Request) -> (Vec<u32>, String, FinishReason, usize) {
     }
 }
 
+/// Every token id a stream delivers (an error event fails the test).
+fn token_ids(s: &mut silica_serve::RequestStream) -> Vec<u32> {
+    let mut ids = vec![];
+    while let Some(ev) = s.blocking_next() {
+        match ev {
+            Event::Token { id, .. } => ids.push(id),
+            Event::Error(e) => panic!("{e}"),
+            Event::Finished { .. } => {}
+        }
+    }
+    ids
+}
+
 fn greedy(prompt: &str, n: usize) -> Request {
     let mut r = Request::new(Prompt::Text(prompt.into()));
     r.max_tokens = Some(n);
@@ -99,14 +112,7 @@ fn tensor_parallel_engine_matches_one_rank() {
         .map(|p| two.submit(greedy(p, 12)).unwrap())
         .collect();
     for (mut s, want) in streams.into_iter().zip(&want) {
-        let mut ids = vec![];
-        while let Some(ev) = s.blocking_next() {
-            match ev {
-                Event::Token { id, .. } => ids.push(id),
-                Event::Error(e) => panic!("{e}"),
-                Event::Finished { .. } => {}
-            }
-        }
+        let ids = token_ids(&mut s);
         assert_eq!(&ids, want);
     }
     assert_eq!(two.stats().blocks_in_use, 0);
@@ -224,14 +230,7 @@ fn device_sampling_engine_matches_host_sampling() {
             .map(|r| dev.submit(r.clone()).unwrap())
             .collect();
         for (i, (mut s, want)) in streams.into_iter().zip(&want).enumerate() {
-            let mut ids = vec![];
-            while let Some(ev) = s.blocking_next() {
-                match ev {
-                    Event::Token { id, .. } => ids.push(id),
-                    Event::Error(e) => panic!("{e}"),
-                    Event::Finished { .. } => {}
-                }
-            }
+            let ids = token_ids(&mut s);
             assert_eq!(&ids, want, "tp {tp}, request {i}");
         }
         assert_eq!(dev.stats().blocks_in_use, 0);

@@ -2,8 +2,8 @@
 //! `silica report` (side-by-side markdown/HTML of silica, vLLM and llmperf results).
 
 use crate::common::{
-    backend_with, check_activations, load_folder_or_preset, quant_format, ActivationsArg,
-    BackendName, DTypeArg, QuantizeArg, SamplingArg,
+    check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName, DTypeArg,
+    QuantizeArg, RunArgs,
 };
 use crate::offline::{self, OfflineConfig};
 use crate::online::{self, HttpTarget, OnlineConfig};
@@ -36,19 +36,8 @@ pub struct BenchArgs {
     /// Quantize every weight matrix at load (weight-only, one scale per output channel).
     #[arg(long, value_enum)]
     quantize: Option<QuantizeArg>,
-    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8) in decode:
-    /// f32 keeps float activations (exact), q8 rounds them to 8 bits per 32 values and
-    /// multiplies integers, as llama.cpp does.
-    #[arg(long, value_enum, default_value = "f32")]
-    activations: ActivationsArg,
-    /// Where the next token is picked: auto (in the backend on neuron and pjrt, on the host on
-    /// cpu), host, or device (only token ids leave the backend).
-    #[arg(long, value_enum, default_value = "auto")]
-    sampling: SamplingArg,
-    /// With --backend pjrt: the PJRT C-API plugin to load (default: search for jax's CUDA
-    /// plugin; SILICA_PJRT_PLUGIN names one too).
-    #[arg(long)]
-    pjrt_plugin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Sequences per batch.
     #[arg(long)]
     batch: Option<usize>,
@@ -124,7 +113,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let (machine, price) = resolve_price(&a)?;
 
     // The backend first: one that cannot run here fails before the limit probes.
-    let be = backend_with(a.backend, a.activations, a.pjrt_plugin.as_deref())?;
+    let be = a.run.backend(a.backend)?;
     eprintln!("measuring this machine's limits (memory bandwidth, FMA peak)…");
     let limits = silica_probe::measure(a.quick);
     let opts = LoadOptions {
@@ -132,7 +121,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         max_context: Some(input_len + output_len),
         tp: a.tp,
         quantize: quant_format(a.quantize),
-        device_sampling: a.sampling.on_device(a.backend),
+        device_sampling: a.run.sampling.on_device(a.backend),
         ..Default::default()
     };
     let (model, preset) = load_folder_or_preset(
@@ -143,7 +132,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         a.seed,
         Some(input_len + output_len),
     )?;
-    check_activations(&model, a.activations)?;
+    check_activations(&model, a.run.activations)?;
     if a.concurrency.is_some() || a.request_rate.is_some() {
         let cfg = OnlineConfig {
             input_len,
@@ -224,9 +213,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             Some(b) => format!(
                 "GGUF {} ({})",
                 b.label(),
-                activations_label(model.dtype, a.activations)
+                activations_label(model.dtype, a.run.activations)
             ),
-            None => dtype_label(model.dtype, model.quant, a.activations),
+            None => dtype_label(model.dtype, model.quant, a.run.activations),
         }),
         weight_bytes_per_token: Some(bytes_per_step),
     };
@@ -362,12 +351,12 @@ fn dtype_label(
     }
 }
 
-/// What quantized matrices multiply: `f32 activations`, or `q8 activations in decode, f32 in
-/// prefill` with --activations q8 (only the decode-shaped products quantize them).
+/// What quantized matrices multiply: `f32 activations`, or `q8 activations` with --activations
+/// q8 (rounded to 8 bits per 32 values in every product; integer dots in decode shapes).
 fn activations_label(dtype: silica_tensor::DType, activations: ActivationsArg) -> String {
     match activations {
         ActivationsArg::F32 => format!("{dtype} activations"),
-        ActivationsArg::Q8 => format!("q8 activations in decode, {dtype} in prefill"),
+        ActivationsArg::Q8 => "q8 activations".to_string(),
     }
 }
 
@@ -464,7 +453,7 @@ fn bench_engine(
         name,
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_params()),
-        dtype: Some(dtype_label(dtype, quant, a.activations)),
+        dtype: Some(dtype_label(dtype, quant, a.run.activations)),
         weight_bytes_per_token: Some(read_bytes),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);

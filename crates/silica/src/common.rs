@@ -128,9 +128,17 @@ pub struct ModelArgs {
     /// activations stay in --dtype.
     #[arg(long, value_enum)]
     pub quantize: Option<QuantizeArg>,
-    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8) in decode:
-    /// f32 keeps float activations (exact), q8 rounds them to 8 bits per 32 values and
-    /// multiplies integers, as llama.cpp does.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How a model command runs on its backend, beside `--backend` itself (shared by the model
+/// commands, `serve` and `bench`).
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8): f32 keeps
+    /// float activations (exact), q8 rounds them to 8 bits per 32 values and multiplies
+    /// integers, as llama.cpp does.
     #[arg(long, value_enum, default_value = "f32")]
     pub activations: ActivationsArg,
     /// Where the next token is picked: auto (in the backend on neuron and pjrt, on the host on
@@ -141,6 +149,13 @@ pub struct ModelArgs {
     /// plugin; SILICA_PJRT_PLUGIN names one too).
     #[arg(long)]
     pub pjrt_plugin: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The backend `name` with these settings.
+    pub fn backend(&self, name: BackendName) -> Result<Arc<dyn Backend>> {
+        backend_with(name, self.activations, self.pjrt_plugin.as_deref())
+    }
 }
 
 /// Creates the backend; an accelerator that cannot run here is an error that says why
@@ -251,16 +266,12 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
         max_context: args.max_context,
         tp: args.tp,
         quantize: quant_format(args.quantize),
-        device_sampling: args.sampling.on_device(args.backend),
+        device_sampling: args.run.sampling.on_device(args.backend),
         ..Default::default()
     };
-    let loaded = LoadedModel::load(
-        &model,
-        backend_with(args.backend, args.activations, args.pjrt_plugin.as_deref())?,
-        &opts,
-    )
-    .with_context(|| format!("loading {}", model.display()))?;
-    check_activations(&loaded, args.activations)?;
+    let loaded = LoadedModel::load(&model, args.run.backend(args.backend)?, &opts)
+        .with_context(|| format!("loading {}", model.display()))?;
+    check_activations(&loaded, args.run.activations)?;
     Ok(loaded)
 }
 

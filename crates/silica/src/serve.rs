@@ -1,8 +1,8 @@
 //! `silica serve`: the OpenAI-compatible server (silica-serve) on a model folder or a preset.
 
 use crate::common::{
-    backend_with, check_activations, load_folder_or_preset, quant_format, ActivationsArg,
-    BackendName, DTypeArg, QuantizeArg, SamplingArg,
+    check_activations, load_folder_or_preset, quant_format, BackendName, DTypeArg, QuantizeArg,
+    RunArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -33,19 +33,8 @@ pub struct ServeArgs {
     /// Quantize every weight matrix at load (weight-only, one scale per output channel).
     #[arg(long, value_enum)]
     quantize: Option<QuantizeArg>,
-    /// How the CPU multiplies quantized weights (GGUF blocks, --quantize int8) in decode:
-    /// f32 keeps float activations (exact), q8 rounds them to 8 bits per 32 values and
-    /// multiplies integers, as llama.cpp does.
-    #[arg(long, value_enum, default_value = "f32")]
-    activations: ActivationsArg,
-    /// Where the next token is picked: auto (in the backend on neuron and pjrt, on the host on
-    /// cpu), host, or device (only token ids leave the backend).
-    #[arg(long, value_enum, default_value = "auto")]
-    sampling: SamplingArg,
-    /// With --backend pjrt: the PJRT C-API plugin to load (default: search for jax's CUDA
-    /// plugin; SILICA_PJRT_PLUGIN names one too).
-    #[arg(long)]
-    pjrt_plugin: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
     /// Address to bind (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -83,13 +72,13 @@ pub struct ServeArgs {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let be = backend_with(a.backend, a.activations, a.pjrt_plugin.as_deref())?;
+    let be = a.run.backend(a.backend)?;
     let opts = LoadOptions {
         dtype: a.dtype.dtype(),
         max_context: a.max_context,
         tp: a.tp,
         quantize: quant_format(a.quantize),
-        device_sampling: a.sampling.on_device(a.backend),
+        device_sampling: a.run.sampling.on_device(a.backend),
         ..Default::default()
     };
     let (mut model, preset) = load_folder_or_preset(
@@ -100,7 +89,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         a.seed,
         None,
     )?;
-    check_activations(&model, a.activations)?;
+    check_activations(&model, a.run.activations)?;
     if preset.is_some() {
         // Presets ship no tokenizer: a byte-level one makes text prompts and chat work.
         model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config)?);

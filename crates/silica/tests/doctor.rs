@@ -285,6 +285,20 @@ fn doctor_and_generate_with_the_double() {
     );
 }
 
+/// jax's CUDA plugin as `bash scripts/pjrt_plugin.sh` installs it in `.venv-pjrt`, if it is there.
+fn real_plugin() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::read_dir(root.join(".venv-pjrt/lib"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|py| {
+            py.path()
+                .join("site-packages/jax_plugins/xla_cuda12/xla_cuda_plugin.so")
+        })
+        .filter(|p| p.exists())
+}
+
 #[test]
 fn doctor_reports_the_pjrt_plugin_state() {
     // A plugin path that does not exist: the section says so, and where it looked.
@@ -320,17 +334,7 @@ fn doctor_reports_the_pjrt_plugin_state() {
 
     // With the real jax CUDA plugin (scripts/pjrt_plugin.sh) and no GPU: found, loaded, and the
     // reason is the plugin's own "no GPU" message.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let Some(real) = std::fs::read_dir(root.join(".venv-pjrt/lib"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|py| {
-            py.path()
-                .join("site-packages/jax_plugins/xla_cuda12/xla_cuda_plugin.so")
-        })
-        .filter(|p| p.exists())
-    else {
+    let Some(real) = real_plugin() else {
         eprintln!("SKIPPED the real-plugin half: no .venv-pjrt (bash scripts/pjrt_plugin.sh)");
         assert!(
             std::env::var("SILICA_REQUIRE_PJRT_PLUGIN").as_deref() != Ok("1"),
@@ -392,17 +396,7 @@ fn pjrt_plugin_by_path() {
         let (ok, err) = run(&with(&base, &["--backend", "pjrt", "--pjrt-plugin", libc]));
         assert!(!ok && err.contains("GetPjrtApi"), "{err}");
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let real = std::fs::read_dir(root.join(".venv-pjrt/lib"))
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|py| {
-            py.path()
-                .join("site-packages/jax_plugins/xla_cuda12/xla_cuda_plugin.so")
-        })
-        .filter(|p| p.exists());
-    let Some(real) = real else {
+    let Some(real) = real_plugin() else {
         eprintln!("SKIPPED the real-plugin half: no .venv-pjrt (bash scripts/pjrt_plugin.sh)");
         assert!(
             std::env::var("SILICA_REQUIRE_PJRT_PLUGIN").as_deref() != Ok("1"),
