@@ -37,6 +37,20 @@ fn matmul(c: &mut Criterion) {
         g.bench_function(format!("candle_f32_{name}"), |b| {
             b.iter(|| x.matmul(&w.t().unwrap()).unwrap())
         });
+        // Like with like for silica's bf16 rows: candle's bf16 matmul, where its CPU backend
+        // has one (it says so when it does not).
+        let (xb, wb) = (
+            x.to_dtype(candle_core::DType::BF16).unwrap(),
+            w.to_dtype(candle_core::DType::BF16).unwrap(),
+        );
+        match xb.matmul(&wb.t().unwrap()) {
+            Ok(_) => {
+                g.bench_function(format!("candle_bf16_{name}"), |b| {
+                    b.iter(|| xb.matmul(&wb.t().unwrap()).unwrap())
+                });
+            }
+            Err(e) => eprintln!("candle_bf16_{name}: no bf16 CPU matmul in candle ({e})"),
+        }
     }
     g.finish();
 }
