@@ -19,7 +19,14 @@ fn main() {
                 })
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            // Without the folder the library would embed no presets and every --preset would
+            // fail at run time with "unknown preset": stop the build instead.
+            panic!("models/presets ({}) cannot be read: {e}", dir.display())
+        });
+    if entries.is_empty() {
+        panic!("models/presets ({}) holds no *.json preset", dir.display());
+    }
     entries.sort();
     let mut code = String::from(
         "/// (name, config.json text) of every preset.\npub static PRESETS: &[(&str, &str)] = &[\n",

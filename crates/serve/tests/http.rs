@@ -445,21 +445,41 @@ fn bad_requests_get_openai_errors() {
         ("/v1/completions", vec![b' '; 100 << 10], 413, "too large"),
         ("/v1/nothing", b"{}".to_vec(), 404, "no such endpoint"),
     ];
-    for (path, body, want, needle) in cases {
-        let (st, b) = http(a, "POST", path, &[], &body);
-        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
-        assert_eq!(st, want, "{path} {shown}: {b}");
-        let v: Value = serde_json::from_str(&b)
-            .unwrap_or_else(|e| panic!("{path} {shown}: not JSON ({e}): {b}"));
+    // Every case runs and every failure is reported by its name (the request), so the first
+    // one does not hide the others.
+    let check = |path: &str, body: &[u8], want: u16, needle: &str| -> Result<(), String> {
+        let (st, b) = http(a, "POST", path, &[], body);
+        if st != want {
+            return Err(format!("status {st}, want {want}: {b}"));
+        }
+        let v: Value = serde_json::from_str(&b).map_err(|e| format!("not JSON ({e}): {b}"))?;
         let msg = v["error"]["message"]
             .as_str()
-            .unwrap_or_else(|| panic!("no error object: {b}"));
-        assert!(
-            msg.contains(needle),
-            "{path} {shown}: {msg:?} lacks {needle:?}"
-        );
-        assert!(v["error"]["type"].is_string());
-    }
+            .ok_or_else(|| format!("no error object: {b}"))?;
+        if !msg.contains(needle) {
+            return Err(format!("{msg:?} lacks {needle:?}"));
+        }
+        if !v["error"]["type"].is_string() {
+            return Err(format!("no error type: {b}"));
+        }
+        Ok(())
+    };
+    let n = cases.len();
+    let failures: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(path, body, want, needle)| {
+            let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+            check(path, &body, want, needle)
+                .err()
+                .map(|e| format!("POST {path} {shown}: {e}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} bad requests were not refused as expected:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert_eq!(http(a, "GET", "/v1/completions", &[], b"").0, 405);
     // The server still works afterwards, and nothing leaked.
     let (st, _) = post(

@@ -40,27 +40,14 @@ pub struct OfflineResult {
     pub duration_s: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median of the rounds (numpy's, as every other statistic of the report); 0 for none.
+fn median(v: Vec<f64>) -> f64 {
+    silica_bench::metrics::percentile(&v, 50.0).unwrap_or(0.0)
 }
 
+/// `torch.argmax` of a logits row (the first maximum), as the host sampler takes it.
 fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as u32
+    silica_models::sampling::argmax(row) as u32
 }
 
 pub fn run(
