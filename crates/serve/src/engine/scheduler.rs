@@ -1,0 +1,510 @@
+//! The engine's scheduler thread: admission, chunked prefill and batched decode over the paged
+//! KV pool, preemption, sampling (on the host or in the backend), streaming and finishing.
+//! `Engine` (the parent module) is its public face: requests arrive as [`Msg`]s.
+
+use super::*;
+
+/// What a step gives its rows: logits to sample on the host, or tokens sampled in the backend.
+enum Next {
+    Logits(Vec<f32>),
+    Tokens(Vec<u32>),
+}
+
+struct Seq {
+    /// Prompt and generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose K/V are in `blocks`.
+    computed: usize,
+    blocks: Vec<u32>,
+    cursor: PrefixCursor,
+    max_tokens: usize,
+    ignore_eos: bool,
+    sampler: Sampler,
+    decoder: Option<StreamDecoder>,
+    stop: StopFilter,
+    tx: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+    arrival: Instant,
+    first_token: Option<Instant>,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.tx.is_closed()
+    }
+}
+
+pub(super) struct Scheduler {
+    paged: PagedModel,
+    blocks: BlockManager,
+    cfg: EngineConfig,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    shared: Arc<Shared>,
+    tokenizer: Option<Tokenizer>,
+    eos: Vec<u32>,
+    context_len: usize,
+}
+
+/// Smallest power of two ≥ n (n ≥ 1), capped at `cap` when n ≤ cap.
+fn pow2_bucket(n: usize, cap: usize) -> usize {
+    n.next_power_of_two().min(cap.max(n))
+}
+
+impl Scheduler {
+    /// A scheduler with nothing queued, over a pool of `blocks`.
+    pub(super) fn new(
+        paged: PagedModel,
+        blocks: BlockManager,
+        cfg: EngineConfig,
+        shared: Arc<Shared>,
+        tokenizer: Option<Tokenizer>,
+        eos: Vec<u32>,
+        context_len: usize,
+    ) -> Self {
+        Scheduler {
+            paged,
+            blocks,
+            cfg,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            shared,
+            tokenizer,
+            eos,
+            context_len,
+        }
+    }
+
+    pub(super) fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+        let mut open = true;
+        loop {
+            // Take new requests; block only when idle.
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(m) => self.take(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => self.take(m),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            self.drop_cancelled();
+            self.admit();
+            if let Err(e) = self.prefill_step() {
+                self.fail_all(&e.to_string());
+            }
+            if let Err(e) = self.decode_step() {
+                self.fail_all(&e.to_string());
+            }
+            self.publish();
+        }
+    }
+
+    fn take(&mut self, m: Msg) {
+        let Msg::New(n) = m;
+        let n = *n;
+        let prompt_len = n.tokens.len();
+        self.waiting.push_back(Seq {
+            tokens: n.tokens,
+            prompt_len,
+            computed: 0,
+            blocks: vec![],
+            cursor: PrefixCursor::default(),
+            max_tokens: n.max_tokens,
+            ignore_eos: n.ignore_eos,
+            sampler: Sampler::new(&n.sampling),
+            decoder: self.tokenizer.as_ref().map(StreamDecoder::new),
+            stop: StopFilter::new(&n.stop),
+            tx: n.tx,
+            cancel: n.cancel,
+            arrival: n.arrival,
+            first_token: None,
+        });
+        // `waiting` was counted at submit.
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.blocks_in_use
+            .store(self.blocks.in_use(), Ordering::Relaxed);
+        s.running.store(self.running.len(), Ordering::Relaxed);
+    }
+
+    fn finish(&mut self, mut seq: Seq, mut reason: FinishReason) {
+        self.blocks.release(&seq.blocks);
+        seq.blocks.clear();
+        // Publish before the Finished event: a caller that sees its request end must see its
+        // blocks back in the pool.
+        self.shared
+            .blocks_in_use
+            .store(self.blocks.in_use(), Ordering::Relaxed);
+        let mut text = String::new();
+        if reason != FinishReason::Stop && reason != FinishReason::Cancelled {
+            if let Some(d) = seq.decoder.as_mut() {
+                // As generation does: a stop string the final flush completes ends the stream
+                // with reason Stop (it was dropped here, reporting length/eos).
+                let (out, hit) = finish_stream(&d.finish(), &mut seq.stop);
+                text.push_str(&out);
+                if hit {
+                    reason = FinishReason::Stop;
+                }
+            }
+        }
+        let usage = Usage {
+            prompt_tokens: seq.prompt_len,
+            completion_tokens: seq.generated(),
+        };
+        let now = Instant::now();
+        {
+            let mut m = self.shared.metrics.lock().expect("not poisoned");
+            m.finished(reason, usage, seq.arrival, seq.first_token, now);
+        }
+        let _ = seq.tx.send(Event::Finished {
+            text,
+            reason,
+            usage,
+        });
+    }
+
+    fn fail_all(&mut self, msg: &str) {
+        let seqs: Vec<Seq> = self
+            .running
+            .drain(..)
+            .chain(self.waiting.drain(..))
+            .collect();
+        self.shared.waiting.store(0, Ordering::Relaxed);
+        for s in seqs {
+            self.blocks.release(&s.blocks);
+            let _ = s.tx.send(Event::Error(format!("engine error: {msg}")));
+        }
+        // The failed step may have left the KV pools' contents unspecified: a later request
+        // must recompute its prefix rather than reuse blocks cached before the failure.
+        self.blocks.forget_contents();
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].cancelled() {
+                let s = self.waiting.remove(i).expect("in range");
+                self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.finish(s, FinishReason::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].cancelled() {
+                let s = self.running.remove(i);
+                self.finish(s, FinishReason::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Admits waiting sequences (FIFO) while there are sequence slots and blocks for their
+    /// whole current token list.
+    fn admit(&mut self) {
+        let bs = self.blocks.block_size;
+        while self.running.len() < self.cfg.max_num_seqs {
+            let Some(seq) = self.waiting.front_mut() else {
+                break;
+            };
+            // Reuse cached full blocks, keeping at least one token to compute (for logits).
+            let (hit, cursor) = self.blocks.lookup(&seq.tokens, (seq.tokens.len() - 1) / bs);
+            let need = seq.tokens.len().div_ceil(bs) - hit.len();
+            if need > self.blocks.num_free() {
+                self.blocks.release(&hit);
+                break;
+            }
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.shared
+                .prefix_hit_blocks
+                .fetch_add(hit.len() as u64, Ordering::Relaxed);
+            seq.computed = hit.len() * bs;
+            seq.blocks = hit;
+            seq.cursor = cursor;
+            for _ in 0..need {
+                seq.blocks
+                    .push(self.blocks.allocate().expect("counted free"));
+            }
+            self.running.push(seq);
+        }
+    }
+
+    /// Frees the most recently admitted running sequence other than `keep` (or `keep` itself
+    /// when it is the only one) and puts it back at the front of the queue to be recomputed.
+    fn preempt(&mut self, keep: usize) -> usize {
+        let victim = if self.running.len() - 1 != keep || self.running.len() == 1 {
+            self.running.len() - 1
+        } else {
+            self.running.len() - 2
+        };
+        let mut s = self.running.remove(victim);
+        self.blocks.release(&s.blocks);
+        s.blocks.clear();
+        s.computed = 0;
+        s.cursor = PrefixCursor::default();
+        self.shared.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        self.waiting.push_front(s);
+        victim
+    }
+
+    fn prefill_step(&mut self) -> Result<(), ServeError> {
+        let bs = self.blocks.block_size;
+        let max_chunk = (self.cfg.max_prefill_tokens / bs).max(1) * bs;
+        let cands: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].tokens.len() - self.running[i].computed > 1)
+            .collect();
+        if cands.is_empty() {
+            return Ok(());
+        }
+        // The chunk bucket is set by the first (oldest) candidate; others join while the
+        // batch stays within the token budget.
+        let chunk_of = |s: &Seq| (s.tokens.len() - s.computed).min(max_chunk);
+        let first = chunk_of(&self.running[cands[0]]);
+        let t = (first.div_ceil(bs).next_power_of_two() * bs).min(max_chunk.next_power_of_two());
+        let t = t.max(first.div_ceil(bs) * bs);
+        let max_rows = (self.cfg.max_prefill_tokens / t).max(1);
+        let picked: Vec<usize> = cands
+            .into_iter()
+            .filter(|&i| chunk_of(&self.running[i]) <= t)
+            .take(max_rows)
+            .collect();
+        let b = pow2_bucket(picked.len(), max_rows);
+        let mut m = 1;
+        let chunks: Vec<(usize, usize)> = picked
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                let c = chunk_of(s);
+                m = m.max(s.blocks.len());
+                (i, c)
+            })
+            .collect();
+        let m = m.next_power_of_two().max(t / bs);
+        // Rows whose prompt ends in this chunk pick their first token.
+        let samples: Vec<bool> = chunks
+            .iter()
+            .map(|&(i, c)| {
+                let s = &self.running[i];
+                s.computed + c == s.tokens.len()
+            })
+            .collect();
+        let sampled = self.device_draws(&chunks.iter().map(|c| c.0).collect::<Vec<_>>(), &samples);
+        let rows: Vec<PagedRow> = chunks
+            .iter()
+            .map(|&(i, c)| {
+                let s = &self.running[i];
+                PagedRow {
+                    tokens: &s.tokens[s.computed..s.computed + c],
+                    start_pos: s.computed,
+                    block_table: &s.blocks,
+                    logits_at: c - 1,
+                }
+            })
+            .collect();
+        let next = match sampled {
+            Some(draws) => Next::Tokens(self.paged.step_sampled(&rows, b, t, m, &draws)?.tokens),
+            None => Next::Logits(
+                self.paged
+                    .step(&rows, b, t, m, LogitsMode::Last)?
+                    .to_vec::<f32>()?,
+            ),
+        };
+        let v = self.paged.model.config.vocab_size;
+        let mut done = Vec::new();
+        for (r, &(i, c)) in chunks.iter().enumerate() {
+            let s = &mut self.running[i];
+            s.computed += c;
+            self.blocks
+                .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
+            if s.computed == s.tokens.len() {
+                if let Some(reason) = self.take_next(i, &next, r, v) {
+                    done.push((i, reason));
+                }
+            }
+        }
+        self.retire(done);
+        Ok(())
+    }
+
+    fn decode_step(&mut self) -> Result<(), ServeError> {
+        let bs = self.blocks.block_size;
+        // Every decoding sequence needs the block of its next position.
+        let mut i = 0;
+        while i < self.running.len() {
+            let s = &self.running[i];
+            if s.tokens.len() - s.computed != 1 || s.computed / bs < s.blocks.len() {
+                i += 1;
+                continue;
+            }
+            match self.blocks.allocate() {
+                Some(b) => {
+                    self.running[i].blocks.push(b);
+                    i += 1;
+                }
+                None => {
+                    let victim = self.preempt(i);
+                    if victim < i {
+                        i -= 1;
+                    }
+                }
+            }
+        }
+        let idx: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].tokens.len() - self.running[i].computed == 1)
+            .collect();
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let b = pow2_bucket(idx.len(), self.cfg.max_num_seqs);
+        let m = idx
+            .iter()
+            .map(|&i| self.running[i].blocks.len())
+            .max()
+            .unwrap_or(1)
+            .next_power_of_two();
+        let sampled = self.device_draws(&idx, &vec![true; idx.len()]);
+        let rows: Vec<PagedRow> = idx
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                PagedRow {
+                    tokens: &s.tokens[s.computed..],
+                    start_pos: s.computed,
+                    block_table: &s.blocks,
+                    logits_at: 0,
+                }
+            })
+            .collect();
+        let next = match sampled {
+            Some(draws) => Next::Tokens(self.paged.step_sampled(&rows, b, 1, m, &draws)?.tokens),
+            None => Next::Logits(
+                self.paged
+                    .step(&rows, b, 1, m, LogitsMode::Last)?
+                    .to_vec::<f32>()?,
+            ),
+        };
+        let v = self.paged.model.config.vocab_size;
+        let mut done = Vec::new();
+        for (r, &i) in idx.iter().enumerate() {
+            let s = &mut self.running[i];
+            s.computed += 1;
+            self.blocks
+                .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
+            if let Some(reason) = self.take_next(i, &next, r, v) {
+                done.push((i, reason));
+            }
+        }
+        self.retire(done);
+        Ok(())
+    }
+
+    /// Removes finished sequences (indices into `running`, any order).
+    fn retire(&mut self, mut done: Vec<(usize, FinishReason)>) {
+        done.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in done {
+            let s = self.running.remove(i);
+            self.finish(s, reason);
+        }
+    }
+
+    /// The draws for a step sampled inside the backend — running sequences `idx` in row order,
+    /// `samples[r]` whether row `r` picks a token this step (the others run greedy and their
+    /// result is unused) — or `None` to sample on the host: device sampling is off, or a
+    /// sampling row needs the host (a repetition penalty). Checked before any draw, so a
+    /// sequence's RNG only advances for the path that runs.
+    fn device_draws(&mut self, idx: &[usize], samples: &[bool]) -> Option<Vec<DeviceDraw>> {
+        if !self.paged.model.device_sampling
+            || idx
+                .iter()
+                .zip(samples)
+                .any(|(&i, &s)| s && self.running[i].sampler.params().repetition_penalty != 1.0)
+        {
+            return None;
+        }
+        idx.iter()
+            .zip(samples)
+            .map(|(&i, &s)| {
+                if s {
+                    self.running[i].sampler.device_draw()
+                } else {
+                    Some(DeviceDraw::GREEDY)
+                }
+            })
+            .collect()
+    }
+
+    /// Row `r`'s next token from a step's result (sampled on the host from its logits, or
+    /// already sampled in the backend) for running sequence `i`, streamed.
+    fn take_next(&mut self, i: usize, next: &Next, r: usize, v: usize) -> Option<FinishReason> {
+        let tok = match next {
+            Next::Tokens(t) => t[r],
+            Next::Logits(l) => {
+                let s = &mut self.running[i];
+                s.sampler.sample(&l[r * v..(r + 1) * v], &s.tokens)
+            }
+        };
+        self.accept(i, tok)
+    }
+
+    /// Appends `tok` to running sequence `i` and streams it; returns why it finished, if it did.
+    fn accept(&mut self, i: usize, tok: u32) -> Option<FinishReason> {
+        let ctx = self.context_len;
+        let s = &mut self.running[i];
+        s.tokens.push(tok);
+        if s.first_token.is_none() {
+            let now = Instant::now();
+            s.first_token = Some(now);
+            self.shared
+                .metrics
+                .lock()
+                .expect("not poisoned")
+                .first_token(now - s.arrival);
+        }
+        if !s.ignore_eos && self.eos.contains(&tok) {
+            let _ = s.tx.send(Event::Token {
+                id: tok,
+                text: String::new(),
+            });
+            return Some(FinishReason::Eos);
+        }
+        let mut text = String::new();
+        let mut hit = false;
+        if let Some(d) = s.decoder.as_mut() {
+            if let Some(piece) = d.push(tok) {
+                let (out, h) = s.stop.push(&piece);
+                text = out;
+                hit = h;
+            }
+        }
+        let _ = s.tx.send(Event::Token { id: tok, text });
+        if hit {
+            Some(FinishReason::Stop)
+        } else if s.generated() >= s.max_tokens || s.tokens.len() >= ctx {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+}
