@@ -1,0 +1,247 @@
+//! The report's SVG charts (plotters' SVG backend): throughput against TPOT, and $ per 1M output
+//! tokens; log axes where the values span more than a decade.
+
+use super::{html_escape, label, usd};
+use crate::report::Report;
+use plotters::prelude::*;
+
+const W: u32 = 640;
+const H: u32 = 420;
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// A placeholder SVG with a message.
+fn empty_svg(title: &str, message: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} 120\" width=\"{W}\" height=\"120\">\
+         <text x=\"{}\" y=\"30\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"18\">{}</text>\
+         <text x=\"{}\" y=\"75\" text-anchor=\"middle\" font-family=\"sans-serif\" font-size=\"14\" fill=\"#59636e\">{}</text></svg>\n",
+        W / 2,
+        html_escape(title),
+        W / 2,
+        html_escape(message)
+    )
+}
+
+/// An axis range over `values` (all finite, positive when `log`), padded, in plot space
+/// (log10 when `log`).
+fn axis(values: &[f64], log: bool) -> (f64, f64) {
+    let t = |v: f64| if log { v.log10() } else { v };
+    let lo = values.iter().copied().map(t).fold(f64::INFINITY, f64::min);
+    let hi = values
+        .iter()
+        .copied()
+        .map(t)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if log {
+        let pad = ((hi - lo) * 0.15).max(0.15);
+        (lo - pad, hi + pad)
+    } else {
+        let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.15).max(1e-9);
+        ((lo - pad).max(0.0), hi + pad)
+    }
+}
+
+/// Whether values spread over enough decades to want a log axis.
+fn wants_log(values: &[f64]) -> bool {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    lo > 0.0 && hi / lo > 30.0
+}
+
+fn tick(v: f64, log: bool) -> String {
+    short(if log { 10f64.powf(v) } else { v })
+}
+
+/// An axis tick: at most three significant digits, no trailing zeros, `k` for thousands.
+pub(super) fn short(v: f64) -> String {
+    if !v.is_finite() {
+        return String::new();
+    }
+    if v.abs() >= 10_000.0 {
+        return format!("{}k", short(v / 1000.0));
+    }
+    let digits = if v == 0.0 {
+        0
+    } else {
+        (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize
+    };
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// Output tok/s (x) against TPOT p50 (y), one labelled point per report that has both.
+pub(super) fn scatter_svg(reports: &[Report]) -> String {
+    let title = "Throughput vs latency";
+    let pts: Vec<(usize, f64, f64)> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let x = r.output_tok_s()?;
+            let y = r.metrics.serving.as_ref()?.tpot_ms.as_ref()?.median;
+            (x.is_finite() && y.is_finite() && x > 0.0 && y > 0.0).then_some((i, x, y))
+        })
+        .collect();
+    if pts.is_empty() {
+        return empty_svg(title, "no report has both output tok/s and TPOT p50");
+    }
+    let xs: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    let ys: Vec<f64> = pts.iter().map(|p| p.2).collect();
+    let (xlog, ylog) = (wants_log(&xs), wants_log(&ys));
+    let (x0, x1) = axis(&xs, xlog);
+    let (y0, y1) = axis(&ys, ylog);
+    let tx = |v: f64| if xlog { v.log10() } else { v };
+    let ty = |v: f64| if ylog { v.log10() } else { v };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(14)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x0..x1, y0..y1)?;
+            chart
+                .configure_mesh()
+                .x_desc(if xlog {
+                    "output tokens/s (log scale)"
+                } else {
+                    "output tokens/s"
+                })
+                .y_desc(if ylog {
+                    "TPOT p50, ms (log scale)"
+                } else {
+                    "TPOT p50, ms"
+                })
+                .x_label_formatter(&|v| tick(*v, xlog))
+                .y_label_formatter(&|v| tick(*v, ylog))
+                .x_labels(7)
+                .y_labels(7)
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()?;
+            for &(i, x, y) in &pts {
+                let color = PALETTE[i % PALETTE.len()];
+                let text = format!("#{} {}", i + 1, label(&reports[i]));
+                // Labels of points in the right half go to their left, so they stay inside.
+                let right_half = tx(x) > (x0 + x1) / 2.0;
+                let width = (text.len() as f64 * 15.0 * 0.46) as i32;
+                let dx = if right_half { -10 - width } else { 10 };
+                chart.draw_series(std::iter::once(
+                    EmptyElement::at((tx(x), ty(y)))
+                        + Circle::new((0, 0), 6, color.filled())
+                        + Text::new(
+                            text,
+                            (dx, -18),
+                            ("sans-serif", 15).into_font().color(&color),
+                        ),
+                ))?;
+            }
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
+
+/// $/1M output tokens per report, horizontal bars.
+pub(super) fn cost_svg(reports: &[Report]) -> String {
+    let title = "$ per 1M output tokens";
+    let bars: Vec<(usize, f64)> = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let c = r.cost.as_ref()?.usd_per_1m_output_tokens?;
+            (c.is_finite() && c >= 0.0).then_some((i, c))
+        })
+        .collect();
+    if bars.is_empty() {
+        return empty_svg(
+            title,
+            "no report has a price (pass --instance or --price-per-hour)",
+        );
+    }
+    let labels: Vec<String> = bars
+        .iter()
+        .map(|(i, _)| format!("#{} {}", i + 1, label(&reports[*i])))
+        .collect();
+    let longest = labels.iter().map(|l| l.len()).max().unwrap_or(8) as u32;
+    let n = bars.len();
+    let height = (110 + 44 * n as u32).max(220);
+    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, height)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, ("sans-serif", 22))
+                .margin(14)
+                .x_label_area_size(40)
+                .y_label_area_size((longest * 8 + 16).min(W / 2))
+                .build_cartesian_2d(0.0..max * 1.22, -0.5..(n as f64 - 0.5))?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_labels(n)
+                .y_label_formatter(&|v| {
+                    let k = v.round();
+                    if (v - k).abs() < 1e-6 && k >= 0.0 && (k as usize) < n {
+                        // Top to bottom in report order.
+                        labels[n - 1 - k as usize].clone()
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_label_formatter(&|v| format!("${}", short(*v)))
+                .x_desc("USD per 1M output tokens")
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()?;
+            for (k, &(i, c)) in bars.iter().enumerate() {
+                let y = (n - 1 - k) as f64;
+                let color = PALETTE[i % PALETTE.len()];
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(0.0, y - 0.32), (c, y + 0.32)],
+                    color.filled(),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    usd(Some(c)),
+                    (c + max * 0.015, y + 0.12),
+                    ("sans-serif", 15).into_font().color(&BLACK),
+                )))?;
+            }
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
