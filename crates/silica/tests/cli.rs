@@ -79,58 +79,35 @@ fn generate_json_greedy_matches_transformers() {
 #[test]
 fn generate_streams_text_and_prints_a_summary() {
     let dir = fixture("llama");
-    let o = silica(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "The café",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0.7",
-        "--seed",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let sampled = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "The café",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        let o = silica(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let o = sampled(&[]);
     let e = stderr(&o);
     assert!(
         e.contains("prompt tokens") && e.contains("TTFT") && e.contains("tok/s"),
         "{e}"
     );
     // Same seed, same output.
-    let o2 = silica(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "The café",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0.7",
-        "--seed",
-        "3",
-    ]);
-    assert_eq!(o.stdout, o2.stdout);
+    assert_eq!(o.stdout, sampled(&[]).stdout);
     // Sampled inside the backend (a sampler program): the same seed gives the same text.
-    let o3 = silica(&[
-        "generate",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt",
-        "The café",
-        "--max-tokens",
-        "8",
-        "--temperature",
-        "0.7",
-        "--seed",
-        "3",
-        "--sampling",
-        "device",
-    ]);
-    assert!(o3.status.success(), "{}", stderr(&o3));
-    assert_eq!(o.stdout, o3.stdout);
+    assert_eq!(o.stdout, sampled(&["--sampling", "device"]).stdout);
 }
 
 #[test]
