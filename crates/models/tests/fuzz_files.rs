@@ -169,6 +169,21 @@ fn mutated_tokenizer_files_never_panic() {
     }
 }
 
+/// What the fuzzer found: the tokenizers library (0.22) panics on an invalid `\u` escape inside
+/// the decoder's JSON (mutation seed 19867 of tokenizer.json); silica reports it as an error.
+#[test]
+fn an_invalid_escape_in_the_decoder_is_an_error() {
+    let (_t, dir) = copy();
+    let p = dir.join("tokenizer.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let at = text.find("\"decoder\": {").expect("a decoder") + "\"decoder\": {".len();
+    let bad = format!("{}\"x\": \"\\ud800\",{}", &text[..at], &text[at..]);
+    std::fs::write(&p, bad).unwrap();
+    let e = Tokenizer::from_dir(&dir).expect_err("an invalid escape loaded");
+    let msg = e.to_string();
+    assert!(msg.contains("tokenizer.json"), "{msg}");
+}
+
 /// The real SmolLM2 GGUF (scripts/fetch_gguf.sh), its metadata and tensor table damaged; skipped
 /// when the file is absent (CI fetches it).
 #[test]

@@ -205,11 +205,30 @@ impl Tokenizer {
         let tc_path = dir.join("tokenizer_config.json");
         let cfg_path = dir.join("config.json");
         let gen_path = dir.join("generation_config.json");
-        let mut tok =
-            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::Invalid {
-                path: tj.clone(),
-                message: format!("not a tokenizer.json that the tokenizers library can load: {e}"),
+        let invalid = |message: String| TokenizerError::Invalid {
+            path: tj.clone(),
+            message,
+        };
+        // The tokenizers library panics on some malformed files instead of returning an error
+        // (0.22: an invalid \u escape inside "decoder" hits an `expect` in its deserializer,
+        // found by tests/fuzz_files.rs): a hostile tokenizer.json must be an error naming the
+        // file, not a crash.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|p| {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the tokenizers library panicked".into());
+                invalid(format!(
+                    "not a tokenizer.json that the tokenizers library can load: {why}"
+                ))
             })?;
+        let mut tok = parsed.map_err(|e| {
+            invalid(format!(
+                "not a tokenizer.json that the tokenizers library can load: {e}"
+            ))
+        })?;
 
         // Special tokens as transformers' special_tokens_map sees them.
         let mut special_tokens = Vec::new();
