@@ -190,16 +190,22 @@ impl Sampler {
         }
     }
 
+    /// Whether the next token must be sampled on the host from the logits: a repetition penalty
+    /// reads the token history, which a sampler program does not have. Asking consumes nothing.
+    pub fn needs_host(&self) -> bool {
+        self.params.repetition_penalty != 1.0
+    }
+
     /// The parameters and the random number a sampler program
     /// ([`crate::device_sampling`]) needs for this row's next token, or `None` when that token
     /// needs the host (a repetition penalty reads the history). It consumes the RNG exactly as
     /// [`Sampler::sample`] would, so a sequence may move between the two paths and a seed gives
     /// the same tokens on either.
     pub fn device_draw(&mut self) -> Option<DeviceDraw> {
-        let p = &self.params;
-        if p.repetition_penalty != 1.0 {
+        if self.needs_host() {
             return None;
         }
+        let p = &self.params;
         if p.temperature == 0.0 {
             return Some(DeviceDraw::GREEDY);
         }

@@ -61,6 +61,7 @@ pub fn prepare(hlo: &HloModule, target: Target) -> Result<Cow<'_, HloModule>, Ne
             ),
         };
     let entry_id = m.entry_computation_id;
+    let mut any_s64 = false;
     for c in &m.computations {
         for i in &c.instructions {
             match i.opcode.as_str() {
@@ -98,6 +99,7 @@ pub fn prepare(hlo: &HloModule, target: Target) -> Result<Cow<'_, HloModule>, Ne
                 ));
             }
             let s64 = has_element(shape, PrimitiveType::S64 as i32);
+            any_s64 |= s64;
             if s64 && is_v2(target) && c.id == entry_id {
                 if i.opcode == "parameter" {
                     return Err(refuse(
@@ -129,7 +131,7 @@ pub fn prepare(hlo: &HloModule, target: Target) -> Result<Cow<'_, HloModule>, Ne
             }
         }
     }
-    if !is_v2(target) || !module_has_s64(&m) {
+    if !is_v2(target) || !any_s64 {
         return Ok(Cow::Borrowed(hlo));
     }
     // Every i64 inside the module becomes i32 (checked above to be safe).
@@ -196,15 +198,6 @@ fn has_dynamic_dimension(s: &ShapeProto) -> bool {
 
 fn has_element(s: &ShapeProto, t: i32) -> bool {
     s.element_type == t || s.tuple_shapes.iter().any(|x| has_element(x, t))
-}
-
-fn module_has_s64(m: &HloModuleProto) -> bool {
-    let s64 = PrimitiveType::S64 as i32;
-    m.computations.iter().any(|c| {
-        c.instructions
-            .iter()
-            .any(|i| i.shape.as_ref().is_some_and(|s| has_element(s, s64)))
-    })
 }
 
 fn to_s32(s: &mut ShapeProto) {

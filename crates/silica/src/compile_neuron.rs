@@ -36,7 +36,7 @@ pub fn compile_neffs(
             p["bytes"] = Value::from(m.bytes.len());
             p["sha256"] = Value::String(m.hash.clone());
         }
-        prepared.push(m.into_owned());
+        prepared.push(m);
     }
     let modules = &prepared;
     let Some(compiler) = find_compiler() else {

@@ -439,7 +439,7 @@ impl Scheduler {
             || idx
                 .iter()
                 .zip(samples)
-                .any(|(&i, &s)| s && self.running[i].sampler.params().repetition_penalty != 1.0)
+                .any(|(&i, &s)| s && self.running[i].sampler.needs_host())
         {
             return None;
         }
