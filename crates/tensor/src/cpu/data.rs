@@ -3,21 +3,143 @@
 use crate::dtype::{f64_to_bf16, f64_to_f16};
 use crate::{DType, HostTensor, Shape};
 use half::{bf16, f16};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
 
 /// Elements below which a float conversion runs on the calling thread.
 const PAR_CONVERT_MIN: usize = 1 << 16;
 
+/// The elements of one tensor: a vector of its own, or the bytes of a [`HostTensor`] viewed in
+/// place. Uploading a checkpoint's weights borrows them this way: a tensor memory-mapped from a
+/// safetensors or GGUF file stays in the page cache and is never copied, so a model costs its
+/// size in resident memory once, not twice (the upload used to copy every tensor).
+///
+/// Reading is a slice either way ([`Deref`]). Writing ([`DerefMut`], [`Store::make_mut`])
+/// copies a borrowed store into a vector first (copy on write), so no kernel can write into a
+/// checkpoint mapping or into a host tensor someone else holds.
+pub enum Store<T: bytemuck::Pod> {
+    Owned(Vec<T>),
+    /// Invariant: the tensor's bytes are aligned for `T` and hold a whole number of `T`s.
+    Shared(HostTensor),
+}
+
+impl<T: bytemuck::Pod> Store<T> {
+    /// Borrows `t`'s bytes if they can be viewed as `T` in place, else copies them (mapped data
+    /// at an offset that is not a multiple of `T`'s alignment).
+    fn of_host(t: &HostTensor) -> Store<T> {
+        let bytes = t.as_bytes();
+        match bytemuck::try_cast_slice::<u8, T>(bytes) {
+            Ok(_) => Store::Shared(t.clone()),
+            Err(_) => Store::Owned(
+                bytes
+                    .chunks_exact(std::mem::size_of::<T>())
+                    .map(bytemuck::pod_read_unaligned)
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Store::Owned(v) => v,
+            Store::Shared(t) => bytemuck::cast_slice(t.as_bytes()),
+        }
+    }
+
+    /// The vector, copying a borrowed store into one first.
+    pub fn make_mut(&mut self) -> &mut Vec<T> {
+        if let Store::Shared(t) = self {
+            *self = Store::Owned(bytemuck::cast_slice(t.as_bytes()).to_vec());
+        }
+        match self {
+            Store::Owned(v) => v,
+            Store::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            Store::Owned(v) => v,
+            Store::Shared(t) => bytemuck::cast_slice(t.as_bytes()).to_vec(),
+        }
+    }
+
+    /// True when the elements are borrowed from a host tensor (no copy was made).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Shared(_))
+    }
+}
+
+impl<T: bytemuck::Pod> Deref for Store<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T: bytemuck::Pod> DerefMut for Store<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        self.make_mut()
+    }
+}
+
+impl<T: bytemuck::Pod> Clone for Store<T> {
+    /// A borrowed store clones its handle (cheap); an owned one its vector.
+    fn clone(&self) -> Self {
+        match self {
+            Store::Owned(v) => Store::Owned(v.clone()),
+            Store::Shared(t) => Store::Shared(t.clone()),
+        }
+    }
+}
+
+impl<T: bytemuck::Pod> From<Vec<T>> for Store<T> {
+    fn from(v: Vec<T>) -> Self {
+        Store::Owned(v)
+    }
+}
+
+impl<T: bytemuck::Pod> From<Store<T>> for Vec<T> {
+    fn from(s: Store<T>) -> Self {
+        s.into_vec()
+    }
+}
+
+impl<T: bytemuck::Pod + Send> rayon::iter::FromParallelIterator<T> for Store<T> {
+    fn from_par_iter<I: rayon::iter::IntoParallelIterator<Item = T>>(it: I) -> Self {
+        Store::Owned(Vec::from_par_iter(it))
+    }
+}
+
+impl<T: bytemuck::Pod> FromIterator<T> for Store<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Self {
+        Store::Owned(it.into_iter().collect())
+    }
+}
+
+impl<T: bytemuck::Pod + PartialEq> PartialEq for Store<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: bytemuck::Pod + fmt::Debug> fmt::Debug for Store<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
 /// One tensor's elements, typed. `Bool` is stored as bytes 0/1.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CpuData {
-    Bool(Vec<u8>),
-    U8(Vec<u8>),
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
-    F32(Vec<f32>),
-    F64(Vec<f64>),
+    Bool(Store<u8>),
+    U8(Store<u8>),
+    I32(Store<i32>),
+    I64(Store<i64>),
+    F16(Store<f16>),
+    BF16(Store<bf16>),
+    F32(Store<f32>),
+    F64(Store<f64>),
 }
 
 /// Applies a generic expression to the vector inside any variant, rewrapping in the same variant.
@@ -78,42 +200,49 @@ impl CpuData {
 
     pub fn zeros(dtype: DType, n: usize) -> CpuData {
         match dtype {
-            DType::Bool => CpuData::Bool(vec![0; n]),
-            DType::U8 => CpuData::U8(vec![0; n]),
-            DType::I32 => CpuData::I32(vec![0; n]),
-            DType::I64 => CpuData::I64(vec![0; n]),
-            DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
-            DType::BF16 => CpuData::BF16(vec![bf16::ZERO; n]),
-            DType::F32 => CpuData::F32(vec![0.0; n]),
-            DType::F64 => CpuData::F64(vec![0.0; n]),
+            DType::Bool => CpuData::Bool(Store::from(vec![0; n])),
+            DType::U8 => CpuData::U8(Store::from(vec![0; n])),
+            DType::I32 => CpuData::I32(Store::from(vec![0; n])),
+            DType::I64 => CpuData::I64(Store::from(vec![0; n])),
+            DType::F16 => CpuData::F16(Store::from(vec![f16::ZERO; n])),
+            DType::BF16 => CpuData::BF16(Store::from(vec![bf16::ZERO; n])),
+            DType::F32 => CpuData::F32(Store::from(vec![0.0; n])),
+            DType::F64 => CpuData::F64(Store::from(vec![0.0; n])),
         }
     }
 
+    /// The host tensor's elements, borrowed without a copy where they can be (see [`Store`]).
     pub fn from_host(t: &HostTensor) -> CpuData {
-        let bytes = t.as_bytes();
-        fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
-            match bytemuck::try_cast_slice::<u8, T>(bytes) {
-                Ok(s) => s.to_vec(),
-                Err(_) => bytes
-                    .chunks_exact(std::mem::size_of::<T>())
-                    .map(bytemuck::pod_read_unaligned)
-                    .collect(),
-            }
-        }
         match t.dtype() {
-            DType::Bool => CpuData::Bool(bytes.iter().map(|&b| (b != 0) as u8).collect()),
-            DType::U8 => CpuData::U8(bytes.to_vec()),
-            DType::I32 => CpuData::I32(cast(bytes)),
-            DType::I64 => CpuData::I64(cast(bytes)),
-            DType::F16 => CpuData::F16(cast(bytes)),
-            DType::BF16 => CpuData::BF16(cast(bytes)),
-            DType::F32 => CpuData::F32(cast(bytes)),
-            DType::F64 => CpuData::F64(cast(bytes)),
+            // Normalised to 0/1 (any non-zero byte is true), so always a copy.
+            DType::Bool => CpuData::Bool(t.as_bytes().iter().map(|&b| (b != 0) as u8).collect()),
+            DType::U8 => CpuData::U8(Store::of_host(t)),
+            DType::I32 => CpuData::I32(Store::of_host(t)),
+            DType::I64 => CpuData::I64(Store::of_host(t)),
+            DType::F16 => CpuData::F16(Store::of_host(t)),
+            DType::BF16 => CpuData::BF16(Store::of_host(t)),
+            DType::F32 => CpuData::F32(Store::of_host(t)),
+            DType::F64 => CpuData::F64(Store::of_host(t)),
         }
+    }
+
+    /// True when the elements are borrowed from a host tensor (see [`Store`]).
+    pub fn is_shared(&self) -> bool {
+        with_data!(self, v => v.is_shared())
     }
 
     pub fn to_host(&self, shape: &Shape) -> HostTensor {
-        let bytes: &[u8] = with_data!(self, v => bytemuck::cast_slice(v));
+        // A borrowed store hands back the tensor it borrows (same bytes, this shape).
+        let shared = with_data!(self, v => match v {
+            Store::Shared(t) => Some(t),
+            Store::Owned(_) => None,
+        });
+        if let Some(t) = shared.filter(|t| t.dtype() == self.dtype()) {
+            if let Ok(t) = t.reshape(shape.clone()) {
+                return t;
+            }
+        }
+        let bytes: &[u8] = with_data!(self, v => bytemuck::cast_slice(v.as_slice()));
         HostTensor::from_bytes(self.dtype(), shape.clone(), bytes)
             .expect("CpuData length matches its shape")
     }
@@ -121,14 +250,14 @@ impl CpuData {
     /// Values as f32 (converting on the fly) — used by kernels that compute in f32.
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
-            CpuData::F32(v) => v.clone(),
+            CpuData::F32(v) => Vec::from(v.clone()),
             _ => self.convert(DType::F32).into_f32(),
         }
     }
 
     pub fn into_f32(self) -> Vec<f32> {
         match self {
-            CpuData::F32(v) => v,
+            CpuData::F32(v) => Vec::from(v),
             other => other.to_f32(),
         }
     }
@@ -138,7 +267,7 @@ impl CpuData {
         match self {
             CpuData::Bool(v) | CpuData::U8(v) => v.iter().map(|&x| x as i64).collect(),
             CpuData::I32(v) => v.iter().map(|&x| x as i64).collect(),
-            CpuData::I64(v) => v.clone(),
+            CpuData::I64(v) => Vec::from(v.clone()),
             CpuData::F16(v) => v.iter().map(|&x| x.to_f32() as i64).collect(),
             CpuData::BF16(v) => v.iter().map(|&x| x.to_f32() as i64).collect(),
             CpuData::F32(v) => v.iter().map(|&x| x as i64).collect(),
@@ -152,16 +281,16 @@ impl CpuData {
     pub fn bitcast(self, to: DType) -> CpuData {
         match (self, to) {
             (CpuData::F32(v), DType::I32) => {
-                CpuData::I32(v.into_iter().map(|x| x.to_bits() as i32).collect())
+                CpuData::I32(v.iter().map(|x| x.to_bits() as i32).collect())
             }
             (CpuData::I32(v), DType::F32) => {
-                CpuData::F32(v.into_iter().map(|x| f32::from_bits(x as u32)).collect())
+                CpuData::F32(v.iter().map(|&x| f32::from_bits(x as u32)).collect())
             }
             (CpuData::F64(v), DType::I64) => {
-                CpuData::I64(v.into_iter().map(|x| x.to_bits() as i64).collect())
+                CpuData::I64(v.iter().map(|x| x.to_bits() as i64).collect())
             }
             (CpuData::I64(v), DType::F64) => {
-                CpuData::F64(v.into_iter().map(|x| f64::from_bits(x as u64)).collect())
+                CpuData::F64(v.iter().map(|&x| f64::from_bits(x as u64)).collect())
             }
             (same, to) if same.dtype() == to => same,
             (v, to) => unreachable!(
@@ -200,7 +329,7 @@ impl CpuData {
                 } else {
                     f(v, &mut out);
                 }
-                return CpuData::BF16(out);
+                return CpuData::BF16(Store::from(out));
             }
             (CpuData::F32(v), DType::F16) => return CpuData::F16(widen!(v, |&x| f16::from_f32(x))),
             (CpuData::BF16(v), DType::F32) => return CpuData::F32(widen!(v, |&x| x.to_f32())),
@@ -221,7 +350,7 @@ impl CpuData {
                 DType::Bool => CpuData::Bool(v.iter().map(|&x| (x != 0) as u8).collect()),
                 DType::U8 => CpuData::U8(v.iter().map(|&x| x as u8).collect()),
                 DType::I32 => CpuData::I32(v.iter().map(|&x| x as i32).collect()),
-                DType::I64 => CpuData::I64(v),
+                DType::I64 => CpuData::I64(Store::from(v)),
                 DType::F16 => CpuData::F16(v.iter().map(|&x| f64_to_f16(x as f64)).collect()),
                 DType::BF16 => CpuData::BF16(v.iter().map(|&x| f64_to_bf16(x as f64)).collect()),
                 DType::F32 => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
@@ -232,7 +361,7 @@ impl CpuData {
             CpuData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
             CpuData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
             CpuData::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            CpuData::F64(v) => v.clone(),
+            CpuData::F64(v) => Vec::from(v.clone()),
             _ => unreachable!("integer sources handled above"),
         };
         match to {
@@ -243,7 +372,7 @@ impl CpuData {
             DType::F16 => CpuData::F16(v.iter().map(|&x| f64_to_f16(x)).collect()),
             DType::BF16 => CpuData::BF16(v.iter().map(|&x| f64_to_bf16(x)).collect()),
             DType::F32 => CpuData::F32(v.iter().map(|&x| x as f32).collect()),
-            DType::F64 => CpuData::F64(v),
+            DType::F64 => CpuData::F64(Store::from(v)),
         }
     }
 
@@ -252,8 +381,8 @@ impl CpuData {
         if dt == DType::F32 {
             // Moved, not converted: `convert` to the same dtype copies (it takes `&self`), and
             // every f32 op output came through here.
-            return CpuData::F32(v);
+            return CpuData::F32(Store::from(v));
         }
-        CpuData::F32(v).convert(dt)
+        CpuData::F32(Store::from(v)).convert(dt)
     }
 }

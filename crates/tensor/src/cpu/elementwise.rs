@@ -2,6 +2,7 @@
 //! arithmetic wraps, and integer division by zero gives -1 (all ones), as XLA defines it.
 
 use super::data::CpuData;
+use super::Store;
 use crate::graph::{BinaryOp, CmpDir, UnaryOp};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -230,13 +231,15 @@ fn cmp<T: PartialOrd + Copy + Sync>(a: &[T], b: &[T], dir: CmpDir) -> Vec<u8> {
 
 pub fn compare(a: &CpuData, b: &CpuData, dir: CmpDir) -> CpuData {
     CpuData::Bool(match (a, b) {
-        (CpuData::Bool(x), CpuData::Bool(y)) | (CpuData::U8(x), CpuData::U8(y)) => cmp(x, y, dir),
-        (CpuData::I32(x), CpuData::I32(y)) => cmp(x, y, dir),
-        (CpuData::I64(x), CpuData::I64(y)) => cmp(x, y, dir),
-        (CpuData::F16(x), CpuData::F16(y)) => cmp(x, y, dir),
-        (CpuData::BF16(x), CpuData::BF16(y)) => cmp(x, y, dir),
-        (CpuData::F32(x), CpuData::F32(y)) => cmp(x, y, dir),
-        (CpuData::F64(x), CpuData::F64(y)) => cmp(x, y, dir),
+        (CpuData::Bool(x), CpuData::Bool(y)) | (CpuData::U8(x), CpuData::U8(y)) => {
+            Store::from(cmp(x, y, dir))
+        }
+        (CpuData::I32(x), CpuData::I32(y)) => Store::from(cmp(x, y, dir)),
+        (CpuData::I64(x), CpuData::I64(y)) => Store::from(cmp(x, y, dir)),
+        (CpuData::F16(x), CpuData::F16(y)) => Store::from(cmp(x, y, dir)),
+        (CpuData::BF16(x), CpuData::BF16(y)) => Store::from(cmp(x, y, dir)),
+        (CpuData::F32(x), CpuData::F32(y)) => Store::from(cmp(x, y, dir)),
+        (CpuData::F64(x), CpuData::F64(y)) => Store::from(cmp(x, y, dir)),
         _ => unreachable!("operand dtypes are checked by the graph builder"),
     })
 }
@@ -273,5 +276,5 @@ pub fn iota(dtype: crate::DType, dims: &[usize], dim: usize) -> CpuData {
     let idx: Vec<i64> = (0..n)
         .map(|i| ((i / inner.max(1)) % dims[dim]) as i64)
         .collect();
-    CpuData::I64(idx).convert(dtype)
+    CpuData::I64(Store::from(idx)).convert(dtype)
 }

@@ -3,6 +3,7 @@
 
 use super::data::CpuData;
 use super::layout::transpose;
+use super::Store;
 use crate::DType;
 use half::{bf16, f16};
 use num_traits::Float;
@@ -111,13 +112,13 @@ pub fn softmax(x: &CpuData, dims: &[usize], axis: usize) -> CpuData {
         let mut perm: Vec<usize> = (0..r).filter(|&a| a != axis).collect();
         perm.push(axis);
         let tdims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
-        let t = super::data::map_data!(x, v => transpose(v, dims, &perm));
+        let t = super::data::map_data!(x, v => Store::from(transpose(v, dims, &perm)));
         let y = softmax(&t, &tdims, r - 1);
         let mut inv = vec![0; r];
         for (i, &p) in perm.iter().enumerate() {
             inv[p] = i;
         }
-        return super::data::map_data!(&y, v => transpose(v, &tdims, &inv));
+        return super::data::map_data!(&y, v => Store::from(transpose(v, &tdims, &inv)));
     }
     let d = dims[r - 1];
     if let CpuData::F64(v) = x {
@@ -255,14 +256,14 @@ pub fn attention(
     scale: f64,
 ) -> CpuData {
     if let CpuData::F64(_) = q {
-        return CpuData::F64(attention_f64(
+        return CpuData::F64(Store::from(attention_f64(
             &q.convert(DType::F64).into_f64(),
             &k.convert(DType::F64).into_f64(),
             &v.convert(DType::F64).into_f64(),
             &mask.convert(DType::F64).into_f64(),
             a,
             scale,
-        ));
+        )));
     }
     // f32 operands are borrowed, not copied (the mask is [B, Tq, Tk] over the whole cache).
     fn f32_of(d: &CpuData) -> std::borrow::Cow<'_, [f32]> {
@@ -393,9 +394,9 @@ fn attention_f64(q: &[f64], k: &[f64], v: &[f64], m: &[f64], a: &AttnDims, scale
 impl CpuData {
     pub fn into_f64(self) -> Vec<f64> {
         match self {
-            CpuData::F64(v) => v,
+            CpuData::F64(v) => Vec::from(v),
             other => match other.convert(DType::F64) {
-                CpuData::F64(v) => v,
+                CpuData::F64(v) => Vec::from(v),
                 _ => unreachable!(),
             },
         }

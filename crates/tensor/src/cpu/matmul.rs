@@ -15,6 +15,7 @@
 
 use super::data::{map_data, CpuData};
 use super::layout::transpose;
+use super::Store;
 use crate::graph::{BlockFormat, DotDims, QuantFormat};
 use crate::DType;
 use half::{bf16, f16};
@@ -63,7 +64,7 @@ pub fn dot(lhs: &CpuData, ld: &[usize], rhs: &CpuData, rd: &[usize], dd: &DotDim
     let lhs_c = if perm_is_identity(&lperm) {
         None
     } else {
-        Some(map_data!(lhs, v => transpose(v, ld, &lperm)))
+        Some(map_data!(lhs, v => Store::from(transpose(v, ld, &lperm))))
     };
     let kn: Vec<usize> = dd
         .rhs_batch
@@ -84,7 +85,10 @@ pub fn dot(lhs: &CpuData, ld: &[usize], rhs: &CpuData, rd: &[usize], dd: &DotDim
     } else if perm_is_identity(&kn) {
         (None, c(false))
     } else {
-        (Some(map_data!(rhs, v => transpose(v, rd, &nk))), c(true))
+        (
+            Some(map_data!(rhs, v => Store::from(transpose(v, rd, &nk)))),
+            c(true),
+        )
     };
     let l = lhs_c.as_ref().unwrap_or(lhs);
     let r = rhs_c.as_ref().unwrap_or(rhs);
@@ -93,7 +97,9 @@ pub fn dot(lhs: &CpuData, ld: &[usize], rhs: &CpuData, rd: &[usize], dd: &DotDim
 
 fn matmul(l: &CpuData, r: &CpuData, c: &Canon) -> CpuData {
     match (l, r) {
-        (CpuData::F32(a), CpuData::F32(b)) => CpuData::F32(mm_f32(a, RhsRef::F32(b), c)),
+        (CpuData::F32(a), CpuData::F32(b)) => {
+            CpuData::F32(Store::from(mm_f32(a, RhsRef::F32(b), c)))
+        }
         (CpuData::BF16(a), CpuData::BF16(b)) => {
             if c.rhs_nk && c.b == 1 && c.m > SKINNY_MAX_M && silica_kernels::amx::supported(c.k) {
                 // A linear layer's prefill on AMX tiles: bf16 products summed in f32, as the
@@ -116,16 +122,22 @@ fn matmul(l: &CpuData, r: &CpuData, c: &Canon) -> CpuData {
             let a: Vec<f32> = a.iter().map(|x| x.to_f32()).collect();
             CpuData::from_f32(mm_f32(&a, RhsRef::F16(b), c), crate::DType::F16)
         }
-        (CpuData::F64(a), CpuData::F64(b)) => CpuData::F64(mm_gemm(a, b, c)),
-        (CpuData::I32(a), CpuData::I32(b)) => CpuData::I32(mm_naive(a, b, c, |x, y, acc: i32| {
-            acc.wrapping_add(x.wrapping_mul(y))
-        })),
-        (CpuData::I64(a), CpuData::I64(b)) => CpuData::I64(mm_naive(a, b, c, |x, y, acc: i64| {
-            acc.wrapping_add(x.wrapping_mul(y))
-        })),
-        (CpuData::U8(a), CpuData::U8(b)) => CpuData::U8(mm_naive(a, b, c, |x, y, acc: u8| {
-            acc.wrapping_add(x.wrapping_mul(y))
-        })),
+        (CpuData::F64(a), CpuData::F64(b)) => CpuData::F64(Store::from(mm_gemm(a, b, c))),
+        (CpuData::I32(a), CpuData::I32(b)) => {
+            CpuData::I32(Store::from(mm_naive(a, b, c, |x, y, acc: i32| {
+                acc.wrapping_add(x.wrapping_mul(y))
+            })))
+        }
+        (CpuData::I64(a), CpuData::I64(b)) => {
+            CpuData::I64(Store::from(mm_naive(a, b, c, |x, y, acc: i64| {
+                acc.wrapping_add(x.wrapping_mul(y))
+            })))
+        }
+        (CpuData::U8(a), CpuData::U8(b)) => {
+            CpuData::U8(Store::from(mm_naive(a, b, c, |x, y, acc: u8| {
+                acc.wrapping_add(x.wrapping_mul(y))
+            })))
+        }
         _ => unreachable!("dot operand dtypes are checked by the graph builder"),
     }
 }

@@ -16,7 +16,7 @@ pub mod layout;
 mod matmul;
 mod reduce;
 
-pub use data::CpuData;
+pub use data::{CpuData, Store};
 pub use fused::MASK_SKIP;
 
 use crate::backend::{
@@ -437,7 +437,7 @@ impl CpuExecutable {
                 Arg::In(b) => *slot = Slot::Ref(data_of(b)),
                 Arg::InOut(b) => {
                     let d = &mut b.downcast_mut::<CpuBuffer>().expect("validated").0;
-                    *slot = Slot::Own(std::mem::replace(d, CpuData::Bool(Vec::new())));
+                    *slot = Slot::Own(std::mem::replace(d, CpuData::Bool(Store::from(Vec::new()))));
                     donated.push(Some(b));
                     continue;
                 }
@@ -569,13 +569,13 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
         Op::BitcastConvert(dt) => own0(first).bitcast(*dt),
         Op::Reshape => own0(first),
         Op::Transpose { perm } => {
-            map_data!(inp0(&first, slots, node), v => layout::transpose(v, dims(0), perm))
+            map_data!(inp0(&first, slots, node), v => Store::from(layout::transpose(v, dims(0), perm)))
         }
         Op::Broadcast { dims: map } => {
-            map_data!(inp0(&first, slots, node), v => layout::broadcast(v, dims(0), out_dims, map))
+            map_data!(inp0(&first, slots, node), v => Store::from(layout::broadcast(v, dims(0), out_dims, map)))
         }
         Op::Slice { start, stride, .. } => {
-            map_data!(inp0(&first, slots, node), v => layout::slice(v, dims(0), start, stride, out_dims))
+            map_data!(inp0(&first, slots, node), v => Store::from(layout::slice(v, dims(0), start, stride, out_dims)))
         }
         Op::Concatenate { axis } => {
             let parts: Vec<(&CpuData, &[usize])> = (0..node.inputs.len())
@@ -597,18 +597,18 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
             let val = inp(1);
             map_data!(x, v => {
                 let pv = scalar_of(val, v);
-                layout::pad(v, dims(0), pv, low, interior, out_dims)
+                Store::from(layout::pad(v, dims(0), pv, low, interior, out_dims))
             })
         }
         Op::Gather { axis } => {
             let idx = inp(1).to_i64();
-            map_data!(inp0(&first, slots, node), v => layout::gather(v, dims(0), *axis, &idx))
+            map_data!(inp0(&first, slots, node), v => Store::from(layout::gather(v, dims(0), *axis, &idx)))
         }
         Op::DynamicSlice { sizes } => {
             let starts: Vec<i64> = (1..node.inputs.len()).map(|k| inp(k).to_i64()[0]).collect();
             let st = layout::clamp_starts(&starts, dims(0), sizes);
             let ones = vec![1; sizes.len()];
-            map_data!(inp0(&first, slots, node), v => layout::slice(v, dims(0), &st, &ones, sizes))
+            map_data!(inp0(&first, slots, node), v => Store::from(layout::slice(v, dims(0), &st, &ones, sizes)))
         }
         Op::DynamicUpdateSlice => {
             let starts: Vec<i64> = (2..node.inputs.len()).map(|k| inp(k).to_i64()[0]).collect();
@@ -678,7 +678,7 @@ fn collective(
     comm: &dyn Collective,
 ) -> Result<CpuData, BackendError> {
     if let Op::RankId { .. } = node.op {
-        return Ok(CpuData::I32(vec![comm.rank() as i32]));
+        return Ok(CpuData::I32(Store::from(vec![comm.rank() as i32])));
     }
     let x = slots[node.inputs[0].index()].get();
     let dims = nodes[node.inputs[0].index()].shape.dims();
@@ -748,7 +748,7 @@ fn concat(parts: &[(&CpuData, &[usize])], axis: usize) -> CpuData {
                     _ => unreachable!("dtypes checked by the builder"),
                 })
                 .collect();
-            CpuData::$var(layout::concat(&ps, axis))
+            CpuData::$var(Store::from(layout::concat(&ps, axis)))
         }};
     }
     match parts[0].0 {

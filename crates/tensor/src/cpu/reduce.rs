@@ -3,6 +3,7 @@
 
 use super::data::{map_data, CpuData};
 use super::layout::{axes_last_perm, transpose};
+use super::Store;
 use crate::graph::ReduceKind;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -29,7 +30,11 @@ fn rows_last(data: &CpuData, dims: &[usize], axes: &[usize]) -> (usize, usize, C
         return (rows, row, data.clone());
     }
     let perm = axes_last_perm(r, axes);
-    (rows, row, map_data!(data, v => transpose(v, dims, &perm)))
+    (
+        rows,
+        row,
+        map_data!(data, v => Store::from(transpose(v, dims, &perm))),
+    )
 }
 
 fn fold_rows<T: Copy + Send + Sync, A: Copy + Send + Sync>(
@@ -56,9 +61,16 @@ pub fn reduce(kind: ReduceKind, data: &CpuData, dims: &[usize], axes: &[usize]) 
             let to = $to;
             let from = $from;
             if sum {
-                fold_rows($v, rows, row, 0.0 as $acc, |a, x: $t| a + to(x), from)
+                Store::from(fold_rows(
+                    $v,
+                    rows,
+                    row,
+                    0.0 as $acc,
+                    |a, x: $t| a + to(x),
+                    from,
+                ))
             } else {
-                fold_rows(
+                Store::from(fold_rows(
                     $v,
                     rows,
                     row,
@@ -72,23 +84,30 @@ pub fn reduce(kind: ReduceKind, data: &CpuData, dims: &[usize], axes: &[usize]) 
                         }
                     },
                     from,
-                )
+                ))
             }
         }};
     }
     macro_rules! int {
         ($v:expr, $t:ty) => {{
             if sum {
-                fold_rows(
+                Store::from(fold_rows(
                     $v,
                     rows,
                     row,
                     0 as $t,
                     |a: $t, x: $t| a.wrapping_add(x),
                     |a| a,
-                )
+                ))
             } else {
-                fold_rows($v, rows, row, <$t>::MIN, |a: $t, x: $t| a.max(x), |a| a)
+                Store::from(fold_rows(
+                    $v,
+                    rows,
+                    row,
+                    <$t>::MIN,
+                    |a: $t, x: $t| a.max(x),
+                    |a| a,
+                ))
             }
         }};
     }
@@ -142,5 +161,5 @@ pub fn argmax(data: &CpuData, dims: &[usize], axis: usize) -> CpuData {
         CpuData::F64(v) => (0..rows).map(|r| idx(&|i| v[i], r)).collect(),
         _ => unreachable!(),
     };
-    CpuData::I32(out)
+    CpuData::I32(Store::from(out))
 }
