@@ -9,6 +9,9 @@ pub enum ModelError {
     Config { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Gguf { path: PathBuf, message: String },
+    /// A compile manifest (`manifest.json`) that does not fit its folder or this reader.
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
     #[error("{path}: architecture `{found}` is not supported; silica runs: {supported}")]
     UnsupportedArchitecture {
         path: PathBuf,

@@ -18,6 +18,7 @@ mod error;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod manifest;
 pub mod paged;
 pub mod presets;
 pub mod quant;

@@ -3,27 +3,29 @@
 //! dtype and source (a checkpoint tensor, a runtime input, or a KV-cache buffer), the outputs,
 //! the in-place aliases and each module's content hash.
 //!
-//! The manifest is what a runner needs that the HLO alone does not say; `scripts/check_hlo.py
-//! --model DIR` uses it to execute the modules on XLA CPU with the checkpoint's weights.
+//! The manifest (typed in `silica_models::manifest`, which also reads it back) is what a runner
+//! needs that the HLO alone does not say; `scripts/check_hlo.py --model DIR` uses it to execute
+//! the modules on XLA CPU with the checkpoint's weights.
 
 use crate::common::{quant_format, DTypeArg, QuantizeArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
 use silica_hlo::HloModule;
 use silica_models::device_sampling::{sampler_program, SamplerShape};
 use silica_models::llama::{build_step, cache_names};
+use silica_models::manifest::{
+    AliasEntry, Bucket, InputEntry, InputSource, LogitsKind, Manifest, ModelInfo, ModelSource,
+    OutputEntry, ProgramEntry, ProgramKind, QuantPart, QuantizeSource, RuntimeInputs, ShardSource,
+    TensorParallel,
+};
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::rope::rope_freqs;
 use silica_models::runtime::MIN_PREFILL_BUCKET;
 use silica_models::tp::{Shard, TpLayout};
 use silica_models::{LogitsMode, ModelConfig, StepShape};
 use silica_tensor::{save_safetensors, HostTensor, Program};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-
-/// Version of `manifest.json`'s layout; bumped on any incompatible change.
-pub const MANIFEST_SCHEMA: &str = "silica-compile/1";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -158,7 +160,7 @@ fn default_buckets(cache_len: usize, chunk: usize) -> Vec<(usize, usize)> {
 }
 
 pub fn compile(a: CompileArgs) -> Result<()> {
-    let (cfg, model_name, source): (ModelConfig, String, Value) = match &a.model {
+    let (cfg, model_name, source): (ModelConfig, String, ModelSource) = match &a.model {
         Some(dir) => {
             if silica_models::gguf::is_gguf(dir) {
                 bail!(
@@ -193,13 +195,15 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| dir.display().to_string());
-            (cfg, name, json!({"folder": dir.display().to_string()}))
+            let folder = dir.display().to_string();
+            (cfg, name, ModelSource::Folder { folder })
         }
         None => {
             let name = a.preset.as_deref().unwrap_or(DEFAULT_PRESET);
             let cfg = presets::preset(name)?;
             let canonical = presets::canonical_name(name).unwrap_or(name).to_string();
-            (cfg, canonical.clone(), json!({"preset": canonical}))
+            let preset = canonical.clone();
+            (cfg, canonical, ModelSource::Preset { preset })
         }
     };
     let dtype = a.dtype.dtype();
@@ -237,23 +241,33 @@ pub fn compile(a: CompileArgs) -> Result<()> {
     if quant.is_some() && a.train {
         bail!("--train with --quantize: training runs on f32 weights (drop --quantize)");
     }
-    let mut weights: HashMap<String, Value> = HashMap::new();
+    let mut weights: HashMap<String, InputSource> = HashMap::new();
     for s in layout.specs(&cfg) {
-        let source = weight_source(&cfg, &layout, &s.name);
+        let shard = weight_shard(&cfg, &layout, &s.name);
         match quant {
             Some(q) if silica_models::weights::quantizable(&s) => {
                 // Bytes and scales of the checkpoint tensor, quantized whole (one scale per
                 // row) and then cut like the weight (scales follow their rows; see tp::cut).
-                let mut bytes = source;
-                bytes["quantize"] = quantize_source(q, "bytes");
                 let scale = silica_models::weights::scale_name(&s.name);
-                let mut scales = weight_source(&cfg, &layout, &scale);
-                scales["checkpoint"] = json!(s.name);
-                scales["quantize"] = quantize_source(q, "scales");
+                let scales = InputSource::Weight {
+                    checkpoint: s.name.clone(),
+                    shard: weight_shard(&cfg, &layout, &scale),
+                    quantize: Some(quantize_source(q, QuantPart::Scales)),
+                };
+                let bytes = InputSource::Weight {
+                    checkpoint: s.name.clone(),
+                    shard,
+                    quantize: Some(quantize_source(q, QuantPart::Bytes)),
+                };
                 weights.insert(s.name, bytes);
                 weights.insert(scale, scales);
             }
             _ => {
+                let source = InputSource::Weight {
+                    checkpoint: s.name.clone(),
+                    shard,
+                    quantize: None,
+                };
                 weights.insert(s.name, source);
             }
         }
@@ -270,11 +284,19 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         sc.micro_batches = a.micro_batches;
         sc.grad_clip = a.grad_clip;
         let program = silica_train::train_step_program(&cfg, &sc)?;
-        let (mut entry, module) = write_program(&a.out, &program, &weights, &cache_inputs)
-            .with_context(|| format!("lowering {}", program.name))?;
-        entry["kind"] = json!("train");
-        entry["bucket"] =
-            json!({"batch": a.train_batch, "seq": a.seq_len, "micro_batches": a.micro_batches});
+        let bucket = Bucket::Train {
+            batch: a.train_batch,
+            seq: a.seq_len,
+            micro_batches: a.micro_batches,
+        };
+        let (entry, module) = write_program(
+            &a.out,
+            &program,
+            (ProgramKind::Train, bucket),
+            &weights,
+            &cache_inputs,
+        )
+        .with_context(|| format!("lowering {}", program.name))?;
         modules.push(module);
         programs.push(entry);
     }
@@ -293,21 +315,30 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             continue;
         }
         let program = build_step(&cfg, &shape)?;
-        let (entry, module) = write_program(&a.out, &program, &weights, &cache_inputs)
-            .with_context(|| format!("lowering {}", program.name))?;
+        let kind = if seq == 1 {
+            ProgramKind::Decode
+        } else {
+            ProgramKind::Prefill
+        };
+        let bucket = Bucket::Step {
+            batch,
+            seq,
+            cache_len,
+            logits: match logits {
+                LogitsMode::All => LogitsKind::All,
+                LogitsMode::Last => LogitsKind::Last,
+            },
+        };
+        let (entry, module) =
+            write_program(&a.out, &program, (kind, bucket), &weights, &cache_inputs)
+                .with_context(|| format!("lowering {}", program.name))?;
         modules.push(module);
         eprintln!(
             "{:<40} {:>9} bytes  sha256 {}",
-            entry["file"].as_str().unwrap_or_default(),
-            entry["bytes"],
-            &entry["sha256"].as_str().unwrap_or_default()[..12]
+            entry.file,
+            entry.bytes,
+            &entry.sha256[..12.min(entry.sha256.len())]
         );
-        let mut entry = entry;
-        entry["kind"] = json!(if seq == 1 { "decode" } else { "prefill" });
-        entry["bucket"] = json!({
-            "batch": batch, "seq": seq, "cache_len": cache_len,
-            "logits": if logits == LogitsMode::All { "all" } else { "last" },
-        });
         programs.push(entry);
     }
 
@@ -335,11 +366,18 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                     top_p,
                 };
                 let program = sampler_program(&shape)?;
-                let (mut entry, module) =
-                    write_program(&a.out, &program, &HashMap::new(), &HashSet::new())
-                        .with_context(|| format!("lowering {}", program.name))?;
-                entry["kind"] = json!("sample");
-                entry["bucket"] = json!({"batch": batch, "vocab": cfg.vocab_size});
+                let bucket = Bucket::Sample {
+                    batch,
+                    vocab: cfg.vocab_size,
+                };
+                let (entry, module) = write_program(
+                    &a.out,
+                    &program,
+                    (ProgramKind::Sample, bucket),
+                    &HashMap::new(),
+                    &HashSet::new(),
+                )
+                .with_context(|| format!("lowering {}", program.name))?;
                 modules.push(module);
                 programs.push(entry);
             }
@@ -371,48 +409,52 @@ pub fn compile(a: CompileArgs) -> Result<()> {
     )
     .with_context(|| format!("writing {}", a.out.join(constants).display()))?;
 
-    let manifest = json!({
-        "schema": MANIFEST_SCHEMA,
-        "silica_version": env!("CARGO_PKG_VERSION"),
-        "git_commit": silica_bench::report::build_git_commit(),
-        "target": a.target.name(),
-        "model": {
-            "name": model_name,
-            "source": source,
-            "architecture": cfg.architecture.name(),
-            "params": cfg.num_params(),
-            "dtype": dtype.to_string(),
-            "cache_len": cache_len,
-            "num_layers": cfg.num_hidden_layers,
-            "vocab_size": cfg.vocab_size,
-            "tie_word_embeddings": cfg.tie_word_embeddings,
+    let described = [
+        ("rope_inv_freq", "f32 [head_dim/2]; the file's value is exact for positions below the trained context (dynamic NTK rope recomputes it beyond)"),
+        ("input_ids", "i32 [B, T]: token ids, padded rows/positions with any valid id"),
+        ("positions", "i32 [B, T]: position of each token (write_pos + j)"),
+        ("write_pos", "i32 [B]: KV-cache slot of each row's first token"),
+        ("logits_index", "i32 [B]: which of the T positions to return logits for (logits=last only)"),
+        ("tokens", "train: i32 [B, T + 1] token windows (inputs are [.., :T], targets [.., 1:])"),
+        ("lr", "train: f32 scalar, the schedule's learning rate for this step (computed on the host)"),
+    ];
+    let manifest = Manifest {
+        schema: silica_models::manifest::SCHEMA.into(),
+        silica_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: silica_bench::report::build_git_commit().map(String::from),
+        target: a.target.name().into(),
+        model: ModelInfo {
+            name: model_name.clone(),
+            source,
+            architecture: cfg.architecture.name().into(),
+            params: cfg.num_params(),
+            dtype: dtype.to_string(),
+            cache_len,
+            num_layers: cfg.num_hidden_layers,
+            vocab_size: cfg.vocab_size,
+            tie_word_embeddings: cfg.tie_word_embeddings,
         },
-        "tensor_parallel": {
-            "degree": layout.world,
-            "heads_per_rank": layout.heads,
-            "kv_heads_per_rank": layout.kv_heads,
-            "vocab_rows_per_rank": layout.vocab_shard,
-            "weight_bytes_per_rank": layout.bytes_per_rank(&cfg, dtype),
-            "how": "every program is one rank's (SPMD): rank r gets shard r of each weight (see each input's source.shard) and its own KV caches; all ranks run together (all-reduce / all-gather over one replica group of all ranks) and each returns the whole logits",
+        tensor_parallel: TensorParallel {
+            degree: layout.world,
+            heads_per_rank: layout.heads,
+            kv_heads_per_rank: layout.kv_heads,
+            vocab_rows_per_rank: layout.vocab_shard,
+            weight_bytes_per_rank: layout.bytes_per_rank(&cfg, dtype),
+            how: "every program is one rank's (SPMD): rank r gets shard r of each weight (see each input's source.shard) and its own KV caches; all ranks run together (all-reduce / all-gather over one replica group of all ranks) and each returns the whole logits".into(),
         },
-        "runtime_inputs": {
-            "file": constants,
-            "rope_inv_freq": "f32 [head_dim/2]; the file's value is exact for positions below the trained context (dynamic NTK rope recomputes it beyond)",
-            "input_ids": "i32 [B, T]: token ids, padded rows/positions with any valid id",
-            "positions": "i32 [B, T]: position of each token (write_pos + j)",
-            "write_pos": "i32 [B]: KV-cache slot of each row's first token",
-            "logits_index": "i32 [B]: which of the T positions to return logits for (logits=last only)",
-            "tokens": "train: i32 [B, T + 1] token windows (inputs are [.., :T], targets [.., 1:])",
-            "lr": "train: f32 scalar, the schedule's learning rate for this step (computed on the host)",
+        runtime_inputs: RuntimeInputs {
+            file: constants.into(),
+            described: described
+                .iter()
+                .map(|&(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
         },
-        "programs": programs,
-    });
-    let path = a.out.join("manifest.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+        programs,
+    };
+    let path = manifest.write(&a.out)?;
     println!(
         "wrote {} program(s) and {} for {} (target {}) in {}",
-        manifest["programs"].as_array().map_or(0, |p| p.len()),
+        manifest.programs.len(),
         path.display(),
         model_name,
         a.target.name(),
@@ -433,33 +475,38 @@ pub fn compile(a: CompileArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where a weight input comes from: its checkpoint tensor and, with tensor parallelism, which
-/// part of it rank r holds.
-fn weight_source(cfg: &ModelConfig, layout: &TpLayout, name: &str) -> Value {
-    let shard = match layout.shard_of(cfg, name) {
-        Shard::Replicated => return json!({"checkpoint": name}),
-        Shard::Split { dim } => json!({
-            "kind": "split", "dim": dim, "parts": layout.world,
-            "rank_r": format!("the r-th of {} equal parts along dim {dim}", layout.world),
-        }),
-        Shard::KvReplicated { ranks_per_head } => json!({
-            "kind": "kv_head", "dim": 0, "rows": cfg.head_dim, "ranks_per_head": ranks_per_head,
-            "rank_r": format!("rows [h*{d}, (h+1)*{d}) with h = r / {ranks_per_head}", d = cfg.head_dim),
-        }),
-        Shard::Vocab => json!({
-            "kind": "vocab", "dim": 0, "rows": layout.vocab_shard,
-            "rank_r": format!(
+/// Which part of checkpoint tensor `name` rank r holds (`None`: all of it).
+fn weight_shard(cfg: &ModelConfig, layout: &TpLayout, name: &str) -> Option<ShardSource> {
+    Some(match layout.shard_of(cfg, name) {
+        Shard::Replicated => return None,
+        Shard::Split { dim } => ShardSource::Split {
+            dim,
+            parts: layout.world,
+            rank_r: format!("the r-th of {} equal parts along dim {dim}", layout.world),
+        },
+        Shard::KvReplicated { ranks_per_head } => ShardSource::KvHead {
+            dim: 0,
+            rows: cfg.head_dim,
+            ranks_per_head,
+            rank_r: format!(
+                "rows [h*{d}, (h+1)*{d}) with h = r / {ranks_per_head}",
+                d = cfg.head_dim
+            ),
+        },
+        Shard::Vocab => ShardSource::Vocab {
+            dim: 0,
+            rows: layout.vocab_shard,
+            rank_r: format!(
                 "rows [r*{v}, (r+1)*{v}), zero-padded to {v} rows past the vocabulary",
                 v = layout.vocab_shard
             ),
-        }),
-    };
-    json!({"checkpoint": name, "shard": shard})
+        },
+    })
 }
 
 /// How a quantized program input is made from its checkpoint tensor (see
 /// `silica_kernels::quant` and docs/quantization.md): another runner recomputes it exactly.
-fn quantize_source(q: silica_tensor::QuantFormat, part: &str) -> Value {
+fn quantize_source(q: silica_tensor::QuantFormat, part: QuantPart) -> QuantizeSource {
     let scheme = match q {
         silica_tensor::QuantFormat::Int8 => {
             "per row: scale = max|w| / 127 (1 for an all-zero row); bytes = two's complement of \
@@ -470,61 +517,84 @@ fn quantize_source(q: silica_tensor::QuantFormat, part: &str) -> Value {
              scale), round to nearest even, saturating; all in f32"
         }
     };
-    json!({"format": q.name(), "part": part, "scheme": scheme})
+    QuantizeSource {
+        format: q.name().into(),
+        part,
+        scheme: scheme.into(),
+    }
 }
 
 /// Lowers one program, writes `NAME.hlo.pb`, and returns its manifest entry and the module.
 fn write_program(
     out: &Path,
     program: &Program,
-    weights: &HashMap<String, Value>,
+    (kind, bucket): (ProgramKind, Bucket),
+    weights: &HashMap<String, InputSource>,
     caches: &HashSet<String>,
-) -> Result<(Value, HloModule)> {
+) -> Result<(ProgramEntry, HloModule)> {
     let module = silica_hlo::lower(program)?;
     let file = format!("{}.hlo.pb", program.name);
     module
         .write(out.join(&file))
         .with_context(|| format!("writing {}", out.join(&file).display()))?;
     let sig = &module.signature;
-    let inputs: Vec<Value> = sig
+    let inputs = sig
         .inputs
         .iter()
         .map(|s| {
+            let name = s.name.clone();
             let source = if let Some(w) = weights.get(&s.name) {
                 w.clone()
             } else if s.name == "step"
                 || s.name.starts_with("exp_avg.")
                 || s.name.starts_with("exp_avg_sq.")
             {
-                // AdamW state: zeros at the start, optimizer.safetensors of a checkpoint after.
-                json!({"optimizer_state": s.name})
+                InputSource::OptimizerState {
+                    optimizer_state: name,
+                }
             } else if caches.contains(&s.name) {
-                json!({"kv_cache": s.name})
+                InputSource::KvCache { kv_cache: name }
             } else {
-                json!({"runtime": s.name})
+                InputSource::Runtime { runtime: name }
             };
-            json!({"name": s.name, "shape": s.shape.dims(), "dtype": s.dtype.to_string(), "source": source})
+            InputEntry {
+                name: s.name.clone(),
+                shape: s.shape.dims().to_vec(),
+                dtype: s.dtype.to_string(),
+                source,
+            }
         })
         .collect();
-    let outputs: Vec<Value> = sig
+    let outputs = sig
         .outputs
         .iter()
-        .map(|s| json!({"name": s.name, "shape": s.shape.dims(), "dtype": s.dtype.to_string()}))
+        .map(|s| OutputEntry {
+            name: s.name.clone(),
+            shape: s.shape.dims().to_vec(),
+            dtype: s.dtype.to_string(),
+        })
         .collect();
-    let aliases: Vec<Value> = sig
+    let aliases = sig
         .aliases
         .iter()
-        .map(|a| json!({"output": sig.outputs[a.output].name, "input": sig.inputs[a.input].name}))
+        .map(|a| AliasEntry {
+            output: sig.outputs[a.output].name.clone(),
+            input: sig.inputs[a.input].name.clone(),
+        })
         .collect();
-    let entry = json!({
-        "name": program.name,
-        "file": file,
-        "bytes": module.bytes.len(),
-        "sha256": module.hash,
-        "inputs": inputs,
-        "outputs": outputs,
-        "aliases": aliases,
-    });
+    let entry = ProgramEntry {
+        name: program.name.clone(),
+        file,
+        bytes: module.bytes.len() as u64,
+        sha256: module.hash.clone(),
+        inputs,
+        outputs,
+        aliases,
+        kind,
+        bucket,
+        neff: None,
+        neff_cache_key: None,
+    };
     Ok((entry, module))
 }
 

@@ -3,22 +3,21 @@
 //! here is one the backend will find. Without `neuronx-cc` it prints the exact commands.
 
 use anyhow::{Context, Result};
-use serde_json::Value;
 use silica_hlo::HloModule;
+use silica_models::manifest::ProgramEntry;
 use silica_neuron::compile::{
     command_line, compiler_version, default_cache_dir, find_compiler, CompileOptions, ProgramKind,
 };
 use silica_neuron::{NeffCache, Target};
 use std::path::{Path, PathBuf};
 
-/// Compiles every module (in `programs` order) and records `neff` in each manifest entry.
 /// Compiles every program to a NEFF (through the cache) and records it in its manifest entry.
 /// Returns `false`, after printing the neuronx-cc commands that would, when no compiler is
 /// found here: the caller still writes the HLO and manifest, then fails.
 pub fn compile_neffs(
     out: &Path,
     target: &str,
-    programs: &mut [Value],
+    programs: &mut [ProgramEntry],
     modules: &[HloModule],
     cache_dir: Option<PathBuf>,
 ) -> Result<bool> {
@@ -30,11 +29,11 @@ pub fn compile_neffs(
     for (p, module) in programs.iter_mut().zip(modules) {
         let m = silica_neuron::compat::prepare(module, opts.target)?;
         if let std::borrow::Cow::Owned(m) = &m {
-            let file = p["file"].as_str().unwrap_or_default().to_string();
-            m.write(out.join(&file))
-                .with_context(|| format!("writing {}", out.join(&file).display()))?;
-            p["bytes"] = Value::from(m.bytes.len());
-            p["sha256"] = Value::String(m.hash.clone());
+            let file = out.join(&p.file);
+            m.write(&file)
+                .with_context(|| format!("writing {}", file.display()))?;
+            p.bytes = m.bytes.len() as u64;
+            p.sha256 = m.hash.clone();
         }
         prepared.push(m);
     }
@@ -47,9 +46,9 @@ pub fn compile_neffs(
         );
         println!("  cd {}", out.display());
         for p in programs.iter() {
-            let file = p["file"].as_str().unwrap_or_default();
+            let file = p.file.as_str();
             let neff = file.trim_end_matches(".hlo.pb").to_string() + ".neff";
-            let kind = ProgramKind::of(p["name"].as_str().unwrap_or_default());
+            let kind = ProgramKind::of(&p.name);
             println!(
                 "  {}",
                 command_line(
@@ -68,7 +67,7 @@ pub fn compile_neffs(
         cache.dir().display()
     );
     for (p, module) in programs.iter_mut().zip(modules) {
-        let name = p["name"].as_str().unwrap_or_default().to_string();
+        let name = p.name.clone();
         eprintln!("compiling {name} for {target} (minutes for large models)…");
         let cached = cache
             .get_or_compile(module, &opts, Some((&compiler, &version)))
@@ -77,8 +76,8 @@ pub fn compile_neffs(
         std::fs::copy(&cached.path, out.join(&neff))
             .with_context(|| format!("copying {} to {}", cached.path.display(), neff))?;
         eprintln!("  {name}: {:?} ({})", cached.outcome, cached.path.display());
-        p["neff"] = Value::String(neff);
-        p["neff_cache_key"] = Value::String(cached.key);
+        p.neff = Some(neff);
+        p.neff_cache_key = Some(cached.key);
     }
     Ok(true)
 }

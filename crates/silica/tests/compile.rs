@@ -2,6 +2,8 @@
 //! (The modules' numerics are checked on XLA CPU by `scripts/check_hlo.py --model`, in CI.)
 
 use sha2::{Digest, Sha256};
+use silica_models::manifest::{Bucket, InputSource, Manifest, ProgramKind, ShardSource};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn silica(args: &[&str]) -> Output {
@@ -11,6 +13,17 @@ fn silica(args: &[&str]) -> Output {
         .env_remove("SILICA_NEURONX_CC")
         .output()
         .expect("run silica")
+}
+
+/// The manifest in `out`, as JSON, after checking that the typed reader
+/// (`silica_models::manifest::Manifest::read`) accepts it and holds every field: written back, it
+/// is the same JSON.
+fn manifest(out: &Path) -> serde_json::Value {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let typed = Manifest::read(out).unwrap_or_else(|e| panic!("typed reader: {e}"));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), json);
+    json
 }
 
 fn fixture(name: &str) -> String {
@@ -36,8 +49,7 @@ fn hlo_target_writes_modules_and_manifest() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest(&out);
     assert_eq!(m["schema"], "silica-compile/1");
     assert_eq!(m["target"], "hlo");
     assert_eq!(m["model"]["cache_len"], 64);
@@ -131,8 +143,7 @@ fn presets_compile_with_explicit_buckets() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest(&out);
     let names: Vec<&str> = m["programs"]
         .as_array()
         .unwrap()
@@ -181,8 +192,7 @@ fn neuron_targets_without_neuronx_cc_print_the_commands_and_fail() {
     assert!(text.contains("--target inf2"), "{text}");
     assert!(text.contains("decode_b1_t1_s64_f32.hlo.pb"), "{text}");
     assert!(out.join("decode_b1_t1_s64_f32.hlo.pb").is_file());
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest(&out);
     assert!(m["programs"][0].get("neff").is_none(), "no NEFF is claimed");
 }
 
@@ -265,9 +275,7 @@ fn neuron_targets_compile_through_the_neff_cache() {
     let o = run("a");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("Compiled"));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a/manifest.json")).unwrap())
-            .unwrap();
+    let m = manifest(&dir.path().join("a"));
     assert_eq!(m["target"], "trn1");
     for p in m["programs"].as_array().unwrap() {
         let neff = std::fs::read(dir.path().join("a").join(p["neff"].as_str().unwrap())).unwrap();
@@ -302,8 +310,7 @@ fn the_train_step_compiles_to_one_module() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest(&out);
     let progs = m["programs"].as_array().unwrap();
     assert_eq!(progs.len(), 1);
     let p = &progs[0];
@@ -345,8 +352,7 @@ fn tensor_parallel_programs_and_shard_manifest() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let m = manifest(&out);
     let tp = &m["tensor_parallel"];
     // 4 query heads and 2 KV heads over 4 ranks: one query head each, KV heads replicated in pairs;
     // a 400-row vocabulary in shards of 100.
@@ -418,4 +424,122 @@ fn tensor_parallel_programs_and_shard_manifest() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && e.contains(want), "{a:?}: {e}");
     }
+}
+
+/// The typed reader: the fields a runner needs, and a manifest that does not fit its folder or
+/// this reader (another schema, a program file cut short or missing, an alias naming nothing, a
+/// field it does not know, broken JSON) is an error naming the file and what is wrong.
+#[test]
+fn the_typed_reader_reads_a_compile_and_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let o = silica(&[
+        "compile",
+        "--preset",
+        "silica-tiny",
+        "--buckets",
+        "1x1,1x16",
+        "--max-context",
+        "64",
+        "--tp",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = Manifest::read(&out).unwrap();
+    assert_eq!(m.tensor_parallel.degree, 2);
+    assert_eq!(m.programs_of(ProgramKind::Decode).count(), 1);
+    assert_eq!(m.programs_of(ProgramKind::Prefill).count(), 1);
+    assert_eq!(m.programs_of(ProgramKind::Sample).count(), 5);
+    let decode = m
+        .program("decode_b1_t1_s64_f32_tp2")
+        .expect("decode program");
+    assert!(matches!(
+        decode.bucket,
+        Bucket::Step {
+            batch: 1,
+            seq: 1,
+            cache_len: 64,
+            ..
+        }
+    ));
+    let source = |name: &str| {
+        &decode
+            .inputs
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap()
+            .source
+    };
+    assert!(matches!(
+        source("model.layers.0.self_attn.q_proj.weight"),
+        InputSource::Weight {
+            shard: Some(ShardSource::Split {
+                dim: 0,
+                parts: 2,
+                ..
+            }),
+            quantize: None,
+            ..
+        }
+    ));
+    assert!(matches!(source("cache_k.0"), InputSource::KvCache { .. }));
+    assert!(matches!(source("input_ids"), InputSource::Runtime { .. }));
+
+    let path = out.join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let refused = |edit: &dyn Fn(&Path), want: &str| {
+        let copy = dir.path().join("copy");
+        let _ = std::fs::remove_dir_all(&copy);
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in std::fs::read_dir(&out).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+        }
+        edit(&copy);
+        let e = Manifest::read(&copy).unwrap_err().to_string();
+        assert!(
+            e.contains("manifest.json") && e.contains(want),
+            "want `{want}` in: {e}"
+        );
+    };
+    let with_text =
+        |t: String| move |d: &Path| std::fs::write(d.join("manifest.json"), &t).unwrap();
+    refused(
+        &with_text(text.replace("silica-compile/1", "silica-compile/9")),
+        "schema `silica-compile/9`",
+    );
+    refused(
+        &with_text(text.replace("\"schema\"", "\"schemo\"")),
+        "no `schema` field",
+    );
+    refused(
+        &with_text(text[..text.len() / 2].to_string()),
+        "not valid JSON",
+    );
+    refused(
+        &with_text(text.replacen("\"target\"", "\"colour\": 1, \"target\"", 1)),
+        "unknown field `colour`",
+    );
+    refused(
+        &with_text(text.replacen("\"input\": \"cache_k.0\"", "\"input\": \"cache_q.0\"", 1)),
+        "names no such input",
+    );
+    refused(
+        &|d: &Path| {
+            let f = d.join("decode_b1_t1_s64_f32_tp2.hlo.pb");
+            let bytes = std::fs::read(&f).unwrap();
+            std::fs::write(&f, &bytes[..bytes.len() - 1]).unwrap();
+        },
+        "the manifest says",
+    );
+    refused(
+        &|d: &Path| std::fs::remove_file(d.join("sample_b1.hlo.pb")).unwrap(),
+        "sample_b1.hlo.pb",
+    );
+    let e = Manifest::read(&dir.path().join("none"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("manifest.json"), "{e}");
 }
