@@ -4,66 +4,22 @@
 //! loaded. Loading may succeed (a mutation can leave a valid file) or fail with an error; it
 //! must never panic. Deterministic per seed; `SILICA_FUZZ_ITERS=N` runs N mutations per file
 //! (default 150, 20 for the GGUF) and `SILICA_FUZZ_SECONDS=S` runs each file for S seconds
-//! instead, for long runs (`cargo test --release -p silica-models --test fuzz_files`).
+//! instead, for long runs (`cargo test --release -p silica-models --test fuzz_files`); the loop
+//! and the mutations are `silica_test_support::fuzz`'s, shared with the HTTP fuzzing.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use silica_models::tokenizer::Tokenizer;
 use silica_models::{LoadOptions, LoadedModel};
 use silica_tensor::cpu::CpuBackend;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use silica_test_support::fuzz::{self, Outcome};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures/llama3-tied")
 }
 
-/// One random mutation of `b` within its first `region` bytes.
-fn mutate(rng: &mut StdRng, b: &mut Vec<u8>, region: usize) {
-    let region = region.min(b.len()).max(1);
-    let at = rng.gen_range(0..region);
-    match rng.gen_range(0..6) {
-        0 => b[at] ^= 1 << rng.gen_range(0..8),
-        1 => b[at] = [0u8, 0xff, 0x7f, 0x80, b'"', b'{', b'9', b'-'][rng.gen_range(0..8)],
-        2 => b.truncate(at),
-        3 => {
-            // A run of bytes repeated (lengths and counts grow).
-            let end = (at + rng.gen_range(1..16)).min(b.len());
-            let run = b[at..end].to_vec();
-            b.splice(at..at, run);
-        }
-        4 => {
-            // Overwrite 8 bytes with a boundary integer (lengths, offsets, counts).
-            let v: u64 =
-                [0, 1, u32::MAX as u64, u64::MAX, 1 << 40, 0x7fff_ffff][rng.gen_range(0..6)];
-            for (i, x) in v.to_le_bytes().iter().enumerate() {
-                if at + i < b.len() {
-                    b[at + i] = *x;
-                }
-            }
-        }
-        _ => {
-            b.remove(at.min(b.len() - 1));
-        }
-    }
-}
-
-/// Mutations per file: a count (`default` unless SILICA_FUZZ_ITERS), or a time budget.
-fn budget(default: usize) -> (usize, Option<Duration>) {
-    let secs = std::env::var("SILICA_FUZZ_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok());
-    let iters = std::env::var("SILICA_FUZZ_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    (iters, secs.map(Duration::from_secs))
-}
-
-/// Runs `load` on mutated copies of `original` (written to `path`) and fails on any panic,
-/// naming the seed that reproduces it. Returns (executions, loads that succeeded).
+/// Runs `load` on mutated copies of `original` (written to `path`, 1–3 mutations within its
+/// first `region` bytes) and fails on any panic, naming the seed that reproduces it.
 fn fuzz(
     name: &str,
     original: &[u8],
@@ -72,39 +28,14 @@ fn fuzz(
     default_iters: usize,
     load: impl Fn() -> bool,
 ) {
-    let (iters, time) = budget(default_iters);
-    let t0 = Instant::now();
-    let (mut n, mut ok) = (0usize, 0usize);
-    let mut seed = 0u64;
-    loop {
-        let done = match time {
-            Some(t) => t0.elapsed() >= t,
-            None => n >= iters,
-        };
-        if done {
-            break;
+    fuzz::run(name, default_iters, |rng, _seed| {
+        std::fs::write(path, fuzz::mutated(rng, original, region)).unwrap();
+        if load() {
+            Outcome::Accepted
+        } else {
+            Outcome::Refused
         }
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut b = original.to_vec();
-        for _ in 0..rng.gen_range(1..4) {
-            if b.is_empty() {
-                break;
-            }
-            mutate(&mut rng, &mut b, region);
-        }
-        std::fs::write(path, &b).unwrap();
-        match catch_unwind(AssertUnwindSafe(&load)) {
-            Ok(true) => ok += 1,
-            Ok(false) => {}
-            Err(_) => panic!("{name}: loading mutation seed {seed} panicked"),
-        }
-        n += 1;
-        seed += 1;
-    }
-    eprintln!(
-        "{name}: {n} mutations in {:.1} s, {ok} still loaded, 0 panics",
-        t0.elapsed().as_secs_f64()
-    );
+    });
 }
 
 /// The fixture copied into a temporary folder.

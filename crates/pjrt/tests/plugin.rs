@@ -10,8 +10,7 @@ use silica_pjrt::{
     probe_with, search, Client, ErrorCode, PjrtBackend, PjrtError, Plugin, SearchConfig,
 };
 use silica_tensor::cpu::CpuBackend;
-use silica_tensor::graph::Graph;
-use silica_tensor::{run_host, Backend, DType, HostTensor, Program};
+use silica_tensor::{run_host, Backend, HostTensor, Program};
 use std::path::{Path, PathBuf};
 
 fn repo_root() -> PathBuf {
@@ -262,37 +261,13 @@ fn struct_sizes_and_table_slots_agree_with_the_plugin() {
     );
 }
 
-/// A KV-cache-like program: `cache.out` aliases `cache` (donated), `sum` is returned.
+/// A KV-cache-like program: `cache.out` aliases `cache` (donated), `sum` is returned (the
+/// lowering tests' alias case too).
 fn alias_program() -> (Program, Vec<HostTensor>) {
-    let mut g = Graph::new();
-    let cache = g.parameter("cache", DType::F32, [2, 3, 8, 4]).unwrap();
-    let upd = g.parameter("update", DType::F32, [1, 3, 2, 4]).unwrap();
-    let row = g.parameter("row", DType::I32, []).unwrap();
-    let pos = g.parameter("pos", DType::I32, []).unwrap();
-    let z = g.scalar(0.0, DType::I32);
-    let new = g
-        .dynamic_update_slice(cache, upd, &[row, z, pos, z])
-        .unwrap();
-    let sum = g.reduce_sum(new, &[1, 3]).unwrap();
-    let program = Program::new(
-        "kv_alias",
-        g,
-        vec![("sum".into(), sum), ("cache.out".into(), new)],
+    (
+        silica_test_support::kv_alias_program(),
+        silica_test_support::kv_alias_inputs(),
     )
-    .unwrap()
-    .alias("cache.out", "cache")
-    .unwrap();
-    let cache: Vec<f32> = (0..2 * 3 * 8 * 4)
-        .map(|i| (i % 17) as f32 * 0.25 - 2.0)
-        .collect();
-    let upd: Vec<f32> = (0..3 * 2 * 4).map(|i| i as f32 * 0.5).collect();
-    let inputs = vec![
-        HostTensor::from_vec(cache, [2, 3, 8, 4]).unwrap(),
-        HostTensor::from_vec(upd, [1, 3, 2, 4]).unwrap(),
-        HostTensor::from_vec(vec![1i32], []).unwrap(),
-        HostTensor::from_vec(vec![5i32], []).unwrap(),
-    ];
-    (program, inputs)
 }
 
 /// No GPU: the typed "no GPU visible" error, from both the client and the backend. With a GPU:

@@ -688,36 +688,13 @@ pub fn composite_cases() -> Vec<Case> {
     v
 }
 
-/// A KV-cache-style update aliased to its input, plus a plain output that reads the new cache.
+/// A KV-cache-style update aliased to its input, plus a plain output that reads the new cache
+/// (the program the PJRT plugin test runs too: `silica_test_support::kv_alias_program`).
 pub fn alias_case() -> Case {
-    let mut g = Graph::new();
-    let cache = g.parameter("cache", DType::F32, [2, 3, 8, 4]).unwrap();
-    let upd = g.parameter("update", DType::F32, [1, 3, 2, 4]).unwrap();
-    let row = g.parameter("row", DType::I32, []).unwrap();
-    let pos = g.parameter("pos", DType::I32, []).unwrap();
-    let z = g.scalar(0.0, DType::I32);
-    let new = g
-        .dynamic_update_slice(cache, upd, &[row, z, pos, z])
-        .unwrap();
-    let sum = g.reduce_sum(new, &[1, 3]).unwrap();
-    let program = Program::new(
-        "kv_alias",
-        g,
-        vec![("sum".into(), sum), ("cache.out".into(), new)],
-    )
-    .unwrap()
-    .alias("cache.out", "cache")
-    .unwrap();
-    let inputs = vec![
-        rand_t(DType::F32, &[2, 3, 8, 4], -1.0, 1.0, 6000),
-        rand_t(DType::F32, &[1, 3, 2, 4], -1.0, 1.0, 6001),
-        HostTensor::from_vec(vec![1i32], []).unwrap(),
-        HostTensor::from_vec(vec![5i32], []).unwrap(),
-    ];
     Case {
         name: "kv_alias".into(),
-        program,
-        inputs,
+        program: silica_test_support::kv_alias_program(),
+        inputs: silica_test_support::kv_alias_inputs(),
         atol: 1e-5,
         rtol: 1e-5,
     }
