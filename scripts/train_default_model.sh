@@ -16,7 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STEPS="${1:-600}"
 VENV="${FIXTURES_VENV:-$ROOT/.venv-fixtures}"
 SILICA="${SILICA:-$ROOT/target/release/silica}"
-OUT="$ROOT/models/default"
+OUT="$ROOT/crates/silica/default"  # models/default links here
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 if [ ! -x "$VENV/bin/python" ]; then bash "$ROOT/scripts/make_fixtures.sh" --verify; fi

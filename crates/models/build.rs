@@ -1,11 +1,12 @@
-//! Embeds every `models/presets/*.json` into the library so `--preset NAME` works from any folder
-//! and the binary needs no files beside it.
+//! Embeds every `presets/*.json` of this crate into the library so `--preset NAME` works from any
+//! folder and the binary needs no files beside it. The folder lives inside the crate so that the
+//! packaged crate (`cargo package`) carries it; `models/presets` at the repository root links here.
 
 use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let dir = manifest.join("../../models/presets");
+    let dir = manifest.join("presets");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -22,10 +23,13 @@ fn main() {
         .unwrap_or_else(|e| {
             // Without the folder the library would embed no presets and every --preset would
             // fail at run time with "unknown preset": stop the build instead.
-            panic!("models/presets ({}) cannot be read: {e}", dir.display())
+            panic!("the presets folder ({}) cannot be read: {e}", dir.display())
         });
     if entries.is_empty() {
-        panic!("models/presets ({}) holds no *.json preset", dir.display());
+        panic!(
+            "the presets folder ({}) holds no *.json preset",
+            dir.display()
+        );
     }
     entries.sort();
     let mut code = String::from(

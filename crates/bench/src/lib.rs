@@ -8,12 +8,19 @@
 //! - [`instance`]: EC2 instance type and accelerator detection (no network off EC2).
 //! - [`render`]: Markdown and self-contained HTML (inline SVG charts) comparisons.
 //! - [`import`]: vLLM `bench serve --save-result` and llmperf `*_summary.json` → [`Report`].
+//! - [`offline`]: the offline measurement (fixed batches through a model's prefill and decode
+//!   programs, timed like llama-bench's pp/tg).
+//! - [`online`]: the online load generator (Poisson arrivals, a concurrency cap, every streamed
+//!   token timestamped, as vLLM's `bench serve`) against an OpenAI-compatible server or the
+//!   in-process engine.
 //!
 //! The field-by-field description of the report lives in `docs/report-schema.md`.
 
 pub mod import;
 pub mod instance;
 pub mod metrics;
+pub mod offline;
+pub mod online;
 pub mod pricing;
 pub mod render;
 pub mod report;
@@ -59,6 +66,44 @@ pub enum Error {
     Table(String),
     #[error("import: {0}")]
     Import(String),
+    /// A benchmark run that could not be made (bad parameters, a server that refused, a stream
+    /// cut short), in words.
+    #[error("{0}")]
+    Run(String),
+    #[error(transparent)]
+    Model(#[from] silica_models::ModelError),
+}
+
+/// `return Err(Error::Run(format!(…)))`.
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err($crate::Error::Run(format!($($t)*)))
+    };
+}
+pub(crate) use bail;
+
+/// Adds what was being done to an error (or a missing value), as [`Error::Run`].
+pub(crate) trait Context<T> {
+    fn context(self, what: &str) -> Result<T>;
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| Error::Run(format!("{what}: {e}")))
+    }
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Run(format!("{}: {e}", what())))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn context(self, what: &str) -> Result<T> {
+        self.ok_or_else(|| Error::Run(what.to_string()))
+    }
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.ok_or_else(|| Error::Run(what()))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

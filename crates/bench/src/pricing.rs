@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 /// The table as committed, embedded at build time.
-pub const INSTANCES_TOML: &str = include_str!("../../../models/instances.toml");
+pub const INSTANCES_TOML: &str = include_str!("../instances.toml");
 
 /// One row of `models/instances.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

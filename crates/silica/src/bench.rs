@@ -5,10 +5,10 @@ use crate::common::{
     check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName, DTypeArg,
     QuantizeArg, RunArgs,
 };
-use crate::offline::{self, OfflineConfig};
-use crate::online::{self, HttpTarget, OnlineConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use silica_bench::offline::{self, OfflineConfig};
+use silica_bench::online::{self, HttpTarget, OnlineConfig};
 use silica_bench::{
     Instances, Machine, Mode, ModelInfo, OfflineMetrics, Report, RequestTiming, RunConfig, Slo,
     Source,
@@ -294,7 +294,7 @@ fn drive(
     let b = bar.clone();
     let res = rt.block_on(online::run(target, cfg, move || b.inc(1)));
     bar.finish_and_clear();
-    res
+    Ok(res?)
 }
 
 /// Whether a prefill's linear products run on AMX tiles (a dense bf16 model whose contraction

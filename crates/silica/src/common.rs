@@ -207,24 +207,22 @@ pub fn backend_with(
     })
 }
 
-/// The default model's files (models/default/, made by scripts/train_default_model.sh), embedded
-/// so that `silica generate` shows real text with no download and no --model.
+/// The default model's files (this crate's default/, linked from models/default; made by
+/// scripts/train_default_model.sh), embedded so that `silica generate` shows real text with no
+/// download and no --model.
 const DEFAULT_MODEL: &[(&str, &[u8])] = &[
-    (
-        "config.json",
-        include_bytes!("../../../models/default/config.json"),
-    ),
+    ("config.json", include_bytes!("../default/config.json")),
     (
         "model.safetensors",
-        include_bytes!("../../../models/default/model.safetensors"),
+        include_bytes!("../default/model.safetensors"),
     ),
     (
         "tokenizer.json",
-        include_bytes!("../../../models/default/tokenizer.json"),
+        include_bytes!("../default/tokenizer.json"),
     ),
     (
         "tokenizer_config.json",
-        include_bytes!("../../../models/default/tokenizer_config.json"),
+        include_bytes!("../default/tokenizer_config.json"),
     ),
 ];
 

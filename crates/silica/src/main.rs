@@ -6,8 +6,6 @@ mod compile;
 mod compile_neuron;
 mod doctor;
 mod generate;
-mod offline;
-mod online;
 mod quantize;
 mod serve;
 mod train;

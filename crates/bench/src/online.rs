@@ -3,10 +3,10 @@
 //! method, so the metrics mean the same thing. The target is an OpenAI-compatible server
 //! (`--url`: `silica serve`, vLLM, …) or silica's in-process engine.
 
-use anyhow::{bail, Context, Result};
+use crate::RequestTiming;
+use crate::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
-use silica_bench::RequestTiming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -150,7 +150,7 @@ pub async fn run(
                     prompt_tokens: prompt_len,
                     output_tokens: 0,
                     ok: false,
-                    error: Some(format!("{e:#}")),
+                    error: Some(e.to_string()),
                 },
             }
         }));

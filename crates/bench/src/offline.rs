@@ -1,7 +1,7 @@
 //! Offline benchmark: fixed batches of synthetic requests through the model's prefill and decode
 //! programs, timed separately (like llama-bench's pp/tg) and per request (TTFT, token times).
 
-use anyhow::{bail, Result};
+use crate::{bail, Result};
 use rand::{Rng, SeedableRng};
 use silica_models::device_sampling::DeviceDraw;
 use silica_models::{KvCache, LoadedModel, LogitsMode, RowInput};
@@ -42,7 +42,7 @@ pub struct OfflineResult {
 
 /// The median of the rounds (numpy's, as every other statistic of the report); 0 for none.
 fn median(v: Vec<f64>) -> f64 {
-    silica_bench::metrics::percentile(&v, 50.0).unwrap_or(0.0)
+    crate::metrics::percentile(&v, 50.0).unwrap_or(0.0)
 }
 
 /// `torch.argmax` of a logits row (the first maximum), as the host sampler takes it.
@@ -160,7 +160,10 @@ fn greedy_tokens(model: &LoadedModel, cache: &mut KvCache, rows: &[RowInput]) ->
         let draws = vec![DeviceDraw::GREEDY; rows.len()];
         return Ok(model.step_sampled(cache, rows, &draws)?.tokens);
     }
-    let logits = model.step(cache, rows, LogitsMode::Last)?.to_vec::<f32>()?;
+    let logits = model
+        .step(cache, rows, LogitsMode::Last)?
+        .to_vec::<f32>()
+        .map_err(silica_models::ModelError::from)?;
     let v = model.config.vocab_size;
     Ok(logits.chunks(v).map(argmax).collect())
 }
