@@ -72,7 +72,7 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
             let y = g.add(a, b)?;
             g.convert(y, dt)
         }
-        Op::Attention { scale } => {
+        Op::Attention { scale, softcap } => {
             let (q, k, v, mask) = (inputs[0], inputs[1], inputs[2], inputs[3]);
             let dt = g.dtype(q);
             let ct = compute_dtype(dt);
@@ -95,7 +95,12 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
                     rhs_contract: vec![3],
                 },
             )?; // [b, hkv, grp, tq, tk]
-            let s = g.binary_scalar(crate::BinaryOp::Mul, s, *scale)?;
+            let mut s = g.binary_scalar(crate::BinaryOp::Mul, s, *scale)?;
+            if let Some(c) = softcap {
+                let x = g.binary_scalar(crate::BinaryOp::Div, s, *c)?;
+                let x = g.tanh(x)?;
+                s = g.binary_scalar(crate::BinaryOp::Mul, x, *c)?;
+            }
             let mb = g.broadcast_in_dim(mf, vec![b, hkv, grp, tq, tk], &[0, 3, 4])?;
             let s = g.add(s, mb)?;
             let p = softmax_primitives(g, s, 4)?;

@@ -227,8 +227,11 @@ pub enum Op {
     /// Scaled dot-product attention with grouped KV heads. Inputs q [B, Hq, Tq, D],
     /// k [B, Hkv, Tk, D], v [B, Hkv, Tk, Dv], additive mask [B, Tq, Tk]; output [B, Hq, Tq, Dv].
     /// Hq must be a multiple of Hkv (query head h uses kv head h / (Hq/Hkv)). Softmax in f32.
+    /// With `softcap` c (Gemma 2's attention-logit soft-capping) each scaled score s becomes
+    /// c·tanh(s / c) before the mask is added, as transformers' eager attention does.
     Attention {
         scale: f64,
+        softcap: Option<f64>,
     },
     /// Decodes the stored bytes of a quantized weight (input U8, any shape) into values of
     /// `dtype`, elementwise and exactly: int8 (−127..127) and fp8 e4m3 values are all
@@ -1546,7 +1549,28 @@ impl Graph {
         mask: ValueId,
         scale: f64,
     ) -> R {
+        self.attention_softcapped(q, k, v, mask, scale, None)
+    }
+
+    /// [`Graph::attention`] with the scores soft-capped (`c·tanh(s / c)`) when `softcap` is set.
+    pub fn attention_softcapped(
+        &mut self,
+        q: ValueId,
+        k: ValueId,
+        v: ValueId,
+        mask: ValueId,
+        scale: f64,
+        softcap: Option<f64>,
+    ) -> R {
         self.check("attention", &[q, k, v, mask])?;
+        if let Some(c) = softcap {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(err(
+                    "attention",
+                    format!("the soft-cap must be a positive number, got {c}"),
+                ));
+            }
+        }
         let (qs, ks, vs, ms) = (
             self.shape(q).clone(),
             self.shape(k).clone(),
@@ -1575,7 +1599,12 @@ impl Graph {
             )));
         }
         let out = Shape::new(vec![qs.dim(0), qs.dim(1), qs.dim(2), vs.dim(3)]);
-        Ok(self.push(Op::Attention { scale }, vec![q, k, v, mask], dt, out))
+        Ok(self.push(
+            Op::Attention { scale, softcap },
+            vec![q, k, v, mask],
+            dt,
+            out,
+        ))
     }
 
     /// The values of quantized bytes `q` (U8, any shape) as `dtype` (see [`Op::Dequantize`]).

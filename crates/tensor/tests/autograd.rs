@@ -422,6 +422,23 @@ fn composites_through_their_decomposition() {
 }
 
 #[test]
+fn softcapped_attention_gradients() {
+    let mask: Vec<f64> = (0..2 * 3 * 3)
+        .map(|i| if (i % 3) > (i / 3) % 3 { -1e9 } else { 0.0 })
+        .collect();
+    check(
+        "attention softcap",
+        vec![
+            uni(117, &[2, 4, 3, 4], -1.0, 1.0),
+            uni(118, &[2, 2, 3, 4], -1.0, 1.0),
+            uni(119, &[2, 2, 3, 2], -1.0, 1.0),
+            HostTensor::from_vec(mask, vec![2, 3, 3]).unwrap(),
+        ],
+        &|g, x| g.attention_softcapped(x[0], x[1], x[2], x[3], 0.9, Some(0.6)),
+    );
+}
+
+#[test]
 fn a_value_used_twice_accumulates_both_gradients() {
     // Like tied embeddings: the table is both gathered and used in a matmul.
     check(

@@ -257,7 +257,13 @@ fn mask_values(a: Attn, m: Mask, r: &mut rand::rngs::StdRng) -> Vec<f64> {
     v
 }
 
-fn attention_case(dt: DType, a: Attn, m: Mask, seed: u64) -> (Program, Vec<HostTensor>) {
+fn attention_case(
+    dt: DType,
+    a: Attn,
+    m: Mask,
+    softcap: Option<f64>,
+    seed: u64,
+) -> (Program, Vec<HostTensor>) {
     let mut r = rng(seed);
     let qd = [a.b, a.hq, a.tq, a.d];
     let kd = [a.b, a.hkv, a.tk, a.d];
@@ -265,7 +271,7 @@ fn attention_case(dt: DType, a: Attn, m: Mask, seed: u64) -> (Program, Vec<HostT
     let md = [a.b, a.tq, a.tk];
     let scale = 1.0 / (a.d as f64).sqrt();
     let p = program1(&[(dt, &qd), (dt, &kd), (dt, &vd), (dt, &md)], |g, p| {
-        g.attention(p[0], p[1], p[2], p[3], scale)
+        g.attention_softcapped(p[0], p[1], p[2], p[3], scale, softcap)
     });
     let inputs = vec![
         rand_float(&mut r, dt, &qd, -1.0, 1.0),
@@ -337,9 +343,13 @@ fn attention_fused_and_decomposed() {
     let mut seed = 40;
     for dt in [DType::F32, DType::BF16, DType::F64] {
         for a in configs {
-            for m in masks {
+            // Soft-capping (Gemma 2) at a cap below the scores' range, so tanh bends them.
+            for (m, softcap) in masks
+                .iter()
+                .flat_map(|&m| [(m, None), (m, Some(0.7))])
+            {
                 seed += 1;
-                let (p, inputs) = attention_case(dt, a, m, seed);
+                let (p, inputs) = attention_case(dt, a, m, softcap, seed);
                 // Scores q·k·scale carry ≤ D·2⁻²⁴·Σ|q k|·scale ≤ D^1.5·2⁻²⁴ ≈ 4e-6 absolute error
                 // (|q|, |k| ≤ 1), which becomes relative error of the softmax weights; the output
                 // Σ p·v (|v| ≤ 1) then has ≤ 1e-5 absolute error.
@@ -605,7 +615,7 @@ fn composites_with_empty_dims() {
                 dv: 4,
             },
         ] {
-            let (p, inputs) = attention_case(dt, a, Mask::Random, 7);
+            let (p, inputs) = attention_case(dt, a, Mask::Random, None, 7);
             check_fused_and_decomposed(
                 &p,
                 &inputs,

@@ -254,6 +254,7 @@ pub fn attention(
     mask: &CpuData,
     a: &AttnDims,
     scale: f64,
+    softcap: Option<f64>,
 ) -> CpuData {
     if let CpuData::F64(_) = q {
         return CpuData::F64(Store::from(attention_f64(
@@ -263,6 +264,7 @@ pub fn attention(
             &mask.convert(DType::F64).into_f64(),
             a,
             scale,
+            softcap,
         )));
     }
     // f32 operands are borrowed, not copied (the mask is [B, Tq, Tk] over the whole cache).
@@ -276,6 +278,7 @@ pub fn attention(
     let (kk, vv) = (Kv::of(k), Kv::of(v));
     let grp = a.hq / a.hkv;
     let scale = scale as f32;
+    let cap = softcap.map(|c| c as f32);
     let mut out = vec![0f32; a.b * a.hq * a.tq * a.dv];
     if out.is_empty() {
         return finish(out, q.dtype()); // no rows (and `chunks_mut(0)` would panic for Dv = 0)
@@ -303,7 +306,11 @@ pub fn attention(
             if !all_skipped && !kept(mrow[j]) {
                 continue;
             }
-            *sj = kk.dot(qrow, (kbase + j) * a.d) * scale + mrow[j];
+            let raw = kk.dot(qrow, (kbase + j) * a.d) * scale;
+            *sj = match cap {
+                Some(c) => c * (raw / c).tanh(),
+                None => raw,
+            } + mrow[j];
             mx = if sj.is_nan() || mx.is_nan() {
                 f32::NAN
             } else {
@@ -363,7 +370,15 @@ fn kept_range(m: &[f32]) -> (usize, usize, bool) {
     (lo, hi, false)
 }
 
-fn attention_f64(q: &[f64], k: &[f64], v: &[f64], m: &[f64], a: &AttnDims, scale: f64) -> Vec<f64> {
+fn attention_f64(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    m: &[f64],
+    a: &AttnDims,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Vec<f64> {
     let grp = a.hq / a.hkv;
     let mut out = vec![0f64; a.b * a.hq * a.tq * a.dv];
     if out.is_empty() {
@@ -378,8 +393,9 @@ fn attention_f64(q: &[f64], k: &[f64], v: &[f64], m: &[f64], a: &AttnDims, scale
         let mut s: Vec<f64> = (0..a.tk)
             .map(|j| {
                 let kr = &k[(kbase + j) * a.d..(kbase + j + 1) * a.d];
-                qrow.iter().zip(kr).map(|(x, y)| x * y).sum::<f64>() * scale
-                    + m[(bi * a.tq + ti) * a.tk + j]
+                let raw = qrow.iter().zip(kr).map(|(x, y)| x * y).sum::<f64>() * scale;
+                let s = softcap.map_or(raw, |c| c * (raw / c).tanh());
+                s + m[(bi * a.tq + ti) * a.tk + j]
             })
             .collect();
         softmax_rows(&mut s, a.tk);

@@ -646,7 +646,7 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
         Op::AllReduce { .. } | Op::AllGather { .. } | Op::RankId { .. } => {
             unreachable!("collectives are evaluated by the executor, which holds the group")
         }
-        Op::Attention { scale } => {
+        Op::Attention { scale, softcap } => {
             let (q, k, v) = (dims(0), dims(1), dims(2));
             let a = fused::AttnDims {
                 b: q[0],
@@ -664,6 +664,7 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
                 inp(3),
                 &a,
                 *scale,
+                *softcap,
             )
         }
     }

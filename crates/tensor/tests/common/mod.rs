@@ -763,7 +763,7 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                 S::F(vals[flat] as f64)
             })
         }
-        Op::Attention { scale } => {
+        Op::Attention { scale, softcap } => {
             let (q, k, v, m) = (a[0], a[1], a[2], a[3]);
             let (hq, d) = (q.dims[1], q.dims[3]);
             let (hkv, tk) = (k.dims[1], k.dims[2]);
@@ -776,7 +776,9 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                         let qk: f64 = (0..d)
                             .map(|c| q.at(&[b, h, i, c]).f() * k.at(&[b, hk, j, c]).f())
                             .sum();
-                        qk * scale + m.at(&[b, i, j]).f()
+                        let s = qk * scale;
+                        let s = softcap.map_or(s, |c| c * (s / c).tanh());
+                        s + m.at(&[b, i, j]).f()
                     })
                     .collect();
                 let mx = s.iter().fold(f64::NEG_INFINITY, |acc, &x| fmax(acc, x));
