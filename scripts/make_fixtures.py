@@ -41,11 +41,14 @@ from transformers import (  # noqa: E402
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma2Config,
+    Gemma3TextConfig,
     GenerationConfig,
     LlamaConfig,
     MistralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,6 +202,38 @@ ZEPHYR_CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- if loop.last and add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}"
     "{%- endfor %}"
+)
+
+# Qwen3's template shape: ChatML, and with enable_thinking=False an empty think block opens the
+# assistant turn (the switch Qwen3's published template has).
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+# Gemma 2/3: <start_of_turn>user / model turns, the system prompt folded into the first user turn
+# (Gemma 3's published template does this; Gemma 2's refuses a system role).
+GEMMA_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{%- set loop_messages = messages[1:] %}"
+    "{%- else %}"
+    "{%- set first_user_prefix = '' %}"
+    "{%- set loop_messages = messages %}"
+    "{%- endif %}"
+    "{%- for message in loop_messages %}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{- '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
 )
 
 CHAT_MESSAGES = [
@@ -611,6 +646,187 @@ def llama_default_rope_mha():
     )
 
 
+@case
+def qwen2_sliding_window():
+    tok = make_qwen2_tokenizer(n_regular=380)
+    eot = tok.token_to_id("<|endoftext|>")
+    im_end = tok.token_to_id("<|im_end|>")
+    cfg = Qwen2Config(
+        **common_model_kwargs(tok.get_vocab_size(), layers=3, heads=4, kv_heads=2, max_pos=512, eps=1e-6),
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        tie_word_embeddings=False,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    # Published Qwen2.5 configs carry no layer_types: the window layers come from max_window_layers.
+    hub = {"rope_theta": 10000.0}
+    return dict(
+        description="Qwen2 with use_sliding_window: window 4 on the layers from max_window_layers = 1 on "
+        "(layer 0 attends fully, layers 1 and 2 through the window), no layer_types in config.json; "
+        "prompts of 8-16 tokens, all longer than the window; untied, f32.",
+        features=["qwen2", "sliding-window", "max_window_layers", "prompt>window", "qkv-bias", "gqa",
+                  "rope:default", "config:hub-rope_theta", "untied", "f32", "3-layers", "chatml"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
+        drop_keys=["layer_types"],
+        tok_kwargs=dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML_TEMPLATE,
+                        model_max_length=512),
+        generation=dict(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot),
+        specials=("<|im_start|>", "<|im_end|>"),
+        prompt="The café opened at 7:30.",
+        batch=["日本語 is Japanese", "Inference predicts the next token, one token at a time, again."],
+    )
+
+
+@case
+def llama_attn_mlp_bias():
+    tok = make_spm_tokenizer(n_pieces=200, style="metaspace", limit_alphabet=56)
+    cfg = LlamaConfig(
+        **common_model_kwargs(tok.get_vocab_size(), heads=4, kv_heads=2, max_pos=2048, eps=1e-6),
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        attention_bias=True,
+        mlp_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    return dict(
+        description="Llama with attention_bias (biases on q, k, v and o) and mlp_bias (gate, up, down), "
+        "GQA 4/2, untied, f32.",
+        features=["llama", "attention_bias", "mlp_bias", "gqa", "rope:default", "config:rope_parameters",
+                  "untied", "f32", "tokenizer:spm-bpe-metaspace", "bos:added"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=None, shard=None,
+        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", chat_template=ZEPHYR_CHAT_TEMPLATE,
+                        model_max_length=2048),
+        generation=dict(bos_token_id=1, eos_token_id=2),
+        specials=("<s>", "</s>"),
+        prompt="The café sells tea and coffee.",
+        batch=["The dog", "So is 42, the answer to everything; tea costs 1.75."],
+    )
+
+
+@case
+def qwen3_qk_norm():
+    tok = make_qwen2_tokenizer(n_regular=380)
+    n = tok.get_vocab_size()
+    eot = tok.token_to_id("<|endoftext|>")
+    im_end = tok.token_to_id("<|im_end|>")
+    cfg = Qwen3Config(
+        **common_model_kwargs(n, layers=3, heads=4, kv_heads=2, max_pos=1024, eps=1e-6),
+        head_dim=32,
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        use_sliding_window=True,
+        sliding_window=5,
+        max_window_layers=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+    return dict(
+        description="Qwen3: RMSNorm over each head of q and k (q_norm, k_norm [head_dim]) before the rope, "
+        "head_dim 32 != hidden/heads (16), no biases, tied embeddings, rope_theta 1e6; sliding window 5 on "
+        "layer 2 only, as the `layer_types` list transformers 5 writes says (max_window_layers 2); ChatML "
+        "template with Qwen3's enable_thinking switch.",
+        features=["qwen3", "qk-norm", "head_dim", "gqa", "layer_types", "sliding-window", "prompt>window",
+                  "rope:default", "config:rope_parameters", "tied", "f32", "3-layers",
+                  "tokenizer:byte-level-bpe", "bos:none", "chatml", "enable_thinking"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=None, shard=None,
+        tok_kwargs=dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>", chat_template=QWEN3_CHAT_TEMPLATE,
+                        model_max_length=1024),
+        generation=dict(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot),
+        specials=("<|im_start|>", "<|im_end|>"),
+        prompt="Rust is fast and safe.",
+        batch=["Emoji 🙂", "A tokenizer turns text into numbers, and numbers back into text."],
+    )
+
+
+def make_gemma_tokenizer() -> Tokenizer:
+    tok = make_spm_tokenizer(n_pieces=230, style="metaspace", limit_alphabet=60)
+    tok.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False)
+                            for s in ["<pad>", "<start_of_turn>", "<end_of_turn>"]])
+    return tok
+
+
+@case
+def gemma2_softcap():
+    tok = make_gemma_tokenizer()
+    end_turn = tok.token_to_id("<end_of_turn>")
+    cfg = Gemma2Config(
+        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh", attention_dropout=0.0,
+        query_pre_attn_scalar=24, sliding_window=4, attn_logit_softcapping=2.0, final_logit_softcapping=6.0,
+        bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>"),
+        tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    # Hub style as Gemma 2's published config.json: rope_theta at the top, no layer_types (every even
+    # layer local by default).
+    hub = {"rope_theta": 10000.0}
+    return dict(
+        description="Gemma 2: embedding x sqrt(hidden), RMSNorm x(1+w), norms after attention and around the "
+        "MLP, GELU-tanh, q.k scaled by query_pre_attn_scalar 24^-0.5 (not head_dim 32), attention-logit "
+        "soft-cap 2 and final-logit soft-cap 6 (small, so tanh bends the tiny model's values), local layers "
+        "0 and 2 with window 4 alternating with global layer 1 (no layer_types in config.json), untied (a "
+        "tied tiny random Gemma repeats its input: the embedding, scaled by 8, dominates the residual); "
+        "SentencePiece-like BPE with <start_of_turn>/<end_of_turn> and Gemma's chat template.",
+        features=["gemma2", "embed-scale", "norm:1+w", "sandwich-norms", "gelu-tanh", "query_pre_attn_scalar",
+                  "attn-softcap", "final-softcap", "sliding-window", "alternating-layers", "prompt>window",
+                  "head_dim", "gqa", "untied", "f32", "3-layers", "config:hub-rope_theta",
+                  "tokenizer:spm-bpe-metaspace", "bos:added", "gemma-chat"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
+        drop_keys=["layer_types"],
+        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", chat_template=GEMMA_CHAT_TEMPLATE,
+                        model_max_length=1024),
+        generation=dict(bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>")),
+        specials=("<start_of_turn>", "<end_of_turn>"),
+        prompt="The café sells tea and coffee.",
+        batch=["The dog", "Memory safety matters, and so does speed."],
+    )
+
+
+@case
+def gemma3_text_local_rope():
+    tok = make_gemma_tokenizer()
+    end_turn = tok.token_to_id("<end_of_turn>")
+    cfg = Gemma3TextConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
+        rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh", attention_dropout=0.0,
+        query_pre_attn_scalar=20, sliding_window=3, sliding_window_pattern=2,
+        bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>"),
+        tie_word_embeddings=False,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 2.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    )
+    # Hub style as Gemma 3's published config.json: rope_theta + rope_scaling for the global layers,
+    # rope_local_base_freq for the local ones, sliding_window_pattern instead of layer_types.
+    hub = {"rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+           "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "sliding_window_pattern": 2}
+    return dict(
+        description="Gemma 3 text model: Gemma 2's decoder plus RMSNorm x(1+w) over each head of q and k, no "
+        "soft-caps, local layers 0 and 2 (window 3, rope base rope_local_base_freq 1e4) and global layers "
+        "1 and 3 (rope_theta 1e6 with linear scaling x2), from sliding_window_pattern 2 in hub-style "
+        "config.json; query_pre_attn_scalar 20; untied (tied tiny random Gemmas repeat one token).",
+        features=["gemma3_text", "qk-norm", "norm:1+w", "sandwich-norms", "gelu-tanh", "embed-scale",
+                  "local-rope", "rope:linear", "sliding-window", "sliding_window_pattern", "prompt>window",
+                  "query_pre_attn_scalar", "head_dim", "gqa", "untied", "f32", "4-layers",
+                  "config:hub-rope_scaling", "tokenizer:spm-bpe-metaspace", "bos:added", "gemma-chat"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
+        drop_keys=["layer_types"],
+        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", chat_template=GEMMA_CHAT_TEMPLATE,
+                        model_max_length=2048),
+        generation=dict(bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>")),
+        specials=("<start_of_turn>", "<end_of_turn>"),
+        prompt="Numbers like 42 are famous.",
+        batch=["Hello there", "The naïve approach computes attention over every pair of tokens."],
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Model building and reference computation
 # --------------------------------------------------------------------------------------------
@@ -620,10 +836,12 @@ def write_json(path: Path, obj):
 
 def init_weights(model, seed: int):
     g = torch.Generator().manual_seed(seed)
+    # Gemma's RMSNorm multiplies by (1 + w): its stored weights are offsets from 1.
+    offset = 1.0 if model.config.model_type.startswith("gemma") else 0.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:  # RMSNorm gains: random, non-trivial, positive
-                p.copy_(torch.empty_like(p).uniform_(0.6, 1.4, generator=g))
+                p.copy_(torch.empty_like(p).uniform_(0.6 - offset, 1.4 - offset, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.25)
             elif "embed_tokens" in name or "lm_head" in name:
@@ -679,11 +897,20 @@ def greedy_generate(model, ids, n, pad_id):
 
 
 def rope_info(model, seq_len):
+    """The global layers' rope (Gemma 3 keeps one per layer type: `full_attention_inv_freq`, ...)."""
     rot = model.model.rotary_emb
-    x = torch.zeros(1, 1, 1, dtype=torch.float32)
-    pos = torch.arange(seq_len).unsqueeze(0)
-    cos, _ = rot(x, pos)
-    return rot.inv_freq.detach().clone().float(), float(getattr(rot, "attention_scaling", 1.0)), cos
+    if hasattr(rot, "inv_freq"):
+        return rot.inv_freq.detach().clone().float(), float(getattr(rot, "attention_scaling", 1.0))
+    return (getattr(rot, "full_attention_inv_freq").detach().clone().float(),
+            float(getattr(rot, "full_attention_attention_scaling", 1.0)))
+
+
+def local_rope_inv_freq(model):
+    """The sliding layers' own rope, for models that have one (Gemma 3), else None."""
+    rot = model.model.rotary_emb
+    if hasattr(rot, "inv_freq") or not hasattr(rot, "sliding_attention_inv_freq"):
+        return None
+    return getattr(rot, "sliding_attention_inv_freq").detach().clone().float().contiguous()
 
 
 def build_case(name: str, spec: dict, folder: Path):
@@ -741,8 +968,13 @@ def build_case(name: str, spec: dict, folder: Path):
             loaded = {k: v for k, v in ref.config.rope_parameters.items() if k != "type"}
             assert loaded == cfg.rope_parameters, (ref.config.rope_parameters, cfg.rope_parameters)
         hidden = torch.stack([h[0].float() for h in out.hidden_states])  # [layers+1, n, hidden]
-        # hidden_states[-1] is the final-norm output in transformers: lm_head(h[-1]) == logits.
-        assert torch.allclose(ref.lm_head(hidden[-1]), logits, atol=1e-5)
+        # hidden_states[-1] is the final-norm output in transformers: lm_head(h[-1]) == logits
+        # (through the final soft-cap where the model has one).
+        head = ref.lm_head(hidden[-1])
+        cap = getattr(ref.config, "final_logit_softcapping", None)
+        if cap is not None:
+            head = torch.tanh(head / cap) * cap
+        assert torch.allclose(head, logits, atol=1e-5)
 
         gen = greedy_generate(ref, prompt_ids, GREEDY_NEW_TOKENS, pad_id)
         assert gen == greedy, ("generate() differs from the no-cache greedy loop", gen, greedy)
@@ -750,8 +982,11 @@ def build_case(name: str, spec: dict, folder: Path):
         assert torch.allclose(full_logits[: len(prompt_ids)], logits, atol=1e-5)
 
         tensors = {"logits": logits.contiguous(), "hidden_states": hidden.contiguous()}
-        inv_freq, attn_scale, _ = rope_info(ref, len(prompt_ids) + GREEDY_NEW_TOKENS)
+        inv_freq, attn_scale = rope_info(ref, len(prompt_ids) + GREEDY_NEW_TOKENS)
         tensors["rope_inv_freq"] = inv_freq.contiguous()
+        local_inv = local_rope_inv_freq(ref)
+        if local_inv is not None:
+            tensors["local_rope_inv_freq"] = local_inv
 
         # Batch: per-prompt unpadded logits, and check that a right-padded batch agrees.
         batch = []
@@ -825,7 +1060,9 @@ def build_case(name: str, spec: dict, folder: Path):
                           "note": "index 0 = token embeddings, index i = residual stream after layer i, "
                           "last index = after the final RMSNorm (transformers' convention)"},
         "rope": {"tensor": "rope_inv_freq", "attention_scaling": attn_scale,
-                 "note": "inv_freq per rotary pair as transformers computed it for this config; "
+                 **({"local_tensor": "local_rope_inv_freq"} if local_inv is not None else {}),
+                 "note": "inv_freq per rotary pair as transformers computed it for this config (the global "
+                 "layers' rope where layer types have their own; local_tensor: the sliding layers'); "
                  "attention_scaling multiplies cos and sin"},
         "greedy": {
             "max_new_tokens": GREEDY_NEW_TOKENS,

@@ -1,31 +1,15 @@
-//! Hugging Face `config.json` for the Llama family (llama, mistral, qwen2), in both config styles:
-//! transformers-5 `rope_parameters` and hub-style `rope_theta` + `rope_scaling`.
+//! Hugging Face `config.json`: the fields every decoder family shares (sizes, rope in both
+//! config styles: transformers-5 `rope_parameters` and hub-style `rope_theta` + `rope_scaling`),
+//! and [`ModelConfig`], the family-neutral description of the decoder the graph builds. What a
+//! family adds (its biases, norms, attention spans, soft-caps, …) is read by its own module in
+//! [`crate::family`].
 
 use crate::error::{ModelError, Result};
 use serde_json::Value;
 use silica_tensor::DType;
 use std::path::{Path, PathBuf};
 
-/// Supported architectures (`model_type`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    Llama,
-    Mistral,
-    Qwen2,
-}
-
-impl Architecture {
-    pub const SUPPORTED: &'static str =
-        "llama (Llama 2, 3, 3.1, 3.2, TinyLlama), mistral, qwen2 (Qwen2, Qwen2.5)";
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Architecture::Llama => "llama",
-            Architecture::Mistral => "mistral",
-            Architecture::Qwen2 => "qwen2",
-        }
-    }
-}
+pub use crate::family::Architecture;
 
 /// RoPE scaling variants, with the parameters transformers reads for each.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,8 +67,29 @@ pub struct ModelConfig {
     pub o_bias: bool,
     /// Biases on gate/up/down (Llama with `mlp_bias`).
     pub mlp_bias: bool,
-    /// Sliding-window attention span, when the model uses one.
-    pub sliding_window: Option<usize>,
+    /// Every layer's attention: its span and its rope (`num_hidden_layers` entries).
+    pub layers: Vec<LayerSpec>,
+    /// RMSNorm over each head of q and k before the rope (Qwen3, Gemma 3):
+    /// `self_attn.q_norm.weight` / `k_norm.weight`, [head_dim].
+    pub qk_norm: bool,
+    /// How an RMSNorm applies its weight.
+    pub norm: NormStyle,
+    /// Norms on both sides of each block (Gemma 2/3): `post_attention_layernorm` normalises the
+    /// attention output, `pre_feedforward_layernorm` / `post_feedforward_layernorm` wrap the MLP.
+    pub sandwich_norms: bool,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// The embedding is multiplied by this (Gemma: √hidden, rounded to the compute dtype).
+    pub embedding_scale: Option<f64>,
+    /// Multiplies q·k (1/√head_dim; Gemma: `query_pre_attn_scalar`^-½).
+    pub query_scale: f64,
+    /// Attention scores become c·tanh(s/c) (Gemma 2 `attn_logit_softcapping`).
+    pub attn_softcap: Option<f64>,
+    /// Logits become c·tanh(z/c) (Gemma 2 `final_logit_softcapping`).
+    pub final_softcap: Option<f64>,
+    /// The rope of the layers with [`LayerSpec::local_rope`] (Gemma 3's sliding layers:
+    /// `rope_local_base_freq`). Never dynamic, so its tables are constants of the program.
+    pub local_rope: Option<RopeConfig>,
     /// The dtype the checkpoint says it was trained in (`torch_dtype` / `dtype`).
     pub torch_dtype: Option<DType>,
     pub bos_token_id: Option<u32>,
@@ -93,7 +98,46 @@ pub struct ModelConfig {
     pub quantization: Option<crate::compressed::CompressedScheme>,
 }
 
+/// One decoder layer's attention.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    /// Sliding-window span: the query at position p sees keys at positions > p − window.
+    pub sliding_window: Option<usize>,
+    /// Uses [`ModelConfig::local_rope`] instead of [`ModelConfig::rope`].
+    pub local_rope: bool,
+}
+
+impl LayerSpec {
+    pub const FULL: LayerSpec = LayerSpec {
+        sliding_window: None,
+        local_rope: false,
+    };
+}
+
+/// How RMSNorm applies its weight w to the normalised x̂.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum NormStyle {
+    /// Llama: x̂ rounded to the compute dtype, times w.
+    Llama,
+    /// Gemma: x̂ · (1 + w) in f32, rounded once (the weights are stored as offsets from 1).
+    OnePlus,
+}
+
+/// The MLP's gate activation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// x·σ(x) (`silu`).
+    Silu,
+    /// The tanh approximation of GELU (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
 impl ModelConfig {
+    /// The sliding window of layer `l`, if it has one.
+    pub fn sliding_window(&self, l: usize) -> Option<usize> {
+        self.layers.get(l).and_then(|s| s.sliding_window)
+    }
+
     /// Reads `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
@@ -138,20 +182,20 @@ impl ModelConfig {
     }
 }
 
-struct Parser<'a> {
-    v: &'a Value,
+pub(crate) struct Parser<'a> {
+    pub(crate) v: &'a Value,
     path: PathBuf,
 }
 
 impl Parser<'_> {
-    fn err(&self, message: impl Into<String>) -> ModelError {
+    pub(crate) fn err(&self, message: impl Into<String>) -> ModelError {
         ModelError::Config {
             path: self.path.clone(),
             message: message.into(),
         }
     }
 
-    fn usize_opt(&self, obj: &Value, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn usize_opt(&self, obj: &Value, key: &str) -> Result<Option<usize>> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
@@ -160,7 +204,7 @@ impl Parser<'_> {
         }
     }
 
-    fn usize_req(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize_req(&self, key: &str) -> Result<usize> {
         let n = self
             .usize_opt(self.v, key)?
             .ok_or_else(|| self.err(format!("missing required field `{key}`")))?;
@@ -170,7 +214,7 @@ impl Parser<'_> {
         Ok(n)
     }
 
-    fn f64_opt(&self, obj: &Value, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn f64_opt(&self, obj: &Value, key: &str) -> Result<Option<f64>> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(x) => x
@@ -180,7 +224,7 @@ impl Parser<'_> {
         }
     }
 
-    fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+    pub(crate) fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(x) => x
@@ -190,7 +234,7 @@ impl Parser<'_> {
         }
     }
 
-    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+    pub(crate) fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(vec![]),
             Some(Value::Number(n)) => n
@@ -237,18 +281,13 @@ impl Parser<'_> {
             .get("model_type")
             .and_then(Value::as_str)
             .ok_or_else(|| self.err("missing required field `model_type`"))?;
-        let architecture = match model_type {
-            "llama" => Architecture::Llama,
-            "mistral" => Architecture::Mistral,
-            "qwen2" => Architecture::Qwen2,
-            other => {
-                return Err(ModelError::UnsupportedArchitecture {
-                    path: self.path.clone(),
-                    found: other.to_string(),
-                    supported: Architecture::SUPPORTED.to_string(),
-                })
+        let architecture = Architecture::from_model_type(model_type).ok_or_else(|| {
+            ModelError::UnsupportedArchitecture {
+                path: self.path.clone(),
+                found: model_type.to_string(),
+                supported: Architecture::supported(),
             }
-        };
+        })?;
         let hidden_size = self.usize_req("hidden_size")?;
         let num_attention_heads = self.usize_req("num_attention_heads")?;
         let num_key_value_heads = self
@@ -259,8 +298,10 @@ impl Parser<'_> {
                 "num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
             )));
         }
+        let defaults = architecture.defaults();
         let head_dim = match self.usize_opt(self.v, "head_dim")? {
             Some(d) if d > 0 => d,
+            None if defaults.head_dim.is_some() => defaults.head_dim.unwrap_or_default(),
             _ => {
                 if hidden_size % num_attention_heads != 0 {
                     return Err(self.err(format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; set head_dim")));
@@ -275,54 +316,111 @@ impl Parser<'_> {
         }
         let max_position_embeddings = self
             .usize_opt(self.v, "max_position_embeddings")?
-            .unwrap_or(2048);
-        let rope = self.rope(max_position_embeddings, head_dim)?;
-        let attention_bias = self.bool_opt("attention_bias")?.unwrap_or(false);
-        let (qkv_bias, o_bias) = match architecture {
-            Architecture::Qwen2 => (true, false),
-            Architecture::Llama => (attention_bias, attention_bias),
-            Architecture::Mistral => (false, false),
-        };
-        let mlp_bias =
-            architecture == Architecture::Llama && self.bool_opt("mlp_bias")?.unwrap_or(false);
-        let sliding_window = match architecture {
-            Architecture::Mistral => self.usize_opt(self.v, "sliding_window")?,
-            Architecture::Qwen2 if self.bool_opt("use_sliding_window")?.unwrap_or(false) => {
-                self.usize_opt(self.v, "sliding_window")?
-            }
-            _ => None,
-        };
+            .unwrap_or(defaults.max_position_embeddings);
+        let num_hidden_layers = self.usize_req("num_hidden_layers")?;
         let torch_dtype = ["torch_dtype", "dtype"]
             .iter()
             .find_map(|k| self.v.get(*k).and_then(Value::as_str))
             .and_then(DType::parse);
-        Ok(ModelConfig {
+        // The Llama decoder; the family's module changes what its config.json says differently.
+        let mut cfg = ModelConfig {
             architecture,
             hidden_size,
             intermediate_size: self.usize_req("intermediate_size")?,
-            num_hidden_layers: self.usize_req("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             vocab_size: self.usize_req("vocab_size")?,
             max_position_embeddings,
             rms_norm_eps: self.f64_opt(self.v, "rms_norm_eps")?.unwrap_or(1e-6),
-            rope,
-            tie_word_embeddings: self.bool_opt("tie_word_embeddings")?.unwrap_or(false),
-            qkv_bias,
-            o_bias,
-            mlp_bias,
-            sliding_window,
+            rope: RopeConfig {
+                theta: 10000.0,
+                scaling: RopeScaling::Default,
+                partial_rotary_factor: 1.0,
+            },
+            tie_word_embeddings: self
+                .bool_opt("tie_word_embeddings")?
+                .unwrap_or(defaults.tie_word_embeddings),
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            layers: vec![LayerSpec::FULL; num_hidden_layers],
+            qk_norm: false,
+            norm: NormStyle::Llama,
+            sandwich_norms: false,
+            activation: Activation::Silu,
+            embedding_scale: None,
+            query_scale: 1.0 / (head_dim as f64).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            local_rope: None,
             torch_dtype,
             bos_token_id: self.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: self.token_ids("eos_token_id")?,
             quantization,
-        })
+        };
+        crate::family::configure(self, &mut cfg)?;
+        if cfg.layers.len() != cfg.num_hidden_layers {
+            return Err(self.err(format!(
+                "{} layer kinds for {} layers",
+                cfg.layers.len(),
+                cfg.num_hidden_layers
+            )));
+        }
+        Ok(cfg)
     }
 
-    /// transformers-5 `rope_parameters` {rope_type, rope_theta, ...} or hub-style `rope_theta` +
-    /// `rope_scaling` {rope_type|type, ...}.
-    fn rope(&self, max_pos: usize, _head_dim: usize) -> Result<RopeConfig> {
+    /// The Llama family's MLP activation, `hidden_act` (`silu` when absent): anything else is
+    /// refused rather than run as silu.
+    pub(crate) fn silu_only(&self) -> Result<()> {
+        match self.v.get("hidden_act") {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::String(a)) if a == "silu" => Ok(()),
+            Some(x) => Err(self.err(format!(
+                "`hidden_act` {x} is not supported for this model type (only \"silu\")"
+            ))),
+        }
+    }
+
+    /// `layer_types` (transformers 5: `"full_attention"` / `"sliding_attention"` per layer) as
+    /// sliding flags, when the config lists them; checked against the layer count.
+    pub(crate) fn layer_types(&self, layers: usize) -> Result<Option<Vec<bool>>> {
+        let v = match self.v.get("layer_types") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(a)) => a,
+            Some(x) => return Err(self.err(format!("`layer_types` must be a list, found {x}"))),
+        };
+        if v.len() != layers {
+            return Err(self.err(format!(
+                "`layer_types` lists {} layers but num_hidden_layers is {layers}",
+                v.len()
+            )));
+        }
+        v.iter()
+            .enumerate()
+            .map(|(i, t)| match t.as_str() {
+                Some("full_attention") => Ok(false),
+                Some("sliding_attention") => Ok(true),
+                _ => Err(self.err(format!(
+                    "`layer_types[{i}]` is {t}; supported: \"full_attention\", \"sliding_attention\""
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// `sliding_window` as a positive span (`None` when absent or null).
+    pub(crate) fn window(&self) -> Result<Option<usize>> {
+        match self.usize_opt(self.v, "sliding_window")? {
+            Some(0) => Err(self.err("`sliding_window` must be positive")),
+            w => Ok(w),
+        }
+    }
+
+    /// The model's rope: `rope_parameters` (transformers 5) or top-level `rope_theta` +
+    /// `rope_scaling`.
+    pub(crate) fn rope(&self, max_pos: usize) -> Result<RopeConfig> {
         let params = self.v.get("rope_parameters").filter(|p| p.is_object());
         let scaling = params.or_else(|| self.v.get("rope_scaling").filter(|p| p.is_object()));
         let theta = params
@@ -331,6 +429,19 @@ impl Parser<'_> {
             .flatten()
             .or(self.f64_opt(self.v, "rope_theta")?)
             .unwrap_or(10000.0);
+        self.rope_from(scaling, theta, max_pos)
+    }
+
+    /// A rope from its scaling object (`rope_parameters` or `rope_scaling`, if any) and its base.
+    pub(crate) fn rope_from(
+        &self,
+        scaling: Option<&Value>,
+        theta: f64,
+        max_pos: usize,
+    ) -> Result<RopeConfig> {
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(self.err(format!("`rope_theta` must be positive, found {theta}")));
+        }
         let partial = scaling
             .map(|p| self.f64_opt(p, "partial_rotary_factor"))
             .transpose()?
@@ -468,5 +579,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    #[test]
+    fn sliding_windows_per_layer_as_each_family_says() {
+        let win = |c: &ModelConfig| {
+            (0..c.num_hidden_layers)
+                .map(|l| c.sliding_window(l))
+                .collect::<Vec<_>>()
+        };
+        let base = r#""hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "vocab_size": 10"#;
+        // Qwen2: only with use_sliding_window, from max_window_layers on.
+        let q = parse(&format!(
+            r#"{{"model_type": "qwen2", {base}, "sliding_window": 8,
+            "max_window_layers": 1}}"#
+        ))
+        .unwrap();
+        assert_eq!(win(&q), vec![None; 4]);
+        let q = parse(&format!(
+            r#"{{"model_type": "qwen2", {base}, "use_sliding_window": true,
+            "sliding_window": 8, "max_window_layers": 1}}"#
+        ))
+        .unwrap();
+        assert_eq!(win(&q), vec![None, Some(8), Some(8), Some(8)]);
+        // layer_types wins over max_window_layers.
+        let q = parse(&format!(
+            r#"{{"model_type": "qwen3", {base}, "use_sliding_window": true,
+            "sliding_window": 8, "max_window_layers": 1, "layer_types": ["sliding_attention",
+            "full_attention", "full_attention", "sliding_attention"]}}"#
+        ))
+        .unwrap();
+        assert_eq!(win(&q), vec![Some(8), None, None, Some(8)]);
+        assert!(
+            q.qk_norm && q.head_dim == 128,
+            "Qwen3Config's head_dim default"
+        );
+        // Mistral: every layer.
+        let m = parse(&format!(
+            r#"{{"model_type": "mistral", {base}, "sliding_window": 5}}"#
+        ))
+        .unwrap();
+        assert_eq!(win(&m), vec![Some(5); 4]);
+        // Gemma 2: even layers local, window 4096 by default, soft-caps 50 / 30, tied.
+        let g = parse(&format!(r#"{{"model_type": "gemma2", {base}}}"#)).unwrap();
+        assert_eq!(win(&g), vec![Some(4096), None, Some(4096), None]);
+        assert_eq!((g.attn_softcap, g.final_softcap), (Some(50.0), Some(30.0)));
+        assert!(g.tie_word_embeddings && g.sandwich_norms && g.head_dim == 256);
+        assert_eq!(g.query_scale, 1.0 / 16.0);
+        assert_eq!(g.embedding_scale, Some(8.0));
+        // Gemma 3: five local layers per global one, local layers on their own rope.
+        let g3 = parse(&format!(
+            r#"{{"model_type": "gemma3_text", {base}, "num_hidden_layers": 7,
+            "sliding_window": 512, "final_logit_softcapping": null}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            win(&g3),
+            vec![
+                Some(512),
+                Some(512),
+                Some(512),
+                Some(512),
+                Some(512),
+                None,
+                Some(512)
+            ]
+        );
+        assert_eq!(g3.layers.iter().filter(|l| l.local_rope).count(), 6);
+        assert_eq!(g3.rope.theta, 1_000_000.0);
+        assert_eq!(g3.local_rope.as_ref().map(|r| r.theta), Some(10_000.0));
+        assert_eq!((g3.attn_softcap, g3.final_softcap), (None, None));
     }
 }

@@ -1,6 +1,7 @@
 //! silica-models: Hugging Face model folders on silica's graph API.
 //!
-//! - [`config`]: `config.json` for llama / mistral / qwen2, both config styles;
+//! - [`config`]: `config.json`'s shared fields, both config styles; [`family`]: one module per
+//!   decoder family (llama, mistral, qwen2, qwen3, gemma2, gemma3_text);
 //! - [`weights`]: checkpoint tensors (single or sharded safetensors, memory-mapped), random weights;
 //! - [`gguf`]: GGUF files (config, tokenizer and chat template from the metadata, block-quantized
 //!   weights memory-mapped), single or split;
@@ -15,6 +16,7 @@ pub mod compressed;
 pub mod config;
 pub mod device_sampling;
 mod error;
+pub mod family;
 pub mod generate;
 pub mod gguf;
 pub mod llama;

@@ -18,10 +18,12 @@
 //! j > p - window with a sliding window), so stale slots beyond a sequence are never read, and
 //! padded tokens (numbered after the real ones) never affect real ones.
 
-use crate::config::ModelConfig;
+use crate::config::{Activation, ModelConfig, NormStyle};
 use crate::quant::QuantPlan;
 use crate::tp::TpLayout;
-use silica_tensor::{BlockFormat, CmpDir, DType, Graph, GraphError, Program, QuantFormat, ValueId};
+use silica_tensor::{
+    BinaryOp, BlockFormat, CmpDir, DType, Graph, GraphError, Program, QuantFormat, ValueId,
+};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LogitsMode {
@@ -321,18 +323,18 @@ impl WeightParams {
 }
 
 /// Rotary tables for `positions` i32 [B, T]: (cos, sin), each [B, T, D] in dtype `dt`, with the
-/// rope type's attention scaling folded in. `inv_freq` is f32 [D/2].
-pub fn rope_tables(
+/// rope type's attention scaling `att_scale` folded in. `inv_freq` is f32 [D/2].
+fn rope_tables(
     g: &mut Graph,
-    cfg: &ModelConfig,
+    d: usize,
+    att_scale: f64,
     positions: ValueId,
     inv_freq: ValueId,
     dt: DType,
 ) -> Result<(ValueId, ValueId), GraphError> {
     let dims = g.dims(positions).to_vec();
-    let (b, t, d) = (dims[0], dims[1], cfg.head_dim);
+    let (b, t) = (dims[0], dims[1]);
     // freqs[b, t, i] = pos[b, t] · inv_freq[i]; emb = [freqs, freqs].
-    let att_scale = crate::rope::rope_freqs(cfg, 0).attention_scaling as f64;
     let posf = g.convert(positions, DType::F32)?;
     let posb = g.broadcast_in_dim(posf, [b, t, d / 2], &[0, 1])?;
     let invb = g.broadcast_in_dim(inv_freq, [b, t, d / 2], &[2])?;
@@ -352,7 +354,7 @@ pub fn rope_tables(
 /// sliding window).
 pub fn causal_mask(
     g: &mut Graph,
-    cfg: &ModelConfig,
+    window: Option<usize>,
     positions: ValueId,
     slots: usize,
     dt: DType,
@@ -362,7 +364,7 @@ pub fn causal_mask(
     let slots = g.iota(DType::I32, [b, t, sl], 2)?;
     let pos3 = g.broadcast_in_dim(positions, [b, t, sl], &[0, 1])?;
     let mut visible = g.compare(slots, pos3, CmpDir::Le)?;
-    if let Some(wnd) = cfg.sliding_window {
+    if let Some(wnd) = window {
         let c = g.scalar(wnd as f64, DType::I32);
         let lo = g.sub(pos3, c)?;
         let inside = g.compare(slots, lo, CmpDir::Gt)?;
@@ -375,22 +377,152 @@ pub fn causal_mask(
     g.select(visible, zero, neg)
 }
 
-/// One layer's attention, given the roped queries and the new keys and values, each
-/// [B, heads, T, D]: it stores k/v wherever the caller keeps them and returns the attention
-/// output [B, Hq, T, D]. This is the one place the cached, paged and training programs differ.
-pub type AttendFn<'a> =
-    dyn FnMut(&mut Graph, usize, ValueId, ValueId, ValueId) -> Result<ValueId, GraphError> + 'a;
+/// What every layer reads about the positions: the rotary tables (the model's rope, and the
+/// local rope of the layers that use one) and one additive mask per distinct attention span
+/// (a causal mask, and one per sliding window), each built once per program.
+pub struct Positional {
+    rope: (ValueId, ValueId),
+    local_rope: Option<(ValueId, ValueId)>,
+    masks: Vec<(Option<usize>, ValueId)>,
+}
 
-/// The decoder stack on token ids `input_ids` i32 [B, T]: embedding, every layer (attention
-/// through `attend`). Returns the hidden states [B, T, H] before the final norm ([`lm_head`]).
+impl Positional {
+    /// For queries at `positions` i32 [B, T] over `slots` cache slots (slot j holds position
+    /// j); `inv_freq` is the model rope's f32 [D/2] input.
+    pub fn new(
+        g: &mut Graph,
+        cfg: &ModelConfig,
+        positions: ValueId,
+        inv_freq: ValueId,
+        slots: usize,
+        dt: DType,
+    ) -> Result<Self, GraphError> {
+        let att = crate::rope::rope_freqs(cfg, 0).attention_scaling as f64;
+        let rope = rope_tables(g, cfg.head_dim, att, positions, inv_freq, dt)?;
+        let local_rope = match (&cfg.local_rope, cfg.layers.iter().any(|l| l.local_rope)) {
+            (Some(r), true) => {
+                // Never dynamic (the family refuses it), so the same table every step: a
+                // constant of the program, not an input.
+                let f = crate::rope::rope_freqs_of(r, cfg.head_dim, 0);
+                let n = f.inv_freq.len();
+                let inv = g.constant(
+                    silica_tensor::HostTensor::from_vec(f.inv_freq, [n])
+                        .map_err(|e| GraphError::new("model", e.to_string()))?,
+                );
+                Some(rope_tables(
+                    g,
+                    cfg.head_dim,
+                    f.attention_scaling as f64,
+                    positions,
+                    inv,
+                    dt,
+                )?)
+            }
+            _ => None,
+        };
+        let mut masks = Vec::new();
+        for l in &cfg.layers {
+            if !masks.iter().any(|(w, _)| *w == l.sliding_window) {
+                let m = causal_mask(g, l.sliding_window, positions, slots, dt)?;
+                masks.push((l.sliding_window, m));
+            }
+        }
+        Ok(Positional {
+            rope,
+            local_rope,
+            masks,
+        })
+    }
+
+    /// Layer `l`'s (cos, sin).
+    fn rope_of(&self, cfg: &ModelConfig, l: usize) -> (ValueId, ValueId) {
+        match (cfg.layers[l].local_rope, self.local_rope) {
+            (true, Some(t)) => t,
+            _ => self.rope,
+        }
+    }
+
+    /// Layer `l`'s mask.
+    fn mask_of(&self, cfg: &ModelConfig, l: usize) -> ValueId {
+        let w = cfg.layers[l].sliding_window;
+        self.masks
+            .iter()
+            .find(|(x, _)| *x == w)
+            .map(|(_, m)| *m)
+            .expect("a mask for every layer's span")
+    }
+}
+
+/// Where one layer keeps its keys and values: given the layer index and the new roped keys
+/// and values, each [B, Hkv, T, D], it stores them wherever the caller keeps them (a
+/// contiguous cache, a paged pool, nowhere for training) and returns the keys and values the
+/// queries attend over, [B, Hkv, S, D]. This is the one place those programs differ.
+pub type KvFn<'a> =
+    dyn FnMut(&mut Graph, usize, ValueId, ValueId) -> Result<(ValueId, ValueId), GraphError> + 'a;
+
+/// RMSNorm of `x` [.., D] with weight `w` [D] in the model's [`NormStyle`].
+pub fn norm(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    x: ValueId,
+    w: ValueId,
+) -> Result<ValueId, GraphError> {
+    match cfg.norm {
+        NormStyle::Llama => g.rms_norm(x, w, cfg.rms_norm_eps),
+        NormStyle::OnePlus => {
+            // x̂ · (1 + w) in f32, rounded once (Gemma's RMSNorm).
+            let dt = g.dtype(x);
+            let ct = if dt == DType::F64 { dt } else { DType::F32 };
+            let xf = g.convert(x, ct)?;
+            let wf = g.convert(w, ct)?;
+            let w1 = g.binary_scalar(BinaryOp::Add, wf, 1.0)?;
+            let y = g.rms_norm(xf, w1, cfg.rms_norm_eps)?;
+            g.convert(y, dt)
+        }
+    }
+}
+
+/// The MLP gate's activation.
+fn activation(g: &mut Graph, cfg: &ModelConfig, x: ValueId) -> Result<ValueId, GraphError> {
+    match cfg.activation {
+        Activation::Silu => g.silu(x),
+        Activation::GeluTanh => {
+            // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), in f32, rounded once.
+            let dt = g.dtype(x);
+            let ct = if dt == DType::F64 { dt } else { DType::F32 };
+            let xf = g.convert(x, ct)?;
+            let x2 = g.mul(xf, xf)?;
+            let x3 = g.mul(x2, xf)?;
+            let c = g.binary_scalar(BinaryOp::Mul, x3, 0.044715)?;
+            let inner = g.add(xf, c)?;
+            let inner =
+                g.binary_scalar(BinaryOp::Mul, inner, (2.0 / std::f64::consts::PI).sqrt())?;
+            let th = g.tanh(inner)?;
+            let one = g.binary_scalar(BinaryOp::Add, th, 1.0)?;
+            let hx = g.binary_scalar(BinaryOp::Mul, xf, 0.5)?;
+            let y = g.mul(hx, one)?;
+            g.convert(y, dt)
+        }
+    }
+}
+
+/// c·tanh(x / c).
+fn softcap(g: &mut Graph, x: ValueId, c: f64) -> Result<ValueId, GraphError> {
+    let y = g.binary_scalar(BinaryOp::Div, x, c)?;
+    let y = g.tanh(y)?;
+    g.binary_scalar(BinaryOp::Mul, y, c)
+}
+
+/// The decoder stack on token ids `input_ids` i32 [B, T]: embedding, every layer (keys and
+/// values kept by `kv`). Returns the hidden states [B, T, H] before the final norm
+/// ([`lm_head`]).
 pub fn decoder(
     g: &mut Graph,
     cfg: &ModelConfig,
     w: &WeightParams,
     input_ids: ValueId,
-    cos: ValueId,
-    sin: ValueId,
-    attend: &mut AttendFn<'_>,
+    pos: &Positional,
+    kv: &mut KvFn<'_>,
 ) -> Result<ValueId, GraphError> {
     let dims = g.dims(input_ids).to_vec();
     let (b, t) = (dims[0], dims[1]);
@@ -402,24 +534,36 @@ pub fn decoder(
     } else {
         vocab_parallel_embedding(g, w, input_ids)?
     };
-    let eps = cfg.rms_norm_eps;
+    if let Some(s) = cfg.embedding_scale {
+        // transformers multiplies by the scale rounded to the weights' dtype.
+        x = g.binary_scalar(BinaryOp::Mul, x, s)?;
+    }
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        let hn = g.rms_norm(x, wt(&format!("{p}.input_layernorm.weight")), eps)?;
+        let hn = norm(g, cfg, x, wt(&format!("{p}.input_layernorm.weight")))?;
         let proj = |g: &mut Graph, name: &str, heads: usize| -> Result<ValueId, GraphError> {
             let mut y = w.linear(g, hn, &format!("{p}.self_attn.{name}.weight"))?;
             if cfg.qkv_bias {
                 y = g.add(y, wt(&format!("{p}.self_attn.{name}.bias")))?;
             }
-            let y = g.reshape(y, [b, t, heads, d])?;
-            g.transpose(y, &[0, 2, 1, 3]) // [B, heads, T, D]
+            g.reshape(y, [b, t, heads, d])
         };
-        let q = proj(g, "q_proj", hq)?;
-        let k = proj(g, "k_proj", hkv)?;
+        let mut q = proj(g, "q_proj", hq)?;
+        let mut k = proj(g, "k_proj", hkv)?;
         let v = proj(g, "v_proj", hkv)?;
+        if cfg.qk_norm {
+            // Over each head's D values, before the rope.
+            q = norm(g, cfg, q, wt(&format!("{p}.self_attn.q_norm.weight")))?;
+            k = norm(g, cfg, k, wt(&format!("{p}.self_attn.k_norm.weight")))?;
+        }
+        let heads_first = |g: &mut Graph, x| g.transpose(x, &[0, 2, 1, 3]); // [B, heads, T, D]
+        let (q, k, v) = (heads_first(g, q)?, heads_first(g, k)?, heads_first(g, v)?);
+        let (cos, sin) = pos.rope_of(cfg, l);
         let q = g.rope(q, cos, sin)?;
         let k = g.rope(k, cos, sin)?;
-        let a = attend(g, l, q, k, v)?; // [B, Hq, T, D]
+        let (kc, vc) = kv(g, l, k, v)?;
+        let mask = pos.mask_of(cfg, l);
+        let a = g.attention_softcapped(q, kc, vc, mask, cfg.query_scale, cfg.attn_softcap)?;
         let a = g.transpose(a, &[0, 2, 1, 3])?;
         let a = g.reshape(a, [b, t, hq * d])?;
         let o = w.linear(g, a, &format!("{p}.self_attn.o_proj.weight"))?;
@@ -427,9 +571,22 @@ pub fn decoder(
         if cfg.o_bias {
             o = g.add(o, wt(&format!("{p}.self_attn.o_proj.bias")))?;
         }
+        if cfg.sandwich_norms {
+            o = norm(
+                g,
+                cfg,
+                o,
+                wt(&format!("{p}.post_attention_layernorm.weight")),
+            )?;
+        }
         x = g.add(x, o)?;
 
-        let hn = g.rms_norm(x, wt(&format!("{p}.post_attention_layernorm.weight")), eps)?;
+        let pre_mlp = if cfg.sandwich_norms {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        let hn = norm(g, cfg, x, wt(&format!("{p}.{pre_mlp}.weight")))?;
         let lin = |g: &mut Graph, name: &str, inp: ValueId| -> Result<ValueId, GraphError> {
             let y = w.linear(g, inp, &format!("{p}.mlp.{name}.weight"))?;
             // down_proj is row-parallel: sum the partial products before its bias.
@@ -445,10 +602,18 @@ pub fn decoder(
             }
         };
         let gate = lin(g, "gate_proj", hn)?;
-        let gate = g.silu(gate)?;
+        let gate = activation(g, cfg, gate)?;
         let up = lin(g, "up_proj", hn)?;
         let m = g.mul(gate, up)?;
-        let m = lin(g, "down_proj", m)?;
+        let mut m = lin(g, "down_proj", m)?;
+        if cfg.sandwich_norms {
+            m = norm(
+                g,
+                cfg,
+                m,
+                wt(&format!("{p}.post_feedforward_layernorm.weight")),
+            )?;
+        }
         x = g.add(x, m)?;
     }
     Ok(x)
@@ -491,7 +656,21 @@ pub fn lm_head(
     w: &WeightParams,
     x: ValueId,
 ) -> Result<ValueId, GraphError> {
-    let x = g.rms_norm(x, w.get("model.norm.weight"), cfg.rms_norm_eps)?;
+    let x = norm(g, cfg, x, w.get("model.norm.weight"))?;
+    let logits = head_logits(g, cfg, w, x)?;
+    match cfg.final_softcap {
+        Some(c) => softcap(g, logits, c),
+        None => Ok(logits),
+    }
+}
+
+/// The LM head's logits (whole vocabulary on every rank) of normalised hidden states.
+fn head_logits(
+    g: &mut Graph,
+    cfg: &ModelConfig,
+    w: &WeightParams,
+    x: ValueId,
+) -> Result<ValueId, GraphError> {
     let head = if cfg.tie_word_embeddings {
         "model.embed_tokens.weight"
     } else {
@@ -553,11 +732,9 @@ pub fn build_forward(
     let input_ids = g.parameter("input_ids", DType::I32, [batch, seq])?;
     let inv_freq = g.parameter("rope_inv_freq", DType::F32, [cfg.head_dim / 2])?;
     let positions = g.iota(DType::I32, [batch, seq], 1)?;
-    let (cos, sin) = rope_tables(&mut g, cfg, positions, inv_freq, dt)?;
-    let mask = causal_mask(&mut g, cfg, positions, seq, dt)?;
-    let scale = 1.0 / (cfg.head_dim as f64).sqrt();
-    let mut attend = |g: &mut Graph, _l: usize, q, k, v| g.attention(q, k, v, mask, scale);
-    let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
+    let pos = Positional::new(&mut g, cfg, positions, inv_freq, seq, dt)?;
+    let mut kv = |_: &mut Graph, _l: usize, k, v| Ok((k, v));
+    let x = decoder(&mut g, cfg, &w, input_ids, &pos, &mut kv)?;
     let logits = lm_head(&mut g, cfg, &w, x)?;
     Ok((g, w, logits))
 }
@@ -591,9 +768,8 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
         let v = g.parameter(&vn, dt, [b, hkv, sl, d])?;
         caches.push((k, v));
     }
-    let (cos, sin) = rope_tables(&mut g, cfg, positions, inv_freq, dt)?;
     // Cache slot j holds position j, so the mask over slots is the causal mask.
-    let mask = causal_mask(&mut g, cfg, positions, sl, dt)?;
+    let pos = Positional::new(&mut g, cfg, positions, inv_freq, sl, dt)?;
 
     // Per-row write offsets as scalars for dynamic-update-slice.
     let zero_i = g.scalar(0.0, DType::I32);
@@ -604,9 +780,8 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
         })
         .collect::<Result<_, _>>()?;
 
-    let scale = 1.0 / (d as f64).sqrt();
     let mut outputs = Vec::new();
-    let mut attend = |g: &mut Graph, l: usize, q, k, v| {
+    let mut kv = |g: &mut Graph, l: usize, k, v| {
         let (mut kc, mut vc) = caches[l];
         for (r, &wpr) in wp.iter().enumerate() {
             let kr = g.slice_axis(k, 0, r, r + 1)?;
@@ -618,9 +793,9 @@ pub fn build_step(cfg: &ModelConfig, s: &StepShape) -> Result<Program, GraphErro
         let [kn, vn] = cache_names(l);
         outputs.push((format!("{kn}.out"), kc));
         outputs.push((format!("{vn}.out"), vc));
-        g.attention(q, kc, vc, mask, scale)
+        Ok((kc, vc))
     };
-    let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
+    let x = decoder(&mut g, cfg, &w, input_ids, &pos, &mut kv)?;
     let logits = step_logits(&mut g, cfg, &w, x, logits_index)?;
     outputs.insert(0, ("logits".into(), logits));
 

@@ -28,7 +28,7 @@
 use crate::config::ModelConfig;
 use crate::device_sampling::DeviceDraw;
 use crate::error::{ModelError, Result};
-use crate::llama::{causal_mask, decoder, rope_tables, step_logits, LogitsMode, WeightParams};
+use crate::llama::{decoder, step_logits, LogitsMode, Positional, WeightParams};
 use crate::rope::rope_freqs;
 use crate::runtime::{LoadedModel, Sampled};
 use crate::tp::TpLayout;
@@ -148,9 +148,8 @@ pub fn build_paged_step(
         let v = g.parameter(&vn, dt, [n, bs, hkv, d])?;
         pools.push((k, v));
     }
-    let (cos, sin) = rope_tables(&mut g, cfg, positions, inv_freq, dt)?;
     // The gathered view's slot j holds position j: the contiguous cache's causal mask.
-    let mask = causal_mask(&mut g, cfg, positions, m * bs, dt)?;
+    let pos = Positional::new(&mut g, cfg, positions, inv_freq, m * bs, dt)?;
 
     // Write targets as scalars: (block, slot) per DUS.
     let zero = g.scalar(0.0, DType::I32);
@@ -170,9 +169,8 @@ pub fn build_paged_step(
     }
     let chunk = t.min(bs);
 
-    let scale = 1.0 / (d as f64).sqrt();
     let mut outputs = Vec::new();
-    let mut attend = |g: &mut Graph, l: usize, q, k, v| {
+    let mut kv = |g: &mut Graph, l: usize, k, v| {
         let (mut kp, mut vp) = pools[l];
         // [B, Hkv, T, D] → [B, T, Hkv, D], the pool's slot layout.
         let kt = g.transpose(k, &[0, 2, 1, 3])?;
@@ -201,9 +199,9 @@ pub fn build_paged_step(
         };
         let kc = view(g, kp)?;
         let vc = view(g, vp)?;
-        g.attention(q, kc, vc, mask, scale)
+        Ok((kc, vc))
     };
-    let x = decoder(&mut g, cfg, &w, input_ids, cos, sin, &mut attend)?;
+    let x = decoder(&mut g, cfg, &w, input_ids, &pos, &mut kv)?;
     let logits = step_logits(&mut g, cfg, &w, x, logits_index)?;
     outputs.insert(0, ("logits".into(), logits));
     let mut program = Program::new(s.program_name(), g, outputs)?;

@@ -4,7 +4,7 @@
 //! The graph takes `inv_freq` as a runtime input (not a constant) because dynamic NTK scaling
 //! changes it with the sequence length; every other type passes the same values every step.
 
-use crate::config::{ModelConfig, RopeScaling};
+use crate::config::{ModelConfig, RopeConfig, RopeScaling};
 
 /// Inverse frequencies `[head_dim / 2]` and the attention scaling applied to cos/sin.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,9 +26,13 @@ fn base_inv_freq(base: f64, dim: usize) -> Vec<f64> {
 /// Frequencies for a forward pass whose largest position is `max_position` (only dynamic NTK
 /// scaling depends on it).
 pub fn rope_freqs(cfg: &ModelConfig, max_position: usize) -> RopeFreqs {
-    let dim = cfg.head_dim;
-    let base = cfg.rope.theta;
-    let (inv, att) = match &cfg.rope.scaling {
+    rope_freqs_of(&cfg.rope, cfg.head_dim, max_position)
+}
+
+/// [`rope_freqs`] for any rope of head size `dim` (a model's local rope, say).
+pub fn rope_freqs_of(rope: &RopeConfig, dim: usize, max_position: usize) -> RopeFreqs {
+    let base = rope.theta;
+    let (inv, att) = match &rope.scaling {
         RopeScaling::Default => (base_inv_freq(base, dim), 1.0),
         RopeScaling::Linear { factor } => (
             base_inv_freq(base, dim)

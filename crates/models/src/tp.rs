@@ -73,6 +73,7 @@ impl TpLayout {
         if world == 1 {
             return Ok(Self::single(cfg));
         }
+        Self::check_weights(cfg, world)?;
         let divisors = |n: usize| {
             (1..=n)
                 .filter(|d| n.is_multiple_of(*d))
@@ -106,50 +107,27 @@ impl TpLayout {
         })
     }
 
-    /// The distribution of weight `name` (an entry of [`TpLayout::specs`]).
+    /// The distribution of weight `name` (an entry of [`TpLayout::specs`]). Every weight of
+    /// every family is classified ([`TpLayout::new`] checks them all), so this never guesses.
     pub fn shard_of(&self, cfg: &ModelConfig, name: &str) -> Shard {
         if self.world == 1 {
             return Shard::Replicated;
         }
-        if let Some(base) = name.strip_suffix("_scale") {
-            // One scale per row of the matrix: its rows' split, none for a column split.
-            return match self.shard_of(cfg, base) {
-                Shard::Split { dim: 1 } => Shard::Replicated,
-                other => other,
-            };
+        classify(cfg, self.world, name).expect("every weight was classified by TpLayout::new")
+    }
+
+    /// Checks that [`classify`] knows every weight of `cfg`.
+    fn check_weights(cfg: &ModelConfig, world: usize) -> Result<()> {
+        for s in weight_specs(cfg) {
+            if classify(cfg, world, &s.name).is_none() {
+                return Err(ModelError::Invalid(format!(
+                    "weight `{}` has no tensor-parallel placement (column, row, vocabulary or \
+                     replicated): splitting this model over {world} ranks is not implemented",
+                    s.name
+                )));
+            }
         }
-        let is = |suffixes: &[&str]| suffixes.iter().any(|s| name.ends_with(s));
-        if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
-            return Shard::Vocab;
-        }
-        let kv = is(&[
-            "k_proj.weight",
-            "k_proj.bias",
-            "v_proj.weight",
-            "v_proj.bias",
-        ]);
-        if kv && !cfg.num_key_value_heads.is_multiple_of(self.world) {
-            return Shard::KvReplicated {
-                ranks_per_head: self.world / cfg.num_key_value_heads,
-            };
-        }
-        if kv
-            || is(&[
-                "q_proj.weight",
-                "q_proj.bias",
-                "gate_proj.weight",
-                "gate_proj.bias",
-                "up_proj.weight",
-                "up_proj.bias",
-            ])
-        {
-            Shard::Split { dim: 0 }
-        } else if is(&["o_proj.weight", "down_proj.weight"]) {
-            Shard::Split { dim: 1 }
-        } else {
-            // Norms, and the row-parallel biases (added once, after the all-reduce).
-            Shard::Replicated
-        }
+        Ok(())
     }
 
     /// Every rank's weights (names and shapes), in program-input order: [`weight_specs`] with
@@ -251,6 +229,59 @@ impl TpLayout {
     }
 }
 
+/// Where weight `name` (or the per-row scales `NAME_scale` of a quantized matrix) of `cfg`
+/// goes over `world` > 1 ranks; `None` for a weight this module does not know, which must be
+/// an error and never a silent `Replicated` (a column-parallel weight replicated would be read
+/// whole by every rank's sharded graph).
+fn classify(cfg: &ModelConfig, world: usize, name: &str) -> Option<Shard> {
+    if let Some(base) = name.strip_suffix("_scale") {
+        // One scale per row of the matrix: its rows' split, none for a column split.
+        return match classify(cfg, world, base)? {
+            Shard::Split { dim: 1 } => Some(Shard::Replicated),
+            other => Some(other),
+        };
+    }
+    if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
+        return Some(Shard::Vocab);
+    }
+    if name == "model.norm.weight" {
+        return Some(Shard::Replicated);
+    }
+    let (_, local) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    Some(match local {
+        "self_attn.k_proj.weight"
+        | "self_attn.k_proj.bias"
+        | "self_attn.v_proj.weight"
+        | "self_attn.v_proj.bias" => {
+            if cfg.num_key_value_heads.is_multiple_of(world) {
+                Shard::Split { dim: 0 }
+            } else {
+                Shard::KvReplicated {
+                    ranks_per_head: world / cfg.num_key_value_heads,
+                }
+            }
+        }
+        "self_attn.q_proj.weight"
+        | "self_attn.q_proj.bias"
+        | "mlp.gate_proj.weight"
+        | "mlp.gate_proj.bias"
+        | "mlp.up_proj.weight"
+        | "mlp.up_proj.bias" => Shard::Split { dim: 0 },
+        "self_attn.o_proj.weight" | "mlp.down_proj.weight" => Shard::Split { dim: 1 },
+        // Norms (per hidden unit, or per head dimension for q/k norms: every head uses the
+        // same gain), and the row-parallel biases (added once, after the all-reduce).
+        "input_layernorm.weight"
+        | "post_attention_layernorm.weight"
+        | "pre_feedforward_layernorm.weight"
+        | "post_feedforward_layernorm.weight"
+        | "self_attn.q_norm.weight"
+        | "self_attn.k_norm.weight"
+        | "self_attn.o_proj.bias"
+        | "mlp.down_proj.bias" => Shard::Replicated,
+        _ => return None,
+    })
+}
+
 fn rows_of(w: &HostTensor, dim: usize, start: usize, len: usize, padded: usize) -> HostTensor {
     let dims = w.dims();
     let outer: usize = dims[..dim].iter().product();
@@ -265,4 +296,61 @@ fn rows_of(w: &HostTensor, dim: usize, start: usize, len: usize, padded: usize) 
     let mut nd = dims.to_vec();
     nd[dim] = padded;
     HostTensor::from_bytes(w.dtype(), nd, &out).expect("sizes computed from the shape")
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use std::path::Path;
+
+    fn config(model_type: &str, extra: &str) -> ModelConfig {
+        let text = format!(
+            r#"{{"model_type": "{model_type}", "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 50, "head_dim": 8 {extra}}}"#
+        );
+        ModelConfig::from_json_str(&text, Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn every_weight_of_every_family_has_a_placement() {
+        let configs = [
+            config("llama", r#", "attention_bias": true, "mlp_bias": true"#),
+            config("mistral", r#", "sliding_window": 4"#),
+            config("qwen2", ""),
+            config("qwen3", r#", "attention_bias": true"#),
+            config("gemma2", ""),
+            config("gemma3_text", ""),
+        ];
+        for cfg in &configs {
+            for world in [2, 4] {
+                TpLayout::new(cfg, world).unwrap();
+                for s in weight_specs(cfg) {
+                    assert!(
+                        classify(cfg, world, &s.name).is_some(),
+                        "{}: {}",
+                        cfg.architecture.name(),
+                        s.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_weight_is_not_replicated_silently() {
+        let cfg = config("llama", "");
+        for name in [
+            "model.layers.0.block_sparse_moe.experts.0.w1.weight",
+            "model.layers.0.self_attn.qkv_proj.weight",
+            "model.extra.weight",
+        ] {
+            assert_eq!(classify(&cfg, 2, name), None, "{name}");
+        }
+        assert_eq!(
+            classify(&cfg, 2, "model.layers.1.self_attn.q_norm.weight"),
+            Some(Shard::Replicated)
+        );
+    }
 }

@@ -42,15 +42,30 @@ pub fn weight_specs(cfg: &ModelConfig) -> Vec<WeightSpec> {
                 push(format!("{p}.self_attn.{n}.bias"), vec![rows], false);
             }
         }
+        if cfg.qk_norm {
+            for n in ["q_norm", "k_norm"] {
+                push(
+                    format!("{p}.self_attn.{n}.weight"),
+                    vec![cfg.head_dim],
+                    true,
+                );
+            }
+        }
         push(format!("{p}.self_attn.o_proj.weight"), vec![h, q], false);
         if cfg.o_bias {
             push(format!("{p}.self_attn.o_proj.bias"), vec![h], false);
         }
+        // Llama: the norm before the MLP; Gemma: the norm of the attention output.
         push(
             format!("{p}.post_attention_layernorm.weight"),
             vec![h],
             true,
         );
+        if cfg.sandwich_norms {
+            for n in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                push(format!("{p}.{n}.weight"), vec![h], true);
+            }
+        }
         for (n, dims) in [
             ("gate_proj", vec![i, h]),
             ("up_proj", vec![i, h]),
@@ -224,7 +239,8 @@ impl Checkpoint {
     }
 }
 
-/// Random weights for a config (normal, std 0.02 like transformers' `initializer_range`; norms 1).
+/// Random weights for a config (normal, std 0.02 like transformers' `initializer_range`; norms
+/// the identity).
 /// Deterministic for a seed. Generated directly in `dtype`.
 pub fn random_weights(cfg: &ModelConfig, dtype: DType, seed: u64) -> Vec<(WeightSpec, HostTensor)> {
     random_weights_std(cfg, dtype, seed, 0.02)
@@ -246,7 +262,12 @@ pub fn random_weights_std(
         .map(|(k, spec)| {
             let n = spec.shape.elem_count();
             let t = if spec.is_norm {
-                HostTensor::full(1.0, dtype, spec.shape.clone())
+                // The identity gain: 1, or 0 where the norm multiplies by (1 + w) (Gemma).
+                let one = match cfg.norm {
+                    crate::config::NormStyle::Llama => 1.0,
+                    crate::config::NormStyle::OnePlus => 0.0,
+                };
+                HostTensor::full(one, dtype, spec.shape.clone())
             } else {
                 let mut v = vec![0f32; n];
                 par_fill(

@@ -6,6 +6,23 @@ use silica_tensor::{save_safetensors, HostTensor, SafetensorsFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Fixture `name` copied into a temp folder we can damage.
+fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/fixtures")
+        .join(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("model");
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    (tmp, dst)
+}
+
 /// A fixture with a single model.safetensors, copied into a temp folder we can damage.
 fn fresh_copy() -> (tempfile::TempDir, PathBuf) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
@@ -127,6 +144,79 @@ fn unknown_architecture_lists_supported() {
         e.contains("gpt2") && e.contains("llama") && e.contains("qwen2") && e.contains("mistral"),
         "{e}"
     );
+    for family in ["qwen3", "gemma2", "gemma3_text"] {
+        assert!(e.contains(family), "{e}");
+    }
+}
+
+/// A known family's config with a missing, contradictory or unsupported field: an error that
+/// names the field, never a model that runs something else.
+#[test]
+fn family_fields_that_contradict_or_are_unsupported() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            "qwen3-qk-norm",
+            Box::new(|v| v["layer_types"] = serde_json::json!(["full_attention"])),
+            "`layer_types` lists 1 layers but num_hidden_layers is 3",
+        ),
+        (
+            "qwen3-qk-norm",
+            Box::new(|v| v["layer_types"][1] = serde_json::json!("chunked_attention")),
+            "`layer_types[1]`",
+        ),
+        (
+            "qwen3-qk-norm",
+            Box::new(|v| v["hidden_act"] = serde_json::json!("gelu")),
+            "`hidden_act`",
+        ),
+        (
+            "qwen2-sliding-window",
+            Box::new(|v| v["sliding_window"] = serde_json::json!(0)),
+            "`sliding_window` must be positive",
+        ),
+        (
+            "gemma2-softcap",
+            Box::new(|v| v["attn_logit_softcapping"] = serde_json::json!(-1.0)),
+            "`attn_logit_softcapping`",
+        ),
+        (
+            "gemma2-softcap",
+            Box::new(|v| v["query_pre_attn_scalar"] = serde_json::json!(0)),
+            "`query_pre_attn_scalar`",
+        ),
+        (
+            "gemma2-softcap",
+            Box::new(|v| v["hidden_activation"] = serde_json::json!("relu")),
+            "`hidden_activation`",
+        ),
+        (
+            "gemma2-softcap",
+            Box::new(|v| v["use_bidirectional_attention"] = serde_json::json!(true)),
+            "`use_bidirectional_attention`",
+        ),
+        (
+            "gemma3-text-local-rope",
+            Box::new(|v| {
+                v["rope_parameters"] = serde_json::json!({
+                    "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
+                })
+            }),
+            "dynamic rope scaling on the sliding layers",
+        ),
+        (
+            "gemma3-text-local-rope",
+            Box::new(|v| v["sliding_window_pattern"] = serde_json::json!(0)),
+            "`sliding_window_pattern`",
+        ),
+    ];
+    for (fixture, edit, want) in cases {
+        let (_t, dir) = copy_of(fixture);
+        edit_config(&dir, edit);
+        let e = err_text(&dir);
+        assert!(e.contains(want), "{fixture}: `{want}` not in: {e}");
+        assert!(e.contains("config.json"), "{fixture}: names the file: {e}");
+    }
 }
 
 #[test]

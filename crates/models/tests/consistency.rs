@@ -160,7 +160,7 @@ fn batch_rows_are_independent_and_padding_is_harmless() {
 fn decomposed_model_graph_matches_fused() {
     // Mistral with a sliding window narrower than the cache, so the window mask is exercised.
     let cfg = config_of("mistral", r#", "sliding_window": 3, "rope_theta": 1000.0"#);
-    assert_eq!(cfg.sliding_window, Some(3));
+    assert_eq!(cfg.sliding_window(0), Some(3));
     let shape = StepShape {
         batch: 2,
         seq: 4,

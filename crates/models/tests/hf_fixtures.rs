@@ -232,5 +232,25 @@ fn rope_frequencies_match_transformers() {
                 f.attention_scaling
             );
         }
+        // The sliding layers' own rope (Gemma 3), where the model has one.
+        let local = r["rope"].get("local_tensor").and_then(|t| t.as_str());
+        assert_eq!(
+            local.is_some(),
+            model.config.local_rope.is_some(),
+            "{}: a local rope on one side only",
+            dir.display()
+        );
+        if let (Some(name), Some(rope)) = (local, &model.config.local_rope) {
+            let want = st.get(name).unwrap().to_vec::<f32>().unwrap();
+            let f = silica_models::rope::rope_freqs_of(rope, model.config.head_dim, 0);
+            assert_eq!(f.inv_freq.len(), want.len());
+            for (i, (g, w)) in f.inv_freq.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1e-3),
+                    "{}: local inv_freq[{i}] {g} vs {w}",
+                    dir.display()
+                );
+            }
+        }
     }
 }

@@ -344,10 +344,7 @@ fn attention_fused_and_decomposed() {
     for dt in [DType::F32, DType::BF16, DType::F64] {
         for a in configs {
             // Soft-capping (Gemma 2) at a cap below the scores' range, so tanh bends them.
-            for (m, softcap) in masks
-                .iter()
-                .flat_map(|&m| [(m, None), (m, Some(0.7))])
-            {
+            for (m, softcap) in masks.iter().flat_map(|&m| [(m, None), (m, Some(0.7))]) {
                 seed += 1;
                 let (p, inputs) = attention_case(dt, a, m, softcap, seed);
                 // Scores q·k·scale carry ≤ D·2⁻²⁴·Σ|q k|·scale ≤ D^1.5·2⁻²⁴ ≈ 4e-6 absolute error

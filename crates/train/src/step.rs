@@ -25,7 +25,7 @@
 //! `p ← p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε)`, with `t` the step after increment.
 //! Clipping follows `torch.nn.utils.clip_grad_norm_`: `g ← g · min(1, max_norm / (‖g‖ + 1e-6))`.
 
-use silica_models::llama::{causal_mask, decoder, lm_head, rope_tables, WeightParams};
+use silica_models::llama::{decoder, lm_head, Positional, WeightParams};
 use silica_models::weights::weight_specs;
 use silica_models::ModelConfig;
 use silica_tensor::{backward, BinaryOp, CmpDir, DType, Graph, GraphError, Program, ValueId};
@@ -193,9 +193,7 @@ pub fn train_step_program(cfg: &ModelConfig, sc: &StepConfig) -> Result<Program,
 
     // Shared by every micro-batch and independent of the weights (no gradient work).
     let positions = g.iota(DType::I32, [mb, t], 1)?;
-    let (cos, sin) = rope_tables(&mut g, cfg, positions, inv_freq, dt)?;
-    let mask = causal_mask(&mut g, cfg, positions, t, dt)?;
-    let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+    let pos = Positional::new(&mut g, cfg, positions, inv_freq, t, dt)?;
     let inv_count = 1.0 / (b * t) as f64;
 
     let mut loss: Option<ValueId> = None;
@@ -204,8 +202,8 @@ pub fn train_step_program(cfg: &ModelConfig, sc: &StepConfig) -> Result<Program,
         let rows = g.slice(tokens, &[k * mb, 0], &[(k + 1) * mb, t + 1], &[1, 1])?;
         let ids = g.slice_axis(rows, 1, 0, t)?;
         let targets = g.slice_axis(rows, 1, 1, t + 1)?;
-        let mut attend = |g: &mut Graph, _l: usize, q, k, v| g.attention(q, k, v, mask, scale);
-        let x = decoder(&mut g, cfg, &w, ids, cos, sin, &mut attend)?;
+        let mut kv = |_: &mut Graph, _l: usize, k, v| Ok((k, v));
+        let x = decoder(&mut g, cfg, &w, ids, &pos, &mut kv)?;
         let logits = lm_head(&mut g, cfg, &w, x)?;
         let part = cross_entropy_sum(&mut g, logits, targets, inv_count)?;
         let seed = g.scalar(1.0, DType::F32);

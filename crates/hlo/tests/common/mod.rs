@@ -751,6 +751,26 @@ pub fn llama_cases() -> Vec<Case> {
     let cfg = tiny_config("llama", "");
     let mistral = tiny_config("mistral", r#", "sliding_window": 3, "rope_theta": 1000.0"#);
     let qwen = tiny_config("qwen2", r#", "tie_word_embeddings": true"#);
+    // Qwen3: q/k norms, head_dim 16 != hidden/heads, window on layer 1 only.
+    let qwen3 = tiny_config(
+        "qwen3",
+        r#", "head_dim": 16, "use_sliding_window": true, "sliding_window": 3, "max_window_layers": 1"#,
+    );
+    // Gemma 2: (1+w) norms, sandwich norms, GELU-tanh, soft-caps small enough to bend the
+    // scores, local layer 0 (window 3) and global layer 1.
+    let gemma2 = tiny_config(
+        "gemma2",
+        r#", "head_dim": 8, "query_pre_attn_scalar": 12, "sliding_window": 3,
+        "attn_logit_softcapping": 1.5, "final_logit_softcapping": 4.0"#,
+    );
+    // Gemma 3: q/k norms, local layer 0 on its own rope (a constant table), global layer 1 on
+    // rope_theta with linear scaling.
+    let gemma3 = tiny_config(
+        "gemma3_text",
+        r#", "head_dim": 8, "sliding_window": 3, "sliding_window_pattern": 2,
+        "rope_theta": 100000.0, "rope_local_base_freq": 1000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0}"#,
+    );
     let shapes = [
         (
             "llama_prefill_f32",
@@ -790,6 +810,46 @@ pub fn llama_cases() -> Vec<Case> {
             LogitsMode::Last,
             DType::F32,
             vec![5],
+            None,
+        ),
+        (
+            "qwen3_prefill_window_f32",
+            &qwen3,
+            2,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![0, 3],
+            None,
+        ),
+        (
+            "gemma2_prefill_softcap_window_f32",
+            &gemma2,
+            2,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![0, 3],
+            None,
+        ),
+        (
+            "gemma3_decode_local_rope_f32",
+            &gemma3,
+            2,
+            1,
+            LogitsMode::Last,
+            DType::F32,
+            vec![3, 6],
+            None,
+        ),
+        (
+            "gemma3_prefill_local_rope_bf16",
+            &gemma3,
+            1,
+            4,
+            LogitsMode::All,
+            DType::BF16,
+            vec![2],
             None,
         ),
         (

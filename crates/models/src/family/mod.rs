@@ -1,0 +1,108 @@
+//! Decoder families, one module each: what a family's `config.json` says and how it maps onto
+//! the shared decoder ([`crate::config::ModelConfig`], built by [`crate::llama`]).
+//!
+//! Adding a family touches its module, the table below and its fixture in
+//! `scripts/make_fixtures.py`. What families truly share (the rope types, the sizes, the
+//! decoder graph and its weight names) is written once; a family's module turns its config
+//! fields into the decoder's switches (biases, norms, attention spans, soft-caps, ropes).
+
+mod gemma2;
+mod gemma3;
+mod llama;
+mod mistral;
+mod qwen2;
+mod qwen3;
+
+use crate::config::{ModelConfig, Parser};
+use crate::error::Result;
+
+/// The families silica runs (`model_type`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma2,
+    Gemma3,
+}
+
+/// The config defaults a family's transformers class applies when a key is absent.
+pub(crate) struct Defaults {
+    /// `head_dim` when absent (`None`: hidden_size / num_attention_heads).
+    pub head_dim: Option<usize>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+}
+
+/// One family: its names and how to read its config.
+struct Family {
+    arch: Architecture,
+    model_type: &'static str,
+    /// What users know it as (for the list of supported models).
+    models: &'static str,
+    defaults: Defaults,
+    configure: fn(&Parser, &mut ModelConfig) -> Result<()>,
+}
+
+const FAMILIES: &[Family] = &[
+    llama::FAMILY,
+    mistral::FAMILY,
+    qwen2::FAMILY,
+    qwen3::FAMILY,
+    gemma2::FAMILY,
+    gemma3::FAMILY,
+];
+
+fn family(arch: Architecture) -> &'static Family {
+    FAMILIES
+        .iter()
+        .find(|f| f.arch == arch)
+        .expect("every architecture has a family entry")
+}
+
+impl Architecture {
+    /// The `model_type` of config.json.
+    pub fn name(self) -> &'static str {
+        family(self).model_type
+    }
+
+    pub fn from_model_type(model_type: &str) -> Option<Architecture> {
+        FAMILIES
+            .iter()
+            .find(|f| f.model_type == model_type)
+            .map(|f| f.arch)
+    }
+
+    /// Every supported `model_type` with the models it covers, for error messages.
+    pub fn supported() -> String {
+        FAMILIES
+            .iter()
+            .map(|f| format!("{} ({})", f.model_type, f.models))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub(crate) fn defaults(self) -> &'static Defaults {
+        &family(self).defaults
+    }
+}
+
+/// Applies the family's reading of `p`'s config to `cfg`, which holds the shared fields.
+pub(crate) fn configure(p: &Parser, cfg: &mut ModelConfig) -> Result<()> {
+    (family(cfg.architecture).configure)(p, cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_listed_once() {
+        for (i, f) in FAMILIES.iter().enumerate() {
+            assert_eq!(Architecture::from_model_type(f.model_type), Some(f.arch));
+            assert!(FAMILIES[i + 1..].iter().all(|g| g.arch != f.arch));
+            assert!(Architecture::supported().contains(f.model_type));
+        }
+    }
+}
