@@ -7,6 +7,9 @@
 #   bash scripts/gguf_reference.sh --variants   # also the GGUF variants (f32, bf16, Q8_0, Q4_0,
 #                                               # Q4_1, Q4_K_M, Q5_K_M, Q6_K) via llama.cpp
 #   bash scripts/gguf_reference.sh --force      # regenerate even if the stamp matches
+#   bash scripts/gguf_reference.sh --gemma3     # also models/reference/gemma3-270m-q4_k_m.json:
+#                                               # Gemma 3 270M Q4_K_M (scripts/fetch_gguf.sh) read
+#                                               # by transformers (scripts/gguf_gemma3_reference.py)
 #   bash scripts/gguf_reference.sh --compressed # also models/reference/compressed-tensors.*:
 #                                               # `silica quantize` output read by transformers +
 #                                               # compressed-tensors (scripts/compressed_reference.py)
@@ -23,11 +26,12 @@ REQ_NODEPS="$ROOT/scripts/requirements-gguf-nodeps.txt"
 OUT="${GGUF_REF_OUT:-$ROOT/target/gguf-ref/smollm2-135m}"
 PYTHON="${PYTHON:-python3}"
 
-setup=0 variants=0 force=0 compressed=0
+setup=0 variants=0 force=0 compressed=0 gemma3=0
 for arg in "$@"; do
   case "$arg" in
     --setup) setup=1 ;;
     --compressed) compressed=1 ;;
+    --gemma3) gemma3=1 ;;
     --variants) variants=1 ;;
     --force) force=1 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
@@ -70,6 +74,13 @@ if [ "$force" = 1 ] || [ ! -f "$REF_STAMP" ] || [ "$(cat "$REF_STAMP")" != "$REF
   echo "$REF_WANT" > "$REF_STAMP"
 else
   echo "== $OUT/reference.json is up to date (stamp $REF_STAMP)"
+fi
+
+if [ "$gemma3" = 1 ]; then
+  echo "== Gemma 3 270M Q4_K_M read by transformers -> models/reference/gemma3-270m-q4_k_m.json"
+  bash "$ROOT/scripts/fetch_gguf.sh"
+  nice -n 19 "$VENV/bin/python" "$ROOT/scripts/gguf_gemma3_reference.py" \
+    "$ROOT/target/gguf/gemma-3-270m-q4_k_m.gguf" "$ROOT/models/reference/gemma3-270m-q4_k_m.json"
 fi
 
 if [ "$compressed" = 1 ]; then

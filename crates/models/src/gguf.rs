@@ -403,14 +403,27 @@ impl GgufModel {
             .any(|t| matches!(t.stored, Stored::Blocks(_)))
     }
 
-    /// The GGUF name of a Hugging Face weight name (llama.cpp's tensor names).
+    /// The GGUF name of a Hugging Face weight name (llama.cpp's tensor names) in a Llama-style
+    /// decoder.
     pub fn gguf_name(hf: &str) -> Option<String> {
+        Self::gguf_name_in(hf, false)
+    }
+
+    /// [`GgufModel::gguf_name`] in a decoder with norms around both blocks (Gemma 2/3:
+    /// `sandwich`), where llama.cpp's `ffn_norm` is the norm before the MLP and
+    /// `post_attention_norm` the one after the attention.
+    pub fn gguf_name_in(hf: &str, sandwich: bool) -> Option<String> {
         if let Some(rest) = hf.strip_prefix("model.layers.") {
             let (layer, rest) = rest.split_once('.')?;
             let (module, kind) = rest.rsplit_once('.')?;
             let g = match module {
                 "input_layernorm" => "attn_norm",
+                "post_attention_layernorm" if sandwich => "post_attention_norm",
                 "post_attention_layernorm" => "ffn_norm",
+                "pre_feedforward_layernorm" if sandwich => "ffn_norm",
+                "post_feedforward_layernorm" if sandwich => "post_ffw_norm",
+                "self_attn.q_norm" => "attn_q_norm",
+                "self_attn.k_norm" => "attn_k_norm",
                 "self_attn.q_proj" => "attn_q",
                 "self_attn.k_proj" => "attn_k",
                 "self_attn.v_proj" => "attn_v",
@@ -440,7 +453,8 @@ impl GgufModel {
         let mut used = std::collections::HashSet::new();
         let mut out = Vec::new();
         for spec in crate::weights::weight_specs(cfg) {
-            let name = Self::gguf_name(&spec.name).expect("every spec name has a GGUF name");
+            let name = Self::gguf_name_in(&spec.name, cfg.sandwich_norms)
+                .expect("every spec name has a GGUF name");
             let t = self
                 .tensors
                 .get(&name)
@@ -476,6 +490,11 @@ impl GgufModel {
             };
             let data = match heads {
                 Some(h) => unpermute_rows(&t.data, h)?,
+                // llama.cpp stores Gemma's norm weights as 1 + w (convert_hf_to_gguf.py adds 1
+                // to every `norm.weight`); the model multiplies by 1 + w itself.
+                None if spec.is_norm && cfg.norm == crate::config::NormStyle::OnePlus => {
+                    minus_one(&t.data)?
+                }
                 None => t.data.clone(),
             };
             let blocks = match t.stored {
@@ -509,7 +528,8 @@ impl GgufModel {
         let Some(model) = m.meta_str("tokenizer.ggml.model") else {
             return Ok(None);
         };
-        if model != "gpt2" {
+        let gemma = model == "llama" && self.architecture.starts_with("gemma");
+        if model != "gpt2" && !gemma {
             return Err(gguf_err(
                 &self.path,
                 format!(
@@ -544,18 +564,30 @@ impl GgufModel {
             _ => vec![],
         };
         let merges = strings("tokenizer.ggml.merges")?;
-        let json = byte_level_tokenizer_json(
-            &tokens,
-            &types,
-            &merges,
-            m.meta_str("tokenizer.ggml.pre"),
-            m.bool_meta("tokenizer.ggml.add_bos_token").unwrap_or(false),
-            m.bool_meta("tokenizer.ggml.add_eos_token").unwrap_or(false),
-            m.meta_num("tokenizer.ggml.bos_token_id")
-                .map(|v| v as usize),
-            m.meta_num("tokenizer.ggml.eos_token_id")
-                .map(|v| v as usize),
-        );
+        let json = if gemma {
+            gemma_tokenizer_json(
+                &tokens,
+                &types,
+                m.bool_meta("tokenizer.ggml.add_bos_token").unwrap_or(true),
+                m.meta_num("tokenizer.ggml.bos_token_id")
+                    .map(|v| v as usize),
+                m.meta_num("tokenizer.ggml.unknown_token_id")
+                    .map(|v| v as usize),
+            )
+        } else {
+            byte_level_tokenizer_json(
+                &tokens,
+                &types,
+                &merges,
+                m.meta_str("tokenizer.ggml.pre"),
+                m.bool_meta("tokenizer.ggml.add_bos_token").unwrap_or(false),
+                m.bool_meta("tokenizer.ggml.add_eos_token").unwrap_or(false),
+                m.meta_num("tokenizer.ggml.bos_token_id")
+                    .map(|v| v as usize),
+                m.meta_num("tokenizer.ggml.eos_token_id")
+                    .map(|v| v as usize),
+            )
+        };
         let token = |key: &str| {
             m.meta_num(key)
                 .and_then(|id| tokens.get(id as usize))
@@ -629,11 +661,16 @@ impl Meta<'_> {
             // llama.cpp writes Mistral-architecture models as `llama` too.
             "llama" => ("llama", "LlamaForCausalLM"),
             "qwen2" => ("qwen2", "Qwen2ForCausalLM"),
+            "qwen3" => ("qwen3", "Qwen3ForCausalLM"),
+            "gemma2" => ("gemma2", "Gemma2ForCausalLM"),
+            // A Gemma 3 GGUF holds the text model only (as transformers reads it too).
+            "gemma3" => ("gemma3_text", "Gemma3ForCausalLM"),
             other => {
                 return Err(ModelError::UnsupportedArchitecture {
                     path: self.path.to_path_buf(),
                     found: format!("{other} (general.architecture of the GGUF)"),
-                    supported: "llama (Llama, Mistral, SmolLM), qwen2".into(),
+                    supported: "llama (Llama, Mistral, SmolLM), qwen2, qwen3, gemma2, gemma3"
+                        .into(),
                 })
             }
         };
@@ -693,6 +730,16 @@ impl Meta<'_> {
             "attention_bias": self.tensors.contains_key("blk.0.attn_q.bias"),
         });
         let obj = cfg.as_object_mut().expect("an object");
+        // What llama.cpp writes beyond the Llama keys; a key the file lacks keeps the family's
+        // transformers default (as transformers' GGUF loader does).
+        if let Some(w) = self.arch_num("attention.sliding_window") {
+            obj.insert("sliding_window".into(), json!(w as u64));
+        }
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if let Some(v) = self.arch_num(key) {
+                obj.insert(key.into(), json!(v));
+            }
+        }
         match self.meta_str(&format!("{}.rope.scaling.type", self.architecture)) {
             None | Some("none") => {}
             Some("linear") => {
@@ -726,6 +773,12 @@ impl Meta<'_> {
             _ => None,
         }
     }
+}
+
+/// `t - 1`, in `t`'s dtype (a norm weight stored as 1 + w).
+fn minus_one(t: &HostTensor) -> Result<HostTensor> {
+    let v: Vec<f32> = t.to_f32_vec().iter().map(|x| x - 1.0).collect();
+    Ok(HostTensor::from_vec(v, t.shape().clone())?.convert(t.dtype()))
 }
 
 /// Rows of `t` (`[rows, ..]`, any dtype) from llama.cpp's interleaved-RoPE order back to
@@ -871,6 +924,114 @@ fn byte_level_tokenizer_json(
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
                   "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": merges},
+    })
+}
+
+/// Gemma's SentencePiece vocabulary as a `tokenizer.json`, built the way transformers' GGUF
+/// loader builds it (`gguf_tokenizer_mapping.gemma_tokenizer` + `GemmaTokenizer`): a BPE over
+/// "▁"-for-space pieces with byte fallback, tokens made only of spaces respelled with "▁", and,
+/// since the file lists no merges, merges rebuilt from the vocabulary (every split of a token
+/// into two tokens) ranked by the merged token's position in the file (earlier is better;
+/// Gemma's scores do not follow its merge order). Control tokens (type 3) are special added
+/// tokens, user-defined ones (type 4) plain added tokens; BOS is prepended when the file says.
+fn gemma_tokenizer_json(
+    tokens: &[String],
+    types: &[i64],
+    add_bos: bool,
+    bos: Option<usize>,
+    unk: Option<usize>,
+) -> serde_json::Value {
+    let spelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                "\u{2581}".repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    // As Python's dict comprehension: a repeated token keeps its last index.
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(spelled.len());
+    let mut order: Vec<&str> = Vec::with_capacity(spelled.len());
+    for (i, t) in spelled.iter().enumerate() {
+        if index.insert(t.as_str(), i).is_none() {
+            order.push(t.as_str());
+        }
+    }
+    // generate_merges(vocab, vocab_scores = {token: -index}): per token its splits into two
+    // tokens, ordered by the halves' ids; then every merge by (score, len(left), len(right))
+    // descending, stable.
+    let mut merges: Vec<(&str, &str, i64)> = Vec::new();
+    for &t in &order {
+        let score = -(index[t] as i64);
+        let mut local: Vec<(&str, &str)> = t
+            .char_indices()
+            .skip(1)
+            .map(|(b, _)| (&t[..b], &t[b..]))
+            .filter(|(l, r)| index.contains_key(l) && index.contains_key(r))
+            .collect();
+        local.sort_by_key(|(l, r)| (index[l], index[r]));
+        merges.extend(local.into_iter().map(|(l, r)| (l, r, score)));
+    }
+    merges.sort_by(|a, b| {
+        let key = |m: &(&str, &str, i64)| (m.2, m.0.chars().count(), m.1.chars().count());
+        key(b).cmp(&key(a))
+    });
+    let merges: Vec<serde_json::Value> = merges.iter().map(|(l, r, _)| json!([l, r])).collect();
+    let mut vocab = serde_json::Map::new();
+    for &t in &order {
+        vocab.insert(t.to_string(), json!(index[t]));
+    }
+    let mut added = Vec::new();
+    for (i, (t, &ty)) in tokens.iter().zip(types).enumerate() {
+        let special = match ty {
+            3 => true,
+            // As transformers checks it: the file's spelling against the respelled vocabulary,
+            // so a whitespace-only token stays a plain vocabulary entry.
+            4 if index.contains_key(t.as_str()) => false,
+            _ => continue,
+        };
+        added.push(json!({
+            "id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": !special, "special": special,
+        }));
+    }
+    let name = |id: Option<usize>| id.and_then(|i| tokens.get(i)).cloned();
+    let bos_t = name(bos).filter(|_| add_bos);
+    let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+    let special = |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+    let (mut single, mut pair) = (Vec::new(), Vec::new());
+    let mut specials = serde_json::Map::new();
+    if let (Some(b), Some(id)) = (&bos_t, bos) {
+        single.push(special(b, 0));
+        pair.push(special(b, 0));
+        specials.insert(b.clone(), json!({"id": b, "ids": [id], "tokens": [b]}));
+    }
+    single.push(seq("A", 0));
+    pair.push(seq("A", 0));
+    if let Some(b) = &bos_t {
+        pair.push(special(b, 1));
+    }
+    pair.push(seq("B", 1));
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                          "behavior": "MergedWithPrevious", "invert": false},
+        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair,
+                           "special_tokens": specials},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": name(unk), "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
                   "ignore_merges": false, "vocab": vocab, "merges": merges},
     })
 }

@@ -153,7 +153,8 @@ fn unknown_architecture_lists_supported() {
 /// names the field, never a model that runs something else.
 #[test]
 fn family_fields_that_contradict_or_are_unsupported() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "qwen3-qk-norm",
             Box::new(|v| v["layer_types"] = serde_json::json!(["full_attention"])),
