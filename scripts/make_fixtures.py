@@ -44,11 +44,13 @@ from transformers import (  # noqa: E402
     Gemma2Config,
     Gemma3TextConfig,
     GenerationConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    SmolLM3Config,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,6 +236,14 @@ GEMMA_CHAT_TEMPLATE = (
     "{{- '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}"
+)
+
+# Granite 3.x's turn markers (written as plain text here: the tiny tokenizer has no such specials).
+GRANITE_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"
 )
 
 CHAT_MESSAGES = [
@@ -827,6 +837,74 @@ def gemma3_text_local_rope():
     )
 
 
+@case
+def granite_multipliers():
+    tok = make_llama3_tokenizer(400)
+    ids = {s: tok.token_to_id(s) for s in LLAMA3_SPECIALS}
+    cfg = GraniteConfig(
+        **common_model_kwargs(400, max_pos=4096, eps=1e-5),
+        bos_token_id=ids["<|begin_of_text|>"],
+        eos_token_id=ids["<|end_of_text|>"],
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        embedding_multiplier=6.0,
+        attention_multiplier=0.15,
+        residual_multiplier=0.4,
+        logits_scaling=3.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    return dict(
+        description="Granite 3.x: embedding x embedding_multiplier 6, q.k x attention_multiplier 0.15 (not "
+        "1/sqrt(16)), each block's output x residual_multiplier 0.4, logits / logits_scaling 3; GQA 4/2, untied "
+        "(tied, the scaled embedding dominates a tiny random model and greedy repeats one token), f32, "
+        "byte-level BPE.",
+        features=["granite", "embedding_multiplier", "attention_multiplier", "residual_multiplier",
+                  "logits_scaling", "gqa", "rope:default", "config:rope_parameters", "untied", "f32",
+                  "tokenizer:byte-level-bpe", "bos:added"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=None, shard=None,
+        tok_kwargs=dict(bos="<|begin_of_text|>", eos="<|end_of_text|>", chat_template=GRANITE_CHAT_TEMPLATE,
+                        model_max_length=4096),
+        generation=dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id),
+        specials=("<|begin_of_text|>", "<|end_of_text|>"),
+        prompt="The café opened at 7:30.",
+        batch=["Numbers like 3.14159", "It's a test, isn't it? We'll see what the model says."],
+    )
+
+
+@case
+def smollm3_nope_layers():
+    tok = make_qwen2_tokenizer(n_regular=380)
+    eot = tok.token_to_id("<|endoftext|>")
+    im_end = tok.token_to_id("<|im_end|>")
+    cfg = SmolLM3Config(
+        **common_model_kwargs(tok.get_vocab_size(), layers=4, heads=4, kv_heads=2, max_pos=1024, eps=1e-6),
+        bos_token_id=None,
+        eos_token_id=im_end,
+        pad_token_id=eot,
+        tie_word_embeddings=True,
+        no_rope_layer_interval=2,
+        use_sliding_window=True,
+        sliding_window=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+    )
+    return dict(
+        description="SmolLM3: layers 1 and 3 without rotary embedding (NoPE; no_rope_layer_interval 2, "
+        "no_rope_layers [1, 0, 1, 0] in config.json), and with use_sliding_window those NoPE layers attend "
+        "through a 4-token window (layer_types as transformers derives them); tied, f32, ChatML.",
+        features=["smollm3", "nope-layers", "no_rope_layers", "sliding-window", "prompt>window", "layer_types",
+                  "gqa", "rope:default", "tied", "f32", "4-layers", "tokenizer:byte-level-bpe", "bos:none",
+                  "chatml"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=None, shard=None,
+        tok_kwargs=dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHATML_TEMPLATE,
+                        model_max_length=1024),
+        generation=dict(eos_token_id=[im_end, eot], pad_token_id=eot),
+        specials=("<|im_start|>", "<|im_end|>"),
+        prompt="The café opened at 7:30.",
+        batch=["Emoji 🙂", "A tokenizer turns text into numbers, and numbers back into text."],
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Model building and reference computation
 # --------------------------------------------------------------------------------------------
@@ -969,8 +1047,8 @@ def build_case(name: str, spec: dict, folder: Path):
             assert loaded == cfg.rope_parameters, (ref.config.rope_parameters, cfg.rope_parameters)
         hidden = torch.stack([h[0].float() for h in out.hidden_states])  # [layers+1, n, hidden]
         # hidden_states[-1] is the final-norm output in transformers: lm_head(h[-1]) == logits
-        # (through the final soft-cap where the model has one).
-        head = ref.lm_head(hidden[-1])
+        # (through Granite's logits_scaling and the final soft-cap where the model has them).
+        head = ref.lm_head(hidden[-1]) / getattr(ref.config, "logits_scaling", 1.0)
         cap = getattr(ref.config, "final_logit_softcapping", None)
         if cap is not None:
             head = torch.tanh(head / cap) * cap

@@ -83,6 +83,11 @@ pub struct ModelConfig {
     pub embedding_scale: Option<f64>,
     /// Multiplies q·k (1/√head_dim; Gemma: `query_pre_attn_scalar`^-½).
     pub query_scale: f64,
+    /// Each block's output is multiplied by this before the residual add (Granite
+    /// `residual_multiplier`).
+    pub residual_scale: Option<f64>,
+    /// Logits are divided by this (Granite `logits_scaling`).
+    pub logits_divisor: Option<f64>,
     /// Attention scores become c·tanh(s/c) (Gemma 2 `attn_logit_softcapping`).
     pub attn_softcap: Option<f64>,
     /// Logits become c·tanh(z/c) (Gemma 2 `final_logit_softcapping`).
@@ -105,12 +110,15 @@ pub struct LayerSpec {
     pub sliding_window: Option<usize>,
     /// Uses [`ModelConfig::local_rope`] instead of [`ModelConfig::rope`].
     pub local_rope: bool,
+    /// No rotary embedding at all (SmolLM3's NoPE layers: `no_rope_layers[l] == 0`).
+    pub no_rope: bool,
 }
 
 impl LayerSpec {
     pub const FULL: LayerSpec = LayerSpec {
         sliding_window: None,
         local_rope: false,
+        no_rope: false,
     };
 }
 
@@ -352,6 +360,8 @@ impl Parser<'_> {
             activation: Activation::Silu,
             embedding_scale: None,
             query_scale: 1.0 / (head_dim as f64).sqrt(),
+            residual_scale: None,
+            logits_divisor: None,
             attn_softcap: None,
             final_softcap: None,
             local_rope: None,

@@ -1,7 +1,8 @@
 //! silica-models: Hugging Face model folders on silica's graph API.
 //!
 //! - [`config`]: `config.json`'s shared fields, both config styles; [`family`]: one module per
-//!   decoder family (llama, mistral, qwen2, qwen3, gemma2, gemma3_text);
+//!   decoder family (llama, mistral, qwen2, qwen3, gemma2, gemma3_text, granite,
+//!   smollm3);
 //! - [`weights`]: checkpoint tensors (single or sharded safetensors, memory-mapped), random weights;
 //! - [`gguf`]: GGUF files (config, tokenizer and chat template from the metadata, block-quantized
 //!   weights memory-mapped), single or split;

@@ -558,9 +558,12 @@ pub fn decoder(
         }
         let heads_first = |g: &mut Graph, x| g.transpose(x, &[0, 2, 1, 3]); // [B, heads, T, D]
         let (q, k, v) = (heads_first(g, q)?, heads_first(g, k)?, heads_first(g, v)?);
-        let (cos, sin) = pos.rope_of(cfg, l);
-        let q = g.rope(q, cos, sin)?;
-        let k = g.rope(k, cos, sin)?;
+        let (q, k) = if cfg.layers[l].no_rope {
+            (q, k)
+        } else {
+            let (cos, sin) = pos.rope_of(cfg, l);
+            (g.rope(q, cos, sin)?, g.rope(k, cos, sin)?)
+        };
         let (kc, vc) = kv(g, l, k, v)?;
         let mask = pos.mask_of(cfg, l);
         let a = g.attention_softcapped(q, kc, vc, mask, cfg.query_scale, cfg.attn_softcap)?;
@@ -578,6 +581,9 @@ pub fn decoder(
                 o,
                 wt(&format!("{p}.post_attention_layernorm.weight")),
             )?;
+        }
+        if let Some(r) = cfg.residual_scale {
+            o = g.binary_scalar(BinaryOp::Mul, o, r)?;
         }
         x = g.add(x, o)?;
 
@@ -613,6 +619,9 @@ pub fn decoder(
                 m,
                 wt(&format!("{p}.post_feedforward_layernorm.weight")),
             )?;
+        }
+        if let Some(r) = cfg.residual_scale {
+            m = g.binary_scalar(BinaryOp::Mul, m, r)?;
         }
         x = g.add(x, m)?;
     }
@@ -657,7 +666,10 @@ pub fn lm_head(
     x: ValueId,
 ) -> Result<ValueId, GraphError> {
     let x = norm(g, cfg, x, w.get("model.norm.weight"))?;
-    let logits = head_logits(g, cfg, w, x)?;
+    let mut logits = head_logits(g, cfg, w, x)?;
+    if let Some(d) = cfg.logits_divisor {
+        logits = g.binary_scalar(BinaryOp::Div, logits, d)?;
+    }
     match cfg.final_softcap {
         Some(c) => softcap(g, logits, c),
         None => Ok(logits),

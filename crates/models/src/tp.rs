@@ -322,6 +322,8 @@ mod placement_tests {
             config("qwen3", r#", "attention_bias": true"#),
             config("gemma2", ""),
             config("gemma3_text", ""),
+            config("granite", r#", "embedding_multiplier": 12.0"#),
+            config("smollm3", ""),
         ];
         for cfg in &configs {
             for world in [2, 4] {

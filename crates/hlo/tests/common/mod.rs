@@ -771,7 +771,37 @@ pub fn llama_cases() -> Vec<Case> {
         "rope_theta": 100000.0, "rope_local_base_freq": 1000.0,
         "rope_scaling": {"rope_type": "linear", "factor": 2.0}"#,
     );
+    // Granite: the four multipliers; SmolLM3: layer 1 without rope, through a window.
+    let granite = tiny_config(
+        "granite",
+        r#", "embedding_multiplier": 4.0, "attention_multiplier": 0.3,
+        "residual_multiplier": 0.5, "logits_scaling": 2.0"#,
+    );
+    let smollm3 = tiny_config(
+        "smollm3",
+        r#", "no_rope_layer_interval": 2, "use_sliding_window": true, "sliding_window": 3"#,
+    );
     let shapes = [
+        (
+            "granite_decode_f32",
+            &granite,
+            2,
+            1,
+            LogitsMode::Last,
+            DType::F32,
+            vec![3, 6],
+            None,
+        ),
+        (
+            "smollm3_prefill_nope_window_f32",
+            &smollm3,
+            2,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![0, 3],
+            None,
+        ),
         (
             "llama_prefill_f32",
             &cfg,

@@ -110,6 +110,7 @@ pub(super) fn gemma_layers(
         .map(|s| LayerSpec {
             sliding_window: if s { window } else { None },
             local_rope: s && local_rope,
+            no_rope: false,
         })
         .collect())
 }

@@ -25,6 +25,7 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
         LayerSpec {
             sliding_window: window,
             local_rope: false,
+            no_rope: false,
         };
         c.num_hidden_layers
     ];

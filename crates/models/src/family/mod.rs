@@ -8,10 +8,12 @@
 
 mod gemma2;
 mod gemma3;
+mod granite;
 mod llama;
 mod mistral;
 mod qwen2;
 mod qwen3;
+mod smollm3;
 
 use crate::config::{ModelConfig, Parser};
 use crate::error::Result;
@@ -25,6 +27,8 @@ pub enum Architecture {
     Qwen3,
     Gemma2,
     Gemma3,
+    Granite,
+    SmolLm3,
 }
 
 /// The config defaults a family's transformers class applies when a key is absent.
@@ -52,6 +56,8 @@ const FAMILIES: &[Family] = &[
     qwen3::FAMILY,
     gemma2::FAMILY,
     gemma3::FAMILY,
+    granite::FAMILY,
+    smollm3::FAMILY,
 ];
 
 fn family(arch: Architecture) -> &'static Family {

@@ -51,6 +51,7 @@ pub(super) fn qwen_layers(p: &Parser, layers: usize) -> Result<Vec<LayerSpec>> {
             // transformers' `sliding_window = None` makes it.
             sliding_window: if s { window } else { None },
             local_rope: false,
+            no_rope: false,
         })
         .collect())
 }
