@@ -417,6 +417,9 @@ def check_model(backend, devices, folder, silica, atol, tp=1, quantize=None):
                     src, dt = spec["source"], np_dtype(spec["dtype"])
                     if "checkpoint" in src:
                         x = np.asarray(weights[src["checkpoint"]])
+                        if "rows" in src:
+                            # A projection inside a fused tensor (Phi-3's qkv_proj, gate_up_proj).
+                            x = x[src["rows"]["start"]:src["rows"]["start"] + src["rows"]["count"]]
                         if "quantize" in src:
                             # Quantized whole, then cut like the weight.
                             x = quantize_weight(x, src["quantize"])

@@ -47,6 +47,7 @@ from transformers import (  # noqa: E402
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -905,6 +906,50 @@ def smollm3_nope_layers():
     )
 
 
+@case
+def phi3_fused_longrope():
+    tok = make_spm_tokenizer(n_pieces=220, style="legacy", limit_alphabet=60)
+    vocab = tok.get_vocab_size()
+    half = 16 // 2
+    cfg = Phi3Config(
+        **{k: v for k, v in common_model_kwargs(vocab, heads=4, kv_heads=2, max_pos=128, eps=1e-5).items()
+           if k != "max_position_embeddings"},
+        max_position_embeddings=128,
+        original_max_position_embeddings=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        sliding_window=None,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "short_factor": [1.0 + 0.15 * i for i in range(half)],
+                         "long_factor": [1.0 + 1.1 * i for i in range(half)],
+                         "original_max_position_embeddings": 32},
+    )
+    # Hub style as Phi-3.5-mini's config.json: rope_scaling {type: longrope, short/long_factor} and
+    # original_max_position_embeddings at the top level.
+    hub = {"rope_theta": 10000.0, "original_max_position_embeddings": 32,
+           "rope_scaling": {"type": "longrope", "short_factor": [1.0 + 0.15 * i for i in range(half)],
+                            "long_factor": [1.0 + 1.1 * i for i in range(half)]}}
+    return dict(
+        description="Phi-3: q/k/v fused into qkv_proj [q+2kv, h] and gate/up into gate_up_proj [2i, h]; LongRoPE "
+        "(hub: rope_scaling {type: longrope}) with short factors up to original_max_position_embeddings 32 and "
+        "long factors past it, attention factor sqrt(1 + ln(128/32) / ln 32) on cos/sin; GQA 4/2, untied, f32; "
+        "`long_logits` covers 48 positions (> 32: the long factors for the whole sequence).",
+        features=["phi3", "fused-qkv", "fused-gate-up", "rope:longrope", "config:hub-rope_scaling", "gqa",
+                  "untied", "f32", "long-context", "tokenizer:spm-bpe-legacy", "bos:added"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
+        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", chat_template=ZEPHYR_CHAT_TEMPLATE,
+                        model_max_length=128),
+        generation=dict(bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        specials=("<s>", "</s>"),
+        prompt="Numbers like 42 are famous.",
+        long_text=(CORPUS.replace("\n", " ")),
+        long_len=48,
+        batch=["Hello there", "A model reads text as tokens and predicts the next one."],
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Model building and reference computation
 # --------------------------------------------------------------------------------------------
@@ -1085,7 +1130,11 @@ def build_case(name: str, spec: dict, folder: Path):
         long = None
         if spec.get("long_len"):
             long_ids = hf_tok(spec["long_text"]).input_ids[: spec["long_len"]]
-            assert len(long_ids) == spec["long_len"] > cfg.max_position_embeddings
+            # Past the context the rope rescales at: max_position_embeddings (dynamic NTK) or the
+            # original context (LongRoPE switches to its long factors).
+            limit = cfg.rope_parameters.get("original_max_position_embeddings") \
+                if cfg.rope_parameters.get("rope_type") == "longrope" else cfg.max_position_embeddings
+            assert len(long_ids) == spec["long_len"] > limit
             fresh = load_f32(folder)  # fresh rotary state
             tensors["long_logits"] = fresh(torch.tensor([long_ids])).logits[0].float().contiguous()
             tensors["long_rope_inv_freq"] = fresh.model.rotary_emb.inv_freq.detach().clone().float().contiguous()

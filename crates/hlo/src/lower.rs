@@ -694,6 +694,29 @@ impl<'m> CompBuilder<'m> {
                     i.gather_slice_sizes = i64s(&sizes);
                 })
             }
+            Op::ScatterAdd { axis } => {
+                // The transpose of the gather above: update window dims are the operand's kept
+                // dims around the index dims; the index vector dim is implicit (trailing);
+                // XLA drops an update whose index is out of range, as the CPU backend does.
+                let axis = *axis;
+                let (x, idx) = (&ins[0], &ins[1]);
+                let ir = idx.dims.len();
+                let xr = x.dims.len();
+                let window: Vec<i64> = (0..axis)
+                    .chain(axis + ir..xr - 1 + ir)
+                    .map(|d| d as i64)
+                    .collect();
+                let comp = self.m.reducer(Reducer::Add, dt);
+                self.push("scatter", dt, dims, &refs, |i| {
+                    i.scatter_dimension_numbers = Some(ScatterDimensionNumbers {
+                        update_window_dims: window,
+                        inserted_window_dims: vec![axis as i64],
+                        scatter_dims_to_operand_dims: vec![axis as i64],
+                        index_vector_dim: ir as i64,
+                    });
+                    i.called_computation_ids = vec![comp];
+                })
+            }
             Op::DynamicSlice { sizes } => self.push("dynamic-slice", dt, dims, &refs, |i| {
                 i.dynamic_slice_sizes = i64s(sizes)
             }),
@@ -747,6 +770,8 @@ impl<'m> CompBuilder<'m> {
             | Op::Rope
             | Op::Silu
             | Op::Attention { .. }
+            | Op::TopK { .. }
+            | Op::MoeMlp
             | Op::Dequantize { .. }
             | Op::DequantizeBlocks { .. }) => {
                 return Err(LowerError::Unsupported {

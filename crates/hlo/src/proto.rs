@@ -3,7 +3,8 @@
 //! Field numbers and names are those of openxla `xla/service/hlo.proto` (HloModuleProto,
 //! HloComputationProto, HloInstructionProto, HloInputOutputAliasProto) and `xla/xla_data.proto`
 //! (PrimitiveType, ShapeProto, LayoutProto, ProgramShapeProto, LiteralProto, PaddingConfig,
-//! DotDimensionNumbers, GatherDimensionNumbers, PrecisionConfig, ReplicaGroup). Only the fields
+//! DotDimensionNumbers, GatherDimensionNumbers, PrecisionConfig, ReplicaGroup,
+//! ScatterDimensionNumbers). Only the fields
 //! silica uses are declared; protobuf readers skip nothing they need and ignore nothing we
 //! write. Field numbers are stable across XLA releases (removed ones are `reserved`, never
 //! reused), so the bytes parse with any XLA new enough to know these ops, neuronx-cc's included.
@@ -136,6 +137,19 @@ pub struct GatherDimensionNumbers {
     pub index_vector_dim: i64,
 }
 
+/// `xla.ScatterDimensionNumbers`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScatterDimensionNumbers {
+    #[prost(int64, repeated, tag = "1")]
+    pub update_window_dims: Vec<i64>,
+    #[prost(int64, repeated, tag = "2")]
+    pub inserted_window_dims: Vec<i64>,
+    #[prost(int64, repeated, tag = "3")]
+    pub scatter_dims_to_operand_dims: Vec<i64>,
+    #[prost(int64, tag = "4")]
+    pub index_vector_dim: i64,
+}
+
 /// `xla.ReplicaGroup`: the ranks (replica ids, in the cross-replica mode silica uses) that take
 /// part in one collective together.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -225,6 +239,9 @@ pub struct HloInstructionProto {
     /// Collectives: the groups of ranks that combine their operands. XLA marks this field
     /// deprecated in favour of `collective_device_list` (87) but still reads it first
     /// (`CollectiveDeviceList::FromProto`), and older XLAs, neuronx-cc's, know only this one.
+    /// kScatter only.
+    #[prost(message, optional, tag = "48")]
+    pub scatter_dimension_numbers: Option<ScatterDimensionNumbers>,
     #[prost(message, repeated, tag = "49")]
     pub replica_groups: Vec<ReplicaGroup>,
     #[prost(message, optional, tag = "51")]

@@ -28,6 +28,14 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max: usize,
     },
+    /// Phi-3's LongRoPE: per-frequency divisors, `short` up to `original_max` positions and
+    /// `long` beyond, cos/sin scaled by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max: usize,
+        attention_factor: f64,
+    },
     Yarn {
         factor: f64,
         original_max: usize,
@@ -67,6 +75,9 @@ pub struct ModelConfig {
     pub o_bias: bool,
     /// Biases on gate/up/down (Llama with `mlp_bias`).
     pub mlp_bias: bool,
+    /// The checkpoint stores q/k/v as one `self_attn.qkv_proj` and gate/up as one
+    /// `mlp.gate_up_proj` (Phi-3): the loader takes each weight's rows from them.
+    pub fused_projections: bool,
     /// Every layer's attention: its span and its rope (`num_hidden_layers` entries).
     pub layers: Vec<LayerSpec>,
     /// RMSNorm over each head of q and k before the rope (Qwen3, Gemma 3):
@@ -353,6 +364,7 @@ impl Parser<'_> {
             qkv_bias: false,
             o_bias: false,
             mlp_bias: false,
+            fused_projections: false,
             layers: vec![LayerSpec::FULL; num_hidden_layers],
             qk_norm: false,
             norm: NormStyle::Llama,
@@ -371,6 +383,22 @@ impl Parser<'_> {
             quantization,
         };
         crate::family::configure(self, &mut cfg)?;
+        if let RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } = &cfg.rope.scaling
+        {
+            let want = cfg.head_dim / 2;
+            if short_factor.len() != want || long_factor.len() != want {
+                return Err(self.err(format!(
+                    "longrope `short_factor` and `long_factor` must each list head_dim / 2 = \
+                     {want} numbers, found {} and {}",
+                    short_factor.len(),
+                    long_factor.len()
+                )));
+            }
+        }
         if cfg.layers.len() != cfg.num_hidden_layers {
             return Err(self.err(format!(
                 "{} layer kinds for {} layers",
@@ -511,9 +539,52 @@ impl Parser<'_> {
                 attention_factor: self.f64_opt(s, "attention_factor")?,
                 truncate: s.get("truncate").and_then(Value::as_bool).unwrap_or(true),
             },
+            "longrope" | "su" => {
+                let list = |key: &str| -> Result<Vec<f64>> {
+                    let v = s.get(key).and_then(Value::as_array).ok_or_else(|| {
+                        self.err(format!("longrope scaling needs the list `{key}`"))
+                    })?;
+                    let n = v.len();
+                    let v: Vec<f64> = v.iter().filter_map(Value::as_f64).collect();
+                    if v.len() != n || v.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+                        return Err(self.err(format!(
+                            "longrope `{key}` must list positive numbers"
+                        )));
+                    }
+                    Ok(v)
+                };
+                // Phi-3 keeps original_max_position_embeddings at the top level.
+                let original_max = match self.usize_opt(s, "original_max_position_embeddings")? {
+                    Some(o) => o,
+                    None => self
+                        .usize_opt(self.v, "original_max_position_embeddings")?
+                        .ok_or_else(|| {
+                            self.err("longrope scaling needs `original_max_position_embeddings`")
+                        })?,
+                };
+                if original_max == 0 {
+                    return Err(self.err("`original_max_position_embeddings` must be positive"));
+                }
+                // transformers: factor = max_position_embeddings / original when not given;
+                // attention factor √(1 + ln factor / ln original) when factor > 1.
+                let factor = self
+                    .f64_opt(s, "factor")?
+                    .unwrap_or(max_pos as f64 / original_max as f64);
+                let attention_factor = match self.f64_opt(s, "attention_factor")? {
+                    Some(a) => a,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / (original_max as f64).ln()).sqrt(),
+                };
+                RopeScaling::LongRope {
+                    short_factor: list("short_factor")?,
+                    long_factor: list("long_factor")?,
+                    original_max,
+                    attention_factor,
+                }
+            }
             other => {
                 return Err(self.err(format!(
-                    "rope type `{other}` is not supported (supported: default, linear, dynamic, llama3, yarn)"
+                    "rope type `{other}` is not supported (supported: default, linear, dynamic, llama3, yarn, longrope)"
                 )))
             }
         };

@@ -185,10 +185,13 @@ pub struct AliasEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum InputSource {
-    /// A checkpoint tensor: this rank's part of it (`shard`; all of it when absent), quantized as
-    /// `quantize` says when present.
+    /// A checkpoint tensor: rows `rows` of it when present (a projection inside a fused tensor,
+    /// Phi-3's `qkv_proj`), then this rank's part of that (`shard`; all of it when absent),
+    /// quantized as `quantize` says when present.
     Weight {
         checkpoint: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<RowsSource>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shard: Option<ShardSource>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +203,14 @@ pub enum InputSource {
     KvCache { kv_cache: String },
     /// Supplied by the runner each step (see [`RuntimeInputs::described`]).
     Runtime { runtime: String },
+}
+
+/// Rows `[start, start + count)` along dimension 0 of a checkpoint tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowsSource {
+    pub start: usize,
+    pub count: usize,
 }
 
 /// Which part of a checkpoint tensor rank r holds (see `crate::tp::Shard`).

@@ -80,6 +80,28 @@ pub fn rope_freqs_of(rope: &RopeConfig, dim: usize, max_position: usize) -> Rope
                 .collect();
             (inv, 1.0)
         }
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max,
+            attention_factor,
+        } => {
+            // transformers: the long factors once the sequence (max position + 1) is longer
+            // than the original context; 1 / (ext · base^(2i/d)) in f32.
+            let ext = if max_position + 1 > *original_max {
+                long_factor
+            } else {
+                short_factor
+            };
+            let inv = (0..dim / 2)
+                .map(|i| {
+                    let e = ((2 * i) as f32 / dim as f32) as f64;
+                    let p = base.powf(e) as f32;
+                    (1.0f32 / (ext[i] as f32 * p)) as f64
+                })
+                .collect();
+            (inv, *attention_factor)
+        }
         RopeScaling::Yarn {
             factor,
             original_max,

@@ -324,6 +324,7 @@ mod placement_tests {
             config("gemma3_text", ""),
             config("granite", r#", "embedding_multiplier": 12.0"#),
             config("smollm3", ""),
+            config("phi3", r#", "sliding_window": 16"#),
         ];
         for cfg in &configs {
             for world in [2, 4] {

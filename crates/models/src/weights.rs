@@ -85,6 +85,15 @@ pub fn weight_specs(cfg: &ModelConfig) -> Vec<WeightSpec> {
     out
 }
 
+/// Rows of a fused tensor of `cfg` (`qkv_proj`: q + 2·kv, `gate_up_proj`: 2·intermediate).
+fn fused_rows(cfg: &ModelConfig, name: &str) -> usize {
+    if name.ends_with("qkv_proj.weight") {
+        (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    } else {
+        2 * cfg.intermediate_size
+    }
+}
+
 /// The safetensors files of a model folder, memory-mapped.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -203,12 +212,68 @@ impl Checkpoint {
             .and_then(|&i| self.files[i].byte_dtype(name))
     }
 
+    /// Where weight `spec` lives in a checkpoint of `cfg`: its own tensor, or rows
+    /// `[start, start + count)` of a fused one (Phi-3's `qkv_proj` = q, k, v and `gate_up_proj`
+    /// = gate, up, stacked along the output rows).
+    pub fn source(cfg: &ModelConfig, spec: &WeightSpec) -> (String, Option<(usize, usize)>) {
+        if cfg.fused_projections {
+            let (q, kv, i) = (
+                cfg.num_attention_heads * cfg.head_dim,
+                cfg.num_key_value_heads * cfg.head_dim,
+                cfg.intermediate_size,
+            );
+            let fused = [
+                ("self_attn.q_proj.weight", "self_attn.qkv_proj.weight", 0, q),
+                (
+                    "self_attn.k_proj.weight",
+                    "self_attn.qkv_proj.weight",
+                    q,
+                    kv,
+                ),
+                (
+                    "self_attn.v_proj.weight",
+                    "self_attn.qkv_proj.weight",
+                    q + kv,
+                    kv,
+                ),
+                ("mlp.gate_proj.weight", "mlp.gate_up_proj.weight", 0, i),
+                ("mlp.up_proj.weight", "mlp.gate_up_proj.weight", i, i),
+            ];
+            for (part, whole, start, count) in fused {
+                if let Some(prefix) = spec.name.strip_suffix(part) {
+                    return (format!("{prefix}{whole}"), Some((start, count)));
+                }
+            }
+        }
+        (spec.name.clone(), None)
+    }
+
     /// The tensors `cfg` needs, checked for presence, shape and dtype (views, no copies).
     pub fn weights(&self, cfg: &ModelConfig) -> Result<Vec<(WeightSpec, HostTensor)>> {
         weight_specs(cfg)
             .into_iter()
             .map(|spec| {
-                let t = self.get(&spec.name)?;
+                let (name, rows) = Self::source(cfg, &spec);
+                let whole = self.get(&name)?;
+                let t = match rows {
+                    None => whole.clone(),
+                    Some((start, count)) => {
+                        // The whole fused tensor must have exactly the rows its parts add up
+                        // to: a wrong size would otherwise be cut silently.
+                        let cols = spec.shape.dims()[1..].to_vec();
+                        if whole.dims().len() != spec.shape.rank()
+                            || whole.dims()[1..] != cols[..]
+                            || whole.dims()[0] != fused_rows(cfg, &name)
+                        {
+                            return Err(ModelError::WrongShape {
+                                name: name.clone(),
+                                expected: Shape::new([vec![fused_rows(cfg, &name)], cols].concat()),
+                                actual: whole.shape().clone(),
+                            });
+                        }
+                        whole.rows(start, count)?
+                    }
+                };
                 if t.shape() != &spec.shape {
                     return Err(ModelError::WrongShape {
                         name: spec.name.clone(),
@@ -217,7 +282,7 @@ impl Checkpoint {
                     });
                 }
                 if !t.dtype().is_float() || t.dtype() == DType::F64 {
-                    let dtype = match self.byte_dtype(&spec.name) {
+                    let dtype = match self.byte_dtype(&name) {
                         Some(b) => b.name().to_string(),
                         None => t.dtype().to_string(),
                     };
@@ -226,7 +291,7 @@ impl Checkpoint {
                         dtype,
                     });
                 }
-                Ok((spec, t.clone()))
+                Ok((spec, t))
             })
             .collect()
     }

@@ -132,7 +132,19 @@ fn missing_and_invalid_fields() {
         v.as_object_mut().unwrap().remove("rope_parameters");
     });
     let e = err_text(&dir);
-    assert!(e.contains("longrope") && e.contains("yarn"), "{e}");
+    assert!(e.contains("original_max_position_embeddings"), "{e}");
+    let (_t, dir) = fresh_copy();
+    edit_config(&dir, |v| {
+        v["rope_scaling"] = serde_json::json!({"rope_type": "ntk-by-parts", "factor": 2.0})
+    });
+    edit_config(&dir, |v| {
+        v.as_object_mut().unwrap().remove("rope_parameters");
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("ntk-by-parts") && e.contains("yarn") && e.contains("longrope"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -147,6 +159,34 @@ fn unknown_architecture_lists_supported() {
     for family in ["qwen3", "gemma2", "gemma3_text"] {
         assert!(e.contains(family), "{e}");
     }
+}
+
+/// Phi-3's fused q/k/v whose rows do not add up to q + 2·kv: an error naming the tensor and
+/// both shapes, never a cut of whatever rows are there.
+#[test]
+fn a_fused_projection_of_the_wrong_size() {
+    let (_t, dir) = copy_of("phi3-fused-longrope");
+    rewrite_weights(&dir, |w| {
+        for (name, t) in w.iter_mut() {
+            if name == "model.layers.1.self_attn.qkv_proj.weight" {
+                *t = t.rows(0, t.dims()[0] - 16).unwrap();
+            }
+        }
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("model.layers.1.self_attn.qkv_proj.weight") && e.contains("128"),
+        "{e}"
+    );
+    let (_t, dir) = copy_of("phi3-fused-longrope");
+    edit_config(&dir, |v| {
+        v["rope_scaling"]["long_factor"] = serde_json::json!([1.0, 2.0]);
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("long_factor") && e.contains("head_dim / 2 = 8"),
+        "{e}"
+    );
 }
 
 /// A known family's config with a missing, contradictory or unsupported field: an error that

@@ -306,6 +306,39 @@ pub fn decode(hlo: &[u8]) -> Result<Decoded, String> {
                     let axis = dn.collapsed_slice_dims[0] as usize;
                     Val::Array(e(g.gather(arr(&vals, 0)?, arr(&vals, 1)?, axis))?)
                 }
+                "scatter" => {
+                    let dn = i
+                        .scatter_dimension_numbers
+                        .as_ref()
+                        .ok_or("scatter without dimension numbers")?;
+                    if dn.inserted_window_dims.len() != 1
+                        || dn.scatter_dims_to_operand_dims != dn.inserted_window_dims
+                    {
+                        return Err(format!(
+                            "scatter {}: only add-along-one-axis scatters are supported",
+                            i.name
+                        ));
+                    }
+                    let comp = *i
+                        .called_computation_ids
+                        .first()
+                        .ok_or("scatter without computation")?;
+                    let root = reducer_root(&m, comp)?;
+                    if root != "add" || i.operand_ids.len() != 3 {
+                        return Err(format!(
+                            "scatter {} with a `{root}` combiner over {} operands: only scatter-add",
+                            i.name,
+                            i.operand_ids.len()
+                        ));
+                    }
+                    let axis = dn.inserted_window_dims[0] as usize;
+                    Val::Array(e(g.scatter_add(
+                        arr(&vals, 0)?,
+                        arr(&vals, 1)?,
+                        arr(&vals, 2)?,
+                        axis,
+                    ))?)
+                }
                 "dynamic-slice" => {
                     let starts = (1..i.operand_ids.len())
                         .map(|k| arr(&vals, k))

@@ -15,8 +15,8 @@ use silica_models::device_sampling::{sampler_program, SamplerShape};
 use silica_models::llama::{build_step, cache_names};
 use silica_models::manifest::{
     AliasEntry, Bucket, InputEntry, InputSource, LogitsKind, Manifest, ModelInfo, ModelSource,
-    OutputEntry, ProgramEntry, ProgramKind, QuantPart, QuantizeSource, RuntimeInputs, ShardSource,
-    TensorParallel,
+    OutputEntry, ProgramEntry, ProgramKind, QuantPart, QuantizeSource, RowsSource, RuntimeInputs,
+    ShardSource, TensorParallel,
 };
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::rope::rope_freqs;
@@ -242,20 +242,34 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         bail!("--train with --quantize: training runs on f32 weights (drop --quantize)");
     }
     let mut weights: HashMap<String, InputSource> = HashMap::new();
+    // Where each weight is in the checkpoint (a fused tensor's rows for Phi-3's projections).
+    let whole = silica_models::weights::weight_specs(&cfg);
+    let origin = |name: &str| {
+        let spec = whole
+            .iter()
+            .find(|w| w.name == name)
+            .expect("every rank spec is a model weight");
+        let (tensor, rows) = silica_models::weights::Checkpoint::source(&cfg, spec);
+        let rows = rows.map(|(start, count)| RowsSource { start, count });
+        (tensor, rows)
+    };
     for s in layout.specs(&cfg) {
         let shard = weight_shard(&cfg, &layout, &s.name);
+        let (tensor, rows) = origin(&s.name);
         match quant {
             Some(q) if silica_models::weights::quantizable(&s) => {
                 // Bytes and scales of the checkpoint tensor, quantized whole (one scale per
                 // row) and then cut like the weight (scales follow their rows; see tp::cut).
                 let scale = silica_models::weights::scale_name(&s.name);
                 let scales = InputSource::Weight {
-                    checkpoint: s.name.clone(),
+                    checkpoint: tensor.clone(),
+                    rows: rows.clone(),
                     shard: weight_shard(&cfg, &layout, &scale),
                     quantize: Some(quantize_source(q, QuantPart::Scales)),
                 };
                 let bytes = InputSource::Weight {
-                    checkpoint: s.name.clone(),
+                    checkpoint: tensor,
+                    rows,
                     shard,
                     quantize: Some(quantize_source(q, QuantPart::Bytes)),
                 };
@@ -264,7 +278,8 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             }
             _ => {
                 let source = InputSource::Weight {
-                    checkpoint: s.name.clone(),
+                    checkpoint: tensor,
+                    rows,
                     shard,
                     quantize: None,
                 };

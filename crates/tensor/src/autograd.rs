@@ -413,6 +413,28 @@ fn vjp(g: &mut Graph, node: &Node, y: ValueId, gy: ValueId) -> R<Vec<Option<Valu
             vec![Some(gx), Some(gv)]
         }
         Op::Gather { axis } => vec![Some(gather_vjp(g, ins[0], ins[1], *axis, gy)?), None],
+        Op::ScatterAdd { axis } => {
+            // The operand's cotangent passes through; each update's is gy at its index, and
+            // zero for an update the forward dropped (index out of range).
+            let (idx, upd) = (ins[1], ins[2]);
+            let a = g.dims(ins[0])[*axis];
+            let it = g.dtype(idx);
+            let lo = g.scalar(0.0, it);
+            let hi = g.scalar(a as f64, it);
+            let ge = g.compare(idx, lo, CmpDir::Ge)?;
+            let lt = g.compare(idx, hi, CmpDir::Lt)?;
+            let ishape = g.shape(idx).clone();
+            let no = g.full(0.0, DType::Bool, ishape)?;
+            let ok = g.select(ge, lt, no)?;
+            let ud = g.dims(upd).to_vec();
+            let ir = g.rank(idx);
+            let map: Vec<usize> = (*axis..*axis + ir).collect();
+            let ok = g.broadcast_in_dim(ok, ud, &map)?;
+            let taken = g.gather(gy, idx, *axis)?;
+            let zero = zeros_like(g, upd)?;
+            let gu = g.select(ok, taken, zero)?;
+            vec![Some(gy), None, Some(gu)]
+        }
         Op::DynamicSlice { .. } => {
             let x = ins[0];
             let zero = zeros_like(g, x)?;
@@ -477,40 +499,18 @@ fn vjp(g: &mut Graph, node: &Node, y: ValueId, gy: ValueId) -> R<Vec<Option<Valu
     })
 }
 
-/// VJP of `take(x, idx, axis)`: a scatter-add written as a one-hot matmul, so no scatter op is
-/// needed. Indices are clamped as the forward clamps them.
+/// VJP of `take(x, idx, axis)`: gy scatter-added into zeros at the indices, clamped as the
+/// forward clamps them. (It was a one-hot matmul, N × V elements: 8 GB at 16k tokens and
+/// Llama-3's vocabulary for the embedding; the scatter needs none of it.)
 fn gather_vjp(g: &mut Graph, x: ValueId, idx: ValueId, axis: usize, gy: ValueId) -> R {
-    let xd = g.dims(x).to_vec();
-    let id = g.dims(idx).to_vec();
+    let a = g.dims(x)[axis];
     let it = g.dtype(idx);
-    let a = xd[axis];
-    let pre: usize = xd[..axis].iter().product();
-    let post: usize = xd[axis + 1..].iter().product();
-    let ni: usize = id.iter().product();
-    let dt = g.dtype(x);
-    let flat = g.reshape(idx, [ni])?;
     let lo = g.scalar(0.0, it);
     let hi = g.scalar(a.saturating_sub(1) as f64, it);
-    let clamped = g.max(flat, lo)?;
+    let clamped = g.max(idx, lo)?;
     let clamped = g.min(clamped, hi)?;
-    let cols = g.iota(it, [ni, a], 1)?;
-    let rows = g.broadcast_in_dim(clamped, [ni, a], &[0])?;
-    let hit = g.compare(rows, cols, CmpDir::Eq)?;
-    let one = g.full(1.0, dt, [ni, a])?;
-    let zero = g.full(0.0, dt, [ni, a])?;
-    let onehot = g.select(hit, one, zero)?; // [Ni, A]
-    let gy3 = g.reshape(gy, [pre, ni, post])?;
-    let r = g.dot_general(
-        gy3,
-        onehot,
-        DotDims {
-            lhs_contract: vec![1],
-            rhs_contract: vec![0],
-            ..Default::default()
-        },
-    )?; // [pre, post, A]
-    let r = g.transpose(r, &[0, 2, 1])?; // [pre, A, post]
-    g.reshape(r, xd)
+    let zero = zeros_like(g, x)?;
+    g.scatter_add(zero, clamped, gy, axis)
 }
 
 /// VJP of dot_general. Output dims are (batch, lhs free, rhs free); each operand's gradient is

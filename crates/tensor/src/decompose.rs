@@ -144,6 +144,8 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
             };
             g.convert(v, *dtype)
         }
+        Op::TopK { k } => top_k_primitives(g, inputs[0], *k),
+        Op::MoeMlp => moe_mlp_primitives(g, inputs),
         Op::DequantizeBlocks { format, .. } => Err(GraphError::new(
             "dequantize_blocks",
             format!(
@@ -154,6 +156,157 @@ pub fn decompose(g: &mut Graph, op: &Op, inputs: &[ValueId]) -> Result<ValueId, 
         )),
         other => Err(GraphError::new(other.name(), "is not a composite op")),
     }
+}
+
+/// [`Op::TopK`] as `k` rounds of "the first of the best not yet taken", each round a class
+/// max (available number > available NaN > taken), a value max within the class and a
+/// first-index search (a max over reversed iotas): reduce/compare/select only.
+fn top_k_primitives(g: &mut Graph, x: ValueId, k: usize) -> Result<ValueId, GraphError> {
+    let dims = g.dims(x).to_vec();
+    let last = dims.len() - 1;
+    let n = dims[last];
+    let ct = compute_dtype(g.dtype(x));
+    let xf = g.convert(x, ct)?;
+    let iota = g.iota(DType::I32, dims.clone(), last)?;
+    let rev = g.binary_scalar(crate::BinaryOp::Sub, iota, (n - 1) as f64)?;
+    let rev = g.neg(rev)?; // n-1-i: the first index has the largest
+    let nan = g.compare(xf, xf, crate::CmpDir::Ne)?;
+    let (c0, c1, c2) = (
+        g.full(0.0, DType::I32, dims.clone())?,
+        g.full(1.0, DType::I32, dims.clone())?,
+        g.full(2.0, DType::I32, dims.clone())?,
+    );
+    let ninf = g.full(f64::NEG_INFINITY, ct, dims.clone())?;
+    let none = g.full(-1.0, DType::I32, dims.clone())?;
+    let no = g.full(0.0, DType::Bool, dims.clone())?;
+    let mut taken = no;
+    let mut picks = Vec::with_capacity(k);
+    for _ in 0..k {
+        let live = g.select(nan, c1, c2)?;
+        let class = g.select(taken, c0, live)?;
+        let best = g.max_keepdim(class, last)?;
+        let in_class = g.compare(class, best, crate::CmpDir::Eq)?;
+        let is_num = g.compare(class, c2, crate::CmpDir::Eq)?;
+        let v = g.select(is_num, xf, ninf)?;
+        let v = g.select(in_class, v, ninf)?;
+        let m = g.max_keepdim(v, last)?;
+        let hit = g.compare(v, m, crate::CmpDir::Eq)?;
+        let cand = g.select(in_class, hit, no)?;
+        let r = g.select(cand, rev, none)?;
+        let r = g.max_keepdim(r, last)?; // n-1-first
+        let r = g.neg(r)?;
+        let idx = g.binary_scalar(crate::BinaryOp::Add, r, (n - 1) as f64)?; // [.., 1]
+        let now = g.compare(iota, idx, crate::CmpDir::Eq)?;
+        let yes = g.full(1.0, DType::Bool, dims.clone())?;
+        taken = g.select(now, yes, taken)?;
+        picks.push(idx);
+    }
+    if picks.len() == 1 {
+        return Ok(picks[0]);
+    }
+    g.concat(&picks, last)
+}
+
+/// SiLU of `x` from primitives: in `ct`, rounded back to x's dtype (what [`Op::Silu`] computes).
+fn silu_primitives(g: &mut Graph, x: ValueId) -> Result<ValueId, GraphError> {
+    let dt = g.dtype(x);
+    let xf = g.convert(x, compute_dtype(dt))?;
+    let s = g.logistic(xf)?;
+    let y = g.mul(xf, s)?;
+    g.convert(y, dt)
+}
+
+/// [`Op::MoeMlp`] in one of the two static forms NxD Inference uses on Neuron: with fewer
+/// (token, expert) pairs than experts (decode), the selected experts' weights are gathered and
+/// only they are computed; otherwise (prefill) every expert runs on every token and the outputs
+/// are weighted by the dense routing matrix (zero for experts a token did not pick), built
+/// with a scatter-add. Both give the grouped kernel's values up to the order of the f32 sum.
+fn moe_mlp_primitives(g: &mut Graph, inputs: &[ValueId]) -> Result<ValueId, GraphError> {
+    let (x, ids, w, gate, up, down) = (
+        inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], inputs[5],
+    );
+    let dt = g.dtype(x);
+    let ct = compute_dtype(dt);
+    let (t, hid) = (g.dims(x)[0], g.dims(x)[1]);
+    let k = g.dims(ids)[1];
+    let e = g.dims(gate)[0];
+    let it = g.dtype(ids);
+    let lo = g.scalar(0.0, it);
+    let hi = g.scalar((e - 1) as f64, it);
+    let ids = g.max(ids, lo)?;
+    let ids = g.min(ids, hi)?;
+    let wf = g.convert(w, ct)?;
+    let out = if t * k < e {
+        let gg = g.gather(gate, ids, 0)?; // [T, k, I, H]
+        let gu = g.gather(up, ids, 0)?;
+        let gd = g.gather(down, ids, 0)?; // [T, k, H, I]
+        let proj = DotDims {
+            lhs_batch: vec![0],
+            rhs_batch: vec![0],
+            lhs_contract: vec![1],
+            rhs_contract: vec![3],
+        };
+        let a = g.dot_general(x, gg, proj.clone())?; // [T, k, I]
+        let b = g.dot_general(x, gu, proj)?;
+        let a = silu_primitives(g, a)?;
+        let h = g.mul(a, b)?;
+        let y = g.dot_general(
+            h,
+            gd,
+            DotDims {
+                lhs_batch: vec![0, 1],
+                rhs_batch: vec![0, 1],
+                lhs_contract: vec![2],
+                rhs_contract: vec![3],
+            },
+        )?; // [T, k, H]
+        let yf = g.convert(y, ct)?;
+        let wb = g.reshape(wf, vec![t, k, 1])?;
+        let p = g.mul(yf, wb)?;
+        g.reduce_sum(p, &[1])?
+    } else {
+        let proj = DotDims {
+            lhs_contract: vec![1],
+            rhs_contract: vec![2],
+            ..Default::default()
+        };
+        let a = g.dot_general(x, gate, proj.clone())?; // [T, E, I]
+        let b = g.dot_general(x, up, proj)?;
+        let a = silu_primitives(g, a)?;
+        let h = g.mul(a, b)?;
+        let y = g.dot_general(
+            h,
+            down,
+            DotDims {
+                lhs_batch: vec![1],
+                rhs_batch: vec![0],
+                lhs_contract: vec![2],
+                rhs_contract: vec![2],
+            },
+        )?; // [E, T, H]
+            // Dense routing weights r[t, e]: each (t, j) adds w[t, j] at flat index t·E + ids[t, j].
+        let rows = g.iota(it, [t, k], 0)?;
+        let base = g.binary_scalar(crate::BinaryOp::Mul, rows, e as f64)?;
+        let flat = g.add(base, ids)?;
+        let flat = g.reshape(flat, vec![t * k])?;
+        let wflat = g.reshape(wf, vec![t * k])?;
+        let zero = g.full(0.0, ct, [t * e])?;
+        let r = g.scatter_add(zero, flat, wflat, 0)?;
+        let r = g.reshape(r, vec![t, e])?;
+        let yf = g.convert(y, ct)?;
+        g.dot_general(
+            r,
+            yf,
+            DotDims {
+                lhs_batch: vec![0],
+                rhs_batch: vec![1],
+                lhs_contract: vec![1],
+                rhs_contract: vec![0],
+            },
+        )? // [T, H]
+    };
+    debug_assert_eq!(g.dims(out), [t, hid]);
+    g.convert(out, dt)
 }
 
 /// max-subtracted softmax from primitives, in x's dtype.

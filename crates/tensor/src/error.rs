@@ -55,6 +55,12 @@ pub enum TensorError {
     },
     #[error("writing safetensors: {0}")]
     Serialize(String),
+    #[error("rows {start}..{end} of a tensor with {rows} rows")]
+    Rows {
+        start: usize,
+        end: usize,
+        rows: usize,
+    },
 }
 
 /// Errors of backends: compiling and executing programs, moving buffers.

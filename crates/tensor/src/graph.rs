@@ -176,6 +176,13 @@ pub enum Op {
     Gather {
         axis: usize,
     },
+    /// The transpose of [`Op::Gather`]: inputs operand `x`, integer indices, updates of shape
+    /// `x[..axis] ++ indices ++ x[axis+1..]`; the result is `x` with every update added at its
+    /// index along `axis`, in index order. An out-of-range index is dropped (XLA's scatter).
+    /// The embedding backward and the dense form of [`Op::MoeMlp`] use it.
+    ScatterAdd {
+        axis: usize,
+    },
     /// Inputs: operand, then one integer scalar start index per dim. Starts clamp so the slice fits.
     DynamicSlice {
         sizes: Vec<usize>,
@@ -233,6 +240,25 @@ pub enum Op {
         scale: f64,
         softcap: Option<f64>,
     },
+    /// Indices (i32) of the `k` largest values along the last axis, largest first; ties go to
+    /// the smaller index and NaN ranks below every number (a mixture-of-experts router's
+    /// `torch.topk` on finite probabilities). Decomposed into k rounds of a max-reduce and a
+    /// first-index search, so it lowers to reduce/compare/select only (no `sort`, no custom
+    /// call: what every HLO consumer, neuronx-cc included, accepts; k is small for routers).
+    TopK {
+        k: usize,
+    },
+    /// A mixture-of-experts SwiGLU MLP (Mixtral, Qwen-MoE). Inputs x [T, H], expert ids [T, k]
+    /// (integer, clamped into [0, E) as gathers clamp), routing weights [T, k], gate [E, I, H],
+    /// up [E, I, H], down [E, H, I], all float inputs of x's dtype:
+    /// `out[t] = Σ_j w[t,j] · down_e · (silu(gate_e · x[t]) ⊙ (up_e · x[t]))`, `e = ids[t,j]`.
+    /// Each expert's projections are rounded to x's dtype as a dense MLP's are; the weighted sum
+    /// is taken in f32 and rounded once. The CPU backend groups tokens by expert (each selected
+    /// expert's weights read once, T·k rows computed); the decomposition gathers the selected
+    /// experts' weights when the step has fewer (token, expert) pairs than experts (decode) and
+    /// otherwise runs every expert on every token and weights them densely (prefill) — the two
+    /// forms NxD Inference uses on Neuron.
+    MoeMlp,
     /// Decodes the stored bytes of a quantized weight (input U8, any shape) into values of
     /// `dtype`, elementwise and exactly: int8 (−127..127) and fp8 e4m3 values are all
     /// representable in f16, bf16 and f32. The per-channel scale is applied by the model after
@@ -312,6 +338,9 @@ impl Op {
             Op::Concatenate { .. } => "concatenate",
             Op::Pad { .. } => "pad",
             Op::Gather { .. } => "gather",
+            Op::ScatterAdd { .. } => "scatter-add",
+            Op::TopK { .. } => "top_k",
+            Op::MoeMlp => "moe_mlp",
             Op::DynamicSlice { .. } => "dynamic-slice",
             Op::DynamicUpdateSlice => "dynamic-update-slice",
             Op::Reduce { .. } => "reduce",
@@ -348,6 +377,8 @@ impl Op {
                 | Op::Rope
                 | Op::Silu
                 | Op::Attention { .. }
+                | Op::TopK { .. }
+                | Op::MoeMlp
                 | Op::Dequantize { .. }
                 | Op::DequantizeBlocks { .. }
         )
@@ -1074,6 +1105,112 @@ impl Graph {
         out.extend_from_slice(&xd[axis + 1..]);
         let dt = self.dtype(x);
         Ok(self.push(Op::Gather { axis }, vec![x, indices], dt, Shape::new(out)))
+    }
+
+    /// `x` with `updates` added at `indices` along `axis` (see [`Op::ScatterAdd`]).
+    pub fn scatter_add(
+        &mut self,
+        x: ValueId,
+        indices: ValueId,
+        updates: ValueId,
+        axis: usize,
+    ) -> R {
+        self.check("scatter-add", &[x, indices, updates])?;
+        let xd = self.dims(x).to_vec();
+        let (xs, is, us) = (
+            self.shape(x).clone(),
+            self.shape(indices).clone(),
+            self.shape(updates).clone(),
+        );
+        if axis >= xd.len() {
+            return Err(err(
+                "scatter-add",
+                format!("axis {axis} out of range for operand {xs}"),
+            ));
+        }
+        if !self.dtype(indices).is_int() || self.dtype(x) == DType::Bool {
+            return Err(err(
+                "scatter-add",
+                format!(
+                    "need a numeric operand and integer indices, found operand {xs} {}, indices {is} {}",
+                    self.dtype(x),
+                    self.dtype(indices)
+                ),
+            ));
+        }
+        let mut want = xd[..axis].to_vec();
+        want.extend_from_slice(is.dims());
+        want.extend_from_slice(&xd[axis + 1..]);
+        if us.dims() != want.as_slice() || self.dtype(updates) != self.dtype(x) {
+            return Err(err(
+                "scatter-add",
+                format!(
+                    "updates must be {} {} (operand {xs}, indices {is} along axis {axis}), got {us} {}",
+                    Shape::new(want),
+                    self.dtype(x),
+                    self.dtype(updates)
+                ),
+            ));
+        }
+        let dt = self.dtype(x);
+        Ok(self.push(Op::ScatterAdd { axis }, vec![x, indices, updates], dt, xs))
+    }
+
+    /// Indices of the `k` largest values along the last axis (see [`Op::TopK`]).
+    pub fn top_k(&mut self, x: ValueId, k: usize) -> R {
+        self.check("top_k", &[x])?;
+        let xs = self.shape(x).clone();
+        let n = xs.dims().last().copied().unwrap_or(0);
+        if xs.rank() == 0 || !self.dtype(x).is_float() || k == 0 || k > n {
+            return Err(err(
+                "top_k",
+                format!(
+                    "need a float operand of rank ≥ 1 and 1 ≤ k ≤ its last dim, got {xs} {} with k = {k}",
+                    self.dtype(x)
+                ),
+            ));
+        }
+        let mut out = xs.dims().to_vec();
+        *out.last_mut().expect("rank checked") = k;
+        Ok(self.push(Op::TopK { k }, vec![x], DType::I32, Shape::new(out)))
+    }
+
+    /// A mixture-of-experts SwiGLU MLP over the experts `ids` picked per token, weighted by
+    /// `weights` (see [`Op::MoeMlp`]).
+    pub fn moe_mlp(
+        &mut self,
+        x: ValueId,
+        ids: ValueId,
+        weights: ValueId,
+        gate: ValueId,
+        up: ValueId,
+        down: ValueId,
+    ) -> R {
+        self.check("moe_mlp", &[x, ids, weights, gate, up, down])?;
+        let [xs, is, ws, gs, us, ds] =
+            [x, ids, weights, gate, up, down].map(|v| self.shape(v).clone());
+        let dt = self.dtype(x);
+        let ok = xs.rank() == 2
+            && is.rank() == 2
+            && gs.rank() == 3
+            && dt.is_float()
+            && self.dtype(ids).is_int()
+            && [weights, gate, up, down]
+                .iter()
+                .all(|&v| self.dtype(v) == dt)
+            && is.dim(0) == xs.dim(0)
+            && ws.dims() == is.dims()
+            && gs.dim(0) > 0
+            && gs.dim(2) == xs.dim(1)
+            && us.dims() == gs.dims()
+            && ds.dims() == [gs.dim(0), xs.dim(1), gs.dim(1)];
+        if !ok {
+            return Err(err("moe_mlp", format!(
+                "need x [T, H], ids [T, k] (integer), weights [T, k], gate and up [E, I, H], down [E, H, I] of x's float dtype; got x {xs} {dt}, ids {is} {}, weights {ws} {}, gate {gs}, up {us}, down {ds}",
+                self.dtype(ids), self.dtype(weights)
+            )));
+        }
+        Ok(self.push(Op::MoeMlp, vec![x, ids, weights, gate, up, down], dt, xs))
     }
 
     fn check_starts(

@@ -216,6 +216,40 @@ impl HostTensor {
             .to_host(&self.shape)
     }
 
+    /// Rows `[start, start + count)` along dimension 0: a view of a memory map's bytes (no
+    /// copy), or a copy of an owned tensor's.
+    pub fn rows(&self, start: usize, count: usize) -> Result<HostTensor, TensorError> {
+        let dims = self.shape.dims();
+        let n = dims.first().copied().unwrap_or(0);
+        // A scalar has no rows to take: the same error as an out-of-range request.
+        if dims.is_empty() || start.checked_add(count).is_none_or(|end| end > n) {
+            return Err(TensorError::Rows {
+                start,
+                end: start.saturating_add(count),
+                rows: n,
+            });
+        }
+        let row = self.as_bytes().len() / n.max(1);
+        let mut shape = dims.to_vec();
+        shape[0] = count;
+        match &self.bytes {
+            Bytes::Mapped { map, start: s0, .. } => Ok(HostTensor {
+                dtype: self.dtype,
+                shape: Shape::new(shape),
+                bytes: Bytes::Mapped {
+                    map: map.clone(),
+                    start: s0 + start * row,
+                    len: count * row,
+                },
+            }),
+            Bytes::Owned { .. } => HostTensor::from_bytes(
+                self.dtype,
+                shape,
+                &self.as_bytes()[start * row..(start + count) * row],
+            ),
+        }
+    }
+
     /// Same bytes, new shape with the same element count (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<HostTensor, TensorError> {
         let to = shape.into();

@@ -377,6 +377,50 @@ fn dot_general_all_dim_kinds() {
 // ------------------------------------------------------------------- composites
 
 #[test]
+fn scatter_add_passes_the_operand_through_and_gathers_for_updates() {
+    // Index 1 twice (both updates get its cotangent), 9 and -1 out of range (dropped: zero).
+    check(
+        "scatter-add axis 0",
+        vec![
+            uni(62, &[4, 3], -1.0, 1.0),
+            i32s(&[1, 3, 1, 9, -1], &[5]),
+            uni(63, &[5, 3], -1.0, 1.0),
+        ],
+        &|g, x| g.scatter_add(x[0], x[1], x[2], 0),
+    );
+    check(
+        "scatter-add axis 1, 2-d indices",
+        vec![
+            uni(64, &[2, 4, 3], -1.0, 1.0),
+            i32s(&[0, 3, 3, 2], &[2, 2]),
+            uni(65, &[2, 2, 2, 3], -1.0, 1.0),
+        ],
+        &|g, x| g.scatter_add(x[0], x[1], x[2], 1),
+    );
+}
+
+#[test]
+fn moe_mlp_through_both_decompositions() {
+    // 3 tokens × 2 slots over 4 experts (6 ≥ 4: every expert on every token, weighted densely)
+    // and 1 token × 2 slots over 4 (2 < 4: the selected experts' weights gathered). Expert ids
+    // are inputs (no gradient); routing weights, x and all expert weights get one.
+    for (t, ids) in [(3usize, vec![0, 2, 3, 0, 1, 3]), (1, vec![2, 0])] {
+        check(
+            &format!("moe_mlp T={t}"),
+            vec![
+                uni(110, &[t, 4], -1.0, 1.0),
+                i32s(&ids, &[t, 2]),
+                uni(111, &[t, 2], 0.1, 0.9),
+                uni(112, &[4, 3, 4], -1.0, 1.0),
+                uni(113, &[4, 3, 4], -1.0, 1.0),
+                uni(114, &[4, 4, 3], -1.0, 1.0),
+            ],
+            &|g, x| g.moe_mlp(x[0], x[1], x[2], x[3], x[4], x[5]),
+        );
+    }
+}
+
+#[test]
 fn composites_through_their_decomposition() {
     check(
         "rms_norm",

@@ -412,6 +412,24 @@ pub fn layout_cases() -> Vec<Case> {
             ]
         ));
     }
+    // Scatter-add (the embedding backward's and the dense MoE form's): repeated indices add in
+    // order, out-of-range ones are dropped; along axes 0 and 1, 1-d and 2-d indices.
+    for dt in [DType::F32, DType::BF16, DType::I32] {
+        let x = rand_t(dt, &[4, 5, 3], -9.0, 9.0, 2150);
+        let i1 = HostTensor::from_vec(vec![1i32, 3, 1, 9, -1], [5]).unwrap();
+        let i2 = HostTensor::from_vec(vec![4i32, 0, 4, 2], [2, 2]).unwrap();
+        let u0 = rand_t(dt, &[5, 5, 3], -9.0, 9.0, 2151);
+        let u1 = rand_t(dt, &[4, 2, 2, 3], -9.0, 9.0, 2152);
+        v.push(c!(
+            format!("scatter_add_{dt}"),
+            vec![x, i1, i2, u0, u1],
+            (0.0, 0.0),
+            |g, p| vec![
+                g.scatter_add(p[0], p[1], p[3], 0)?,
+                g.scatter_add(p[0], p[2], p[4], 1)?
+            ]
+        ));
+    }
     // Dynamic slice / update slice with runtime starts, clamped.
     for dt in [DType::F32, DType::BF16, DType::I32] {
         let x = rand_t(dt, &[4, 6], -9.0, 9.0, 2200);
@@ -684,6 +702,34 @@ pub fn composite_cases() -> Vec<Case> {
             (atol, rtol),
             |g, p| vec![g.attention(p[0], p[1], p[2], p[3], 0.35)?]
         ));
+        // A router: top-2 of 8 (incl. a tie), and the MoE MLP in both decomposed forms
+        // (1 token × 2 slots < 8 experts: weights gathered; 6 × 2 ≥ 8: all experts, densely).
+        let mut logits = rand_t(dt, &[6, 8], -2.0, 2.0, 5007).to_f32_vec();
+        logits[3] = logits[5];
+        let logits = HostTensor::from_vec(logits, [6, 8]).unwrap().convert(dt);
+        v.push(c!(
+            format!("top_k_{dt}"),
+            vec![logits],
+            (0.0, 0.0),
+            |g, p| vec![g.top_k(p[0], 2)?, g.top_k(p[0], 8)?]
+        ));
+        for t in [1usize, 6] {
+            let x = rand_t(dt, &[t, 8], -1.0, 1.0, 5010 + t as u64);
+            let ids: Vec<i32> = (0..t)
+                .flat_map(|ti| [(ti * 3 % 8) as i32, ((ti * 3 + 4) % 8) as i32])
+                .collect();
+            let ids = HostTensor::from_vec(ids, [t, 2]).unwrap();
+            let w = rand_t(dt, &[t, 2], 0.0, 1.0, 5020 + t as u64);
+            let gate = rand_t(dt, &[8, 6, 8], -0.5, 0.5, 5030);
+            let up = rand_t(dt, &[8, 6, 8], -0.5, 0.5, 5031);
+            let down = rand_t(dt, &[8, 8, 6], -0.5, 0.5, 5032);
+            v.push(c!(
+                format!("moe_mlp_t{t}_{dt}"),
+                vec![x, ids, w, gate, up, down],
+                (atol, rtol),
+                |g, p| vec![g.moe_mlp(p[0], p[1], p[2], p[3], p[4], p[5])?]
+            ));
+        }
     }
     v
 }
@@ -781,7 +827,24 @@ pub fn llama_cases() -> Vec<Case> {
         "smollm3",
         r#", "no_rope_layer_interval": 2, "use_sliding_window": true, "sliding_window": 3"#,
     );
+    // Phi-3: LongRoPE with the cache (64) past original_max_position_embeddings (16), so the
+    // long factors and the attention factor (cos/sin scaled) are in the program.
+    let phi3 = tiny_config(
+        "phi3",
+        r#", "original_max_position_embeddings": 16, "rope_scaling": {"type": "longrope",
+        "short_factor": [1.0, 1.2, 1.4, 1.6], "long_factor": [1.0, 2.0, 4.0, 8.0]}"#,
+    );
     let shapes = [
+        (
+            "phi3_prefill_longrope_f32",
+            &phi3,
+            2,
+            4,
+            LogitsMode::All,
+            DType::F32,
+            vec![0, 5],
+            None,
+        ),
         (
             "granite_decode_f32",
             &granite,

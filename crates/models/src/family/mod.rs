@@ -11,6 +11,7 @@ mod gemma3;
 mod granite;
 mod llama;
 mod mistral;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod smollm3;
@@ -29,6 +30,7 @@ pub enum Architecture {
     Gemma3,
     Granite,
     SmolLm3,
+    Phi3,
 }
 
 /// The config defaults a family's transformers class applies when a key is absent.
@@ -58,6 +60,7 @@ const FAMILIES: &[Family] = &[
     gemma3::FAMILY,
     granite::FAMILY,
     smollm3::FAMILY,
+    phi3::FAMILY,
 ];
 
 fn family(arch: Architecture) -> &'static Family {

@@ -475,3 +475,40 @@ fn skinny(a: &[f32], rhs: RhsRef, c: &Canon) -> Vec<f32> {
     }
     out
 }
+
+/// `x [n, k] · w[e]ᵀ` for matrix `e` of stacked weights `w [E, o, k]` (one expert of a
+/// mixture-of-experts layer), rounded to the weights' dtype as a `dot` is: the weights are read
+/// in place (no copy of the expert), through the same kernels a linear layer uses.
+pub fn expert_linear(x: &CpuData, w: &CpuData, e: usize, o: usize, k: usize) -> CpuData {
+    let n = x.len() / k.max(1);
+    let c = Canon {
+        b: 1,
+        m: n,
+        k,
+        n: o,
+        rhs_nk: true,
+    };
+    let r = e * o * k..(e + 1) * o * k;
+    match w {
+        CpuData::F32(b) => CpuData::F32(Store::from(mm_f32(
+            &x.to_f32(),
+            RhsRef::F32(&b.as_slice()[r]),
+            &c,
+        ))),
+        CpuData::BF16(b) => CpuData::from_f32(
+            mm_f32(&x.to_f32(), RhsRef::BF16(&b.as_slice()[r]), &c),
+            DType::BF16,
+        ),
+        CpuData::F16(b) => CpuData::from_f32(
+            mm_f32(&x.to_f32(), RhsRef::F16(&b.as_slice()[r]), &c),
+            DType::F16,
+        ),
+        CpuData::F64(b) => {
+            let CpuData::F64(a) = x else {
+                unreachable!("moe_mlp operands share one dtype, checked by the builder")
+            };
+            CpuData::F64(Store::from(mm_gemm(a.as_slice(), &b.as_slice()[r], &c)))
+        }
+        _ => unreachable!("moe_mlp weights are float, checked by the builder"),
+    }
+}

@@ -14,6 +14,7 @@ mod elementwise;
 mod fused;
 pub mod layout;
 mod matmul;
+mod moe;
 mod reduce;
 
 pub use data::{CpuData, Store};
@@ -603,6 +604,31 @@ fn eval(node: &Node, nodes: &[Node], slots: &[Slot], first: Option<CpuData>) -> 
         Op::Gather { axis } => {
             let idx = inp(1).to_i64();
             map_data!(inp0(&first, slots, node), v => Store::from(layout::gather(v, dims(0), *axis, &idx)))
+        }
+        Op::ScatterAdd { axis } => {
+            let idx = inp(1).to_i64();
+            moe::scatter_add(inp0(&first, slots, node), dims(0), &idx, inp(2), *axis)
+        }
+        Op::TopK { k } => {
+            let n = *dims(0).last().expect("top_k operands have rank ≥ 1");
+            moe::top_k(inp0(&first, slots, node), n, *k)
+        }
+        Op::MoeMlp => {
+            let (x, ids, gate) = (dims(0), dims(1), dims(3));
+            let d = moe::MoeDims {
+                t: x[0],
+                h: x[1],
+                k: ids[1],
+                e: gate[0],
+                i: gate[1],
+            };
+            moe::moe_mlp(
+                inp0(&first, slots, node),
+                inp(1),
+                inp(2),
+                [inp(3), inp(4), inp(5)],
+                &d,
+            )
         }
         Op::DynamicSlice { sizes } => {
             let starts: Vec<i64> = (1..node.inputs.len()).map(|k| inp(k).to_i64()[0]).collect();

@@ -624,6 +624,90 @@ fn eval_node(node: &Node, a: &[&RTensor], inputs: &[HostTensor]) -> RTensor {
                 x.at(&src)
             })
         }
+        Op::ScatterAdd { axis } => {
+            // Updates added one by one in index order, each sum rounded to the dtype.
+            let (x, ind, u) = (a[0], a[1], a[2]);
+            let mut out = x.clone();
+            let ir = ind.dims.len();
+            for i in 0..u.numel() {
+                let uidx = unravel(i, &u.dims);
+                let raw = ind.at(&uidx[*axis..*axis + ir]).i();
+                if raw < 0 || raw >= x.dims[*axis] as i64 {
+                    continue;
+                }
+                let mut dst = uidx[..*axis].to_vec();
+                dst.push(raw as usize);
+                dst.extend_from_slice(&uidx[*axis + ir..]);
+                let at = ravel(&dst, &x.dims);
+                out.vals[at] = match (out.vals[at], u.vals[i]) {
+                    (S::F(p), S::F(q)) => S::F(round_f(dt, p + q)),
+                    (p, q) => S::I(wrap_i(dt, p.i().wrapping_add(q.i()))),
+                };
+            }
+            out
+        }
+        Op::TopK { k } => {
+            let x = a[0];
+            let n = *x.dims.last().unwrap();
+            let v = x.f64s();
+            let mut picks = Vec::new();
+            for row in v.chunks(n.max(1)) {
+                // Larger first, NaN last, ties to the smaller index: a stable sort by that key.
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&i, &j| {
+                    let key = |v: f64| if v.is_nan() { f64::NEG_INFINITY } else { v };
+                    key(row[j])
+                        .partial_cmp(&key(row[i]))
+                        .unwrap()
+                        .then(row[i].is_nan().cmp(&row[j].is_nan()))
+                });
+                picks.extend(order[..*k].iter().map(|&i| S::I(i as i64)));
+            }
+            RTensor {
+                dtype: DType::I32,
+                dims: od,
+                vals: picks,
+            }
+        }
+        Op::MoeMlp => {
+            let (x, ids, w, gate, up, down) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+            let (t, h) = (x.dims[0], x.dims[1]);
+            let k = ids.dims[1];
+            let (e, inter) = (gate.dims[0], gate.dims[1]);
+            let mut out = Vec::with_capacity(t * h);
+            for ti in 0..t {
+                let mut acc = vec![0f64; h];
+                for j in 0..k {
+                    let ex = ids.at(&[ti, j]).i().clamp(0, e as i64 - 1) as usize;
+                    let proj = |wt: &RTensor, i: usize| {
+                        round_f(
+                            dt,
+                            (0..h)
+                                .map(|c| x.at(&[ti, c]).f() * wt.at(&[ex, i, c]).f())
+                                .sum(),
+                        )
+                    };
+                    let hm: Vec<f64> = (0..inter)
+                        .map(|i| {
+                            let g = proj(gate, i);
+                            let act = round_f(dt, g / (1.0 + (-g).exp()));
+                            round_f(dt, act * proj(up, i))
+                        })
+                        .collect();
+                    let wj = w.at(&[ti, j]).f();
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let y: f64 = (0..inter).map(|i| hm[i] * down.at(&[ex, o, i]).f()).sum();
+                        *acc += wj * round_f(dt, y);
+                    }
+                }
+                out.extend(acc.into_iter().map(|v| S::F(round_f(dt, v))));
+            }
+            RTensor {
+                dtype: dt,
+                dims: od,
+                vals: out,
+            }
+        }
         Op::DynamicSlice { sizes } => {
             let x = a[0];
             let starts: Vec<usize> = (0..sizes.len())
