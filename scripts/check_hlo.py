@@ -416,7 +416,11 @@ def check_model(backend, devices, folder, silica, atol, tp=1, quantize=None):
                 for spec in prog["inputs"]:
                     src, dt = spec["source"], np_dtype(spec["dtype"])
                     if "checkpoint" in src:
-                        x = np.asarray(weights[src["checkpoint"]])
+                        if "stack" in src:
+                            # A mixture-of-experts layer's experts, stacked [E, ...].
+                            x = np.stack([np.asarray(weights[n]) for n in src["stack"]])
+                        else:
+                            x = np.asarray(weights[src["checkpoint"]])
                         if "rows" in src:
                             # A projection inside a fused tensor (Phi-3's qkv_proj, gate_up_proj).
                             x = x[src["rows"]["start"]:src["rows"]["start"] + src["rows"]["count"]]

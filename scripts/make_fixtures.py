@@ -48,6 +48,8 @@ from transformers import (  # noqa: E402
     LlamaConfig,
     MistralConfig,
     Phi3Config,
+    MixtralConfig,
+    Qwen3MoeConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -950,6 +952,78 @@ def phi3_fused_longrope():
     )
 
 
+@case
+def mixtral_moe():
+    tok = make_spm_tokenizer(n_pieces=220, style="legacy", limit_alphabet=60)
+    cfg = MixtralConfig(
+        **common_model_kwargs(tok.get_vocab_size(), layers=2, heads=4, kv_heads=2, inter=48, max_pos=1024,
+                              eps=1e-5),
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        router_jitter_noise=0.0,
+        sliding_window=6,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+    hub = {"rope_theta": 1000000.0}
+    return dict(
+        description="Mixtral: every layer's MLP a mixture of 4 SwiGLU experts (block_sparse_moe.experts.{e}.w1/w3/w2, "
+        "stored per expert as on the hub), a router picking the top 2 per token from its softmax and renormalising "
+        "them; sliding window 6 on every layer (shorter than the prompt); GQA 4/2, untied, f32, hub-style "
+        "rope_theta.",
+        features=["mixtral", "moe", "top-k", "renormalize", "experts-per-tensor", "sliding-window",
+                  "prompt>window", "gqa", "rope:default", "config:hub-rope_theta", "untied", "f32",
+                  "tokenizer:spm-bpe-legacy", "bos:added"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
+        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", chat_template=ZEPHYR_CHAT_TEMPLATE,
+                        model_max_length=1024),
+        generation=dict(bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        specials=("<s>", "</s>"),
+        prompt="Numbers like 42 are famous.",
+        batch=["Hello there", "A model reads text as tokens and predicts the next one."],
+    )
+
+
+@case
+def qwen3_moe():
+    tok = make_qwen2_tokenizer(n_regular=380)
+    n = tok.get_vocab_size()
+    eot = tok.token_to_id("<|endoftext|>")
+    im_end = tok.token_to_id("<|im_end|>")
+    cfg = Qwen3MoeConfig(
+        **common_model_kwargs(n, layers=3, heads=4, kv_heads=2, inter=96, max_pos=1024, eps=1e-6),
+        head_dim=16,
+        num_experts=8,
+        num_experts_per_tok=3,
+        moe_intermediate_size=24,
+        norm_topk_prob=False,
+        decoder_sparse_step=1,
+        mlp_only_layers=[1],
+        bos_token_id=eot,
+        eos_token_id=im_end,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
+    return dict(
+        description="Qwen3-MoE: q/k norms; layers 0 and 2 route each token to 3 of 8 experts "
+        "(moe_intermediate_size 24, mlp.experts.{e}.gate_proj/up_proj/down_proj) weighted by their softmax "
+        "probabilities *without* renormalising (norm_topk_prob false); layer 1 is dense (mlp_only_layers [1], "
+        "intermediate_size 96); GQA 4/2, untied, f32, ChatML with Qwen3's enable_thinking switch.",
+        features=["qwen3_moe", "moe", "top-k", "no-renormalize", "mlp_only_layers", "dense+moe-layers",
+                  "experts-per-tensor", "qk-norm", "gqa", "rope:default", "config:rope_parameters", "untied",
+                  "f32", "3-layers", "tokenizer:byte-level-bpe", "bos:none", "chatml", "enable_thinking"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=None, shard=None,
+        tok_kwargs=dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>", chat_template=QWEN3_CHAT_TEMPLATE,
+                        model_max_length=1024),
+        generation=dict(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot),
+        specials=("<|im_start|>", "<|im_end|>"),
+        prompt="Rust is fast and safe.",
+        batch=["Emoji 🙂", "A tokenizer turns text into numbers, and numbers back into text."],
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Model building and reference computation
 # --------------------------------------------------------------------------------------------
@@ -1144,6 +1218,19 @@ def build_case(name: str, spec: dict, folder: Path):
                     "base with seq_len = len(input_ids) for every position (base * (factor*seq_len/max_pos - "
                     "(factor-1)) ** (dim/(dim-2)))."}
 
+    # Mixture of experts: a 16-bit forward can route a token to another expert than f32 does (a
+    # near-tie at the top-k boundary), a jump no f32-relative tolerance covers. transformers' own
+    # bf16/f16 logits are the reference for silica's 16-bit compute of these models.
+    low_precision = {}
+    if "moe" in spec["features"]:
+        for dt, key in [(torch.bfloat16, "logits_bf16"), (torch.float16, "logits_f16")]:
+            m16 = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dt, attn_implementation="eager")
+            m16.eval()
+            with torch.no_grad():
+                tensors[key] = m16(torch.tensor([prompt_ids])).logits[0].float().contiguous()
+            low_precision[key] = {"tensor": key, "dtype": str(dt).replace("torch.", ""),
+                                  "shape": [len(prompt_ids), cfg.vocab_size]}
+
     # Tokenization and chat records.
     tokenization = []
     for text in tokenization_texts(spec["specials"]):
@@ -1183,6 +1270,7 @@ def build_case(name: str, spec: dict, folder: Path):
         "prompt_text": spec["prompt"],
         "input_ids": prompt_ids,
         "logits": {"tensor": "logits", "shape": [len(prompt_ids), cfg.vocab_size]},
+        **({"low_precision_logits": low_precision} if low_precision else {}),
         "hidden_states": {"tensor": "hidden_states", "shape": list(hidden.shape),
                           "note": "index 0 = token embeddings, index i = residual stream after layer i, "
                           "last index = after the final RMSNorm (transformers' convention)"},

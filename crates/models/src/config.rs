@@ -80,6 +80,8 @@ pub struct ModelConfig {
     pub fused_projections: bool,
     /// Every layer's attention: its span and its rope (`num_hidden_layers` entries).
     pub layers: Vec<LayerSpec>,
+    /// Mixture-of-experts MLPs (Mixtral, Qwen3-MoE): which layers route and how.
+    pub moe: Option<MoeConfig>,
     /// RMSNorm over each head of q and k before the rope (Qwen3, Gemma 3):
     /// `self_attn.q_norm.weight` / `k_norm.weight`, [head_dim].
     pub qk_norm: bool,
@@ -112,6 +114,35 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// A compressed-tensors checkpoint's weight quantization (`quantization_config`).
     pub quantization: Option<crate::compressed::CompressedScheme>,
+}
+
+/// A mixture-of-experts MLP: a router (`{block}.gate.weight` [E, hidden]) picks `top_k` of
+/// `num_experts` SwiGLU experts per token from the softmax of its logits (f32), optionally
+/// renormalising the picked probabilities to sum to 1; the layer's output is their weighted sum.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
+    /// Divide the top-k probabilities by their sum (Mixtral always; Qwen3-MoE `norm_topk_prob`).
+    pub renormalize: bool,
+    /// Each expert's intermediate size (Qwen3-MoE `moe_intermediate_size`; Mixtral's
+    /// `intermediate_size`). Dense layers keep [`ModelConfig::intermediate_size`].
+    pub intermediate_size: usize,
+    /// The module the experts live under: `block_sparse_moe` (Mixtral) or `mlp` (Qwen-MoE).
+    pub block: &'static str,
+    /// The hub checkpoint's names of each expert's gate, up and down projections
+    /// (`experts.{e}.{name}.weight`): Mixtral's w1/w3/w2, Qwen's gate_proj/up_proj/down_proj.
+    pub expert_names: [&'static str; 3],
+    /// Per layer: routed (true) or a dense MLP (Qwen3-MoE `mlp_only_layers`,
+    /// `decoder_sparse_step`).
+    pub layers: Vec<bool>,
+}
+
+impl ModelConfig {
+    /// The MoE block of layer `l`, when that layer routes.
+    pub fn moe_at(&self, l: usize) -> Option<&MoeConfig> {
+        self.moe.as_ref().filter(|m| m.layers[l])
+    }
 }
 
 /// One decoder layer's attention.
@@ -365,6 +396,7 @@ impl Parser<'_> {
             o_bias: false,
             mlp_bias: false,
             fused_projections: false,
+            moe: None,
             layers: vec![LayerSpec::FULL; num_hidden_layers],
             qk_norm: false,
             norm: NormStyle::Llama,

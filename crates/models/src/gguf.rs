@@ -674,6 +674,17 @@ impl Meta<'_> {
                 })
             }
         };
+        if self.arch_num("expert_count").is_some_and(|e| e > 0.0) {
+            // Mixtral GGUFs say `llama` with stacked `ffn_*_exps` tensors.
+            return Err(gguf_err(
+                self.path,
+                format!(
+                    "a mixture-of-experts GGUF (`{}.expert_count` = {}): silica's GGUF loader                      does not map expert tensors yet; load the model's Hugging Face folder,                      which runs Mixtral and Qwen3-MoE",
+                    self.architecture,
+                    self.arch_num("expert_count").unwrap_or(0.0)
+                ),
+            ));
+        }
         if self.tensors.contains_key("rope_freqs.weight") {
             return Err(gguf_err(
                 self.path,

@@ -607,11 +607,25 @@ pub fn decoder(
                 Ok(y)
             }
         };
-        let gate = lin(g, "gate_proj", hn)?;
-        let gate = activation(g, cfg, gate)?;
-        let up = lin(g, "up_proj", hn)?;
-        let m = g.mul(gate, up)?;
-        let mut m = lin(g, "down_proj", m)?;
+        let mut m = if let Some(moe) = cfg.moe_at(l) {
+            let ex = |n: &str| wt(&format!("{p}.{}.experts.{n}", moe.block));
+            let router = wt(&format!("{p}.{}.gate.weight", moe.block));
+            let y = moe_mlp(
+                g,
+                moe,
+                hn,
+                router,
+                [ex("gate_proj"), ex("up_proj"), ex("down_proj")],
+            )?;
+            // Each rank summed its slice of every expert's intermediate dim.
+            g.all_reduce(y, world)?
+        } else {
+            let gate = lin(g, "gate_proj", hn)?;
+            let gate = activation(g, cfg, gate)?;
+            let up = lin(g, "up_proj", hn)?;
+            let m = g.mul(gate, up)?;
+            lin(g, "down_proj", m)?
+        };
         if cfg.sandwich_norms {
             m = norm(
                 g,
@@ -626,6 +640,42 @@ pub fn decoder(
         x = g.add(x, m)?;
     }
     Ok(x)
+}
+
+/// A mixture-of-experts MLP over `x` [B, T, H], as transformers' Mixtral/Qwen3-MoE blocks
+/// compute it: router logits in the compute dtype, softmax in f32, the top-k experts
+/// (`top_k`: ties to the smaller index, as `torch.topk` on distinct values), their
+/// probabilities renormalised when the config says so, rounded to the compute dtype, then the
+/// weighted sum of those experts' SwiGLU outputs ([`Graph::moe_mlp`]).
+fn moe_mlp(
+    g: &mut Graph,
+    moe: &crate::config::MoeConfig,
+    x: ValueId,
+    router: ValueId,
+    [gate, up, down]: [ValueId; 3],
+) -> Result<ValueId, GraphError> {
+    let dims = g.dims(x).to_vec();
+    let (n, h) = (dims[0] * dims[1], dims[2]);
+    let (e, k) = (moe.num_experts, moe.top_k);
+    let dt = g.dtype(x);
+    let x2 = g.reshape(x, [n, h])?;
+    let logits = g.linear(x2, router)?; // [N, E]
+    let logits = g.convert(logits, DType::F32)?;
+    let probs = g.softmax(logits, 1)?;
+    let ids = g.top_k(probs, k)?; // [N, k]
+                                  // The picked probabilities: a take-along-rows gather on the flattened [N·E] table.
+    let rows = g.iota(DType::I32, [n, k], 0)?;
+    let base = g.binary_scalar(BinaryOp::Mul, rows, e as f64)?;
+    let flat = g.add(base, ids)?;
+    let table = g.reshape(probs, [n * e])?;
+    let mut w = g.gather(table, flat, 0)?; // [N, k]
+    if moe.renormalize {
+        let s = g.sum_keepdim(w, 1)?;
+        w = g.div(w, s)?;
+    }
+    let w = g.convert(w, dt)?;
+    let y = g.moe_mlp(x2, ids, w, gate, up, down)?;
+    g.reshape(y, dims)
 }
 
 /// The embedding of `input_ids` i32 [B, T] from this rank's rows of a vocab-parallel table

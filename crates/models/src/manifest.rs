@@ -185,13 +185,18 @@ pub struct AliasEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum InputSource {
-    /// A checkpoint tensor: rows `rows` of it when present (a projection inside a fused tensor,
-    /// Phi-3's `qkv_proj`), then this rank's part of that (`shard`; all of it when absent),
+    /// A checkpoint tensor (or a stack of them): rows `rows` of it when present (a projection
+    /// inside a fused tensor, Phi-3's `qkv_proj`), then this rank's part of that (`shard`; all of it when absent),
     /// quantized as `quantize` says when present.
     Weight {
         checkpoint: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rows: Option<RowsSource>,
+        /// Instead of `checkpoint` alone: these checkpoint tensors stacked along a new leading
+        /// dim, in order (a mixture-of-experts layer's experts, `experts.{e}.w1.weight`, …);
+        /// `checkpoint` then names the stacked weight.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stack: Option<Vec<String>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shard: Option<ShardSource>,
         #[serde(default, skip_serializing_if = "Option::is_none")]

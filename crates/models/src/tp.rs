@@ -99,6 +99,14 @@ impl TpLayout {
                 "the MLP width {i} does not split over {world} ranks"
             ));
         }
+        if let Some(m) = &cfg.moe {
+            if m.intermediate_size % world != 0 {
+                return bad(format!(
+                    "the experts' width {} does not split over {world} ranks (experts are                      tensor-parallel: the degree must divide it)",
+                    m.intermediate_size
+                ));
+            }
+        }
         Ok(TpLayout {
             world,
             heads: hq / world,
@@ -268,6 +276,16 @@ fn classify(cfg: &ModelConfig, world: usize, name: &str) -> Option<Shard> {
         | "mlp.up_proj.weight"
         | "mlp.up_proj.bias" => Shard::Split { dim: 0 },
         "self_attn.o_proj.weight" | "mlp.down_proj.weight" => Shard::Split { dim: 1 },
+        // Mixture of experts, tensor-parallel: every rank holds a slice of every expert's
+        // intermediate dim (gate/up column-, down row-parallel, one all-reduce after), so the
+        // work stays balanced whatever the routing and needs no all-to-all; the router is
+        // replicated (each rank routes identically).
+        "block_sparse_moe.experts.gate_proj"
+        | "block_sparse_moe.experts.up_proj"
+        | "mlp.experts.gate_proj"
+        | "mlp.experts.up_proj" => Shard::Split { dim: 1 },
+        "block_sparse_moe.experts.down_proj" | "mlp.experts.down_proj" => Shard::Split { dim: 2 },
+        "block_sparse_moe.gate.weight" | "mlp.gate.weight" => Shard::Replicated,
         // Norms (per hidden unit, or per head dimension for q/k norms: every head uses the
         // same gain), and the row-parallel biases (added once, after the all-reduce).
         "input_layernorm.weight"
@@ -325,6 +343,11 @@ mod placement_tests {
             config("granite", r#", "embedding_multiplier": 12.0"#),
             config("smollm3", ""),
             config("phi3", r#", "sliding_window": 16"#),
+            config("mixtral", r#", "num_local_experts": 4"#),
+            config(
+                "qwen3_moe",
+                r#", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8, "mlp_only_layers": [0]"#,
+            ),
         ];
         for cfg in &configs {
             for world in [2, 4] {
@@ -339,6 +362,31 @@ mod placement_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn experts_split_along_their_width_and_the_router_replicates() {
+        let cfg = config("mixtral", r#", "num_local_experts": 4"#);
+        let p = "model.layers.1.block_sparse_moe";
+        assert_eq!(
+            classify(&cfg, 2, &format!("{p}.experts.gate_proj")),
+            Some(Shard::Split { dim: 1 })
+        );
+        assert_eq!(
+            classify(&cfg, 2, &format!("{p}.experts.down_proj")),
+            Some(Shard::Split { dim: 2 })
+        );
+        assert_eq!(
+            classify(&cfg, 2, &format!("{p}.gate.weight")),
+            Some(Shard::Replicated)
+        );
+        // The experts' width must divide the degree: 8 over 16 ranks does not.
+        let cfg = config(
+            "qwen3_moe",
+            r#", "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 64, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8"#,
+        );
+        let e = TpLayout::new(&cfg, 16).unwrap_err().to_string();
+        assert!(e.contains("experts' width 8"), "{e}");
     }
 
     #[test]

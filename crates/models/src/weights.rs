@@ -66,6 +66,20 @@ pub fn weight_specs(cfg: &ModelConfig) -> Vec<WeightSpec> {
                 push(format!("{p}.{n}.weight"), vec![h], true);
             }
         }
+        if let Some(m) = cfg.moe_at(l) {
+            // The router, then each projection of every expert stacked along a leading expert
+            // dim (the checkpoint's per-expert tensors, stacked by the loader).
+            let (e, mi) = (m.num_experts, m.intermediate_size);
+            push(format!("{p}.{}.gate.weight", m.block), vec![e, h], false);
+            for (n, dims) in [
+                ("gate_proj", vec![e, mi, h]),
+                ("up_proj", vec![e, mi, h]),
+                ("down_proj", vec![e, h, mi]),
+            ] {
+                push(format!("{p}.{}.experts.{n}", m.block), dims, false);
+            }
+            continue;
+        }
         for (n, dims) in [
             ("gate_proj", vec![i, h]),
             ("up_proj", vec![i, h]),
@@ -248,11 +262,78 @@ impl Checkpoint {
         (spec.name.clone(), None)
     }
 
-    /// The tensors `cfg` needs, checked for presence, shape and dtype (views, no copies).
+    /// The checkpoint tensors a stacked expert weight of `cfg` is made of (Mixtral's
+    /// `block_sparse_moe.experts.{e}.w1.weight`, …, in expert order), or `None` for any other.
+    pub fn stacked_parts(cfg: &ModelConfig, spec: &WeightSpec) -> Option<Vec<String>> {
+        let m = cfg.moe.as_ref()?;
+        ["gate_proj", "up_proj", "down_proj"]
+            .iter()
+            .zip(m.expert_names)
+            .find_map(|(ours, hub)| {
+                let prefix = spec.name.strip_suffix(&format!(".experts.{ours}"))?;
+                Some(
+                    (0..m.num_experts)
+                        .map(|e| format!("{prefix}.experts.{e}.{hub}.weight"))
+                        .collect(),
+                )
+            })
+    }
+
+    /// A stacked expert weight: every part present, each of the spec's per-expert shape and one
+    /// float dtype, copied into one tensor [E, ..] (the experts are not contiguous in a file).
+    fn stacked(&self, spec: &WeightSpec, parts: &[String]) -> Result<HostTensor> {
+        let each = Shape::new(spec.shape.dims()[1..].to_vec());
+        let mut bytes = Vec::new();
+        let mut dtype = None;
+        for name in parts {
+            let t = self.get(name)?;
+            if t.shape() != &each {
+                return Err(ModelError::WrongShape {
+                    name: name.clone(),
+                    expected: each,
+                    actual: t.shape().clone(),
+                });
+            }
+            if !t.dtype().is_float()
+                || t.dtype() == DType::F64
+                || dtype.is_some_and(|d| d != t.dtype())
+            {
+                let stored = match self.byte_dtype(name) {
+                    Some(b) => b.name().to_string(),
+                    None => t.dtype().to_string(),
+                };
+                let stored = match dtype {
+                    Some(d) if t.dtype().is_float() && t.dtype() != DType::F64 => {
+                        format!("{stored} (expert 0 is {d}: every expert must have one dtype)")
+                    }
+                    _ => stored,
+                };
+                return Err(ModelError::WrongDType {
+                    name: name.clone(),
+                    dtype: stored,
+                });
+            }
+            dtype = Some(t.dtype());
+            bytes.extend_from_slice(t.as_bytes());
+        }
+        let dtype = dtype.expect("a stacked weight has at least one expert");
+        Ok(HostTensor::from_bytes(
+            dtype,
+            spec.shape.dims().to_vec(),
+            &bytes,
+        )?)
+    }
+
+    /// The tensors `cfg` needs, checked for presence, shape and dtype (views, no copies except
+    /// the stacked experts of a mixture-of-experts layer).
     pub fn weights(&self, cfg: &ModelConfig) -> Result<Vec<(WeightSpec, HostTensor)>> {
         weight_specs(cfg)
             .into_iter()
             .map(|spec| {
+                if let Some(parts) = Self::stacked_parts(cfg, &spec) {
+                    let t = self.stacked(&spec, &parts)?;
+                    return Ok((spec, t));
+                }
                 let (name, rows) = Self::source(cfg, &spec);
                 let whole = self.get(&name)?;
                 let t = match rows {
@@ -396,7 +477,9 @@ mod rayon_free {
 /// attention and MLP projections, the LM head). Norms and biases stay in the compute dtype: they
 /// are a rounding error of the bytes and keep their full precision.
 pub fn quantizable(spec: &WeightSpec) -> bool {
-    spec.shape.rank() == 2
+    // A mixture-of-experts router (`….gate.weight`, [E, hidden]) stays in the compute dtype: it
+    // is small and its logits pick the experts. Stacked experts (rank 3) are not quantized yet.
+    spec.shape.rank() == 2 && !spec.name.ends_with(".gate.weight")
 }
 
 /// The name of a quantized weight's per-row scales, as compressed-tensors names them

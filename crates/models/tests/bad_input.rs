@@ -2,7 +2,7 @@
 
 use silica_models::{GenerateOptions, LoadOptions, LoadedModel, ModelError};
 use silica_tensor::cpu::CpuBackend;
-use silica_tensor::{save_safetensors, HostTensor, SafetensorsFile};
+use silica_tensor::{save_safetensors, DType, HostTensor, SafetensorsFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -189,6 +189,47 @@ fn a_fused_projection_of_the_wrong_size() {
     );
 }
 
+#[test]
+fn experts_missing_of_the_wrong_shape_or_dtype() {
+    // A checkpoint with an expert dropped, one of the wrong size, or one in another dtype: an
+    // error naming that expert's tensor (the loader stacks them; nothing is padded or cast).
+    let (_t, dir) = copy_of("mixtral-moe");
+    rewrite_weights(&dir, |w| {
+        w.retain(|(name, _)| name != "model.layers.1.block_sparse_moe.experts.3.w2.weight")
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("model.layers.1.block_sparse_moe.experts.3.w2.weight"),
+        "{e}"
+    );
+    let (_t, dir) = copy_of("qwen3-moe");
+    rewrite_weights(&dir, |w| {
+        for (name, t) in w.iter_mut() {
+            if name == "model.layers.2.mlp.experts.5.up_proj.weight" {
+                *t = t.rows(0, t.dims()[0] - 8).unwrap();
+            }
+        }
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("model.layers.2.mlp.experts.5.up_proj.weight") && e.contains("[24, 64]"),
+        "{e}"
+    );
+    let (_t, dir) = copy_of("qwen3-moe");
+    rewrite_weights(&dir, |w| {
+        for (name, t) in w.iter_mut() {
+            if name == "model.layers.0.mlp.experts.2.gate_proj.weight" {
+                *t = t.convert(DType::BF16);
+            }
+        }
+    });
+    let e = err_text(&dir);
+    assert!(
+        e.contains("model.layers.0.mlp.experts.2.gate_proj.weight") && e.contains("every expert"),
+        "{e}"
+    );
+}
+
 /// A known family's config with a missing, contradictory or unsupported field: an error that
 /// names the field, never a model that runs something else.
 #[test]
@@ -209,6 +250,26 @@ fn family_fields_that_contradict_or_are_unsupported() {
             "qwen3-qk-norm",
             Box::new(|v| v["hidden_act"] = serde_json::json!("gelu")),
             "`hidden_act`",
+        ),
+        (
+            "mixtral-moe",
+            Box::new(|v| v["num_experts_per_tok"] = serde_json::json!(5)),
+            "`num_experts_per_tok` 5 must be between 1 and `num_local_experts` 4",
+        ),
+        (
+            "mixtral-moe",
+            Box::new(|v| v["num_local_experts"] = serde_json::json!(0)),
+            "`num_local_experts` must be at least 1",
+        ),
+        (
+            "qwen3-moe",
+            Box::new(|v| v["mlp_only_layers"] = serde_json::json!([1, 7])),
+            "`mlp_only_layers` must list layer indices below num_hidden_layers 3",
+        ),
+        (
+            "qwen3-moe",
+            Box::new(|v| v["decoder_sparse_step"] = serde_json::json!(0)),
+            "`decoder_sparse_step`",
         ),
         (
             "qwen2-sliding-window",

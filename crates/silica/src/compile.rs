@@ -249,13 +249,14 @@ pub fn compile(a: CompileArgs) -> Result<()> {
             .iter()
             .find(|w| w.name == name)
             .expect("every rank spec is a model weight");
+        let stack = silica_models::weights::Checkpoint::stacked_parts(&cfg, spec);
         let (tensor, rows) = silica_models::weights::Checkpoint::source(&cfg, spec);
         let rows = rows.map(|(start, count)| RowsSource { start, count });
-        (tensor, rows)
+        (tensor, rows, stack)
     };
     for s in layout.specs(&cfg) {
         let shard = weight_shard(&cfg, &layout, &s.name);
-        let (tensor, rows) = origin(&s.name);
+        let (tensor, rows, stack) = origin(&s.name);
         match quant {
             Some(q) if silica_models::weights::quantizable(&s) => {
                 // Bytes and scales of the checkpoint tensor, quantized whole (one scale per
@@ -264,12 +265,14 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                 let scales = InputSource::Weight {
                     checkpoint: tensor.clone(),
                     rows: rows.clone(),
+                    stack: stack.clone(),
                     shard: weight_shard(&cfg, &layout, &scale),
                     quantize: Some(quantize_source(q, QuantPart::Scales)),
                 };
                 let bytes = InputSource::Weight {
                     checkpoint: tensor,
                     rows,
+                    stack,
                     shard,
                     quantize: Some(quantize_source(q, QuantPart::Bytes)),
                 };
@@ -280,6 +283,7 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                 let source = InputSource::Weight {
                     checkpoint: tensor,
                     rows,
+                    stack,
                     shard,
                     quantize: None,
                 };

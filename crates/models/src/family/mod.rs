@@ -11,9 +11,11 @@ mod gemma3;
 mod granite;
 mod llama;
 mod mistral;
+mod mixtral;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen3_moe;
 mod smollm3;
 
 use crate::config::{ModelConfig, Parser};
@@ -31,6 +33,8 @@ pub enum Architecture {
     Granite,
     SmolLm3,
     Phi3,
+    Mixtral,
+    Qwen3Moe,
 }
 
 /// The config defaults a family's transformers class applies when a key is absent.
@@ -61,6 +65,8 @@ const FAMILIES: &[Family] = &[
     granite::FAMILY,
     smollm3::FAMILY,
     phi3::FAMILY,
+    mixtral::FAMILY,
+    qwen3_moe::FAMILY,
 ];
 
 fn family(arch: Architecture) -> &'static Family {
@@ -95,6 +101,28 @@ impl Architecture {
     pub(crate) fn defaults(self) -> &'static Defaults {
         &family(self).defaults
     }
+}
+
+/// Checks a family's MoE reading: at least one expert, 1 ≤ top-k ≤ experts, a positive expert
+/// size (`keys`: the family's names for the expert count and top-k, for the messages).
+pub(crate) fn moe_config(
+    p: &Parser,
+    m: crate::config::MoeConfig,
+    (experts_key, k_key): (&str, &str),
+) -> Result<crate::config::MoeConfig> {
+    if m.num_experts == 0 {
+        return Err(p.err(format!("`{experts_key}` must be at least 1")));
+    }
+    if m.top_k == 0 || m.top_k > m.num_experts {
+        return Err(p.err(format!(
+            "`{k_key}` {} must be between 1 and `{experts_key}` {} (the experts each token is routed to)",
+            m.top_k, m.num_experts
+        )));
+    }
+    if m.intermediate_size == 0 {
+        return Err(p.err("the experts' intermediate size must be positive"));
+    }
+    Ok(m)
 }
 
 /// Applies the family's reading of `p`'s config to `cfg`, which holds the shared fields.
