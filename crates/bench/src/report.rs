@@ -139,7 +139,8 @@ pub struct ModelInfo {
     pub name: String,
     /// e.g. `LlamaForCausalLM`.
     pub architecture: Option<String>,
-    /// Parameter count.
+    /// Parameter count: those one token computes with (a mixture of experts: the router and the
+    /// routed experts, not every expert), which the FLOPs-per-token roofline uses.
     pub params: Option<u64>,
     /// Weight dtype as run.
     pub dtype: Option<String>,

@@ -218,11 +218,24 @@ impl ModelConfig {
             .sum()
     }
 
-    /// Bytes read per decoded token at `dtype` (every weight once; the embedding is a gather, so
-    /// only when it is also the tied lm_head).
+    /// Parameters one token computes with: all of a dense model; of a mixture of experts, the
+    /// router and `top_k` of `num_experts` experts per MoE layer (what the FLOPs per token and a
+    /// single sequence's decode bandwidth scale with).
+    pub fn num_active_params(&self) -> u64 {
+        let Some(m) = &self.moe else {
+            return self.num_params();
+        };
+        let per_expert = (3 * m.intermediate_size * self.hidden_size) as u64;
+        let routed = m.layers.iter().filter(|&&r| r).count() as u64;
+        self.num_params() - routed * per_expert * (m.num_experts - m.top_k) as u64
+    }
+
+    /// Bytes read per decoded token at `dtype` (every weight once — of a mixture of experts, the
+    /// experts one token routes to; the embedding is a gather, so only when it is also the tied
+    /// lm_head).
     pub fn weight_bytes_per_token(&self, dtype: DType) -> u64 {
         let embed = (self.vocab_size * self.hidden_size) as u64;
-        let total = self.num_params();
+        let total = self.num_active_params();
         let read = if self.tie_word_embeddings {
             total
         } else {

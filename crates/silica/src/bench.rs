@@ -208,7 +208,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let info = ModelInfo {
         name: model.name.clone(),
         architecture: Some(c.architecture.name().to_string()),
-        params: Some(c.num_params()),
+        params: Some(c.num_active_params()),
         dtype: Some(match &model.blocks {
             Some(b) => format!(
                 "GGUF {} ({})",
@@ -452,7 +452,7 @@ fn bench_engine(
     let info = ModelInfo {
         name,
         architecture: Some(c.architecture.name().to_string()),
-        params: Some(c.num_params()),
+        params: Some(c.num_active_params()),
         dtype: Some(dtype_label(dtype, quant, a.run.activations)),
         weight_bytes_per_token: Some(read_bytes),
     };
