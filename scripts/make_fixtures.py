@@ -1296,6 +1296,11 @@ def build_case(name: str, spec: dict, folder: Path):
     }
     if long:
         ref_json["long"] = long
+    if "enable_thinking" in (hf_tok.chat_template or ""):
+        # The template's switch as transformers passes it: apply_chat_template(..., enable_thinking=False).
+        off = hf_tok.apply_chat_template(CHAT_MESSAGES, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=False)
+        ref_json["chat_template_kwargs"] = {"kwargs": {"enable_thinking": False}, "text": off}
     save_file(tensors, str(folder / "reference.safetensors"), metadata={"format": "pt"})  # one key: safetensors orders metadata maps arbitrarily
     write_json(folder / "reference.json", ref_json)
     return ref_json

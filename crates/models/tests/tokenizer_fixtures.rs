@@ -152,6 +152,7 @@ fn encode_decode_tokens_match_transformers() {
 
 #[test]
 fn chat_template_matches_transformers() {
+    let mut with_thinking_switch = 0;
     for dir in cases() {
         let case = name(&dir);
         let r = reference(&dir);
@@ -167,12 +168,25 @@ fn chat_template_matches_transformers() {
             chat["text"].as_str().unwrap(),
             "{case}: rendered chat template"
         );
+        if let Some(kw) = r.get("chat_template_kwargs") {
+            // Template variables passed through (Qwen3's enable_thinking=False: an empty think
+            // block after the generation prompt), as transformers renders them.
+            let kwargs = kw["kwargs"].as_object().unwrap();
+            let off = tok
+                .apply_chat_template_with(&messages, add, kwargs)
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(off, kw["text"].as_str().unwrap(), "{case}: {kwargs:?}");
+            assert_ne!(off, text, "{case}: the kwarg changed nothing");
+            with_thinking_switch += 1;
+        }
         assert_eq!(
             tok.encode(&text, false).unwrap(),
             ids(&chat["ids"]),
             "{case}: chat ids"
         );
     }
+    // qwen3-qk-norm and qwen3-moe carry Qwen3's enable_thinking switch.
+    assert_eq!(with_thinking_switch, 2);
 }
 
 #[test]

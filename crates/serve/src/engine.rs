@@ -70,6 +70,12 @@ pub enum Prompt {
     Tokens(Vec<u32>),
     /// Chat messages, rendered with the model's chat template and a generation prompt.
     Chat(Vec<ChatMessage>),
+    /// Chat messages rendered with extra template variables (vLLM's `chat_template_kwargs`,
+    /// e.g. Qwen3's `{"enable_thinking": false}`).
+    ChatWith {
+        messages: Vec<ChatMessage>,
+        template_kwargs: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 /// One generation request.
@@ -443,12 +449,17 @@ impl Engine {
         let ids = match prompt {
             Prompt::Tokens(ids) => ids.clone(),
             Prompt::Text(s) => tok()?.encode(s, true)?,
-            Prompt::Chat(msgs) => {
+            Prompt::Chat(msgs) | Prompt::ChatWith { messages: msgs, .. } => {
                 if msgs.is_empty() {
                     return Err(ServeError::InvalidRequest("`messages` is empty".into()));
                 }
                 let t = tok()?;
-                let text = t.apply_chat_template(msgs, true)?;
+                let text = match prompt {
+                    Prompt::ChatWith {
+                        template_kwargs, ..
+                    } => t.apply_chat_template_with(msgs, true, template_kwargs)?,
+                    _ => t.apply_chat_template(msgs, true)?,
+                };
                 t.encode(&text, false)?
             }
         };

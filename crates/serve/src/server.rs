@@ -317,6 +317,8 @@ struct CompletionBody {
 #[derive(Deserialize)]
 struct ChatBody {
     messages: Vec<ChatIn>,
+    /// vLLM's extension: extra chat-template variables (Qwen3's `enable_thinking`).
+    chat_template_kwargs: Option<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -515,7 +517,21 @@ async fn chat_completions(
         let b: ChatBody = parse_body(body)?;
         let msgs = chat_messages(&b.messages)?;
         // Chat defaults to the rest of the context.
-        let req = build_request(&st, &b.common, Prompt::Chat(msgs), None)?;
+        let prompt = match b.chat_template_kwargs {
+            None | Some(Value::Null) => Prompt::Chat(msgs),
+            Some(Value::Object(template_kwargs)) => Prompt::ChatWith {
+                messages: msgs,
+                template_kwargs,
+            },
+            Some(_) => {
+                return Err(ApiError::bad(
+                    "`chat_template_kwargs` must be an object of template variables, e.g. \
+                     {\"enable_thinking\": false}",
+                )
+                .param("chat_template_kwargs"))
+            }
+        };
+        let req = build_request(&st, &b.common, prompt, None)?;
         respond(&st, req, &b.common, Kind::Chat).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)

@@ -351,3 +351,51 @@ fn the_engine_recovers_from_a_backend_error_without_reusing_lost_blocks() {
     let (again, ..) = run(&e, greedy(prompt, 12));
     assert_eq!(again, want);
 }
+
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    // Qwen3's thinking switch through the engine (vLLM's `chat_template_kwargs`): the prompt is
+    // the template rendered as transformers renders it with enable_thinking=False.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/fixtures/qwen3-qk-norm");
+    let model = LoadedModel::load(
+        &dir,
+        Arc::new(silica_tensor::cpu::CpuBackend::new()),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let want = r["chat_template_kwargs"]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tok = model.tokenizer.clone().unwrap();
+    let engine = Engine::new(model, EngineConfig::default()).unwrap();
+    let messages: Vec<silica_models::tokenizer::ChatMessage> =
+        serde_json::from_value(r["chat"]["messages"].clone()).unwrap();
+    let template_kwargs = r["chat_template_kwargs"]["kwargs"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let ids = engine
+        .tokenize(&Prompt::ChatWith {
+            messages: messages.clone(),
+            template_kwargs,
+        })
+        .unwrap();
+    assert_eq!(ids, tok.encode(&want, false).unwrap());
+    let plain = engine.tokenize(&Prompt::Chat(messages)).unwrap();
+    assert_ne!(ids, plain, "the switch changed nothing");
+    // A kwarg may not replace what the renderer sets.
+    let mut clash = serde_json::Map::new();
+    clash.insert("messages".into(), serde_json::json!([]));
+    let e = engine
+        .tokenize(&Prompt::ChatWith {
+            messages: vec![silica_models::tokenizer::ChatMessage::new("user", "hi")],
+            template_kwargs: clash,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("`messages`"), "{e}");
+}

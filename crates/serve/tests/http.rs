@@ -163,6 +163,15 @@ fn bad_requests_get_openai_errors() {
             400,
             "not valid JSON",
         ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                   "chat_template_kwargs": "enable_thinking"})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`chat_template_kwargs` must be an object",
+        ),
         ("/v1/completions", b"[1,2]".to_vec(), 400, "JSON object"),
         (
             "/v1/completions",

@@ -489,6 +489,18 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`Tokenizer::apply_chat_template`] with extra template variables, as transformers'
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3's `enable_thinking`). A kwarg may
+    /// not replace a variable the renderer sets itself (`messages`, `add_generation_prompt`, …).
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let dir = &self.inner.dir;
         if self.inner.chat_template.is_none() {
             return Err(TokenizerError::NoChatTemplate { dir: dir.clone() });
@@ -529,6 +541,17 @@ impl Tokenizer {
             "additional_special_tokens".into(),
             minijinja::Value::from_serialize(&self.inner.additional_special_tokens),
         ));
+        for (k, v) in kwargs {
+            if ctx.iter().any(|(name, _)| name == k) {
+                return Err(TokenizerError::Template {
+                    dir: dir.clone(),
+                    message: format!(
+                        "chat template kwarg `{k}` would replace a variable the renderer sets itself"
+                    ),
+                });
+            }
+            ctx.push((k.clone(), minijinja::Value::from_serialize(v)));
+        }
         let ctx: minijinja::Value = ctx.into_iter().collect();
         template.render(ctx).map_err(|e| TokenizerError::Template {
             dir: dir.clone(),
