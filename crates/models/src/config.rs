@@ -162,6 +162,18 @@ impl LayerSpec {
         local_rope: false,
         no_rope: false,
     };
+
+    /// `n` layers of the same attention: the model's rope, through `window` when there is one
+    /// (Mistral, Mixtral, Phi-3, Qwen3-MoE).
+    pub fn every(window: Option<usize>, n: usize) -> Vec<LayerSpec> {
+        vec![
+            LayerSpec {
+                sliding_window: window,
+                ..LayerSpec::FULL
+            };
+            n
+        ]
+    }
 }
 
 /// How RMSNorm applies its weight w to the normalised x̂.

@@ -23,14 +23,7 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
     p.silu_only()?;
     c.rope = p.rope(c.max_position_embeddings)?;
     let window = p.window()?;
-    c.layers = vec![
-        LayerSpec {
-            sliding_window: window,
-            local_rope: false,
-            no_rope: false,
-        };
-        c.num_hidden_layers
-    ];
+    c.layers = LayerSpec::every(window, c.num_hidden_layers);
     let num_experts = p.usize_opt(p.v, "num_local_experts")?.unwrap_or(8);
     let top_k = p.usize_opt(p.v, "num_experts_per_tok")?.unwrap_or(2);
     c.moe = Some(super::moe_config(

@@ -24,13 +24,6 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
     c.rope = p.rope(c.max_position_embeddings)?;
     c.fused_projections = true;
     let window = p.window()?;
-    c.layers = vec![
-        LayerSpec {
-            sliding_window: window,
-            local_rope: false,
-            no_rope: false,
-        };
-        c.num_hidden_layers
-    ];
+    c.layers = LayerSpec::every(window, c.num_hidden_layers);
     Ok(())
 }

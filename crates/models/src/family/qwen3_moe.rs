@@ -33,14 +33,7 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
     } else {
         None
     };
-    c.layers = vec![
-        LayerSpec {
-            sliding_window: window,
-            local_rope: false,
-            no_rope: false,
-        };
-        c.num_hidden_layers
-    ];
+    c.layers = LayerSpec::every(window, c.num_hidden_layers);
     let n = c.num_hidden_layers;
     let step = p.usize_opt(p.v, "decoder_sparse_step")?.unwrap_or(1);
     if step == 0 {
