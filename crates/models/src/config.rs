@@ -136,6 +136,10 @@ pub struct MoeConfig {
     /// Per layer: routed (true) or a dense MLP (Qwen3-MoE `mlp_only_layers`,
     /// `decoder_sparse_step`).
     pub layers: Vec<bool>,
+    /// A shared expert every token also runs, of this intermediate size, scaled by
+    /// `sigmoid(shared_expert_gate · x)` (Qwen2-MoE: `mlp.shared_expert.*`,
+    /// `mlp.shared_expert_gate.weight` [1, hidden]).
+    pub shared_expert: Option<usize>,
 }
 
 impl ModelConfig {

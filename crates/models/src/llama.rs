@@ -610,13 +610,33 @@ pub fn decoder(
         let mut m = if let Some(moe) = cfg.moe_at(l) {
             let ex = |n: &str| wt(&format!("{p}.{}.experts.{n}", moe.block));
             let router = wt(&format!("{p}.{}.gate.weight", moe.block));
-            let y = moe_mlp(
+            let mut y = moe_mlp(
                 g,
                 moe,
                 hn,
                 router,
                 [ex("gate_proj"), ex("up_proj"), ex("down_proj")],
             )?;
+            if moe.shared_expert.is_some() {
+                // Qwen2-MoE: + sigmoid(shared_expert_gate · x) · SwiGLU_shared(x) (this rank's
+                // partial sum of it, scaled by the replicated per-token gate).
+                let sp = format!("{p}.{}.shared_expert", moe.block);
+                let sl =
+                    |g: &mut Graph, n: &str, inp| w.linear(g, inp, &format!("{sp}.{n}.weight"));
+                let a = sl(g, "gate_proj", hn)?;
+                let a = g.silu(a)?;
+                let b = sl(g, "up_proj", hn)?;
+                let hm = g.mul(a, b)?;
+                let s = sl(g, "down_proj", hm)?;
+                let gate = w.linear(
+                    g,
+                    hn,
+                    &format!("{p}.{}.shared_expert_gate.weight", moe.block),
+                )?;
+                let gate = g.logistic(gate)?; // [B, T, 1]
+                let s = g.mul(s, gate)?;
+                y = g.add(y, s)?;
+            }
             // Each rank summed its slice of every expert's intermediate dim.
             g.all_reduce(y, world)?
         } else {

@@ -100,6 +100,11 @@ impl TpLayout {
             ));
         }
         if let Some(m) = &cfg.moe {
+            if let Some(si) = m.shared_expert.filter(|si| si % world != 0) {
+                return bad(format!(
+                    "the shared expert's width {si} does not split over {world} ranks"
+                ));
+            }
             if m.intermediate_size % world != 0 {
                 return bad(format!(
                     "the experts' width {} does not split over {world} ranks (experts are                      tensor-parallel: the degree must divide it)",
@@ -285,7 +290,16 @@ fn classify(cfg: &ModelConfig, world: usize, name: &str) -> Option<Shard> {
         | "mlp.experts.gate_proj"
         | "mlp.experts.up_proj" => Shard::Split { dim: 1 },
         "block_sparse_moe.experts.down_proj" | "mlp.experts.down_proj" => Shard::Split { dim: 2 },
-        "block_sparse_moe.gate.weight" | "mlp.gate.weight" => Shard::Replicated,
+        "block_sparse_moe.gate.weight" | "mlp.gate.weight" | "mlp.shared_expert_gate.weight" => {
+            Shard::Replicated
+        }
+        // The shared expert is a dense MLP: column- then row-parallel; its sigmoid gate is a
+        // per-token scalar every rank computes, so it scales the partial sums before the
+        // all-reduce.
+        "mlp.shared_expert.gate_proj.weight" | "mlp.shared_expert.up_proj.weight" => {
+            Shard::Split { dim: 0 }
+        }
+        "mlp.shared_expert.down_proj.weight" => Shard::Split { dim: 1 },
         // Norms (per hidden unit, or per head dimension for q/k norms: every head uses the
         // same gain), and the row-parallel biases (added once, after the all-reduce).
         "input_layernorm.weight"
@@ -347,6 +361,10 @@ mod placement_tests {
             config(
                 "qwen3_moe",
                 r#", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8, "mlp_only_layers": [0]"#,
+            ),
+            config(
+                "qwen2_moe",
+                r#", "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8, "shared_expert_intermediate_size": 16"#,
             ),
         ];
         for cfg in &configs {

@@ -78,6 +78,24 @@ pub fn weight_specs(cfg: &ModelConfig) -> Vec<WeightSpec> {
             ] {
                 push(format!("{p}.{}.experts.{n}", m.block), dims, false);
             }
+            if let Some(si) = m.shared_expert {
+                for (n, dims) in [
+                    ("gate_proj", vec![si, h]),
+                    ("up_proj", vec![si, h]),
+                    ("down_proj", vec![h, si]),
+                ] {
+                    push(
+                        format!("{p}.{}.shared_expert.{n}.weight", m.block),
+                        dims,
+                        false,
+                    );
+                }
+                push(
+                    format!("{p}.{}.shared_expert_gate.weight", m.block),
+                    vec![1, h],
+                    false,
+                );
+            }
             continue;
         }
         for (n, dims) in [
@@ -477,9 +495,11 @@ mod rayon_free {
 /// attention and MLP projections, the LM head). Norms and biases stay in the compute dtype: they
 /// are a rounding error of the bytes and keep their full precision.
 pub fn quantizable(spec: &WeightSpec) -> bool {
-    // A mixture-of-experts router (`….gate.weight`, [E, hidden]) stays in the compute dtype: it
-    // is small and its logits pick the experts. Stacked experts (rank 3) are not quantized yet.
-    spec.shape.rank() == 2 && !spec.name.ends_with(".gate.weight")
+    // A mixture-of-experts router (`….gate.weight`, [E, hidden]) and a shared expert's gate
+    // ([1, hidden]) stay in the compute dtype: they are small and decide the mixture. Stacked experts (rank 3) are not quantized yet.
+    spec.shape.rank() == 2
+        && !spec.name.ends_with(".gate.weight")
+        && !spec.name.ends_with(".shared_expert_gate.weight")
 }
 
 /// The name of a quantized weight's per-row scales, as compressed-tensors names them

@@ -272,6 +272,11 @@ fn family_fields_that_contradict_or_are_unsupported() {
             "`decoder_sparse_step`",
         ),
         (
+            "qwen2-moe-shared-expert",
+            Box::new(|v| v["shared_expert_intermediate_size"] = serde_json::json!(0)),
+            "`shared_expert_intermediate_size` must be positive",
+        ),
+        (
             "qwen2-sliding-window",
             Box::new(|v| v["sliding_window"] = serde_json::json!(0)),
             "`sliding_window` must be positive",

@@ -36,6 +36,7 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
             block: "block_sparse_moe",
             expert_names: ["w1", "w3", "w2"],
             layers: vec![true; c.num_hidden_layers],
+            shared_expert: None,
         },
         ("num_local_experts", "num_experts_per_tok"),
     )?);

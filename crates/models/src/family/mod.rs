@@ -14,6 +14,7 @@ mod mistral;
 mod mixtral;
 mod phi3;
 mod qwen2;
+mod qwen2_moe;
 mod qwen3;
 mod qwen3_moe;
 mod smollm3;
@@ -35,6 +36,7 @@ pub enum Architecture {
     Phi3,
     Mixtral,
     Qwen3Moe,
+    Qwen2Moe,
 }
 
 /// The config defaults a family's transformers class applies when a key is absent.
@@ -67,6 +69,7 @@ const FAMILIES: &[Family] = &[
     phi3::FAMILY,
     mixtral::FAMILY,
     qwen3_moe::FAMILY,
+    qwen2_moe::FAMILY,
 ];
 
 fn family(arch: Architecture) -> &'static Family {

@@ -34,7 +34,37 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
         None
     };
     c.layers = LayerSpec::every(window, c.num_hidden_layers);
-    let n = c.num_hidden_layers;
+    let Some((num_experts, top_k, layers)) = qwen_moe_layers(p, c.num_hidden_layers, (128, 8))?
+    else {
+        // Every layer dense: a plain Qwen3 decoder.
+        return Ok(());
+    };
+    let intermediate = p.usize_opt(p.v, "moe_intermediate_size")?.unwrap_or(768);
+    c.moe = Some(super::moe_config(
+        p,
+        MoeConfig {
+            num_experts,
+            top_k,
+            renormalize: p.bool_opt("norm_topk_prob")?.unwrap_or(false),
+            intermediate_size: intermediate,
+            block: "mlp",
+            expert_names: ["gate_proj", "up_proj", "down_proj"],
+            layers,
+            shared_expert: None,
+        },
+        ("num_experts", "num_experts_per_tok"),
+    )?);
+    Ok(())
+}
+
+/// The Qwen-MoE routing layout: (experts, top-k, which layers route) from `num_experts` (or
+/// transformers 5's `num_local_experts`), `num_experts_per_tok`, `decoder_sparse_step` and
+/// `mlp_only_layers`; `None` when no layer routes (a dense model).
+pub(super) fn qwen_moe_layers(
+    p: &Parser,
+    n: usize,
+    (default_experts, default_k): (usize, usize),
+) -> Result<Option<(usize, usize, Vec<bool>)>> {
     let step = p.usize_opt(p.v, "decoder_sparse_step")?.unwrap_or(1);
     if step == 0 {
         return Err(p.err("`decoder_sparse_step` must be at least 1"));
@@ -60,29 +90,18 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
     // attribute map aliases the two).
     let num_experts = match p.usize_opt(p.v, "num_experts")? {
         Some(n) => n,
-        None => p.usize_opt(p.v, "num_local_experts")?.unwrap_or(128),
+        None => p
+            .usize_opt(p.v, "num_local_experts")?
+            .unwrap_or(default_experts),
     };
-    let top_k = p.usize_opt(p.v, "num_experts_per_tok")?.unwrap_or(8);
+    let top_k = p
+        .usize_opt(p.v, "num_experts_per_tok")?
+        .unwrap_or(default_k);
     let layers: Vec<bool> = (0..n)
         .map(|l| !dense.contains(&l) && num_experts > 0 && (l + 1) % step == 0)
         .collect();
     if num_experts == 0 || !layers.contains(&true) {
-        // Every layer dense: a plain Qwen3 decoder.
-        return Ok(());
+        return Ok(None);
     }
-    let intermediate = p.usize_opt(p.v, "moe_intermediate_size")?.unwrap_or(768);
-    c.moe = Some(super::moe_config(
-        p,
-        MoeConfig {
-            num_experts,
-            top_k,
-            renormalize: p.bool_opt("norm_topk_prob")?.unwrap_or(false),
-            intermediate_size: intermediate,
-            block: "mlp",
-            expert_names: ["gate_proj", "up_proj", "down_proj"],
-            layers,
-        },
-        ("num_experts", "num_experts_per_tok"),
-    )?);
-    Ok(())
+    Ok(Some((num_experts, top_k, layers)))
 }
