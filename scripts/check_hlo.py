@@ -376,7 +376,9 @@ def check_model(backend, devices, folder, silica, atol, tp=1, quantize=None):
     if ref_json.exists():
         ids = json.loads(ref_json.read_text()).get("input_ids")
     config = json.loads((folder / "config.json").read_text())
-    vocab = config["vocab_size"]
+    # A multimodal config (Gemma 3 4B and up) nests the text model's under text_config, which
+    # may leave vocab_size at the class default.
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 256
     if not ids:
         ids = [(7 * i + 3) % vocab for i in range(11)]
     ids = [int(i) for i in ids][:15]  # a 16-token prefill bucket, then one decode step

@@ -42,7 +42,9 @@ from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
     Gemma2Config,
+    Gemma3Config,
     Gemma3TextConfig,
+    SiglipVisionConfig,
     GenerationConfig,
     GraniteConfig,
     LlamaConfig,
@@ -771,6 +773,18 @@ def make_gemma_tokenizer() -> Tokenizer:
     return tok
 
 
+def gemma_files(tok: Tokenizer, model_max_length: int) -> dict:
+    """What the Gemma cases share: the tokenizer files' specials and chat template, eos [</s>,
+    <end_of_turn>] as Gemma's generation_config lists them."""
+    end_turn = tok.token_to_id("<end_of_turn>")
+    return dict(
+        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", chat_template=GEMMA_CHAT_TEMPLATE,
+                        model_max_length=model_max_length),
+        generation=dict(bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>")),
+        specials=("<start_of_turn>", "<end_of_turn>"),
+    )
+
+
 @case
 def gemma2_softcap():
     tok = make_gemma_tokenizer()
@@ -799,10 +813,7 @@ def gemma2_softcap():
                   "tokenizer:spm-bpe-metaspace", "bos:added", "gemma-chat"],
         config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
         drop_keys=["layer_types"],
-        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", chat_template=GEMMA_CHAT_TEMPLATE,
-                        model_max_length=1024),
-        generation=dict(bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>")),
-        specials=("<start_of_turn>", "<end_of_turn>"),
+        **gemma_files(tok, model_max_length=1024),
         prompt="The café sells tea and coffee.",
         batch=["The dog", "Memory safety matters, and so does speed."],
     )
@@ -839,10 +850,77 @@ def gemma3_text_local_rope():
                   "config:hub-rope_scaling", "tokenizer:spm-bpe-metaspace", "bos:added", "gemma-chat"],
         config=cfg, tokenizer=tok, storage_dtype=torch.float32, hub_style=hub, shard=None,
         drop_keys=["layer_types"],
-        tok_kwargs=dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", chat_template=GEMMA_CHAT_TEMPLATE,
-                        model_max_length=2048),
-        generation=dict(bos_token_id=1, eos_token_id=[2, end_turn], pad_token_id=tok.token_to_id("<pad>")),
-        specials=("<start_of_turn>", "<end_of_turn>"),
+        **gemma_files(tok, model_max_length=2048),
+        prompt="Numbers like 42 are famous.",
+        batch=["Hello there", "The naïve approach computes attention over every pair of tokens."],
+    )
+
+
+def gemma3_hub_multimodal_config(saved: dict, text_keys: list[str]) -> dict:
+    """The config.json of a Gemma 3 4B-27B style checkpoint as the hub publishes it (transformers
+    4.50): the wrapper's own keys and a text_config listing only what differs from Gemma3TextConfig's
+    defaults (`text_keys`, plus rope_scaling for the global layers); every other key falls back to
+    the class defaults on load (the hub's 4B text_config has no vocab_size, head counts, rope_theta)."""
+    text = saved["text_config"]
+    hub_text = {k: text[k] for k in text_keys}
+    full = text["rope_parameters"]["full_attention"]
+    if full.get("rope_type", "default") != "default":
+        hub_text["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
+    hub_text["model_type"] = "gemma3_text"
+    out = {k: saved[k] for k in ("architectures", "boi_token_index", "eoi_token_index", "eos_token_id",
+                                 "image_token_index", "initializer_range", "mm_tokens_per_image", "model_type",
+                                 "tie_word_embeddings", "transformers_version")}
+    out["text_config"] = dict(sorted(hub_text.items()))
+    out["torch_dtype"] = saved["dtype"]
+    vision = saved["vision_config"]
+    out["vision_config"] = {k: vision[k] for k in ("hidden_size", "image_size", "intermediate_size", "model_type",
+                                                  "num_attention_heads", "num_hidden_layers", "patch_size",
+                                                  "vision_use_head")}
+    return dict(sorted(out.items()))
+
+
+@case
+def gemma3_multimodal_text():
+    tok = make_gemma_tokenizer()
+    end_turn = tok.token_to_id("<end_of_turn>")
+    vocab = tok.get_vocab_size()
+    text = Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        # heads 8 / kv 4, rope bases 1e6 / 1e4, eps 1e-6, max_position_embeddings: the class defaults,
+        # left out of config.json as the hub's 4B config leaves them.
+        head_dim=16, query_pre_attn_scalar=20, sliding_window=3, sliding_window_pattern=2,
+        hidden_activation="gelu_pytorch_tanh", attention_dropout=0.0,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 2.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    )
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14, vision_use_head=False)
+    cfg = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4,
+        # Image placeholders outside the text vocabulary: no prompt token is one.
+        image_token_index=vocab, boi_token_index=vocab + 1, eoi_token_index=vocab + 2,
+        eos_token_id=[2, end_turn], tie_word_embeddings=False,
+    )
+    return dict(
+        description="Gemma 3 4B-27B's published form: Gemma3ForConditionalGeneration (model_type gemma3) whose "
+        "text model sits under text_config beside a SigLIP vision tower and projector; hub-style config.json "
+        "(transformers 4.50) whose text_config lists only what differs from Gemma3TextConfig (heads 8/4, rope "
+        "bases, eps, context at their class defaults) and hub-layout weights (language_model.model.*, "
+        "language_model.lm_head, vision_tower.*, multi_modal_projector.*) in bf16. The reference is the text "
+        "model's logits for text prompts (no image); silica runs the text model and does not load the vision "
+        "tower. Untied by the wrapper's tie_word_embeddings false (transformers 5 ties by it).",
+        features=["gemma3", "multimodal:text-model", "text_config", "class-defaults", "hub-weight-layout",
+                  "vision-tower-not-loaded", "qk-norm", "norm:1+w", "sandwich-norms", "gelu-tanh", "embed-scale",
+                  "local-rope", "rope:linear", "sliding-window", "sliding_window_pattern", "prompt>window",
+                  "query_pre_attn_scalar", "head_dim", "gqa", "untied", "bf16", "4-layers",
+                  "config:hub-rope_scaling", "tokenizer:spm-bpe-metaspace", "bos:added", "gemma-chat"],
+        config=cfg, tokenizer=tok, storage_dtype=torch.bfloat16, hub_style=None, shard=None,
+        rewrite=lambda saved: gemma3_hub_multimodal_config(
+            saved, ["head_dim", "hidden_size", "intermediate_size", "num_hidden_layers", "query_pre_attn_scalar",
+                    "sliding_window", "sliding_window_pattern", "vocab_size"]),
+        **gemma_files(tok, model_max_length=2048),
         prompt="Numbers like 42 are famous.",
         batch=["Hello there", "The naïve approach computes attention over every pair of tokens."],
     )
@@ -1143,7 +1221,7 @@ def greedy_generate(model, ids, n, pad_id):
 
 def rope_info(model, seq_len):
     """The global layers' rope (Gemma 3 keeps one per layer type: `full_attention_inv_freq`, ...)."""
-    rot = model.model.rotary_emb
+    rot = getattr(model.model, "language_model", model.model).rotary_emb
     if hasattr(rot, "inv_freq"):
         return rot.inv_freq.detach().clone().float(), float(getattr(rot, "attention_scaling", 1.0))
     return (getattr(rot, "full_attention_inv_freq").detach().clone().float(),
@@ -1152,7 +1230,7 @@ def rope_info(model, seq_len):
 
 def local_rope_inv_freq(model):
     """The sliding layers' own rope, for models that have one (Gemma 3), else None."""
-    rot = model.model.rotary_emb
+    rot = getattr(model.model, "language_model", model.model).rotary_emb
     if hasattr(rot, "inv_freq") or not hasattr(rot, "sliding_attention_inv_freq"):
         return None
     return getattr(rot, "sliding_attention_inv_freq").detach().clone().float().contiguous()
@@ -1160,6 +1238,8 @@ def local_rope_inv_freq(model):
 
 def build_case(name: str, spec: dict, folder: Path):
     cfg = spec["config"]
+    # A multimodal config's text model is what the reference covers (Gemma3Config nests it).
+    text_cfg = cfg.get_text_config()
     tok = spec["tokenizer"]
     fast = save_tokenizer(tok, folder, **spec["tok_kwargs"])
     hf_tok = AutoTokenizer.from_pretrained(str(folder))
@@ -1187,6 +1267,9 @@ def build_case(name: str, spec: dict, folder: Path):
         mem = load_f32(folder)
         if spec["hub_style"] is not None:
             rewrite_hub_style(folder, spec["hub_style"], spec.get("drop_keys", ()))
+        if spec.get("rewrite"):
+            path = folder / "config.json"
+            write_json(path, spec["rewrite"](json.loads(path.read_text())))
         ref = load_f32(folder)
         greedy, margins = greedy_no_cache(ref, prompt_ids, GREEDY_NEW_TOKENS)
         router_gap = None
@@ -1222,14 +1305,15 @@ def build_case(name: str, spec: dict, folder: Path):
         mem_logits = mem(x).logits[0].float()
         assert torch.equal(logits, mem_logits) or torch.allclose(logits, mem_logits, atol=1e-6, rtol=0), (
             "config rewrite changed the model", (logits - mem_logits).abs().max())
-        if spec["hub_style"] is not None:
-            loaded = {k: v for k, v in ref.config.rope_parameters.items() if k != "type"}
-            assert loaded == cfg.rope_parameters, (ref.config.rope_parameters, cfg.rope_parameters)
+        if spec["hub_style"] is not None or spec.get("rewrite"):
+            got, want = ref.config.get_text_config().rope_parameters, text_cfg.rope_parameters
+            loaded = {k: v for k, v in got.items() if k != "type"}
+            assert loaded == want, (got, want)
         hidden = torch.stack([h[0].float() for h in out.hidden_states])  # [layers+1, n, hidden]
         # hidden_states[-1] is the final-norm output in transformers: lm_head(h[-1]) == logits
         # (through Granite's logits_scaling and the final soft-cap where the model has them).
-        head = ref.lm_head(hidden[-1]) / getattr(ref.config, "logits_scaling", 1.0)
-        cap = getattr(ref.config, "final_logit_softcapping", None)
+        head = ref.lm_head(hidden[-1]) / getattr(text_cfg, "logits_scaling", 1.0)
+        cap = getattr(text_cfg, "final_logit_softcapping", None)
         if cap is not None:
             head = torch.tanh(head / cap) * cap
         assert torch.allclose(head, logits, atol=1e-5)
@@ -1260,7 +1344,7 @@ def build_case(name: str, spec: dict, folder: Path):
         )
         assert batch_consistent
         for i, (t, ids) in enumerate(zip(spec["batch"], b_ids)):
-            batch.append({"text": t, "input_ids": ids, "tensor": f"batch{i}_logits", "shape": [len(ids), cfg.vocab_size]})
+            batch.append({"text": t, "input_ids": ids, "tensor": f"batch{i}_logits", "shape": [len(ids), text_cfg.vocab_size]})
 
         long = None
         if spec.get("long_len"):
@@ -1273,7 +1357,7 @@ def build_case(name: str, spec: dict, folder: Path):
             fresh = load_f32(folder)  # fresh rotary state
             tensors["long_logits"] = fresh(torch.tensor([long_ids])).logits[0].float().contiguous()
             tensors["long_rope_inv_freq"] = fresh.model.rotary_emb.inv_freq.detach().clone().float().contiguous()
-            long = {"input_ids": long_ids, "tensor": "long_logits", "shape": [len(long_ids), cfg.vocab_size],
+            long = {"input_ids": long_ids, "tensor": "long_logits", "shape": [len(long_ids), text_cfg.vocab_size],
                     "rope_inv_freq_tensor": "long_rope_inv_freq",
                     "note": "dynamic NTK: one forward pass over all positions; transformers rescales the rope "
                     "base with seq_len = len(input_ids) for every position (base * (factor*seq_len/max_pos - "
@@ -1314,10 +1398,10 @@ def build_case(name: str, spec: dict, folder: Path):
         "attn_implementation='eager'); model.eval(); torch.no_grad(); stored weights (any dtype) upcast to f32",
         "tolerance": {"logits_abs": LOGITS_ATOL, "greedy_tokens": "exact", "token_ids": "exact"},
         "tokenizer_size": len(hf_tok),
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": text_cfg.vocab_size,
         "prompt_text": spec["prompt"],
         "input_ids": prompt_ids,
-        "logits": {"tensor": "logits", "shape": [len(prompt_ids), cfg.vocab_size]},
+        "logits": {"tensor": "logits", "shape": [len(prompt_ids), text_cfg.vocab_size]},
         **({"router_min_topk_gap": router_gap} if router_gap is not None else {}),
         "hidden_states": {"tensor": "hidden_states", "shape": list(hidden.shape),
                           "note": "index 0 = token embeddings, index i = residual stream after layer i, "
@@ -1406,7 +1490,7 @@ def verify_case(folder: Path) -> list[str]:
         errs.append("chat text")
     # Sizes and the tokenizer/vocab relation.
     cfg = json.loads((folder / "config.json").read_text())
-    if cfg["vocab_size"] < len(tok):
+    if cfg.get("text_config", cfg)["vocab_size"] < len(tok):
         errs.append("vocab_size < tokenizer size")
     tc = json.loads((folder / "tokenizer_config.json").read_text())
     if not tc.get("chat_template"):

@@ -55,6 +55,36 @@ pub struct RopeConfig {
     pub partial_rotary_factor: f64,
 }
 
+/// The multimodal model a [`ModelConfig`] is the text model of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextModelOf {
+    /// Its transformers class (`Gemma3ForConditionalGeneration`).
+    pub class: &'static str,
+    /// What silica does not load (the vision tower, …).
+    pub not_loaded: &'static str,
+}
+
+impl TextModelOf {
+    /// The note a user gets when loading such a checkpoint.
+    pub fn note(&self) -> String {
+        format!(
+            "this is a {} checkpoint: silica runs its text model; {} are not loaded, so prompts \
+             are text only",
+            self.class, self.not_loaded
+        )
+    }
+}
+
+/// When `config` (a parsed config.json) is a multimodal model's: its text model's config as
+/// transformers would save that model alone (model_type and `architectures` of the text class,
+/// defaults written out), which is what a text-only checkpoint written from it must carry.
+pub fn text_model_config(config: &Value) -> Option<Value> {
+    crate::family::text_model(config)
+        .ok()
+        .flatten()
+        .map(|(v, _)| v)
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub architecture: Architecture,
@@ -114,6 +144,9 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// A compressed-tensors checkpoint's weight quantization (`quantization_config`).
     pub quantization: Option<crate::compressed::CompressedScheme>,
+    /// Set when config.json describes a multimodal model and this is its text model (what
+    /// silica runs); the rest of the checkpoint is not loaded.
+    pub text_model_of: Option<TextModelOf>,
 }
 
 /// A mixture-of-experts MLP: a router (`{block}.gate.weight` [E, hidden]) picks `top_k` of
@@ -220,11 +253,29 @@ impl ModelConfig {
             path: path.to_path_buf(),
             message: format!("malformed JSON: {e}"),
         })?;
-        Parser {
+        let nested = crate::family::text_model(&v).map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let (v, scope, of) = match nested {
+            Some((text, m)) => (
+                text,
+                "text_config: ",
+                Some(TextModelOf {
+                    class: m.class,
+                    not_loaded: m.not_loaded,
+                }),
+            ),
+            None => (v, "", None),
+        };
+        let mut cfg = Parser {
             v: &v,
             path: path.to_path_buf(),
+            scope,
         }
-        .parse()
+        .parse()?;
+        cfg.text_model_of = of;
+        Ok(cfg)
     }
 
     pub fn num_params(&self) -> u64 {
@@ -264,13 +315,16 @@ impl ModelConfig {
 pub(crate) struct Parser<'a> {
     pub(crate) v: &'a Value,
     path: PathBuf,
+    /// Where in config.json `v` is (`"text_config: "` for a multimodal model's text model),
+    /// prefixed to messages.
+    scope: &'static str,
 }
 
 impl Parser<'_> {
     pub(crate) fn err(&self, message: impl Into<String>) -> ModelError {
         ModelError::Config {
             path: self.path.clone(),
-            message: message.into(),
+            message: format!("{}{}", self.scope, message.into()),
         }
     }
 
@@ -442,6 +496,7 @@ impl Parser<'_> {
             bos_token_id: self.token_ids("bos_token_id")?.first().copied(),
             eos_token_ids: self.token_ids("eos_token_id")?,
             quantization,
+            text_model_of: None,
         };
         crate::family::configure(self, &mut cfg)?;
         if let RopeScaling::LongRope {

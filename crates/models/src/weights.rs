@@ -130,8 +130,51 @@ fn fused_rows(cfg: &ModelConfig, name: &str) -> usize {
 pub struct Checkpoint {
     pub dir: PathBuf,
     files: Vec<SafetensorsFile>,
-    /// tensor name → index into `files`.
-    index: BTreeMap<String, usize>,
+    /// tensor name (as silica names it, see [`canonical_name`]) → index into `files` and the
+    /// name it is stored under.
+    index: BTreeMap<String, (usize, String)>,
+}
+
+/// The name silica gives a stored tensor: the text model of a multimodal checkpoint is read
+/// under the plain decoder's names. Gemma 3 4B–27B nest it as `language_model.model.*` and
+/// `language_model.lm_head.weight` (transformers 4.5x, the hub's files) or
+/// `model.language_model.*` (transformers 5); their other tensors (`vision_tower.*`,
+/// `multi_modal_projector.*`) keep their names, which no weight of the decoder asks for.
+pub fn canonical_name(stored: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(rest) = stored
+        .strip_prefix("language_model.model.")
+        .or_else(|| stored.strip_prefix("model.language_model."))
+    {
+        return format!("model.{rest}").into();
+    }
+    if let Some(rest) = stored.strip_prefix("language_model.lm_head.") {
+        return format!("lm_head.{rest}").into();
+    }
+    stored.into()
+}
+
+/// Adds `stored` (in file `file`) to the index under its canonical name; two stored tensors
+/// with one canonical name are an ambiguous checkpoint, refused rather than one picked.
+fn index_insert(
+    index: &mut BTreeMap<String, (usize, String)>,
+    stored: &str,
+    file: usize,
+    dir: &Path,
+) -> Result<()> {
+    let name = canonical_name(stored).into_owned();
+    if let Some((_, other)) = index.get(&name) {
+        if other != stored {
+            return Err(ModelError::Config {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "the checkpoint holds both `{other}` and `{stored}`, two copies of the \
+                     text model's `{name}`: which one is meant is ambiguous"
+                ),
+            });
+        }
+    }
+    index.insert(name, (file, stored.to_string()));
+    Ok(())
 }
 
 impl Checkpoint {
@@ -183,7 +226,7 @@ impl Checkpoint {
                         files: format!("{file} (as the index says)"),
                     });
                 }
-                index.insert(name.clone(), id);
+                index_insert(&mut index, name, id, dir)?;
             }
         } else {
             // Like transformers: model.safetensors or the index, never "any safetensors file"
@@ -198,7 +241,7 @@ impl Checkpoint {
             for p in paths {
                 let f = SafetensorsFile::open(&p)?;
                 for n in f.names() {
-                    index.insert(n.to_string(), files.len());
+                    index_insert(&mut index, n, files.len(), dir)?;
                 }
                 files.push(f);
             }
@@ -213,7 +256,7 @@ impl Checkpoint {
     pub fn get(&self, name: &str) -> Result<&HostTensor> {
         self.index
             .get(name)
-            .and_then(|&i| self.files[i].get(name))
+            .and_then(|(i, stored)| self.files[*i].get(stored))
             .ok_or_else(|| ModelError::MissingTensor {
                 name: name.to_string(),
                 files: self
@@ -231,6 +274,14 @@ impl Checkpoint {
             })
     }
 
+    /// Every tensor as silica names it, with the name it is stored under (they differ for a
+    /// multimodal checkpoint's text model, see [`canonical_name`]).
+    pub fn stored_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.index
+            .iter()
+            .map(|(ours, (_, stored))| (ours.as_str(), stored.as_str()))
+    }
+
     /// Whether the checkpoint has a tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
@@ -241,7 +292,7 @@ impl Checkpoint {
     pub fn byte_dtype(&self, name: &str) -> Option<silica_tensor::ByteDType> {
         self.index
             .get(name)
-            .and_then(|&i| self.files[i].byte_dtype(name))
+            .and_then(|(i, stored)| self.files[*i].byte_dtype(stored))
     }
 
     /// Where weight `spec` lives in a checkpoint of `cfg`: its own tensor, or rows
@@ -395,11 +446,16 @@ impl Checkpoint {
             .collect()
     }
 
-    /// The stored dtype of the first weight (what the checkpoint was saved in).
+    /// The stored dtype of the embedding, else of the first weight (what the checkpoint was
+    /// saved in; a multimodal checkpoint's first tensor may be the vision tower's).
     pub fn stored_dtype(&self) -> Option<DType> {
-        self.files
-            .first()
-            .and_then(|f| f.tensors().values().next().map(|t| t.dtype()))
+        match self.get("model.embed_tokens.weight") {
+            Ok(t) => Some(t.dtype()),
+            Err(_) => self
+                .files
+                .first()
+                .and_then(|f| f.tensors().values().next().map(|t| t.dtype())),
+        }
     }
 }
 

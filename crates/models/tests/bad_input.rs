@@ -316,6 +316,16 @@ fn family_fields_that_contradict_or_are_unsupported() {
             Box::new(|v| v["sliding_window_pattern"] = serde_json::json!(0)),
             "`sliding_window_pattern`",
         ),
+        (
+            "gemma3-multimodal-text",
+            Box::new(|v| v["text_config"]["num_hidden_layers"] = serde_json::json!(0)),
+            "text_config: `num_hidden_layers` must be positive",
+        ),
+        (
+            "gemma3-multimodal-text",
+            Box::new(|v| v["text_config"]["model_type"] = serde_json::json!("siglip_vision_model")),
+            "`text_config.model_type`",
+        ),
     ];
     for (fixture, edit, want) in cases {
         let (_t, dir) = copy_of(fixture);

@@ -257,3 +257,84 @@ fn rope_frequencies_match_transformers() {
         }
     }
 }
+
+/// Gemma 3's multimodal checkpoints in both transformers layouts load as the same text model:
+/// the fixture's hub layout (`language_model.model.*`), and transformers 5's in-memory names
+/// (`model.language_model.*`, `lm_head.weight`) written out; a checkpoint with both copies is
+/// refused as ambiguous.
+#[test]
+fn multimodal_checkpoint_layouts_load_the_same_text_model() {
+    use silica_models::weights::canonical_name;
+    use silica_tensor::SafetensorsFile;
+    let src = cases()
+        .into_iter()
+        .find(|d| d.ends_with("gemma3-multimodal-text"))
+        .expect("the gemma3-multimodal-text fixture");
+    let (r, st) = reference(&src);
+    let input = ids(&r["input_ids"]);
+    let want = st.get("logits").unwrap().to_vec::<f32>().unwrap();
+    let hub = SafetensorsFile::open(src.join("model.safetensors")).unwrap();
+    assert!(hub.names().any(|n| n.starts_with("vision_tower.")));
+    let v5_name = |n: &str| match n.strip_prefix("language_model.model.") {
+        Some(rest) => format!("model.language_model.{rest}"),
+        None => n.replace("language_model.lm_head.", "lm_head."),
+    };
+    let write = |dir: &Path, names: &dyn Fn(&str) -> Vec<String>| {
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let renamed: Vec<(String, &silica_tensor::HostTensor)> = hub
+            .tensors()
+            .iter()
+            .flat_map(|(n, t)| names(n).into_iter().map(move |m| (m, t)))
+            .collect();
+        silica_tensor::save_safetensors(
+            dir.join("model.safetensors"),
+            renamed.iter().map(|(n, t)| (n.as_str(), *t)),
+            None,
+        )
+        .unwrap();
+    };
+    let v5 = tempfile::tempdir().unwrap();
+    write(v5.path(), &|n| vec![v5_name(n)]);
+    let m = load(v5.path(), DType::F32, None);
+    assert_eq!(
+        m.config.text_model_of.as_ref().map(|o| o.class),
+        Some("Gemma3ForConditionalGeneration")
+    );
+    let got = m.logits(&input).unwrap().to_vec::<f32>().unwrap();
+    check_logits("transformers-5 layout", &got, &want, 1e-4);
+    assert_eq!(
+        canonical_name("model.language_model.norm.weight"),
+        "model.norm.weight"
+    );
+    assert_eq!(
+        canonical_name("language_model.lm_head.weight"),
+        "lm_head.weight"
+    );
+    assert_eq!(
+        canonical_name("vision_tower.x.weight"),
+        "vision_tower.x.weight"
+    );
+
+    let both = tempfile::tempdir().unwrap();
+    write(both.path(), &|n| {
+        if n == "language_model.model.norm.weight" {
+            vec![n.to_string(), v5_name(n)]
+        } else {
+            vec![n.to_string()]
+        }
+    });
+    let e = LoadedModel::load(
+        both.path(),
+        Arc::new(CpuBackend::new()),
+        &LoadOptions::default(),
+    )
+    .err()
+    .expect("two copies of one weight are refused")
+    .to_string();
+    assert!(
+        e.contains("ambiguous") && e.contains("model.language_model.norm.weight"),
+        "{e}"
+    );
+}

@@ -269,6 +269,7 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     };
     let loaded = LoadedModel::load(&model, args.run.backend(args.backend)?, &opts)
         .with_context(|| format!("loading {}", model.display()))?;
+    note_text_model(&loaded.config);
     check_activations(&loaded, args.run.activations)?;
     Ok(loaded)
 }
@@ -295,6 +296,13 @@ pub fn check_activations(model: &LoadedModel, activations: ActivationsArg) -> Re
         );
     }
     Ok(())
+}
+
+/// Tells the user when a multimodal checkpoint loads as its text model only.
+pub fn note_text_model(cfg: &silica_models::config::ModelConfig) {
+    if let Some(of) = &cfg.text_model_of {
+        eprintln!("note: {}", of.note());
+    }
 }
 
 /// `--model` names a Hugging Face folder or a GGUF file.
@@ -352,6 +360,7 @@ pub fn load_folder_or_preset(
         check_model_path(dir)?;
         let m = LoadedModel::load(dir, be, opts)
             .with_context(|| format!("loading {}", dir.display()))?;
+        note_text_model(&m.config);
         return Ok((m, None));
     }
     let name = preset.unwrap_or(presets::DEFAULT_PRESET);

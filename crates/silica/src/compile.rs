@@ -160,6 +160,9 @@ fn default_buckets(cache_len: usize, chunk: usize) -> Vec<(usize, usize)> {
 }
 
 pub fn compile(a: CompileArgs) -> Result<()> {
+    // The folder's tensors as stored: the manifest names each weight's checkpoint tensor as the
+    // file spells it (a multimodal checkpoint nests the text model's, see `canonical_name`).
+    let mut stored_names: HashMap<String, String> = HashMap::new();
     let (cfg, model_name, source): (ModelConfig, String, ModelSource) = match &a.model {
         Some(dir) => {
             if silica_models::gguf::is_gguf(dir) {
@@ -177,6 +180,7 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                 );
             }
             let cfg = ModelConfig::from_dir(dir)?;
+            crate::common::note_text_model(&cfg);
             if let Some(q) = &cfg.quantization {
                 bail!(
                     "--model {}: a compressed-tensors {} checkpoint (already quantized) runs on \
@@ -190,6 +194,13 @@ pub fn compile(a: CompileArgs) -> Result<()> {
                         silica_tensor::QuantFormat::Fp8E4M3 => "fp8",
                     }
                 );
+            }
+            if cfg.text_model_of.is_some() {
+                let ckpt = silica_models::weights::Checkpoint::open(dir)?;
+                stored_names = ckpt
+                    .stored_names()
+                    .map(|(ours, stored)| (ours.to_string(), stored.to_string()))
+                    .collect();
             }
             let name = dir
                 .file_name()
@@ -252,7 +263,9 @@ pub fn compile(a: CompileArgs) -> Result<()> {
         let stack = silica_models::weights::Checkpoint::stacked_parts(&cfg, spec);
         let (tensor, rows) = silica_models::weights::Checkpoint::source(&cfg, spec);
         let rows = rows.map(|(start, count)| RowsSource { start, count });
-        (tensor, rows, stack)
+        let stored = |n: String| stored_names.get(&n).cloned().unwrap_or(n);
+        let stack = stack.map(|parts| parts.into_iter().map(stored).collect());
+        (stored(tensor), rows, stack)
     };
     for s in layout.specs(&cfg) {
         let shard = weight_shard(&cfg, &layout, &s.name);

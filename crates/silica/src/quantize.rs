@@ -53,6 +53,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         .with_context(|| format!("reading {}", config_path.display()))?;
     let config_json: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: malformed JSON", config_path.display()))?;
+    // A multimodal checkpoint's output is its text model alone (the weights silica reads and
+    // writes), so the config written is that model's, which transformers loads as such.
+    crate::common::note_text_model(&cfg);
+    let config_json = silica_models::config::text_model_config(&config_json).unwrap_or(config_json);
     let ckpt = Checkpoint::open(dir)?;
     let weights = ckpt.weights(&cfg)?;
     let format = a.to.format();

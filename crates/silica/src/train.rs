@@ -182,6 +182,7 @@ fn source(a: &TrainArgs) -> Result<Source> {
             let text = std::fs::read_to_string(dir.join("config.json"))
                 .with_context(|| format!("reading {}/config.json", dir.display()))?;
             let cfg = ModelConfig::from_dir(dir)?;
+            crate::common::note_text_model(&cfg);
             if let Some(q) = &cfg.quantization {
                 bail!(
                     "--model {}: a compressed-tensors {} checkpoint (already quantized); training \
@@ -206,6 +207,15 @@ fn source(a: &TrainArgs) -> Result<Source> {
             (cfg, text, None)
         }
         _ => bail!("pass --model DIR (a Hugging Face folder) or --preset NAME --init random"),
+    };
+    // Checkpoints hold the text model alone (a multimodal model's vision tower is not trained
+    // nor loaded), so they carry that model's own config (as `silica quantize` writes).
+    let config_json = match serde_json::from_str(&config_json)
+        .ok()
+        .and_then(|v| silica_models::config::text_model_config(&v))
+    {
+        Some(v) => serde_json::to_string_pretty(&v).expect("JSON"),
+        None => config_json,
     };
     let weights = match (a.init.unwrap_or(Init::Checkpoint), &dir) {
         (Init::Random, _) => named(random_weights(&config, silica_tensor::DType::F32, a.seed)),

@@ -5,7 +5,7 @@
 //! layers use `rope_theta` (1,000,000) with the model's scaling (`linear` ×8 on 4B and up).
 //! transformers 5 writes both as `rope_parameters` {full_attention, sliding_attention}.
 
-use super::{Architecture, Defaults, Family};
+use super::{Architecture, Defaults, Family, Multimodal};
 use crate::config::{ModelConfig, Parser, RopeScaling};
 use crate::error::Result;
 
@@ -19,6 +19,29 @@ pub(super) const FAMILY: Family = Family {
         tie_word_embeddings: true,
     },
     configure,
+};
+
+/// Gemma 3 4B, 12B and 27B as published (`Gemma3ForConditionalGeneration`): the text model
+/// under `text_config`, beside a SigLIP vision tower and its projector.
+pub(super) const MULTIMODAL: Multimodal = Multimodal {
+    model_type: "gemma3",
+    class: "Gemma3ForConditionalGeneration",
+    text_model_type: "gemma3_text",
+    text_class: "Gemma3ForCausalLM",
+    // Gemma3TextConfig's defaults (transformers 5.23 `configuration_gemma3.py`) for the keys
+    // silica requires: the hub's configs list only what differs from them (4B's `text_config`
+    // has no `vocab_size` nor head counts).
+    text_defaults: &[
+        ("vocab_size", 262_208),
+        ("hidden_size", 2304),
+        ("intermediate_size", 9216),
+        ("num_hidden_layers", 26),
+        ("num_attention_heads", 8),
+        ("num_key_value_heads", 4),
+        ("head_dim", 256),
+    ],
+    not_loaded: "the SigLIP vision tower and the multimodal projector",
+    tie_word_embeddings: true,
 };
 
 fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
@@ -72,4 +95,136 @@ fn configure(p: &Parser, c: &mut ModelConfig) -> Result<()> {
     };
     c.layers = super::gemma2::gemma_layers(p, c.num_hidden_layers, pattern, true)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ModelConfig, RopeScaling};
+    use std::path::Path;
+
+    fn parse(s: &str) -> crate::error::Result<ModelConfig> {
+        ModelConfig::from_json_str(s, Path::new("config.json"))
+    }
+
+    /// google/gemma-3-4b-it's config.json as published (the vision_config abridged).
+    const GEMMA3_4B: &str = r#"{
+        "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999,
+        "eoi_token_index": 256000, "eos_token_id": [1, 106], "image_token_index": 262144,
+        "initializer_range": 0.02, "mm_tokens_per_image": 256, "model_type": "gemma3",
+        "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+            "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "sliding_window": 1024},
+        "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+        "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+            "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+            "patch_size": 14, "vision_use_head": false}}"#;
+
+    #[test]
+    fn the_published_4b_config_reads_as_its_text_model_with_class_defaults() {
+        let c = parse(GEMMA3_4B).unwrap();
+        assert_eq!(c.architecture, crate::config::Architecture::Gemma3);
+        let of = c
+            .text_model_of
+            .as_ref()
+            .expect("a multimodal model's text model");
+        assert_eq!(of.class, "Gemma3ForConditionalGeneration");
+        assert!(of.note().contains("vision tower"), "{}", of.note());
+        // Gemma3TextConfig's defaults where text_config is silent.
+        assert_eq!(
+            (
+                c.vocab_size,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim
+            ),
+            (262_208, 8, 4, 256)
+        );
+        assert_eq!((c.hidden_size, c.intermediate_size), (2560, 10240));
+        assert_eq!(c.max_position_embeddings, 131_072);
+        assert_eq!(c.rms_norm_eps, 1e-6);
+        assert_eq!(c.query_scale, 1.0 / 16.0);
+        assert_eq!(c.rope.theta, 1_000_000.0);
+        assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+        let local = c.local_rope.as_ref().unwrap();
+        assert_eq!(
+            (local.theta, &local.scaling),
+            (10_000.0, &RopeScaling::Default)
+        );
+        assert_eq!((c.attn_softcap, c.final_softcap), (None, None));
+        // Layers 6, 12, … global, the rest local with window 1024.
+        assert_eq!(c.sliding_window(0), Some(1024));
+        assert_eq!(c.sliding_window(5), None);
+        assert_eq!(
+            c.layers
+                .iter()
+                .filter(|l| l.sliding_window.is_none())
+                .count(),
+            5
+        );
+        // The wrapper's keys: its eos list, dtype, and tie (Gemma3Config's default true).
+        assert_eq!(c.eos_token_ids, vec![1, 106]);
+        assert_eq!(c.torch_dtype, Some(silica_tensor::DType::BF16));
+        assert!(c.tie_word_embeddings);
+        // 4B: 3.88 B text parameters (the model card's 4.3 B includes the 0.4 B vision tower).
+        let p = c.num_params() as f64 / 1e9;
+        assert!((3.87..3.89).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn the_wrapper_says_whether_lm_head_is_tied() {
+        let untied = GEMMA3_4B.replacen(
+            r#""model_type": "gemma3","#,
+            r#""model_type": "gemma3", "tie_word_embeddings": false,"#,
+            1,
+        );
+        assert!(!parse(&untied).unwrap().tie_word_embeddings);
+        // text_config's own flag does not decide (transformers 5 ties by the wrapper's).
+        let text_says = GEMMA3_4B.replacen(
+            r#""sliding_window": 1024}"#,
+            r#""sliding_window": 1024, "tie_word_embeddings": false}"#,
+            1,
+        );
+        assert!(parse(&text_says).unwrap().tie_word_embeddings);
+    }
+
+    #[test]
+    fn malformed_nesting_is_an_error_naming_the_key() {
+        let e = parse(r#"{"model_type": "gemma3", "text_config": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("text_config") && e.contains("object"), "{e}");
+        let e = parse(r#"{"model_type": "gemma3", "text_config": {"model_type": "llama"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gemma3_text") && e.contains("llama"), "{e}");
+        // A bad value inside text_config says where it is.
+        let e = parse(r#"{"model_type": "gemma3", "text_config": {"hidden_size": "big"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("text_config: ") && e.contains("hidden_size"),
+            "{e}"
+        );
+        // Gemma3Config without text_config builds the default text model.
+        let d = parse(r#"{"model_type": "gemma3"}"#).unwrap();
+        assert_eq!((d.hidden_size, d.num_hidden_layers), (2304, 26));
+    }
+
+    #[test]
+    fn the_text_model_config_is_the_one_transformers_loads_alone() {
+        let v: serde_json::Value = serde_json::from_str(GEMMA3_4B).unwrap();
+        let t = crate::config::text_model_config(&v).unwrap();
+        assert_eq!(t["model_type"], "gemma3_text");
+        assert_eq!(t["architectures"][0], "Gemma3ForCausalLM");
+        assert_eq!(t["vocab_size"], 262_208);
+        assert_eq!(t["eos_token_id"], serde_json::json!([1, 106]));
+        assert!(t.get("vision_config").is_none());
+        let again = ModelConfig::from_json_str(&t.to_string(), Path::new("config.json")).unwrap();
+        let mut first = parse(GEMMA3_4B).unwrap();
+        first.text_model_of = None;
+        assert_eq!(again, first);
+        assert!(
+            crate::config::text_model_config(&serde_json::json!({"model_type": "llama"})).is_none()
+        );
+    }
 }

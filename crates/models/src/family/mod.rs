@@ -21,6 +21,94 @@ mod smollm3;
 
 use crate::config::{ModelConfig, Parser};
 use crate::error::Result;
+use serde_json::Value;
+
+/// A multimodal checkpoint whose text model silica runs: its config nests the text model's
+/// under `text_config`, which is read as a `text_model_type` config.
+pub(crate) struct Multimodal {
+    pub model_type: &'static str,
+    pub class: &'static str,
+    pub text_model_type: &'static str,
+    /// The class transformers loads the text model alone with.
+    pub text_class: &'static str,
+    /// The text config class's defaults for keys a nested `text_config` may leave out.
+    pub text_defaults: &'static [(&'static str, u64)],
+    /// What of the checkpoint silica does not load (for the note it gives users).
+    pub not_loaded: &'static str,
+    /// The wrapper class's `tie_word_embeddings` default.
+    pub tie_word_embeddings: bool,
+}
+
+const MULTIMODAL: &[Multimodal] = &[gemma3::MULTIMODAL];
+
+/// Keys of a multimodal config's top level that describe the text model too: how the weights
+/// are stored and which tokens end generation. The wrapper's value wins (it is what
+/// transformers loads and generates with; a nested `text_config` saved by transformers 4.5x
+/// carries the text class's own default `eos_token_id`, 1, where Gemma 3's top level says
+/// [1, 106]).
+const SHARED_KEYS: &[&str] = &[
+    "torch_dtype",
+    "dtype",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "quantization_config",
+];
+
+/// When `v` is the config of a multimodal model silica runs the text model of: that text
+/// model's config (model_type `text_model_type`, absent keys at their class defaults) and
+/// what is left out. `Err` when the nesting is malformed.
+pub(crate) fn text_model(
+    v: &Value,
+) -> std::result::Result<Option<(Value, &'static Multimodal)>, String> {
+    let Some(m) = v
+        .get("model_type")
+        .and_then(Value::as_str)
+        .and_then(|t| MULTIMODAL.iter().find(|m| m.model_type == t))
+    else {
+        return Ok(None);
+    };
+    // Gemma3Config without a text_config builds the default text config.
+    let mut text = match v.get("text_config") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(o)) => o.clone(),
+        Some(x) => {
+            return Err(format!(
+                "`text_config` of a `{}` config must be an object, found {x}",
+                m.model_type
+            ))
+        }
+    };
+    match text.get("model_type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == m.text_model_type => {}
+        Some(x) => {
+            return Err(format!(
+                "`text_config.model_type` of a `{}` ({}) config must be \"{}\", found {x}",
+                m.model_type, m.class, m.text_model_type
+            ))
+        }
+    }
+    text.insert("model_type".into(), m.text_model_type.into());
+    text.insert("architectures".into(), serde_json::json!([m.text_class]));
+    for (k, d) in m.text_defaults {
+        text.entry(*k).or_insert_with(|| (*d).into());
+    }
+    for k in SHARED_KEYS {
+        if let Some(x) = v.get(*k).filter(|x| !x.is_null()) {
+            text.insert((*k).into(), x.clone());
+        }
+    }
+    // Whether lm_head is the embedding is the wrapper's to say: transformers (5.23) ties
+    // Gemma3ForConditionalGeneration by its own `tie_word_embeddings` (default true) whatever
+    // `text_config` says.
+    let tie = match v.get("tie_word_embeddings") {
+        None | Some(Value::Null) => Value::Bool(m.tie_word_embeddings),
+        Some(x) => x.clone(),
+    };
+    text.insert("tie_word_embeddings".into(), tie);
+    Ok(Some((Value::Object(text), m)))
+}
 
 /// The families silica runs (`model_type`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -97,6 +185,12 @@ impl Architecture {
         FAMILIES
             .iter()
             .map(|f| format!("{} ({})", f.model_type, f.models))
+            .chain(MULTIMODAL.iter().map(|m| {
+                format!(
+                    "{} ({}: its {} text model)",
+                    m.model_type, m.class, m.text_model_type
+                )
+            }))
             .collect::<Vec<_>>()
             .join(", ")
     }
