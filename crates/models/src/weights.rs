@@ -393,9 +393,53 @@ impl Checkpoint {
         )?)
     }
 
+    /// Every family honours an explicit `head_dim`, which may differ from hidden / heads (Gemma 3
+    /// 27B: 128, not 168); one that the checkpoint's query projection contradicts is named as
+    /// the config's error, with the head_dim the weights imply, rather than left to a bare shape
+    /// mismatch.
+    fn check_head_dim(&self, cfg: &ModelConfig) -> Result<()> {
+        let (name, heads, what) = if cfg.fused_projections {
+            (
+                "model.layers.0.self_attn.qkv_proj.weight",
+                cfg.num_attention_heads + 2 * cfg.num_key_value_heads,
+                "q + k + v heads",
+            )
+        } else {
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                cfg.num_attention_heads,
+                "heads",
+            )
+        };
+        let Ok(t) = self.get(name) else {
+            return Ok(()); // reported as missing where the weights are read
+        };
+        let rows = t.shape().dims().first().copied().unwrap_or(0);
+        if t.shape().rank() != 2 || rows == heads * cfg.head_dim {
+            return Ok(());
+        }
+        let implied = if rows % heads == 0 {
+            format!(" (head_dim {})", rows / heads)
+        } else {
+            String::new()
+        };
+        Err(ModelError::Config {
+            path: self.dir.join("config.json"),
+            message: format!(
+                "head_dim {} disagrees with the checkpoint: `{name}` has {rows} rows, not {heads} \
+                 {what} × {} = {}{implied}; fix `head_dim` (or num_attention_heads / \
+                 num_key_value_heads) in config.json",
+                cfg.head_dim,
+                cfg.head_dim,
+                heads * cfg.head_dim
+            ),
+        })
+    }
+
     /// The tensors `cfg` needs, checked for presence, shape and dtype (views, no copies except
     /// the stacked experts of a mixture-of-experts layer).
     pub fn weights(&self, cfg: &ModelConfig) -> Result<Vec<(WeightSpec, HostTensor)>> {
+        self.check_head_dim(cfg)?;
         weight_specs(cfg)
             .into_iter()
             .map(|spec| {

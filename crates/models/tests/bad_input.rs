@@ -337,6 +337,31 @@ fn family_fields_that_contradict_or_are_unsupported() {
 }
 
 #[test]
+fn head_dim_the_weights_contradict_is_named() {
+    // Separate projections (hidden 64 / 4 heads = 16) and Phi-3's fused qkv_proj.
+    let (_t, dir) = copy_of("llama3-tied");
+    edit_config(&dir, |v| v["head_dim"] = serde_json::json!(24));
+    let e = err_text(&dir);
+    assert!(
+        e.contains("head_dim 24 disagrees")
+            && e.contains("64 rows, not 4 heads × 24 = 96 (head_dim 16)")
+            && e.contains("config.json"),
+        "{e}"
+    );
+    // Phi-3 (its LongRoPE factors pin head_dim, so the kv head count is what is wrong here):
+    // qkv_proj holds (4 + 2·2) × 16 = 128 rows, the config now asks for (4 + 2·4) × 16.
+    let (_t, dir) = copy_of("phi3-fused-longrope");
+    edit_config(&dir, |v| v["num_key_value_heads"] = serde_json::json!(4));
+    let e = err_text(&dir);
+    assert!(
+        e.contains(
+            "`model.layers.0.self_attn.qkv_proj.weight` has 128 rows, not 12 q + k + v heads × 16"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn missing_tensor_is_named() {
     let (_t, dir) = fresh_copy();
     rewrite_weights(&dir, |ts| {
