@@ -96,6 +96,18 @@ def functional(client, model, base):
             fail(f"{kwargs} succeeded")
         except exc as e:
             check(isinstance(e.body, dict) and "message" in e.body, f"error body {e.body}")
+    # Fields the server does not implement are refused with a 400 naming them, never ignored.
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    for field, kwargs in [
+        ("response_format", dict(response_format={"type": "json_object"})),
+        ("tools", dict(tools=[tool])),
+        ("logit_bias", dict(logit_bias={"5": 10})),
+    ]:
+        try:
+            client.chat.completions.create(model=model, messages=msgs, max_tokens=4, **kwargs)
+            fail(f"{field} was accepted")
+        except openai.BadRequestError as e:
+            check(f"`{field}`" in str(e.body.get("message", "")), f"error names {field}: {e.body}")
     print("functional checks: ok")
 
 

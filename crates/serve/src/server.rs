@@ -59,7 +59,7 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
-    param: Option<&'static str>,
+    param: Option<std::borrow::Cow<'static, str>>,
     code: Option<&'static str>,
 }
 
@@ -74,7 +74,12 @@ impl ApiError {
         }
     }
     fn param(mut self, p: &'static str) -> Self {
-        self.param = Some(p);
+        self.param = Some(p.into());
+        self
+    }
+
+    fn param_owned(mut self, p: String) -> Self {
+        self.param = Some(p.into());
         self
     }
 }
@@ -238,10 +243,102 @@ async fn models(State(st): State<AppState>) -> Json<Value> {
         "owned_by": "silica", "max_model_len": st.engine.context_len()}]}))
 }
 
+/// The request fields both endpoints implement, and identifiers that change no output.
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "logprobs",
+    "echo",
+    "ignore_eos",
+    "user",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+const COMPLETION_FIELDS: &[&str] = &["prompt"];
+const CHAT_FIELDS: &[&str] = &["messages", "chat_template_kwargs"];
+
+/// Whether `value` of a field the server does not implement asks for nothing (the feature off,
+/// as clients send it by default), so the request means the same without it.
+fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> bool {
+    let is = |n: i64| value.as_i64() == Some(n);
+    match key {
+        _ if value.is_null() => true,
+        "logit_bias" | "metadata" => value.as_object().is_some_and(|o| o.is_empty()),
+        "tools" | "functions" => value.as_array().is_some_and(|a| a.is_empty()),
+        "tool_choice" | "function_call" => value == "none",
+        // Only says how tools are called; no tools are (they are refused above when present).
+        "parallel_tool_calls" => value.is_boolean(),
+        "response_format" => {
+            value.get("type").is_some_and(|t| t == "text")
+                && value.as_object().is_some_and(|o| o.len() == 1)
+        }
+        "best_of" => is(1),
+        "top_logprobs" | "priority" => is(0),
+        "store" => value == false,
+        "service_tier" => value == "auto" || value == "default",
+        "suffix" => value == "",
+        "modalities" => value == &serde_json::json!(["text"]),
+        // vLLM's benchmark sends min_tokens = max_tokens with ignore_eos: already what the request
+        // generates when no stop string can end it earlier.
+        "min_tokens" => {
+            let at_most = |m: &Value| {
+                value
+                    .as_u64()
+                    .zip(m.as_u64())
+                    .is_some_and(|(lo, hi)| lo <= hi)
+            };
+            is(0)
+                || (body.get("ignore_eos") == Some(&Value::Bool(true))
+                    && body
+                        .get("stop")
+                        .is_none_or(|s| s.is_null() || s.as_array().is_some_and(|a| a.is_empty()))
+                    && body
+                        .get("max_completion_tokens")
+                        .or(body.get("max_tokens"))
+                        .is_some_and(at_most))
+        }
+        _ => false,
+    }
+}
+
+/// Refuses a field the server does not implement (OpenAI's `tools`, `response_format`,
+/// `logit_bias`, …, or a misspelt one) with a 400 naming it, unless its value is neutral: a
+/// request must never run as if the field had not been sent.
+fn refuse_unimplemented(v: &Value, endpoint: &[&str]) -> Result<(), ApiError> {
+    let Some(o) = v.as_object() else {
+        return Ok(());
+    };
+    for (key, value) in o {
+        let known = COMMON_FIELDS.contains(&key.as_str()) || endpoint.contains(&key.as_str());
+        if !known && !neutral(o, key, value) {
+            return Err(ApiError::bad(format!(
+                "`{key}` is not supported by this server (it would be ignored, so the request \
+                 is refused); leave it out or at its default"
+            ))
+            .param_owned(key.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// Parses a JSON body into `T`, with OpenAI-style errors for bodies that are too large, not
-/// JSON, or of the wrong shape.
+/// JSON, or of the wrong shape; a field outside `fields` (and the common ones) is refused.
 fn parse_body<T: for<'de> Deserialize<'de>>(
     body: Result<Bytes, BytesRejection>,
+    fields: &[&str],
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         let status = r.status();
@@ -262,6 +359,7 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
     if !v.is_object() {
         return Err(ApiError::bad("the body must be a JSON object"));
     }
+    refuse_unimplemented(&v, fields)?;
     serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
 }
 
@@ -354,7 +452,7 @@ fn build_request(
                 st.engine.model_name()
             ),
             kind: "invalid_request_error",
-            param: Some("model"),
+            param: Some("model".into()),
             code: Some("model_not_found"),
         });
     }
@@ -500,7 +598,7 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let b: CompletionBody = parse_body(body)?;
+        let b: CompletionBody = parse_body(body, COMPLETION_FIELDS)?;
         let prompt = completion_prompt(&b.prompt)?;
         // OpenAI's default for completions is 16 tokens.
         let req = build_request(&st, &b.common, prompt, Some(16))?;
@@ -514,7 +612,7 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let b: ChatBody = parse_body(body)?;
+        let b: ChatBody = parse_body(body, CHAT_FIELDS)?;
         let msgs = chat_messages(&b.messages)?;
         // Chat defaults to the rest of the context.
         let prompt = match b.chat_template_kwargs {

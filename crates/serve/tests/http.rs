@@ -320,6 +320,57 @@ fn bad_requests_get_openai_errors() {
             400,
             "messages",
         ),
+        // Fields the server does not implement are refused, never ignored.
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"}})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`response_format` is not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}]})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`tools` is not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logit_bias": {"5": 100}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`logit_bias` is not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "temprature": 0})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`temprature` is not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "min_tokens": 4, "max_tokens": 8})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`min_tokens` is not supported",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "messages": []})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`messages` is not supported",
+        ),
         ("/v1/completions", vec![b' '; 100 << 10], 413, "too large"),
         ("/v1/nothing", b"{}".to_vec(), 404, "no such endpoint"),
     ];
@@ -367,6 +418,31 @@ fn bad_requests_get_openai_errors() {
     );
     assert_eq!(st, 200);
     wait_idle(&srv.engine);
+}
+
+/// What clients send with a feature off (OpenAI SDK defaults, vLLM's benchmark) is accepted: the
+/// request means the same without it.
+#[test]
+fn neutral_values_of_unimplemented_fields_are_accepted() {
+    let srv = start(64, None);
+    let a = srv.addr;
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+                "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+                "parallel_tool_calls": true, "logit_bias": {}, "store": false, "top_logprobs": 0,
+                "service_tier": "auto", "modalities": ["text"], "user": "u1", "metadata": null}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "max_tokens": 3, "ignore_eos": true,
+                "min_tokens": 3, "best_of": 1, "suffix": ""}),
+        ),
+    ] {
+        let (st, v) = post(a, path, &body);
+        assert_eq!(st, 200, "{path}: {v}");
+    }
 }
 
 #[test]
