@@ -123,6 +123,8 @@ pub fn router(engine: Arc<Engine>, cfg: ServerConfig) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -340,6 +342,14 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
     body: Result<Bytes, BytesRejection>,
     fields: &[&str],
 ) -> Result<T, ApiError> {
+    let v = read_body(body)?;
+    refuse_unimplemented(&v, fields)?;
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+}
+
+/// A request body as a JSON object, with OpenAI-style errors for bodies that are too large or
+/// not a JSON object.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let bytes = body.map_err(|r| {
         let status = r.status();
         ApiError {
@@ -359,8 +369,7 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
     if !v.is_object() {
         return Err(ApiError::bad("the body must be a JSON object"));
     }
-    refuse_unimplemented(&v, fields)?;
-    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+    Ok(v)
 }
 
 #[derive(Deserialize, Default)]
@@ -443,19 +452,7 @@ fn build_request(
     prompt: Prompt,
     default_max: Option<usize>,
 ) -> Result<Request, ApiError> {
-    if c.model != st.engine.model_name() {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!(
-                "the model `{}` does not exist; this server serves `{}`",
-                c.model,
-                st.engine.model_name()
-            ),
-            kind: "invalid_request_error",
-            param: Some("model".into()),
-            code: Some("model_not_found"),
-        });
-    }
+    check_model(st, Some(&c.model))?;
     if c.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad("only n = 1 is supported").param("n"));
     }
@@ -633,6 +630,168 @@ async fn chat_completions(
         respond(&st, req, &b.common, Kind::Chat).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /tokenize` (vLLM's): a completion `prompt` or chat `messages` as the server would
+/// tokenize it, with its options.
+#[derive(Deserialize)]
+struct TokenizeBody {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<ChatIn>>,
+    /// Completion prompts only (default true, as `/v1/completions` encodes).
+    add_special_tokens: Option<bool>,
+    /// Chat only (default true, as `/v1/chat/completions` renders).
+    add_generation_prompt: Option<bool>,
+    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    return_token_strs: bool,
+}
+
+const TOKENIZE_FIELDS: &[&str] = &[
+    "model",
+    "prompt",
+    "messages",
+    "add_special_tokens",
+    "add_generation_prompt",
+    "chat_template_kwargs",
+    "return_token_strs",
+];
+
+#[derive(Deserialize)]
+struct DetokenizeBody {
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+/// A request's `model`, when given, must name the served model.
+fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if m != st.engine.model_name() => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                st.engine.model_name()
+            ),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn served_tokenizer(st: &AppState) -> Result<&silica_models::tokenizer::Tokenizer, ApiError> {
+    st.engine.tokenizer().ok_or_else(|| {
+        ApiError::bad("this model has no tokenizer (it takes token-id prompts only)")
+    })
+}
+
+/// Refuses a field outside `fields`: these endpoints have no OpenAI defaults to tolerate.
+fn only_fields(v: &Value, fields: &[&str]) -> Result<(), ApiError> {
+    let keys = v.as_object().into_iter().flat_map(|o| o.keys());
+    for k in keys {
+        if !fields.contains(&k.as_str()) {
+            return Err(ApiError::bad(format!(
+                "`{k}` is not supported by this endpoint (fields: {})",
+                fields.join(", ")
+            ))
+            .param_owned(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let v = read_body(body)?;
+        only_fields(&v, TOKENIZE_FIELDS)?;
+        let b: TokenizeBody = serde_json::from_value(v)
+            .map_err(|e| ApiError::bad(format!("invalid request: {e}")))?;
+        check_model(&st, b.model.as_deref())?;
+        let tok = served_tokenizer(&st)?;
+        let ids = match (&b.prompt, &b.messages) {
+            (Some(p), None) => {
+                if b.add_generation_prompt.is_some() || b.chat_template_kwargs.is_some() {
+                    return Err(ApiError::bad(
+                        "`add_generation_prompt` and `chat_template_kwargs` apply to `messages`",
+                    ));
+                }
+                tok.encode(p, b.add_special_tokens.unwrap_or(true))
+                    .map_err(|e| ApiError::from(ServeError::from(e)))?
+            }
+            (None, Some(m)) => {
+                if b.add_special_tokens.is_some() {
+                    return Err(ApiError::bad(
+                        "`add_special_tokens` applies to `prompt` (a chat template writes its \
+                         own special tokens)",
+                    )
+                    .param("add_special_tokens"));
+                }
+                let msgs = chat_messages(m)?;
+                let text = tok
+                    .apply_chat_template_with(
+                        &msgs,
+                        b.add_generation_prompt.unwrap_or(true),
+                        &b.chat_template_kwargs.unwrap_or_default(),
+                    )
+                    .map_err(|e| ApiError::from(ServeError::from(e)))?;
+                tok.encode(&text, false)
+                    .map_err(|e| ApiError::from(ServeError::from(e)))?
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    "send exactly one of `prompt` (a string) and `messages` (a chat)",
+                ))
+            }
+        };
+        let mut out = json!({"count": ids.len(), "max_model_len": st.engine.context_len(),
+            "tokens": ids});
+        if b.return_token_strs {
+            let strs: Vec<Value> = out["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(
+                    |t| match t.as_u64().and_then(|t| tok.id_to_token(t as u32)) {
+                        Some(s) => Value::String(s),
+                        None => Value::Null,
+                    },
+                )
+                .collect();
+            out["token_strs"] = Value::Array(strs);
+        }
+        Ok(Json(out).into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn detokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let v = read_body(body)?;
+        only_fields(&v, &["model", "tokens"])?;
+        let b: DetokenizeBody = serde_json::from_value(v).map_err(|e| {
+            ApiError::bad(format!(
+                "invalid request (`tokens` must list token ids): {e}"
+            ))
+            .param("tokens")
+        })?;
+        check_model(&st, b.model.as_deref())?;
+        let tok = served_tokenizer(&st)?;
+        if let Some(&bad) = b.tokens.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+            return Err(ApiError::bad(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                tok.vocab_size()
+            ))
+            .param("tokens"));
+        }
+        // As vLLM's /detokenize: special tokens kept, so that tokenize → detokenize round-trips.
+        let text = tok
+            .decode(&b.tokens, false)
+            .map_err(|e| ApiError::from(ServeError::from(e)))?;
+        Ok(Json(json!({"prompt": text})).into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
 }
 
 fn usage_json(u: Usage) -> Value {

@@ -445,6 +445,89 @@ fn neutral_values_of_unimplemented_fields_are_accepted() {
     }
 }
 
+/// `/tokenize` gives the ids the generation endpoints count (their `usage.prompt_tokens`), and
+/// `/detokenize` turns them back into the text.
+#[test]
+fn tokenize_and_detokenize_round_trip() {
+    let srv = start(64, None);
+    let a = srv.addr;
+    let text = "The quick brown fox, 42 times.";
+    let (st, t) = post(
+        a,
+        "/tokenize",
+        &json!({"model": MODEL, "prompt": text, "return_token_strs": true}),
+    );
+    assert_eq!(st, 200, "{t}");
+    let ids = t["tokens"].as_array().unwrap().clone();
+    assert_eq!(t["count"], ids.len());
+    assert_eq!(t["max_model_len"], 256);
+    assert_eq!(t["token_strs"].as_array().unwrap().len(), ids.len());
+    let (_, c) = post(
+        a,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": text, "max_tokens": 1}),
+    );
+    assert_eq!(c["usage"]["prompt_tokens"], ids.len(), "{c}");
+    let (st, d) = post(a, "/detokenize", &json!({"model": MODEL, "tokens": ids}));
+    assert_eq!((st, d["prompt"].as_str()), (200, Some(text)), "{d}");
+
+    let msgs = json!([{"role": "user", "content": "Hello!"}]);
+    let (st, t) = post(a, "/tokenize", &json!({"messages": msgs}));
+    assert_eq!(st, 200, "{t}");
+    let (_, c) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": msgs, "max_tokens": 1}),
+    );
+    assert_eq!(c["usage"]["prompt_tokens"], t["count"], "{c}");
+    let (_, no_gen) = post(
+        a,
+        "/tokenize",
+        &json!({"messages": msgs, "add_generation_prompt": false}),
+    );
+    assert!(
+        no_gen["count"].as_u64() < t["count"].as_u64(),
+        "{no_gen} vs {t}"
+    );
+
+    for (path, body, needle) in [
+        (
+            "/tokenize",
+            json!({"prompt": "x", "messages": msgs}),
+            "exactly one",
+        ),
+        ("/tokenize", json!({}), "exactly one"),
+        (
+            "/tokenize",
+            json!({"prompt": "x", "truncate": 3}),
+            "`truncate`",
+        ),
+        (
+            "/tokenize",
+            json!({"messages": msgs, "add_special_tokens": true}),
+            "applies to `prompt`",
+        ),
+        (
+            "/tokenize",
+            json!({"model": "other", "prompt": "x"}),
+            "does not exist",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [1, 1_000_000]}),
+            "outside the vocabulary",
+        ),
+        ("/detokenize", json!({"tokens": "abc"}), "`tokens`"),
+    ] {
+        let (st, v) = post(a, path, &body);
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            (st == 400 || st == 404) && msg.contains(needle),
+            "{path} {body}: {st} {v}"
+        );
+    }
+}
+
 #[test]
 fn api_key_is_required_when_set() {
     let srv = start(40, Some("s3cret"));
