@@ -84,6 +84,12 @@ impl ApiError {
     }
 }
 
+impl From<silica_models::tokenizer::TokenizerError> for ApiError {
+    fn from(e: silica_models::tokenizer::TokenizerError) -> Self {
+        ServeError::from(e).into()
+    }
+}
+
 impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         let status = match &e {
@@ -281,7 +287,7 @@ fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> b
         "logit_bias" | "metadata" => value.as_object().is_some_and(|o| o.is_empty()),
         "tools" | "functions" => value.as_array().is_some_and(|a| a.is_empty()),
         "tool_choice" | "function_call" => value == "none",
-        // Only says how tools are called; no tools are (they are refused above when present).
+        // Only says how tools are called; none are (a non-empty `tools` is refused).
         "parallel_tool_calls" => value.is_boolean(),
         "response_format" => {
             value.get("type").is_some_and(|t| t == "text")
@@ -316,18 +322,22 @@ fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> b
     }
 }
 
-/// Refuses a field the server does not implement (OpenAI's `tools`, `response_format`,
-/// `logit_bias`, …, or a misspelt one) with a 400 naming it, unless its value is neutral: a
-/// request must never run as if the field had not been sent.
-fn refuse_unimplemented(v: &Value, endpoint: &[&str]) -> Result<(), ApiError> {
+/// Refuses a field outside `fields` (OpenAI's `tools`, `response_format`, `logit_bias`, …, or
+/// a misspelt one) with a 400 naming it, unless `tolerated` finds its value neutral: a request
+/// must never run as if the field had not been sent.
+fn refuse_unknown_fields(
+    v: &Value,
+    fields: &[&[&str]],
+    tolerated: fn(&serde_json::Map<String, Value>, &str, &Value) -> bool,
+) -> Result<(), ApiError> {
     let Some(o) = v.as_object() else {
         return Ok(());
     };
     for (key, value) in o {
-        let known = COMMON_FIELDS.contains(&key.as_str()) || endpoint.contains(&key.as_str());
-        if !known && !neutral(o, key, value) {
+        let known = fields.iter().any(|f| f.contains(&key.as_str()));
+        if !known && !tolerated(o, key, value) {
             return Err(ApiError::bad(format!(
-                "`{key}` is not supported by this server (it would be ignored, so the request \
+                "`{key}` is not supported by this endpoint (it would be ignored, so the request \
                  is refused); leave it out or at its default"
             ))
             .param_owned(key.clone()));
@@ -343,7 +353,7 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
     fields: &[&str],
 ) -> Result<T, ApiError> {
     let v = read_body(body)?;
-    refuse_unimplemented(&v, fields)?;
+    refuse_unknown_fields(&v, &[COMMON_FIELDS, fields], neutral)?;
     serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
 }
 
@@ -687,25 +697,15 @@ fn served_tokenizer(st: &AppState) -> Result<&silica_models::tokenizer::Tokenize
     })
 }
 
-/// Refuses a field outside `fields`: these endpoints have no OpenAI defaults to tolerate.
-fn only_fields(v: &Value, fields: &[&str]) -> Result<(), ApiError> {
-    let keys = v.as_object().into_iter().flat_map(|o| o.keys());
-    for k in keys {
-        if !fields.contains(&k.as_str()) {
-            return Err(ApiError::bad(format!(
-                "`{k}` is not supported by this endpoint (fields: {})",
-                fields.join(", ")
-            ))
-            .param_owned(k.clone()));
-        }
-    }
-    Ok(())
+/// For endpoints that have no OpenAI client defaults to tolerate.
+fn nothing_tolerated(_: &serde_json::Map<String, Value>, _: &str, _: &Value) -> bool {
+    false
 }
 
 async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     let run = || -> Result<Response, ApiError> {
         let v = read_body(body)?;
-        only_fields(&v, TOKENIZE_FIELDS)?;
+        refuse_unknown_fields(&v, &[TOKENIZE_FIELDS], nothing_tolerated)?;
         let b: TokenizeBody = serde_json::from_value(v)
             .map_err(|e| ApiError::bad(format!("invalid request: {e}")))?;
         check_model(&st, b.model.as_deref())?;
@@ -717,8 +717,7 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
                         "`add_generation_prompt` and `chat_template_kwargs` apply to `messages`",
                     ));
                 }
-                tok.encode(p, b.add_special_tokens.unwrap_or(true))
-                    .map_err(|e| ApiError::from(ServeError::from(e)))?
+                tok.encode(p, b.add_special_tokens.unwrap_or(true))?
             }
             (None, Some(m)) => {
                 if b.add_special_tokens.is_some() {
@@ -729,15 +728,12 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
                     .param("add_special_tokens"));
                 }
                 let msgs = chat_messages(m)?;
-                let text = tok
-                    .apply_chat_template_with(
-                        &msgs,
-                        b.add_generation_prompt.unwrap_or(true),
-                        &b.chat_template_kwargs.unwrap_or_default(),
-                    )
-                    .map_err(|e| ApiError::from(ServeError::from(e)))?;
-                tok.encode(&text, false)
-                    .map_err(|e| ApiError::from(ServeError::from(e)))?
+                let text = tok.apply_chat_template_with(
+                    &msgs,
+                    b.add_generation_prompt.unwrap_or(true),
+                    &b.chat_template_kwargs.unwrap_or_default(),
+                )?;
+                tok.encode(&text, false)?
             }
             _ => {
                 return Err(ApiError::bad(
@@ -745,22 +741,12 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
                 ))
             }
         };
-        let mut out = json!({"count": ids.len(), "max_model_len": st.engine.context_len(),
-            "tokens": ids});
+        let mut out = json!({"count": ids.len(), "max_model_len": st.engine.context_len()});
         if b.return_token_strs {
-            let strs: Vec<Value> = out["tokens"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(
-                    |t| match t.as_u64().and_then(|t| tok.id_to_token(t as u32)) {
-                        Some(s) => Value::String(s),
-                        None => Value::Null,
-                    },
-                )
-                .collect();
-            out["token_strs"] = Value::Array(strs);
+            let strs: Vec<Option<String>> = ids.iter().map(|&t| tok.id_to_token(t)).collect();
+            out["token_strs"] = json!(strs);
         }
+        out["tokens"] = json!(ids);
         Ok(Json(out).into_response())
     };
     run().unwrap_or_else(IntoResponse::into_response)
@@ -769,7 +755,7 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
 async fn detokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     let run = || -> Result<Response, ApiError> {
         let v = read_body(body)?;
-        only_fields(&v, &["model", "tokens"])?;
+        refuse_unknown_fields(&v, &[&["model", "tokens"]], nothing_tolerated)?;
         let b: DetokenizeBody = serde_json::from_value(v).map_err(|e| {
             ApiError::bad(format!(
                 "invalid request (`tokens` must list token ids): {e}"
@@ -786,9 +772,7 @@ async fn detokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejecti
             .param("tokens"));
         }
         // As vLLM's /detokenize: special tokens kept, so that tokenize → detokenize round-trips.
-        let text = tok
-            .decode(&b.tokens, false)
-            .map_err(|e| ApiError::from(ServeError::from(e)))?;
+        let text = tok.decode(&b.tokens, false)?;
         Ok(Json(json!({"prompt": text})).into_response())
     };
     run().unwrap_or_else(IntoResponse::into_response)
