@@ -2,7 +2,9 @@
 # Starts `silica serve` on the embedded preset (random weights, no download) on a free port and
 # drives it with the real `openai` Python client (scripts/serve_openai_check.py): completions,
 # chat, streaming, errors, and a load test of 64 concurrent streams with zero failures after
-# which the KV blocks in use must be back to 0. Non-zero exit on any failure.
+# which the KV blocks in use must be back to 0; then logprobs, echo, n, logit_bias and the
+# penalties; then a second server on a models/fixtures folder, whose logprobs must equal
+# transformers' log_softmax of its recorded logits within 1e-4. Non-zero exit on any failure.
 # Extra arguments go to the Python script (e.g. --bench 1,8,32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,25 @@ CODE=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/models" || true)
 kill -TERM "$PID"
 wait "$PID"
 grep -q "stopped" "$LOG" || { cat "$LOG"; echo "no clean shutdown" >&2; exit 1; }
+
+# Logprobs against the outside reference: a fixture with transformers' logits on record.
+FIXTURE=models/fixtures/llama3-tied
+"$BIN" serve --port 0 --api-key "$KEY" --model "$FIXTURE" --dtype f32 >"$LOG" 2>&1 &
+PID=$!
+URL=""
+for _ in $(seq 1 600); do
+    URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
+    [ -n "$URL" ] && break
+    if ! kill -0 "$PID" 2>/dev/null; then
+        cat "$LOG"; echo "silica serve --model $FIXTURE exited early" >&2; exit 1
+    fi
+    sleep 0.1
+done
+[ -n "$URL" ] || { cat "$LOG"; echo "silica serve --model $FIXTURE did not start" >&2; exit 1; }
+NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+"$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model "$NAME" --api-key "$KEY" --reference "$FIXTURE"
+kill -TERM "$PID"
+wait "$PID"
 trap - EXIT
 rm -f "$LOG"
 echo "serve_check: ok"

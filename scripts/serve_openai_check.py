@@ -101,14 +101,125 @@ def functional(client, model, base):
     for field, kwargs in [
         ("response_format", dict(response_format={"type": "json_object"})),
         ("tools", dict(tools=[tool])),
-        ("logit_bias", dict(logit_bias={"5": 10})),
+        ("logit_bias", dict(logit_bias={"99999999": 10})),
+        ("n", dict(n=99)),
+        ("top_logprobs", dict(logprobs=True, top_logprobs=21)),
+        ("presence_penalty", dict(presence_penalty=3)),
     ]:
         try:
             client.chat.completions.create(model=model, messages=msgs, max_tokens=4, **kwargs)
             fail(f"{field} was accepted")
         except openai.BadRequestError as e:
-            check(f"`{field}`" in str(e.body.get("message", "")), f"error names {field}: {e.body}")
+            check(e.body.get("param") == field or f"`{field}`" in str(e.body.get("message", "")),
+                  f"error names {field}: {e.body}")
     print("functional checks: ok")
+    sampling_features(client, model, msgs)
+
+
+def sampling_features(client, model, msgs):
+    """logprobs (chat and completions), n > 1, logit_bias, penalties and echo, as the client
+    parses them."""
+    greedy = dict(max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(model=model, messages=msgs, logprobs=True, top_logprobs=3, **greedy)
+    content = r.choices[0].logprobs.content
+    check(len(content) == 6, f"{len(content)} chat logprob entries")
+    for e in content:
+        check(len(e.top_logprobs) == 3 and e.top_logprobs[0].logprob == e.logprob,
+              f"greedy token is not the most likely: {e}")
+        check(bytes(e.bytes).decode() == e.token, f"bytes {e.bytes} vs token {e.token!r}")
+    streamed = []
+    for ch in client.chat.completions.create(model=model, messages=msgs, logprobs=True, stream=True, **greedy):
+        if ch.choices and ch.choices[0].logprobs and ch.choices[0].logprobs.content:
+            streamed += [e.logprob for e in ch.choices[0].logprobs.content]
+    check(streamed == [e.logprob for e in content], "streamed chat logprobs differ")
+
+    c = client.completions.create(model=model, prompt="The quick brown fox", logprobs=2, **greedy)
+    lp = c.choices[0].logprobs
+    check(len(lp.tokens) == 6 and len(lp.token_logprobs) == 6 and len(lp.top_logprobs) == 6,
+          f"completion logprobs {lp}")
+    check(all(t in top for t, top in zip(lp.tokens, lp.top_logprobs)), "chosen token not listed")
+
+    e = client.completions.create(model=model, prompt="The quick brown fox", echo=True, logprobs=1,
+                                  max_tokens=2, temperature=0)
+    check(e.choices[0].text.startswith("The quick brown fox"), f"echo text {e.choices[0].text!r}")
+    check(e.choices[0].logprobs.token_logprobs[0] is None, "echo: the first prompt token has a logprob")
+
+    # n = 2 with a seed: two distinct choices, the same again; the prompt counted once.
+    kw = dict(model=model, prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=11, n=2,
+              extra_body={"ignore_eos": True})
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    texts = [ch.text for ch in sorted(a.choices, key=lambda ch: ch.index)]
+    check(len(texts) == 2 and texts[0] != texts[1], f"n=2 choices not distinct: {texts}")
+    check(texts == [ch.text for ch in sorted(b.choices, key=lambda ch: ch.index)], "n=2 not reproducible")
+    check(a.usage.completion_tokens == 24, f"n=2 usage {a.usage}")
+    chunks = list(client.chat.completions.create(model=model, messages=msgs, n=2, stream=True, seed=3,
+                                                 temperature=1.0, max_tokens=5))
+    check(sorted({ch.choices[0].index for ch in chunks if ch.choices}) == [0, 1], "streamed n=2 indices")
+
+    # logit_bias: +100 on one token id makes greedy decoding pick it every time.
+    f = client.completions.create(model=model, prompt="x", logit_bias={"65": 100}, logprobs=0, **greedy)
+    toks = f.choices[0].logprobs.tokens
+    check(len(set(toks)) == 1, f"logit_bias did not force one token: {toks}")
+    client.completions.create(model=model, prompt="x", presence_penalty=1.5, frequency_penalty=-0.5, **greedy)
+    print("logprobs, echo, n, logit_bias, penalties: ok")
+
+
+def read_safetensors(path):
+    """The F32 tensors of a safetensors file, as (shape, flat list), without numpy."""
+    import struct
+    from array import array
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__" or t["dtype"] != "F32":
+            continue
+        a, b = t["data_offsets"]
+        vals = array("f")
+        vals.frombytes(raw[8 + n + a:8 + n + b])
+        out[name] = (t["shape"], vals.tolist())
+    return out
+
+
+def log_softmax(row):
+    import math
+    m = max(row)
+    lse = m + math.log(sum(math.exp(x - m) for x in row))
+    return [x - lse for x in row]
+
+
+def reference_check(client, model, folder):
+    """Prompt (echo) and generated-token logprobs against transformers' `log_softmax` of the
+    logits it computed for this fixture (reference.safetensors), within 1e-4."""
+    import os
+    ref = json.load(open(os.path.join(folder, "reference.json")))
+    shape, flat = read_safetensors(os.path.join(folder, "reference.safetensors"))["logits"]
+    n, v = shape
+    ids = ref["input_ids"]
+    want = [log_softmax(flat[j * v:(j + 1) * v]) for j in range(n)]
+    c = client.completions.create(model=model, prompt=ids, max_tokens=1, temperature=0, logprobs=5,
+                                  echo=True, extra_body={"ignore_eos": True})
+    lp = c.choices[0].logprobs
+    check(len(lp.token_logprobs) == n + 1, f"{len(lp.token_logprobs)} entries for {n} prompt tokens + 1")
+    check(lp.token_logprobs[0] is None, "the first prompt token has no logprob")
+    worst = 0.0
+    for j in range(1, n + 1):
+        row = want[j - 1]
+        target = ids[j] if j < n else max(range(v), key=lambda t: row[t])
+        worst = max(worst, abs(lp.token_logprobs[j] - row[target]))
+        best5 = sorted(row, reverse=True)[:5]
+        got = sorted(lp.top_logprobs[j].values(), reverse=True)
+        # The top entry is transformers' most likely token's; every listed value is one of the
+        # top six or the chosen token's (token strings of two ids may coincide).
+        worst = max(worst, abs(got[0] - best5[0]))
+        for g in got:
+            check(min(abs(g - w) for w in best5 + [row[target]]) <= 1e-4,
+                  f"position {j}: listed logprob {g} is none of transformers' top 5 {best5}")
+    check(worst <= 1e-4, f"max |logprob - transformers log_softmax| = {worst:.2e} > 1e-4")
+    print(f"logprobs vs transformers on {os.path.basename(folder.rstrip('/'))}: {n} prompt positions + 1 "
+          f"generated, max |diff| {worst:.1e} (limit 1e-4)")
 
 
 async def one_stream(aclient, model, i, max_tokens):
@@ -198,9 +309,14 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--bench", default="", help="comma-separated concurrencies to measure, e.g. 1,8,32")
     ap.add_argument("--bench-out", default="")
+    ap.add_argument("--reference", default="",
+                    help="a models/fixtures folder the server serves: only compare logprobs with its transformers reference")
     a = ap.parse_args()
     base = a.base_url.rstrip("/")
     client = openai.OpenAI(base_url=base + "/v1", api_key=a.api_key, max_retries=0, timeout=600)
+    if a.reference:
+        reference_check(client, a.model, a.reference)
+        return
     functional(client, a.model, base)
     load_test(base, a.api_key, a.model, a.concurrency, a.max_tokens)
     if a.bench:

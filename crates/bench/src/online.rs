@@ -342,6 +342,8 @@ impl Target for EngineTarget {
             while let Some(ev) = stream.next().await {
                 match ev {
                     Event::Token { .. } => chunk_times_s.push(t0.elapsed().as_secs_f64()),
+                    // Not asked for (no prompt_logprobs), and no token if it came.
+                    Event::Prompt { .. } => {}
                     Event::Finished { usage, .. } => {
                         return Ok(Streamed {
                             chunk_times_s,

@@ -161,6 +161,7 @@ fn pipeline_params(seed: u64) -> SamplingParams {
         min_p: 0.1,
         repetition_penalty: 1.0,
         seed: Some(seed),
+        ..SamplingParams::default()
     }
 }
 
@@ -307,6 +308,7 @@ fn processors_run_in_transformers_order() {
                 (0.5 + next() * 1.5) as f32
             },
             seed: Some(case),
+            ..SamplingParams::default()
         };
         let Some(want) = hf_reference_mask(&logits, &previous, &p) else {
             continue;

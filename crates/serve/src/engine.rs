@@ -16,7 +16,7 @@ use crate::ServeError;
 use silica_models::device_sampling::DeviceDraw;
 use silica_models::generate::{finish_stream, StopFilter};
 use silica_models::paged::{PagedModel, PagedRow};
-use silica_models::sampling::{Sampler, SamplingParams};
+use silica_models::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use silica_models::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use silica_models::{LoadedModel, LogitsMode};
 use silica_tensor::Backend;
@@ -90,7 +90,20 @@ pub struct Request {
     pub stop: Vec<String>,
     /// Keep going after an end-of-sequence token.
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (at most [`MAX_TOP_LOGPROBS`]); None = no log-probabilities.
+    pub logprobs: Option<usize>,
+    /// Also report the prompt's log-probabilities (from its second token on: each given the
+    /// tokens before it) with this many alternatives, as one [`Event::Prompt`] before the
+    /// first token. The prompt is then computed in full, not read from the prefix cache.
+    pub prompt_logprobs: Option<usize>,
 }
+
+/// Most alternatives a request may ask log-probabilities for (OpenAI's limit for chat).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Most sequences one request may ask for ([`Engine::submit_n`]).
+pub const MAX_N: usize = 16;
 
 impl Request {
     pub fn new(prompt: Prompt) -> Self {
@@ -100,6 +113,8 @@ impl Request {
             sampling: SamplingParams::default(),
             stop: vec![],
             ignore_eos: false,
+            logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -139,8 +154,16 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A generated token and the text it completes (may be empty: text is held back while it
-    /// could be part of a stop string or of a multi-byte character).
-    Token { id: u32, text: String },
+    /// could be part of a stop string or of a multi-byte character), with its log-probabilities
+    /// when the request asked for them.
+    Token {
+        id: u32,
+        text: String,
+        logprobs: Option<Box<TokenLogprobs>>,
+    },
+    /// The prompt's log-probabilities, positions 1.. (position 0 has no context), when
+    /// [`Request::prompt_logprobs`] asked for them; sent once, before the first token.
+    Prompt { logprobs: Vec<TokenLogprobs> },
     /// The end: the remaining text (if any), why, and the token counts. Always the last event.
     Finished {
         text: String,
@@ -156,6 +179,8 @@ pub struct RequestStream {
     pub id: u64,
     /// Prompt tokens after tokenization / templating.
     pub prompt_tokens: usize,
+    /// Those tokens.
+    pub prompt_ids: Arc<[u32]>,
     rx: UnboundedReceiver<Event>,
     cancel: Arc<AtomicBool>,
 }
@@ -230,9 +255,16 @@ struct NewSeq {
     sampling: SamplingParams,
     stop: Vec<String>,
     ignore_eos: bool,
+    logprobs: Option<usize>,
+    prompt_logprobs: Option<usize>,
     tx: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
     arrival: Instant,
+    /// Admitted only once this is set: the other sequences of an `n > 1` request wait for the
+    /// first one's prompt to be in the KV cache, then reuse its blocks through the prefix cache.
+    gate: Option<Arc<AtomicBool>>,
+    /// Set when this sequence's prompt is computed or it ends (the first of an `n > 1` group).
+    opens: Option<Arc<AtomicBool>>,
 }
 
 enum Msg {
@@ -389,6 +421,11 @@ impl Engine {
         self.tokenizer.as_ref()
     }
 
+    /// Token ids the model scores (its logits' width).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
     /// Token slots per sequence (prompt + generated).
     pub fn context_len(&self) -> usize {
         self.context_len
@@ -479,9 +516,44 @@ impl Engine {
 
     /// Validates and queues a request; its events arrive on the returned stream.
     pub fn submit(&self, req: Request) -> Result<RequestStream, ServeError> {
+        Ok(self.submit_n(req, 1)?.pop().expect("one stream"))
+    }
+
+    /// Queues `n` sequences for one prompt (OpenAI's `n`), each with its own stream and RNG
+    /// (seeded `seed + i` when the request has a seed, so a seeded request gives `n` distinct
+    /// reproducible choices). The first sequence computes the prompt; the others are admitted
+    /// after it and read its full KV blocks from the prefix cache, so the prompt is computed
+    /// once (up to its last partial block).
+    pub fn submit_n(&self, req: Request, count: usize) -> Result<Vec<RequestStream>, ServeError> {
+        if count == 0 || count > MAX_N {
+            return Err(ServeError::InvalidRequest(format!(
+                "n must be between 1 and {MAX_N}, got {count}"
+            )));
+        }
         req.sampling
             .validate()
             .map_err(ServeError::InvalidRequest)?;
+        if let Some(&(bad, _)) = req
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|&&(t, _)| t as usize >= self.vocab_size)
+        {
+            return Err(ServeError::InvalidRequest(format!(
+                "logit_bias names token id {bad}, outside the vocabulary (size {})",
+                self.vocab_size
+            )));
+        }
+        if let Some(k) = req
+            .logprobs
+            .into_iter()
+            .chain(req.prompt_logprobs)
+            .find(|&k| k > MAX_TOP_LOGPROBS)
+        {
+            return Err(ServeError::InvalidRequest(format!(
+                "at most {MAX_TOP_LOGPROBS} top log-probabilities per token, not {k}"
+            )));
+        }
         let tokens = self.tokenize(&req.prompt)?;
         let n = tokens.len();
         if n >= self.context_len {
@@ -519,40 +591,58 @@ impl Engine {
                 "prompt ({n}) + max_tokens ({max_tokens}) exceed the KV cache of {cap} tokens; lower max_tokens"
             )));
         }
-        if self.shared.waiting.load(Ordering::Relaxed) >= self.max_queue {
+        if self.shared.waiting.load(Ordering::Relaxed) + count > self.max_queue {
             return Err(ServeError::QueueFull(self.max_queue));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = unbounded_channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let seq = NewSeq {
-            tokens,
-            max_tokens,
-            sampling: req.sampling,
-            stop: req.stop,
-            ignore_eos: req.ignore_eos,
-            tx,
-            cancel: cancel.clone(),
-            arrival: Instant::now(),
-        };
-        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .tx
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .map(|t| t.send(Msg::New(Box::new(seq))).is_ok())
-            .unwrap_or(false);
-        if !sent {
-            self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(ServeError::ShuttingDown);
+        let gate = (count > 1).then(|| Arc::new(AtomicBool::new(false)));
+        let prompt_ids: Arc<[u32]> = tokens.as_slice().into();
+        let mut streams = Vec::with_capacity(count);
+        let mut seqs = Vec::with_capacity(count);
+        for i in 0..count {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = unbounded_channel();
+            let cancel = Arc::new(AtomicBool::new(false));
+            let mut sampling = req.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+            seqs.push(NewSeq {
+                tokens: tokens.clone(),
+                max_tokens,
+                sampling,
+                stop: req.stop.clone(),
+                ignore_eos: req.ignore_eos,
+                logprobs: req.logprobs,
+                prompt_logprobs: req.prompt_logprobs,
+                tx,
+                cancel: cancel.clone(),
+                arrival: Instant::now(),
+                gate: if i == 0 { None } else { gate.clone() },
+                opens: if i == 0 { gate.clone() } else { None },
+            });
+            streams.push(RequestStream {
+                id,
+                prompt_tokens: n,
+                prompt_ids: prompt_ids.clone(),
+                rx,
+                cancel,
+            });
         }
-        Ok(RequestStream {
-            id,
-            prompt_tokens: n,
-            rx,
-            cancel,
-        })
+        self.shared.waiting.fetch_add(count, Ordering::Relaxed);
+        let tx = self.tx.lock().expect("not poisoned");
+        let Some(tx) = tx.as_ref() else {
+            self.shared.waiting.fetch_sub(count, Ordering::Relaxed);
+            return Err(ServeError::ShuttingDown);
+        };
+        // The engine thread only ends once this sender is dropped, so a send fails only if it
+        // died: the sequences not sent are uncounted (the ones sent end with its error).
+        for (sent, seq) in seqs.into_iter().enumerate() {
+            if tx.send(Msg::New(Box::new(seq))).is_err() {
+                self.shared
+                    .waiting
+                    .fetch_sub(count - sent, Ordering::Relaxed);
+                return Err(ServeError::ShuttingDown);
+            }
+        }
+        Ok(streams)
     }
 
     /// Stops taking requests, lets the ones in flight finish, and joins the engine thread.

@@ -36,11 +36,12 @@
 //! let mut stream = engine.submit(req)?;
 //! while let Some(ev) = stream.blocking_next() {
 //!     match ev {
-//!         Event::Token { id, text } => print!("{text}"), // timestamp here for TTFT / ITL
+//!         Event::Token { text, .. } => print!("{text}"), // timestamp here for TTFT / ITL
 //!         Event::Finished { text, reason, usage } => {
 //!             println!("{text}\n[{reason:?}, {} + {} tokens]", usage.prompt_tokens, usage.completion_tokens);
 //!         }
 //!         Event::Error(e) => eprintln!("{e}"),
+//!         Event::Prompt { .. } => {} // only with `req.prompt_logprobs`
 //!     }
 //! }
 //! assert_eq!(engine.stats().blocks_in_use, 0);

@@ -8,7 +8,8 @@
 //! A client that disconnects (or drops a stream) cancels its request, which frees its blocks.
 
 use crate::engine::{
-    Engine, Event as EngineEvent, FinishReason, Prompt, Request, RequestStream, Usage,
+    Engine, Event as EngineEvent, FinishReason, Prompt, Request, RequestStream, Usage, MAX_N,
+    MAX_TOP_LOGPROBS,
 };
 use crate::ServeError;
 use axum::body::Bytes;
@@ -22,8 +23,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use silica_models::sampling::SamplingParams;
-use silica_models::tokenizer::ChatMessage;
+use silica_models::sampling::{SamplingParams, TokenLogprobs};
+use silica_models::tokenizer::{ChatMessage, Tokenizer};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -269,6 +270,8 @@ const COMMON_FIELDS: &[&str] = &[
     "stream_options",
     "n",
     "logprobs",
+    "top_logprobs",
+    "logit_bias",
     "echo",
     "ignore_eos",
     "user",
@@ -284,7 +287,7 @@ fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> b
     let is = |n: i64| value.as_i64() == Some(n);
     match key {
         _ if value.is_null() => true,
-        "logit_bias" | "metadata" => value.as_object().is_some_and(|o| o.is_empty()),
+        "metadata" => value.as_object().is_some_and(|o| o.is_empty()),
         "tools" | "functions" => value.as_array().is_some_and(|a| a.is_empty()),
         "tool_choice" | "function_call" => value == "none",
         // Only says how tools are called; none are (a non-empty `tools` is refused).
@@ -294,7 +297,7 @@ fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> b
                 && value.as_object().is_some_and(|o| o.len() == 1)
         }
         "best_of" => is(1),
-        "top_logprobs" | "priority" => is(0),
+        "priority" => is(0),
         "store" => value == false,
         "service_tier" => value == "auto" || value == "default",
         "suffix" => value == "",
@@ -351,10 +354,25 @@ fn refuse_unknown_fields(
 fn parse_body<T: for<'de> Deserialize<'de>>(
     body: Result<Bytes, BytesRejection>,
     fields: &[&str],
-) -> Result<T, ApiError> {
+) -> Result<(T, Common), ApiError> {
     let v = read_body(body)?;
     refuse_unknown_fields(&v, &[COMMON_FIELDS, fields], neutral)?;
-    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid request: {e}")))
+    // Two passes over the one object rather than `#[serde(flatten)]`, which would lose the
+    // name of a field whose value is wrong.
+    Ok((from_json(v.clone())?, from_json(v)?))
+}
+
+/// Deserializes a request, the error naming the field whose value has the wrong shape.
+fn from_json<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path == "?" {
+            ApiError::bad(format!("invalid request: {inner}"))
+        } else {
+            ApiError::bad(format!("invalid request: `{path}`: {inner}")).param_owned(path)
+        }
+    })
 }
 
 /// A request body as a JSON object, with OpenAI-style errors for bodies that are too large or
@@ -417,7 +435,11 @@ struct Common {
     stream: bool,
     stream_options: Option<StreamOptions>,
     n: Option<i64>,
+    /// Completions: how many alternatives per token (0 = the chosen token's only); chat: a
+    /// bool, with `top_logprobs` as the count.
     logprobs: Option<Value>,
+    top_logprobs: Option<i64>,
+    logit_bias: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     echo: bool,
     #[serde(default)]
@@ -427,8 +449,6 @@ struct Common {
 #[derive(Deserialize)]
 struct CompletionBody {
     prompt: Value,
-    #[serde(flatten)]
-    common: Common,
 }
 
 #[derive(Deserialize)]
@@ -436,8 +456,6 @@ struct ChatBody {
     messages: Vec<ChatIn>,
     /// vLLM's extension: extra chat-template variables (Qwen3's `enable_thinking`).
     chat_template_kwargs: Option<Value>,
-    #[serde(flatten)]
-    common: Common,
 }
 
 #[derive(Deserialize)]
@@ -461,31 +479,11 @@ fn build_request(
     c: &Common,
     prompt: Prompt,
     default_max: Option<usize>,
+    kind: Kind,
 ) -> Result<Request, ApiError> {
     check_model(st, Some(&c.model))?;
-    if c.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::bad("only n = 1 is supported").param("n"));
-    }
-    if c.echo {
-        return Err(ApiError::bad("echo is not supported").param("echo"));
-    }
-    if c.logprobs
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
-    {
-        return Err(ApiError::bad("logprobs are not supported").param("logprobs"));
-    }
-    for (name, v) in [
-        ("presence_penalty", c.presence_penalty),
-        ("frequency_penalty", c.frequency_penalty),
-    ] {
-        if v.is_some_and(|x| x != 0.0) {
-            return Err(ApiError::bad(format!(
-                "`{name}` is not supported (use repetition_penalty)"
-            ))
-            .param(name));
-        }
-    }
+    let logprobs = requested_logprobs(c, kind)?;
+    let logit_bias = parse_logit_bias(c.logit_bias.as_ref(), st.engine.vocab_size())?;
     let max_tokens = match c.max_completion_tokens.or(c.max_tokens) {
         None => default_max,
         Some(m) if m < 1 => {
@@ -512,9 +510,29 @@ fn build_request(
         top_p: finite("top_p", c.top_p, 1.0)?,
         min_p: finite("min_p", c.min_p, 0.0)?,
         repetition_penalty: finite("repetition_penalty", c.repetition_penalty, 1.0)?,
+        presence_penalty: finite("presence_penalty", c.presence_penalty, 0.0)?,
+        frequency_penalty: finite("frequency_penalty", c.frequency_penalty, 0.0)?,
+        logit_bias,
         seed: c.seed.map(|s| s as u64),
     };
-    sampling.validate().map_err(ApiError::bad)?;
+    if let Err(e) = sampling.validate() {
+        let field = [
+            "temperature",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+        ]
+        .into_iter()
+        .find(|f| e.starts_with(f));
+        let err = ApiError::bad(e);
+        return Err(match field {
+            Some(f) => err.param(f),
+            None => err,
+        });
+    }
     let stop = match &c.stop {
         StopField::None => vec![],
         StopField::One(s) => vec![s.clone()],
@@ -529,7 +547,102 @@ fn build_request(
         sampling,
         stop,
         ignore_eos: c.ignore_eos,
+        logprobs,
+        prompt_logprobs: None,
     })
+}
+
+/// How many alternatives each token's log-probability comes with, or None when the request
+/// asks for none. Completions: `logprobs` is that count; chat: `logprobs: true` with
+/// `top_logprobs` as the count.
+fn requested_logprobs(c: &Common, kind: Kind) -> Result<Option<usize>, ApiError> {
+    let count = |v: i64, name: &'static str| {
+        usize::try_from(v)
+            .ok()
+            .filter(|&k| k <= MAX_TOP_LOGPROBS)
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "`{name}` must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {v}"
+                ))
+                .param(name)
+            })
+    };
+    let lp = c.logprobs.as_ref().filter(|v| !v.is_null());
+    match kind {
+        Kind::Completion => {
+            if c.top_logprobs.is_some_and(|k| k != 0) {
+                return Err(ApiError::bad(
+                    "`top_logprobs` is a chat field; completions take the count in `logprobs`",
+                )
+                .param("top_logprobs"));
+            }
+            match lp {
+                None => Ok(None),
+                Some(v) => match v.as_i64() {
+                    Some(k) => count(k, "logprobs").map(Some),
+                    None => Err(ApiError::bad(format!(
+                        "`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS} (the                          alternatives per token), got {v}"
+                    ))
+                    .param("logprobs")),
+                },
+            }
+        }
+        Kind::Chat => {
+            let on = match lp {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(ApiError::bad(format!(
+                        "`logprobs` must be true or false for chat (the count goes in                          `top_logprobs`), got {v}"
+                    ))
+                    .param("logprobs"))
+                }
+            };
+            let top = c
+                .top_logprobs
+                .map(|k| count(k, "top_logprobs"))
+                .transpose()?;
+            match (on, top) {
+                (true, top) => Ok(Some(top.unwrap_or(0))),
+                (false, None | Some(0)) => Ok(None),
+                (false, Some(_)) => {
+                    Err(ApiError::bad("`top_logprobs` needs `logprobs: true`")
+                        .param("top_logprobs"))
+                }
+            }
+        }
+    }
+}
+
+/// OpenAI's `logit_bias`: token ids (as JSON object keys) to a bias in [-100, 100].
+fn parse_logit_bias(
+    v: Option<&serde_json::Map<String, Value>>,
+    vocab: usize,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |m: String| ApiError::bad(m).param("logit_bias");
+    let mut out = Vec::new();
+    for (k, b) in v.into_iter().flatten() {
+        let id: u32 = k.trim().parse().map_err(|_| {
+            bad(format!(
+                "logit_bias keys are token ids (as strings, e.g. \"50256\"), got {k:?}"
+            ))
+        })?;
+        if id as usize >= vocab {
+            return Err(bad(format!(
+                "logit_bias names token id {id}, outside the vocabulary (size {vocab})"
+            )));
+        }
+        let bias = b
+            .as_f64()
+            .filter(|x| (-100.0..=100.0).contains(x))
+            .ok_or_else(|| {
+                bad(format!(
+                    "logit_bias for token {id} must be a number in [-100, 100], got {b}"
+                ))
+            })?;
+        out.push((id, bias as f32));
+    }
+    Ok(out)
 }
 
 fn completion_prompt(v: &Value) -> Result<Prompt, ApiError> {
@@ -605,11 +718,11 @@ async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let b: CompletionBody = parse_body(body, COMPLETION_FIELDS)?;
+        let (b, common): (CompletionBody, _) = parse_body(body, COMPLETION_FIELDS)?;
         let prompt = completion_prompt(&b.prompt)?;
         // OpenAI's default for completions is 16 tokens.
-        let req = build_request(&st, &b.common, prompt, Some(16))?;
-        respond(&st, req, &b.common, Kind::Completion).await
+        let req = build_request(&st, &common, prompt, Some(16), Kind::Completion)?;
+        respond(&st, req, &common, Kind::Completion).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -619,7 +732,7 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let run = async {
-        let b: ChatBody = parse_body(body, CHAT_FIELDS)?;
+        let (b, common): (ChatBody, _) = parse_body(body, CHAT_FIELDS)?;
         let msgs = chat_messages(&b.messages)?;
         // Chat defaults to the rest of the context.
         let prompt = match b.chat_template_kwargs {
@@ -636,8 +749,8 @@ async fn chat_completions(
                 .param("chat_template_kwargs"))
             }
         };
-        let req = build_request(&st, &b.common, prompt, None)?;
-        respond(&st, req, &b.common, Kind::Chat).await
+        let req = build_request(&st, &common, prompt, None, Kind::Chat)?;
+        respond(&st, req, &common, Kind::Chat).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -706,8 +819,7 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
     let run = || -> Result<Response, ApiError> {
         let v = read_body(body)?;
         refuse_unknown_fields(&v, &[TOKENIZE_FIELDS], nothing_tolerated)?;
-        let b: TokenizeBody = serde_json::from_value(v)
-            .map_err(|e| ApiError::bad(format!("invalid request: {e}")))?;
+        let b: TokenizeBody = from_json(v)?;
         check_model(&st, b.model.as_deref())?;
         let tok = served_tokenizer(&st)?;
         let ids = match (&b.prompt, &b.messages) {
@@ -783,21 +895,127 @@ fn usage_json(u: Usage) -> Value {
         "total_tokens": u.prompt_tokens + u.completion_tokens})
 }
 
-struct Chunker {
+/// What a response holds besides each choice's generated text.
+struct Shape {
     kind: Kind,
     id: String,
     created: u64,
     model: String,
+    /// Completions with `echo`: the prompt's text, put before each choice's text.
+    echo: Option<String>,
+    /// Whether choices carry `logprobs` objects.
+    logprobs: bool,
 }
 
-impl Chunker {
-    fn chunk(&self, text: Option<&str>, finish: Option<&str>, role: bool) -> Value {
+/// A token as a log-probability entry names it: its text decoded alone (as vLLM does, so a
+/// piece of a multi-byte character reads as U+FFFD), or `token_id:N` without a tokenizer.
+fn token_text(tok: Option<&Tokenizer>, id: u32) -> String {
+    tok.and_then(|t| t.decode(&[id], false).ok())
+        .unwrap_or_else(|| format!("token_id:{id}"))
+}
+
+/// JSON has no -inf: a token with probability 0 gets vLLM's stand-in.
+fn json_logprob(lp: f32) -> f64 {
+    if lp.is_finite() {
+        lp as f64
+    } else {
+        -9999.0
+    }
+}
+
+/// One choice's log-probabilities in its endpoint's shape, built a token (or the prompt) at a
+/// time; completions count `text_offset` in characters from the start of the choice's text.
+struct LogprobsWriter {
+    kind: Kind,
+    offset: usize,
+}
+
+impl LogprobsWriter {
+    /// The `logprobs` object for `entries` (token, its log-probabilities; None for the prompt's
+    /// first token, which has no context).
+    fn object(
+        &mut self,
+        tok: Option<&Tokenizer>,
+        entries: &[(u32, Option<&TokenLogprobs>)],
+    ) -> Value {
         match self.kind {
-            Kind::Completion => {
-                json!({"id": self.id, "object": "text_completion", "created": self.created,
-                "model": self.model, "choices": [{"index": 0, "text": text.unwrap_or(""),
-                "logprobs": null, "finish_reason": finish}]})
+            Kind::Chat => {
+                let entry = |id: u32, lp: f32| {
+                    let t = token_text(tok, id);
+                    json!({"token": t, "logprob": json_logprob(lp), "bytes": t.as_bytes()})
+                };
+                let content: Vec<Value> = entries
+                    .iter()
+                    .filter_map(|(_, lp)| *lp)
+                    .map(|lp| {
+                        let mut e = entry(lp.token, lp.logprob);
+                        e["top_logprobs"] = lp
+                            .top
+                            .iter()
+                            .map(|&(id, l)| entry(id, l))
+                            .collect::<Vec<_>>()
+                            .into();
+                        e
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
             }
+            Kind::Completion => {
+                let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+                for &(id, lp) in entries {
+                    let t = token_text(tok, id);
+                    offsets.push(self.offset);
+                    self.offset += t.chars().count();
+                    match lp {
+                        None => {
+                            lps.push(Value::Null);
+                            tops.push(Value::Null);
+                        }
+                        Some(lp) => {
+                            lps.push(json_logprob(lp.logprob).into());
+                            // As vLLM: the chosen token is listed beside the top ones.
+                            // Two ids may decode to one string (pieces of a character
+                            // read as U+FFFD): the key keeps the more likely one's value.
+                            let mut top = serde_json::Map::new();
+                            for &(alt, l) in &lp.top {
+                                top.entry(token_text(tok, alt))
+                                    .or_insert(json_logprob(l).into());
+                            }
+                            top.entry(t.clone())
+                                .or_insert(json_logprob(lp.logprob).into());
+                            tops.push(Value::Object(top));
+                        }
+                    }
+                    tokens.push(t);
+                }
+                json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
+                    "text_offset": offsets})
+            }
+        }
+    }
+}
+
+impl Shape {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    /// A streamed chunk of choice `index`.
+    fn chunk(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        finish: Option<&str>,
+        role: bool,
+        logprobs: Value,
+    ) -> Value {
+        let choice = match self.kind {
+            Kind::Completion => json!({"index": index, "text": text.unwrap_or(""),
+                "logprobs": logprobs, "finish_reason": finish}),
             Kind::Chat => {
                 let mut delta = serde_json::Map::new();
                 if role {
@@ -806,20 +1024,80 @@ impl Chunker {
                 if let Some(t) = text {
                     delta.insert("content".into(), t.into());
                 }
-                json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                    "model": self.model, "choices": [{"index": 0, "delta": delta,
-                    "logprobs": null, "finish_reason": finish}]})
+                json!({"index": index, "delta": delta, "logprobs": logprobs,
+                    "finish_reason": finish})
             }
-        }
+        };
+        json!({"id": self.id, "object": self.object(true), "created": self.created,
+            "model": self.model, "choices": [choice]})
     }
 
     fn usage_chunk(&self, u: Usage) -> Value {
-        let object = match self.kind {
-            Kind::Completion => "text_completion",
-            Kind::Chat => "chat.completion.chunk",
-        };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
-            "choices": [], "usage": usage_json(u)})
+        json!({"id": self.id, "object": self.object(true), "created": self.created,
+            "model": self.model, "choices": [], "usage": usage_json(u)})
+    }
+}
+
+/// One choice of a finished response.
+struct Finished {
+    text: String,
+    reason: FinishReason,
+    completion_tokens: usize,
+    logprobs: Value,
+}
+
+/// Reads one choice's stream to its end.
+async fn collect_choice(
+    mut stream: RequestStream,
+    shape: &Shape,
+    tok: Option<&Tokenizer>,
+) -> Result<Finished, ApiError> {
+    let mut text = shape.echo.clone().unwrap_or_default();
+    let mut entries: Vec<(u32, Option<TokenLogprobs>)> = Vec::new();
+    loop {
+        match stream.next().await {
+            Some(EngineEvent::Prompt { logprobs }) => {
+                // Its first token has no context, so no log-probability.
+                if let Some(&first) = stream.prompt_ids.first() {
+                    entries.push((first, None));
+                }
+                entries.extend(logprobs.into_iter().map(|l| (l.token, Some(l))));
+            }
+            Some(EngineEvent::Token {
+                id,
+                text: t,
+                logprobs,
+            }) => {
+                text.push_str(&t);
+                entries.push((id, logprobs.map(|b| *b)));
+            }
+            Some(EngineEvent::Finished {
+                text: t,
+                reason,
+                usage,
+            }) => {
+                text.push_str(&t);
+                let logprobs = if shape.logprobs {
+                    let refs: Vec<(u32, Option<&TokenLogprobs>)> =
+                        entries.iter().map(|(id, l)| (*id, l.as_ref())).collect();
+                    LogprobsWriter {
+                        kind: shape.kind,
+                        offset: 0,
+                    }
+                    .object(tok, &refs)
+                } else {
+                    Value::Null
+                };
+                return Ok(Finished {
+                    text,
+                    reason,
+                    completion_tokens: usage.completion_tokens,
+                    logprobs,
+                });
+            }
+            Some(EngineEvent::Error(e)) => return Err(ServeError::Config(e).into()),
+            None => return Err(ServeError::ShuttingDown.into()),
+        }
     }
 }
 
@@ -829,116 +1107,241 @@ async fn respond(
     c: &Common,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    let stream = st.engine.submit(req)?;
-    let ch = Chunker {
+    let n = match c.n {
+        None => 1,
+        Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad(format!("`n` must be from 1 to {MAX_N}, got {n}")).param("n"))
+        }
+    };
+    let echo = match (c.echo, kind) {
+        (false, _) => None,
+        (true, Kind::Chat) => {
+            return Err(ApiError::bad("`echo` is a completions field").param("echo"))
+        }
+        (true, Kind::Completion) => Some(()),
+    };
+    let logprobs = req.logprobs.is_some();
+    let mut req = req;
+    if echo.is_some() {
+        // Echo with logprobs reports the prompt's too, as OpenAI's completions do.
+        req.prompt_logprobs = req.logprobs;
+    }
+    let streams = st.engine.submit_n(req, n)?;
+    let tok = st.engine.tokenizer();
+    let echo = match echo {
+        None => None,
+        Some(()) => Some(match tok {
+            Some(t) => t.decode(&streams[0].prompt_ids, false)?,
+            None => String::new(),
+        }),
+    };
+    let shape = Shape {
         kind,
         id: match kind {
-            Kind::Completion => format!("cmpl-{}", stream.id),
-            Kind::Chat => format!("chatcmpl-{}", stream.id),
+            Kind::Completion => format!("cmpl-{}", streams[0].id),
+            Kind::Chat => format!("chatcmpl-{}", streams[0].id),
         },
         created: now_secs(),
         model: st.engine.model_name().to_string(),
+        echo,
+        logprobs,
     };
+    let prompt_tokens = streams[0].prompt_tokens;
     if c.stream {
         let include_usage = c.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return Ok(sse_response(stream, ch, include_usage));
+        return Ok(sse_response(
+            streams,
+            shape,
+            include_usage,
+            st.engine.clone(),
+        ));
     }
-    let mut stream = stream;
-    let mut text = String::new();
-    loop {
-        match stream.next().await {
-            Some(EngineEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(EngineEvent::Finished {
-                text: t,
-                reason,
-                usage,
-            }) => {
-                text.push_str(&t);
-                return Ok(Json(final_body(&ch, &text, reason, usage)).into_response());
-            }
-            Some(EngineEvent::Error(e)) => return Err(ServeError::Config(e).into()),
-            None => return Err(ServeError::ShuttingDown.into()),
-        }
-    }
+    let choices = futures_util::future::try_join_all(
+        streams.into_iter().map(|s| collect_choice(s, &shape, tok)),
+    )
+    .await?;
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens: choices.iter().map(|c| c.completion_tokens).sum(),
+    };
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| match kind {
+            Kind::Completion => json!({"index": i, "text": f.text, "logprobs": f.logprobs,
+                "finish_reason": f.reason.openai()}),
+            Kind::Chat => json!({"index": i,
+                "message": {"role": "assistant", "content": f.text},
+                "logprobs": f.logprobs, "finish_reason": f.reason.openai()}),
+        })
+        .collect();
+    Ok(Json(
+        json!({"id": shape.id, "object": shape.object(false), "created": shape.created,
+        "model": shape.model, "choices": choices, "usage": usage_json(usage)}),
+    )
+    .into_response())
 }
 
-fn final_body(ch: &Chunker, text: &str, reason: FinishReason, usage: Usage) -> Value {
-    match ch.kind {
-        Kind::Completion => json!({"id": ch.id, "object": "text_completion", "created": ch.created,
-            "model": ch.model, "choices": [{"index": 0, "text": text, "logprobs": null,
-            "finish_reason": reason.openai()}], "usage": usage_json(usage)}),
-        Kind::Chat => json!({"id": ch.id, "object": "chat.completion", "created": ch.created,
-            "model": ch.model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-            "logprobs": null, "finish_reason": reason.openai()}], "usage": usage_json(usage)}),
-    }
+/// Per-choice state of a streamed response.
+struct ChoiceState {
+    lp: LogprobsWriter,
+    done: bool,
+    first_prompt_token: Option<u32>,
 }
 
 struct SseState {
-    stream: Option<RequestStream>,
-    ch: Chunker,
+    events: Option<futures_util::stream::SelectAll<ChoiceEvents>>,
+    shape: Shape,
+    engine: Arc<Engine>,
+    choices: Vec<ChoiceState>,
     include_usage: bool,
+    usage: Usage,
     pending: VecDeque<SseEvent>,
+}
+
+/// One choice's engine events, tagged with its index.
+type ChoiceEvents =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = (usize, EngineEvent)> + Send>>;
+
+fn choice_events(index: usize, stream: RequestStream) -> ChoiceEvents {
+    Box::pin(futures_util::stream::unfold(
+        stream,
+        move |mut s| async move { s.next().await.map(|e| ((index, e), s)) },
+    ))
 }
 
 fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
 
-fn sse_response(stream: RequestStream, ch: Chunker, include_usage: bool) -> Response {
+fn sse_response(
+    streams: Vec<RequestStream>,
+    shape: Shape,
+    include_usage: bool,
+    engine: Arc<Engine>,
+) -> Response {
     let mut pending = VecDeque::new();
-    if ch.kind == Kind::Chat {
-        pending.push_back(data(&ch.chunk(Some(""), None, true)));
+    let mut choices = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        choices.push(ChoiceState {
+            lp: LogprobsWriter {
+                kind: shape.kind,
+                offset: 0,
+            },
+            done: false,
+            first_prompt_token: s.prompt_ids.first().copied(),
+        });
+        if shape.kind == Kind::Chat {
+            pending.push_back(data(&shape.chunk(i, Some(""), None, true, Value::Null)));
+        }
+        // Echo without log-probabilities: the prompt's text leads each choice. (With them, it
+        // goes out with the prompt's log-probabilities, which come first.)
+        if let (Some(echo), false) = (&shape.echo, shape.logprobs) {
+            pending.push_back(data(&shape.chunk(i, Some(echo), None, false, Value::Null)));
+        }
     }
+    let usage = Usage {
+        prompt_tokens: streams.first().map_or(0, |s| s.prompt_tokens),
+        completion_tokens: 0,
+    };
+    let events = futures_util::stream::select_all(
+        streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| choice_events(i, s)),
+    );
     let state = SseState {
-        stream: Some(stream),
-        ch,
+        events: Some(events),
+        shape,
+        engine,
+        choices,
         include_usage,
+        usage,
         pending,
     };
-    // Dropping this stream (client gone) drops the RequestStream, which cancels the request.
+    // Dropping this stream (client gone) drops the RequestStreams, which cancels the requests.
     let events = futures_util::stream::unfold(state, |mut s| async move {
+        use futures_util::StreamExt;
         loop {
             if let Some(e) = s.pending.pop_front() {
                 return Some((Ok::<_, Infallible>(e), s));
             }
-            let stream = s.stream.as_mut()?;
-            match stream.next().await {
+            let events = s.events.as_mut()?;
+            let Some((i, ev)) = events.next().await else {
+                s.events = None;
+                continue;
+            };
+            let tok = s.engine.tokenizer();
+            let lp_value = |c: &mut ChoiceState, entries: &[(u32, Option<&TokenLogprobs>)]| {
+                c.lp.object(tok, entries)
+            };
+            match ev {
+                EngineEvent::Prompt { logprobs } => {
+                    let c = &mut s.choices[i];
+                    let mut entries: Vec<(u32, Option<&TokenLogprobs>)> = c
+                        .first_prompt_token
+                        .map(|t| (t, None))
+                        .into_iter()
+                        .collect();
+                    entries.extend(logprobs.iter().map(|l| (l.token, Some(l))));
+                    let lp = lp_value(c, &entries);
+                    let text = s.shape.echo.clone().unwrap_or_default();
+                    s.pending
+                        .push_back(data(&s.shape.chunk(i, Some(&text), None, false, lp)));
+                }
                 // One chunk per token, even when its text is held back (empty), so clients can
                 // time every token (TTFT, ITL) and count them.
-                Some(EngineEvent::Token { text, .. }) => {
+                EngineEvent::Token { id, text, logprobs } => {
+                    let c = &mut s.choices[i];
+                    let lp = match &logprobs {
+                        Some(l) => lp_value(c, &[(id, Some(l))]),
+                        None => Value::Null,
+                    };
                     s.pending
-                        .push_back(data(&s.ch.chunk(Some(&text), None, false)));
+                        .push_back(data(&s.shape.chunk(i, Some(&text), None, false, lp)));
                 }
-                Some(EngineEvent::Finished {
+                EngineEvent::Finished {
                     text,
                     reason,
                     usage,
-                }) => {
+                } => {
                     // Text held back until the end rides on the final chunk, so a stream has
-                    // exactly one chunk per token plus the final one.
+                    // exactly one chunk per token plus the final one, per choice.
                     let tail = (!text.is_empty()).then_some(text.as_str());
-                    let last = match s.ch.kind {
-                        Kind::Completion => {
-                            s.ch.chunk(Some(tail.unwrap_or("")), Some(reason.openai()), false)
+                    let last = match s.shape.kind {
+                        Kind::Completion => s.shape.chunk(
+                            i,
+                            Some(tail.unwrap_or("")),
+                            Some(reason.openai()),
+                            false,
+                            Value::Null,
+                        ),
+                        Kind::Chat => {
+                            s.shape
+                                .chunk(i, tail, Some(reason.openai()), false, Value::Null)
                         }
-                        Kind::Chat => s.ch.chunk(tail, Some(reason.openai()), false),
                     };
                     s.pending.push_back(data(&last));
-                    if s.include_usage {
-                        s.pending.push_back(data(&s.ch.usage_chunk(usage)));
+                    s.usage.completion_tokens += usage.completion_tokens;
+                    s.choices[i].done = true;
+                    if s.choices.iter().all(|c| c.done) {
+                        if s.include_usage {
+                            s.pending.push_back(data(&s.shape.usage_chunk(s.usage)));
+                        }
+                        s.pending.push_back(SseEvent::default().data("[DONE]"));
+                        s.events = None;
                     }
-                    s.pending.push_back(SseEvent::default().data("[DONE]"));
-                    s.stream = None;
                 }
-                Some(EngineEvent::Error(e)) => {
+                EngineEvent::Error(e) => {
                     s.pending.push_back(data(
                         &json!({"error": {"message": e, "type": "server_error",
                         "param": null, "code": null}}),
                     ));
                     s.pending.push_back(SseEvent::default().data("[DONE]"));
-                    s.stream = None;
+                    // Dropping the other choices' streams cancels them.
+                    s.events = None;
                 }
-                None => s.stream = None,
             }
         }
     });

@@ -47,7 +47,7 @@ fn run(e: &Engine, req: Request) -> (Vec<u32>, String, FinishReason, usize) {
             .blocking_next()
             .expect("a Finished event ends every stream")
         {
-            Event::Token { id, text: t } => {
+            Event::Token { id, text: t, .. } => {
                 ids.push(id);
                 text.push_str(&t);
             }
@@ -62,6 +62,7 @@ fn run(e: &Engine, req: Request) -> (Vec<u32>, String, FinishReason, usize) {
                 return (ids, text, reason, usage.completion_tokens);
             }
             Event::Error(e) => panic!("{e}"),
+            Event::Prompt { .. } => panic!("prompt logprobs were not asked for"),
         }
     }
 }
@@ -74,6 +75,7 @@ fn token_ids(s: &mut silica_serve::RequestStream) -> Vec<u32> {
             Event::Token { id, .. } => ids.push(id),
             Event::Error(e) => panic!("{e}"),
             Event::Finished { .. } => {}
+            Event::Prompt { .. } => panic!("prompt logprobs were not asked for"),
         }
     }
     ids
@@ -163,6 +165,7 @@ fn cancel_frees_blocks_and_ends_the_stream() {
                 break;
             }
             Event::Error(e) => panic!("{e}"),
+            Event::Prompt { .. } => panic!("prompt logprobs were not asked for"),
         }
     }
     assert!(n < 200);

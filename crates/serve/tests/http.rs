@@ -259,11 +259,11 @@ fn bad_requests_get_openai_errors() {
         ),
         (
             "/v1/completions",
-            json!({"model": MODEL, "prompt": "x", "n": 2})
+            json!({"model": MODEL, "prompt": "x", "n": 17})
                 .to_string()
                 .into_bytes(),
             400,
-            "n = 1",
+            "`n` must be from 1 to 16",
         ),
         (
             "/v1/completions",
@@ -341,11 +341,103 @@ fn bad_requests_get_openai_errors() {
         ),
         (
             "/v1/completions",
-            json!({"model": MODEL, "prompt": "x", "logit_bias": {"5": 100}})
+            json!({"model": MODEL, "prompt": "x", "logit_bias": {"100000": 1}})
                 .to_string()
                 .into_bytes(),
             400,
-            "`logit_bias` is not supported",
+            "token id 100000, outside the vocabulary",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logit_bias": {"hello": 1}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "logit_bias keys are token ids",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logit_bias": {"5": 101}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "in [-100, 100]",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logit_bias": [5]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "logit_bias",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "presence_penalty": 2.5})
+                .to_string()
+                .into_bytes(),
+            400,
+            "presence_penalty must be in [-2, 2]",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logprobs": 21})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`logprobs` must be an integer from 0 to 20",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "logprobs": true})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`logprobs` must be an integer",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "top_logprobs": 2})
+                .to_string()
+                .into_bytes(),
+            400,
+            "`top_logprobs` is a chat field",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "logprobs": 3})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`logprobs` must be true or false for chat",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "top_logprobs": 3})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`top_logprobs` needs `logprobs: true`",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "logprobs": true, "top_logprobs": 21})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`top_logprobs` must be an integer from 0 to 20",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                "echo": true})
+            .to_string()
+            .into_bytes(),
+            400,
+            "`echo` is a completions field",
         ),
         (
             "/v1/completions",
@@ -623,5 +715,244 @@ fn disconnects_free_blocks_and_a_small_pool_preempts_without_failures() {
         "{:?}",
         srv.engine.stats()
     );
+    wait_idle(&srv.engine);
+}
+
+/// `logprobs` on both endpoints (streamed the same as not), echo with the prompt's
+/// log-probabilities, `logit_bias`, the penalties, and `n` choices.
+#[test]
+fn logprobs_echo_bias_penalties_and_n() {
+    let srv = start(200, None);
+    let a = srv.addr;
+    let tok = srv.engine.tokenizer().unwrap();
+    let prompt: Vec<u32> = tok
+        .encode("Once upon a time there was a small robot", true)
+        .unwrap();
+    let greedy = |extra: Value| {
+        let mut b = json!({"model": MODEL, "prompt": prompt, "max_tokens": 6,
+            "temperature": 0, "ignore_eos": true});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+
+    // Completions: greedy picks the most likely token, so its logprob heads the top list; the
+    // chosen token is always listed; offsets advance by the token strings' lengths.
+    let (st, r) = post(a, "/v1/completions", &greedy(json!({"logprobs": 3})));
+    assert_eq!(st, 200, "{r}");
+    let lp = &r["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 6);
+    let mut offset = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let l = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(l <= 0.0, "{l}");
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!((3..=4).contains(&top.len()), "{top:?}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(
+            (best - l).abs() < 1e-6,
+            "greedy token {t} is not the most likely: {top:?}"
+        );
+        assert_eq!(top[t.as_str().unwrap()], lp["token_logprobs"][i]);
+        assert_eq!(lp["text_offset"][i], offset);
+        offset += t.as_str().unwrap().chars().count();
+    }
+    // Streamed: the same entries, one token per chunk.
+    let body = greedy(json!({"logprobs": 3, "stream": true}));
+    let (_, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    let chunks: Vec<Value> = sse(&b)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: Vec<f64> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"][0].as_f64())
+        .collect();
+    let plain: Vec<f64> = lp["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(streamed, plain);
+
+    // Echo: the prompt's text and tokens come first, its first token without a logprob; a
+    // prompt position's distribution is the one a shorter prompt's first token is drawn from.
+    let (st, e) = post(
+        a,
+        "/v1/completions",
+        &greedy(json!({"logprobs": 2, "echo": true, "max_tokens": 1})),
+    );
+    assert_eq!(st, 200, "{e}");
+    let text = e["choices"][0]["text"].as_str().unwrap();
+    let prompt_text = tok.decode(&prompt, false).unwrap();
+    assert!(text.starts_with(&prompt_text), "{text:?}");
+    let elp = &e["choices"][0]["logprobs"];
+    assert_eq!(elp["tokens"].as_array().unwrap().len(), prompt.len() + 1);
+    assert!(elp["token_logprobs"][0].is_null() && elp["top_logprobs"][0].is_null());
+    let k = prompt.len() - 2;
+    let (_, short) = post(
+        a,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": prompt[..=k], "max_tokens": 1, "temperature": 0,
+            "logprobs": 2, "ignore_eos": true}),
+    );
+    let want = short["choices"][0]["logprobs"]["top_logprobs"][0]
+        .as_object()
+        .unwrap()
+        .clone();
+    let got = elp["top_logprobs"][k + 1].as_object().unwrap();
+    for (t, w) in &want {
+        // The chosen token of the short prompt is listed; the echoed one may not be in `want`.
+        if let Some(g) = got.get(t) {
+            assert!(
+                (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-4,
+                "{t}: {g} vs {w}"
+            );
+        }
+    }
+    assert!(want.keys().filter(|t| got.contains_key(*t)).count() >= 2);
+
+    // Chat logprobs: content entries with bytes and top lists.
+    let (st, c) = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "temperature": 0, "ignore_eos": true, "logprobs": true, "top_logprobs": 2}),
+    );
+    assert_eq!(st, 200, "{c}");
+    let content = c["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 4);
+    for e in content {
+        assert_eq!(e["top_logprobs"].as_array().unwrap().len(), 2);
+        let bytes: Vec<u8> = e["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            e["token"].as_str().unwrap()
+        );
+        assert_eq!(e["top_logprobs"][0]["logprob"], e["logprob"]);
+    }
+
+    // logit_bias: +100 on one token makes greedy pick it every time; -100 on the greedy first
+    // token makes it pick another.
+    let ids = |r: &Value| -> Vec<String> {
+        r["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = tokens[0].as_str().unwrap().to_string();
+    let (_, forced) = post(
+        a,
+        "/v1/completions",
+        &greedy(json!({"logprobs": 0, "logit_bias": {"42": 100}})),
+    );
+    let t42 = tok.decode(&[42], false).unwrap();
+    assert_eq!(ids(&forced), vec![t42; 6], "{forced}");
+    let first_id = tok.encode(&first, false).unwrap();
+    if first_id.len() == 1 {
+        let (_, banned) = post(
+            a,
+            "/v1/completions",
+            &greedy(json!({"logprobs": 0, "logit_bias": {first_id[0].to_string(): -100}})),
+        );
+        assert_ne!(ids(&banned)[0], first, "{banned}");
+    }
+
+    // A frequency penalty of 2 and a presence penalty of 2 change a greedy run that repeats.
+    let long = |extra: Value| {
+        let mut b = greedy(extra);
+        b["max_tokens"] = json!(40);
+        b
+    };
+    let (_, plain) = post(a, "/v1/completions", &long(json!({"logprobs": 0})));
+    let (_, pen) = post(
+        a,
+        "/v1/completions",
+        &long(json!({"logprobs": 0, "frequency_penalty": 2, "presence_penalty": 2})),
+    );
+    let repeats = |v: &[String]| v.len() - v.iter().collect::<std::collections::HashSet<_>>().len();
+    assert!(
+        repeats(&ids(&pen)) <= repeats(&ids(&plain)),
+        "{} repeats with the penalties, {} without",
+        repeats(&ids(&pen)),
+        repeats(&ids(&plain))
+    );
+
+    // n = 2, seeded: two distinct, reproducible choices; the prompt counted once; the second
+    // choice reads the first one's full prompt blocks from the prefix cache.
+    let hits = srv.engine.stats().prefix_hit_blocks;
+    let long_prompt: Vec<u32> = (0..40).map(|i| 100 + i).collect();
+    let sampled = json!({"model": MODEL, "prompt": long_prompt, "max_tokens": 12,
+        "temperature": 1.0, "seed": 7, "n": 2, "ignore_eos": true});
+    let (st, r1) = post(a, "/v1/completions", &sampled);
+    assert_eq!(st, 200, "{r1}");
+    let (_, r2) = post(a, "/v1/completions", &sampled);
+    let texts = |r: &Value| -> Vec<String> {
+        r["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                assert_eq!(c["index"], i);
+                c["text"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(texts(&r1).len(), 2);
+    assert_ne!(texts(&r1)[0], texts(&r1)[1]);
+    assert_eq!(texts(&r1), texts(&r2));
+    assert_eq!(r1["usage"]["prompt_tokens"], 40);
+    assert_eq!(r1["usage"]["completion_tokens"], 24);
+    assert!(
+        srv.engine.stats().prefix_hit_blocks >= hits + 2,
+        "the second choice did not reuse the prompt's blocks"
+    );
+    // Streamed n = 2: both indices, each finished once, one [DONE], the same texts.
+    let mut body = sampled.clone();
+    body["stream"] = json!(true);
+    let (_, b) = http(
+        a,
+        "POST",
+        "/v1/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    let events = sse(&b);
+    assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let mut streamed = vec![String::new(), String::new()];
+    let mut finished = [0, 0];
+    for e in &events[..events.len() - 1] {
+        let c: Value = serde_json::from_str(e).unwrap();
+        let ch = &c["choices"][0];
+        let i = ch["index"].as_u64().unwrap() as usize;
+        streamed[i].push_str(ch["text"].as_str().unwrap());
+        if !ch["finish_reason"].is_null() {
+            finished[i] += 1;
+        }
+    }
+    assert_eq!(finished, [1, 1]);
+    assert_eq!(streamed, texts(&r1));
     wait_idle(&srv.engine);
 }

@@ -44,6 +44,12 @@ pub struct GenerateArgs {
     min_p: f32,
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
+    /// OpenAI's presence penalty over the generated tokens, in [-2, 2].
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    presence_penalty: f32,
+    /// OpenAI's frequency penalty over the generated tokens, in [-2, 2].
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    frequency_penalty: f32,
     #[arg(long)]
     seed: Option<u64>,
     /// Stop when the text contains this (repeatable).
@@ -64,6 +70,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         top_p: a.top_p,
         min_p: a.min_p,
         repetition_penalty: a.repetition_penalty,
+        presence_penalty: a.presence_penalty,
+        frequency_penalty: a.frequency_penalty,
+        logit_bias: Vec::new(),
         seed: a.seed,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;

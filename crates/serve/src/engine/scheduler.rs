@@ -20,6 +20,11 @@ struct Seq {
     cursor: PrefixCursor,
     max_tokens: usize,
     ignore_eos: bool,
+    /// Top alternatives to report with each token's log-probability (None = no logprobs).
+    logprobs: Option<usize>,
+    /// Prompt log-probabilities still to compute and send: the alternatives per position and
+    /// what the chunks so far gave (cleared when preempted; None once sent).
+    prompt_logprobs: Option<(usize, Vec<TokenLogprobs>)>,
     sampler: Sampler,
     decoder: Option<StreamDecoder>,
     stop: StopFilter,
@@ -27,6 +32,9 @@ struct Seq {
     cancel: Arc<AtomicBool>,
     arrival: Instant,
     first_token: Option<Instant>,
+    /// See [`NewSeq`]: admitted only once set; set when the prompt is computed or on finishing.
+    gate: Option<Arc<AtomicBool>>,
+    opens: Option<Arc<AtomicBool>>,
 }
 
 impl Seq {
@@ -35,6 +43,19 @@ impl Seq {
     }
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.tx.is_closed()
+    }
+    /// Whether its tokens must be picked on the host: its sampler needs the history or the
+    /// bias, or the request reports log-probabilities (which need the logits).
+    fn needs_host(&self) -> bool {
+        self.sampler.needs_host() || self.logprobs.is_some() || self.prompt_logprobs.is_some()
+    }
+    fn admissible(&self) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.load(Ordering::Relaxed))
+    }
+    fn open_gate(&self) {
+        if let Some(g) = &self.opens {
+            g.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -127,6 +148,8 @@ impl Scheduler {
             cursor: PrefixCursor::default(),
             max_tokens: n.max_tokens,
             ignore_eos: n.ignore_eos,
+            logprobs: n.logprobs,
+            prompt_logprobs: n.prompt_logprobs.map(|k| (k, Vec::new())),
             sampler: Sampler::new(&n.sampling),
             decoder: self.tokenizer.as_ref().map(StreamDecoder::new),
             stop: StopFilter::new(&n.stop),
@@ -134,6 +157,8 @@ impl Scheduler {
             cancel: n.cancel,
             arrival: n.arrival,
             first_token: None,
+            gate: n.gate,
+            opens: n.opens,
         });
         // `waiting` was counted at submit.
     }
@@ -146,6 +171,8 @@ impl Scheduler {
     }
 
     fn finish(&mut self, mut seq: Seq, mut reason: FinishReason) {
+        // The rest of its group need not wait for a prompt it will never compute.
+        seq.open_gate();
         self.blocks.release(&seq.blocks);
         seq.blocks.clear();
         // Publish before the Finished event: a caller that sees its request end must see its
@@ -189,6 +216,7 @@ impl Scheduler {
             .collect();
         self.shared.waiting.store(0, Ordering::Relaxed);
         for s in seqs {
+            s.open_gate();
             self.blocks.release(&s.blocks);
             let _ = s.tx.send(Event::Error(format!("engine error: {msg}")));
         }
@@ -219,22 +247,29 @@ impl Scheduler {
         }
     }
 
-    /// Admits waiting sequences (FIFO) while there are sequence slots and blocks for their
-    /// whole current token list.
+    /// Admits waiting sequences (FIFO, passing over those waiting for their group's first
+    /// sequence) while there are sequence slots and blocks for their whole current token list.
     fn admit(&mut self) {
         let bs = self.blocks.block_size;
         while self.running.len() < self.cfg.max_num_seqs {
-            let Some(seq) = self.waiting.front_mut() else {
+            let Some(at) = self.waiting.iter().position(Seq::admissible) else {
                 break;
             };
-            // Reuse cached full blocks, keeping at least one token to compute (for logits).
-            let (hit, cursor) = self.blocks.lookup(&seq.tokens, (seq.tokens.len() - 1) / bs);
+            let seq = &mut self.waiting[at];
+            // Reuse cached full blocks, keeping at least one token to compute (for logits); a
+            // sequence reporting its prompt's log-probabilities computes all of them.
+            let reusable = if seq.prompt_logprobs.is_some() {
+                0
+            } else {
+                (seq.tokens.len() - 1) / bs
+            };
+            let (hit, cursor) = self.blocks.lookup(&seq.tokens, reusable);
             let need = seq.tokens.len().div_ceil(bs) - hit.len();
             if need > self.blocks.num_free() {
                 self.blocks.release(&hit);
                 break;
             }
-            let mut seq = self.waiting.pop_front().expect("front exists");
+            let mut seq = self.waiting.remove(at).expect("found above");
             self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
             self.shared
                 .prefix_hit_blocks
@@ -263,6 +298,9 @@ impl Scheduler {
         s.blocks.clear();
         s.computed = 0;
         s.cursor = PrefixCursor::default();
+        if let Some((_, got)) = s.prompt_logprobs.as_mut() {
+            got.clear();
+        }
         self.shared.preemptions.fetch_add(1, Ordering::Relaxed);
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         self.waiting.push_front(s);
@@ -281,6 +319,17 @@ impl Scheduler {
         // The chunk bucket is set by the first (oldest) candidate; others join while the
         // batch stays within the token budget.
         let chunk_of = |s: &Seq| (s.tokens.len() - s.computed).min(max_chunk);
+        // A row reporting prompt log-probabilities needs every position's logits: it runs
+        // alone (the step's logits are one row's, not the batch's).
+        let all_logits = self.running[cands[0]].prompt_logprobs.is_some();
+        let cands: Vec<usize> = if all_logits {
+            vec![cands[0]]
+        } else {
+            cands
+                .into_iter()
+                .filter(|&i| self.running[i].prompt_logprobs.is_none())
+                .collect()
+        };
         let first = chunk_of(&self.running[cands[0]]);
         let t = (first.div_ceil(bs).next_power_of_two() * bs).min(max_chunk.next_power_of_two());
         let t = t.max(first.div_ceil(bs) * bs);
@@ -323,22 +372,47 @@ impl Scheduler {
                 }
             })
             .collect();
+        let v = self.paged.model.config.vocab_size;
         let next = match sampled {
             Some(draws) => Next::Tokens(self.paged.step_sampled(&rows, b, t, m, &draws)?.tokens),
+            None if all_logits => {
+                let all = self
+                    .paged
+                    .step(&rows, b, t, m, LogitsMode::All)?
+                    .to_vec::<f32>()?;
+                let (i, c) = chunks[0];
+                let s = &mut self.running[i];
+                let (k, got) = s.prompt_logprobs.as_mut().expect("checked above");
+                // Position j's logits score the token after it.
+                for j in 0..c {
+                    let target = s.computed + j + 1;
+                    if target < s.prompt_len && got.len() + 1 == target {
+                        let row = &all[j * v..(j + 1) * v];
+                        got.push(silica_models::sampling::logprobs(row, s.tokens[target], *k));
+                    }
+                }
+                Next::Logits(all[(c - 1) * v..c * v].to_vec())
+            }
             None => Next::Logits(
                 self.paged
                     .step(&rows, b, t, m, LogitsMode::Last)?
                     .to_vec::<f32>()?,
             ),
         };
-        let v = self.paged.model.config.vocab_size;
         let mut done = Vec::new();
         for (r, &(i, c)) in chunks.iter().enumerate() {
             let s = &mut self.running[i];
             s.computed += c;
+            if s.computed >= s.prompt_len {
+                if let Some((_, got)) = s.prompt_logprobs.take() {
+                    let _ = s.tx.send(Event::Prompt { logprobs: got });
+                }
+            }
             self.blocks
                 .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
             if s.computed == s.tokens.len() {
+                // Its prompt's full blocks are registered: the rest of its group may reuse them.
+                s.open_gate();
                 if let Some(reason) = self.take_next(i, &next, r, v) {
                     done.push((i, reason));
                 }
@@ -432,14 +506,14 @@ impl Scheduler {
     /// The draws for a step sampled inside the backend — running sequences `idx` in row order,
     /// `samples[r]` whether row `r` picks a token this step (the others run greedy and their
     /// result is unused) — or `None` to sample on the host: device sampling is off, or a
-    /// sampling row needs the host (a repetition penalty). Checked before any draw, so a
+    /// sampling row needs the host (a penalty, a bias, or log-probabilities). Checked before any draw, so a
     /// sequence's RNG only advances for the path that runs.
     fn device_draws(&mut self, idx: &[usize], samples: &[bool]) -> Option<Vec<DeviceDraw>> {
         if !self.paged.model.device_sampling
             || idx
                 .iter()
                 .zip(samples)
-                .any(|(&i, &s)| s && self.running[i].sampler.needs_host())
+                .any(|(&i, &s)| s && self.running[i].needs_host())
         {
             return None;
         }
@@ -458,18 +532,29 @@ impl Scheduler {
     /// Row `r`'s next token from a step's result (sampled on the host from its logits, or
     /// already sampled in the backend) for running sequence `i`, streamed.
     fn take_next(&mut self, i: usize, next: &Next, r: usize, v: usize) -> Option<FinishReason> {
-        let tok = match next {
-            Next::Tokens(t) => t[r],
+        let (tok, lp) = match next {
+            Next::Tokens(t) => (t[r], None),
             Next::Logits(l) => {
                 let s = &mut self.running[i];
-                s.sampler.sample(&l[r * v..(r + 1) * v], &s.tokens)
+                let row = &l[r * v..(r + 1) * v];
+                let tok = s.sampler.sample(row, &s.tokens);
+                let lp = s
+                    .logprobs
+                    .map(|k| Box::new(silica_models::sampling::logprobs(row, tok, k)));
+                (tok, lp)
             }
         };
-        self.accept(i, tok)
+        self.accept(i, tok, lp)
     }
 
-    /// Appends `tok` to running sequence `i` and streams it; returns why it finished, if it did.
-    fn accept(&mut self, i: usize, tok: u32) -> Option<FinishReason> {
+    /// Appends `tok` to running sequence `i` and streams it (with its log-probabilities, when
+    /// asked for); returns why it finished, if it did.
+    fn accept(
+        &mut self,
+        i: usize,
+        tok: u32,
+        logprobs: Option<Box<TokenLogprobs>>,
+    ) -> Option<FinishReason> {
         let ctx = self.context_len;
         let s = &mut self.running[i];
         s.tokens.push(tok);
@@ -486,6 +571,7 @@ impl Scheduler {
             let _ = s.tx.send(Event::Token {
                 id: tok,
                 text: String::new(),
+                logprobs,
             });
             return Some(FinishReason::Eos);
         }
@@ -498,7 +584,11 @@ impl Scheduler {
                 hit = h;
             }
         }
-        let _ = s.tx.send(Event::Token { id: tok, text });
+        let _ = s.tx.send(Event::Token {
+            id: tok,
+            text,
+            logprobs,
+        });
         if hit {
             Some(FinishReason::Stop)
         } else if s.generated() >= s.max_tokens || s.tokens.len() >= ctx {
