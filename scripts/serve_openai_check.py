@@ -99,7 +99,9 @@ def functional(client, model, base):
     # Fields the server does not implement are refused with a 400 naming them, never ignored.
     tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
     for field, kwargs in [
-        ("response_format", dict(response_format={"type": "json_object"})),
+        ("response_format", dict(response_format={"type": "json_schema",
+                                                  "json_schema": {"name": "x", "schema": {"type": "nope"}}})),
+        ("response_format", dict(response_format={"type": "json_schema", "json_schema": {"name": "x"}})),
         ("tools", dict(tools=[tool])),
         ("logit_bias", dict(logit_bias={"99999999": 10})),
         ("n", dict(n=99)),
@@ -114,6 +116,57 @@ def functional(client, model, base):
                   f"error names {field}: {e.body}")
     print("functional checks: ok")
     sampling_features(client, model, msgs)
+    structured(client, model)
+
+
+def structured(client, model, requests=24):
+    """JSON that validates against its schema (the real `jsonschema`) on every one of many seeded
+    requests sampled at temperature 1 from a random-weight model; vLLM's regex and choice forms."""
+    import re
+    import jsonschema
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 10},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "email": {"type": "string", "pattern": "^[a-z]{1,8}@[a-z]{1,8}\\.com$"},
+            "roles": {"type": "array", "items": {"enum": ["admin", "user", "guest"]},
+                      "minItems": 1, "maxItems": 3},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "address": {"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                        "required": ["zip"], "additionalProperties": False},
+        },
+        "required": ["name", "age", "email", "roles", "address"],
+        "additionalProperties": False,
+    }
+    jsonschema.Draft202012Validator.check_schema(schema)
+    msgs = [{"role": "user", "content": "Give me a user record."}]
+    stops = 0
+    for seed in range(requests):
+        r = client.chat.completions.create(
+            model=model, messages=msgs, max_tokens=200, temperature=1.0, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "user", "schema": schema, "strict": True}})
+        text = r.choices[0].message.content
+        check(r.choices[0].finish_reason == "stop", f"seed {seed}: finish {r.choices[0].finish_reason}: {text!r}")
+        try:
+            jsonschema.validate(json.loads(text), schema)
+        except Exception as e:  # noqa: BLE001 - any failure is the check's failure
+            fail(f"seed {seed}: {text!r} does not validate: {e}")
+        stops += 1
+    o = client.chat.completions.create(model=model, messages=msgs, max_tokens=200, temperature=1.0, seed=1,
+                                       response_format={"type": "json_object"})
+    if o.choices[0].finish_reason == "stop":
+        check(isinstance(json.loads(o.choices[0].message.content), dict), "json_object output is not an object")
+    rx = "[a-z]{3}-[0-9]{3}"
+    for seed in range(6):
+        c = client.completions.create(model=model, prompt="Code:", max_tokens=20, temperature=1.0, seed=seed,
+                                      extra_body={"structured_outputs": {"regex": rx}})
+        check(re.fullmatch(rx, c.choices[0].text), f"regex output {c.choices[0].text!r}")
+        c = client.completions.create(model=model, prompt="Pick:", max_tokens=20, temperature=1.0, seed=seed,
+                                      extra_body={"guided_choice": ["red", "green", "blue"]})
+        check(c.choices[0].text in ("red", "green", "blue"), f"choice output {c.choices[0].text!r}")
+    print(f"structured output: {stops} of {requests} seeded json_schema outputs validate (jsonschema), "
+          "json_object, regex and choice: ok")
 
 
 def sampling_features(client, model, msgs):

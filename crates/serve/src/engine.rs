@@ -19,6 +19,8 @@ use silica_models::paged::{PagedModel, PagedRow};
 use silica_models::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use silica_models::tokenizer::{ChatMessage, StreamDecoder, Tokenizer};
 use silica_models::{LoadedModel, LogitsMode};
+pub use silica_structured::Spec;
+use silica_structured::{Constraint, Grammars};
 use silica_tensor::Backend;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -97,6 +99,10 @@ pub struct Request {
     /// tokens before it) with this many alternatives, as one [`Event::Prompt`] before the
     /// first token. The prompt is then computed in full, not read from the prefix cache.
     pub prompt_logprobs: Option<usize>,
+    /// What the output must match (a JSON schema, any JSON object, a regex, a choice, a Lark
+    /// grammar), enforced as a token mask at every step; the request ends (reason `Stop`) when
+    /// the constraint is complete.
+    pub structured: Option<Spec>,
 }
 
 /// Most alternatives a request may ask log-probabilities for (OpenAI's limit for chat).
@@ -115,6 +121,7 @@ impl Request {
             ignore_eos: false,
             logprobs: None,
             prompt_logprobs: None,
+            structured: None,
         }
     }
 }
@@ -257,6 +264,7 @@ struct NewSeq {
     ignore_eos: bool,
     logprobs: Option<usize>,
     prompt_logprobs: Option<usize>,
+    constraint: Option<Constraint>,
     tx: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
     arrival: Instant,
@@ -285,6 +293,9 @@ pub struct Engine {
     max_queue: usize,
     /// How the KV pool was sized (for the startup line).
     kv_pool_note: String,
+    /// The grammar compiler over this model's vocabulary, built on the first request with an
+    /// output constraint.
+    grammars: std::sync::OnceLock<Result<Arc<Grammars>, String>>,
 }
 
 /// Blocks the KV pool may take when no size is configured, and where that came from. On a
@@ -410,6 +421,7 @@ impl Engine {
             context_len: ctx,
             max_queue: cfg.max_queue,
             kv_pool_note: pool_note,
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -419,6 +431,27 @@ impl Engine {
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_ref()
+    }
+
+    /// The grammar compiler for this model (built once, on first use).
+    fn grammars(&self) -> Result<&Arc<Grammars>, ServeError> {
+        let g = self.grammars.get_or_init(|| {
+            let tok = self.tokenizer.as_ref().ok_or_else(|| {
+                "structured output needs the model's tokenizer, and this model has none".to_string()
+            })?;
+            Grammars::new(tok, self.vocab_size, &self.eos)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        g.as_ref()
+            .map_err(|e| ServeError::InvalidRequest(e.clone()))
+    }
+
+    /// Checks an output constraint as [`Engine::submit`] would (an invalid schema, regex or
+    /// grammar is an error saying what is wrong), without queueing anything.
+    pub fn check_constraint(&self, spec: &Spec) -> Result<(), ServeError> {
+        self.grammars()?.compile(spec)?;
+        Ok(())
     }
 
     /// Token ids the model scores (its logits' width).
@@ -594,11 +627,21 @@ impl Engine {
         if self.shared.waiting.load(Ordering::Relaxed) + count > self.max_queue {
             return Err(ServeError::QueueFull(self.max_queue));
         }
+        // One constraint per sequence, compiled before anything is queued.
+        let constraints: Vec<Option<Constraint>> = match &req.structured {
+            None => (0..count).map(|_| None).collect(),
+            Some(spec) => {
+                let g = self.grammars()?;
+                (0..count)
+                    .map(|_| g.compile(spec).map(Some))
+                    .collect::<Result<_, _>>()?
+            }
+        };
         let gate = (count > 1).then(|| Arc::new(AtomicBool::new(false)));
         let prompt_ids: Arc<[u32]> = tokens.as_slice().into();
         let mut streams = Vec::with_capacity(count);
         let mut seqs = Vec::with_capacity(count);
-        for i in 0..count {
+        for (i, constraint) in constraints.into_iter().enumerate() {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = unbounded_channel();
             let cancel = Arc::new(AtomicBool::new(false));
@@ -612,6 +655,7 @@ impl Engine {
                 ignore_eos: req.ignore_eos,
                 logprobs: req.logprobs,
                 prompt_logprobs: req.prompt_logprobs,
+                constraint,
                 tx,
                 cancel: cancel.clone(),
                 arrival: Instant::now(),

@@ -19,6 +19,10 @@ pub enum ServeError {
     Tokenizer(#[from] silica_models::tokenizer::TokenizerError),
     #[error(transparent)]
     Tensor(#[from] silica_tensor::TensorError),
+    /// The output constraint (schema, regex, grammar) is invalid, or this model's tokenizer
+    /// cannot carry one.
+    #[error("{0}")]
+    Structured(#[from] silica_structured::StructuredError),
 }
 
 impl ServeError {
@@ -26,7 +30,9 @@ impl ServeError {
     pub fn is_client_error(&self) -> bool {
         use silica_models::tokenizer::TokenizerError as T;
         match self {
-            ServeError::InvalidRequest(_) | ServeError::PromptTooLong { .. } => true,
+            ServeError::InvalidRequest(_)
+            | ServeError::PromptTooLong { .. }
+            | ServeError::Structured(_) => true,
             // A chat template that rejects the messages (raise_exception) or text that cannot be
             // tokenized is the request's fault.
             ServeError::Tokenizer(T::Template { .. } | T::NoChatTemplate { .. } | T::Encode(_)) => {

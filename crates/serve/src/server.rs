@@ -8,7 +8,7 @@
 //! A client that disconnects (or drops a stream) cancels its request, which frees its blocks.
 
 use crate::engine::{
-    Engine, Event as EngineEvent, FinishReason, Prompt, Request, RequestStream, Usage, MAX_N,
+    Engine, Event as EngineEvent, FinishReason, Prompt, Request, RequestStream, Spec, Usage, MAX_N,
     MAX_TOP_LOGPROBS,
 };
 use crate::ServeError;
@@ -272,6 +272,12 @@ const COMMON_FIELDS: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "logit_bias",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
     "echo",
     "ignore_eos",
     "user",
@@ -292,10 +298,6 @@ fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> b
         "tool_choice" | "function_call" => value == "none",
         // Only says how tools are called; none are (a non-empty `tools` is refused).
         "parallel_tool_calls" => value.is_boolean(),
-        "response_format" => {
-            value.get("type").is_some_and(|t| t == "text")
-                && value.as_object().is_some_and(|o| o.len() == 1)
-        }
         "best_of" => is(1),
         "priority" => is(0),
         "store" => value == false,
@@ -440,6 +442,14 @@ struct Common {
     logprobs: Option<Value>,
     top_logprobs: Option<i64>,
     logit_bias: Option<serde_json::Map<String, Value>>,
+    /// OpenAI's structured output (`json_object`, `json_schema`; `text` = none).
+    response_format: Option<Value>,
+    /// vLLM's: `{json | regex | choice | grammar | json_object}`, and its older `guided_*`.
+    structured_outputs: Option<Value>,
+    guided_json: Option<Value>,
+    guided_regex: Option<Value>,
+    guided_choice: Option<Value>,
+    guided_grammar: Option<Value>,
     #[serde(default)]
     echo: bool,
     #[serde(default)]
@@ -549,7 +559,129 @@ fn build_request(
         ignore_eos: c.ignore_eos,
         logprobs,
         prompt_logprobs: None,
+        structured: output_constraint(c)?,
     })
+}
+
+/// The request's output constraint, from whichever one field names it (OpenAI's
+/// `response_format`, vLLM's `structured_outputs` or its `guided_*` fields); 400 for a malformed
+/// one or for two at once. The engine compiles it (an invalid schema is a 400 there).
+fn output_constraint(c: &Common) -> Result<Option<Spec>, ApiError> {
+    let given: Vec<(&'static str, &Value)> = [
+        ("response_format", &c.response_format),
+        ("structured_outputs", &c.structured_outputs),
+        ("guided_json", &c.guided_json),
+        ("guided_regex", &c.guided_regex),
+        ("guided_choice", &c.guided_choice),
+        ("guided_grammar", &c.guided_grammar),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| v.as_ref().filter(|v| !v.is_null()).map(|v| (n, v)))
+    .collect();
+    let mut specs = Vec::new();
+    for (name, v) in &given {
+        let bad = |m: String| ApiError::bad(m).param(name);
+        let spec = match *name {
+            "response_format" => match v.get("type").and_then(Value::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(Spec::JsonObject),
+                Some("json_schema") => {
+                    let schema = v
+                        .get("json_schema")
+                        .and_then(|j| j.get("schema"))
+                        .ok_or_else(|| {
+                            bad("`response_format` of type json_schema needs `json_schema: {\"name\": ..., \"schema\": {...}}`"
+                                .into())
+                        })?;
+                    Some(Spec::JsonSchema(schema.clone()))
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "`response_format` must be {{\"type\": \"text\" | \"json_object\" | \
+                         \"json_schema\"}}, got {v}"
+                    )))
+                }
+            },
+            "structured_outputs" => {
+                let o = v.as_object().ok_or_else(|| {
+                    bad("`structured_outputs` must be an object with one of json, regex, choice, grammar, json_object"
+                        .into())
+                })?;
+                let keys: Vec<&String> = o.keys().filter(|k| !o[*k].is_null()).collect();
+                let [key] = keys.as_slice() else {
+                    return Err(bad(format!(
+                        "`structured_outputs` must name exactly one of json, regex, choice, grammar, json_object; got {keys:?}"
+                    )));
+                };
+                Some(
+                    guided(key, &o[*key])
+                        .map_err(|m| bad(format!("`structured_outputs.{key}`: {m}")))?,
+                )
+            }
+            guided_name => {
+                let key = guided_name.trim_start_matches("guided_");
+                Some(guided(key, v).map_err(|m| bad(format!("`{guided_name}`: {m}")))?)
+            }
+        };
+        specs.extend(spec);
+    }
+    if given.len() > 1 {
+        let names: Vec<&str> = given.iter().map(|(n, _)| *n).collect();
+        return Err(ApiError::bad(format!(
+            "give at most one output constraint, not {}",
+            names.join(" and ")
+        ))
+        .param(given[1].0));
+    }
+    Ok(specs.pop())
+}
+
+/// The field the request's output constraint came from.
+fn constraint_field(c: &Common) -> Option<&'static str> {
+    [
+        ("response_format", &c.response_format),
+        ("structured_outputs", &c.structured_outputs),
+        ("guided_json", &c.guided_json),
+        ("guided_regex", &c.guided_regex),
+        ("guided_choice", &c.guided_choice),
+        ("guided_grammar", &c.guided_grammar),
+    ]
+    .into_iter()
+    .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+    .map(|(n, _)| n)
+}
+
+/// One of vLLM's guided-decoding forms.
+fn guided(key: &str, v: &Value) -> Result<Spec, String> {
+    match key {
+        "json" => match v {
+            // vLLM takes the schema as an object or as its JSON text.
+            Value::String(s) => serde_json::from_str(s)
+                .map(Spec::JsonSchema)
+                .map_err(|e| format!("the schema is not valid JSON: {e}")),
+            v => Ok(Spec::JsonSchema(v.clone())),
+        },
+        "json_object" => match v {
+            Value::Bool(true) => Ok(Spec::JsonObject),
+            _ => Err("must be true".into()),
+        },
+        "regex" => v
+            .as_str()
+            .map(|s| Spec::Regex(s.to_string()))
+            .ok_or_else(|| "must be a string (a regular expression)".into()),
+        "grammar" => v
+            .as_str()
+            .map(|s| Spec::Lark(s.to_string()))
+            .ok_or_else(|| "must be a string (a Lark grammar)".into()),
+        "choice" => v
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
+            .map(Spec::Choice)
+            .ok_or_else(|| "must be a list of strings".into()),
+        other => Err(format!(
+            "unknown form `{other}` (json, regex, choice, grammar, json_object)"
+        )),
+    }
 }
 
 /// How many alternatives each token's log-probability comes with, or None when the request
@@ -581,7 +713,7 @@ fn requested_logprobs(c: &Common, kind: Kind) -> Result<Option<usize>, ApiError>
                 Some(v) => match v.as_i64() {
                     Some(k) => count(k, "logprobs").map(Some),
                     None => Err(ApiError::bad(format!(
-                        "`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS} (the                          alternatives per token), got {v}"
+                        "`logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS} (the alternatives per token), got {v}"
                     ))
                     .param("logprobs")),
                 },
@@ -593,7 +725,7 @@ fn requested_logprobs(c: &Common, kind: Kind) -> Result<Option<usize>, ApiError>
                 Some(Value::Bool(b)) => *b,
                 Some(v) => {
                     return Err(ApiError::bad(format!(
-                        "`logprobs` must be true or false for chat (the count goes in                          `top_logprobs`), got {v}"
+                        "`logprobs` must be true or false for chat (the count goes in `top_logprobs`), got {v}"
                     ))
                     .param("logprobs"))
                 }
@@ -1127,7 +1259,14 @@ async fn respond(
         // Echo with logprobs reports the prompt's too, as OpenAI's completions do.
         req.prompt_logprobs = req.logprobs;
     }
-    let streams = st.engine.submit_n(req, n)?;
+    let streams = st.engine.submit_n(req, n).map_err(|e| match e {
+        // The schema, regex or grammar the engine could not compile: name its field.
+        ServeError::Structured(e) => {
+            let field = constraint_field(c).unwrap_or("response_format");
+            ApiError::bad(format!("`{field}`: {e}")).param(field)
+        }
+        e => e.into(),
+    })?;
     let tok = st.engine.tokenizer();
     let echo = match echo {
         None => None,

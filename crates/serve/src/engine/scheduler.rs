@@ -3,6 +3,7 @@
 //! `Engine` (the parent module) is its public face: requests arrive as [`Msg`]s.
 
 use super::*;
+use silica_structured::Constraint;
 
 /// What a step gives its rows: logits to sample on the host, or tokens sampled in the backend.
 enum Next {
@@ -25,6 +26,10 @@ struct Seq {
     /// Prompt log-probabilities still to compute and send: the alternatives per position and
     /// what the chunks so far gave (cleared when preempted; None once sent).
     prompt_logprobs: Option<(usize, Vec<TokenLogprobs>)>,
+    /// The output constraint's state (a token mask before each draw).
+    constraint: Option<Constraint>,
+    /// Why the sequence failed (its grammar engine did), ending it with an error event.
+    failed: Option<String>,
     sampler: Sampler,
     decoder: Option<StreamDecoder>,
     stop: StopFilter,
@@ -47,7 +52,10 @@ impl Seq {
     /// Whether its tokens must be picked on the host: its sampler needs the history or the
     /// bias, or the request reports log-probabilities (which need the logits).
     fn needs_host(&self) -> bool {
-        self.sampler.needs_host() || self.logprobs.is_some() || self.prompt_logprobs.is_some()
+        self.sampler.needs_host()
+            || self.logprobs.is_some()
+            || self.prompt_logprobs.is_some()
+            || self.constraint.is_some()
     }
     fn admissible(&self) -> bool {
         self.gate.as_ref().is_none_or(|g| g.load(Ordering::Relaxed))
@@ -150,6 +158,8 @@ impl Scheduler {
             ignore_eos: n.ignore_eos,
             logprobs: n.logprobs,
             prompt_logprobs: n.prompt_logprobs.map(|k| (k, Vec::new())),
+            constraint: n.constraint,
+            failed: None,
             sampler: Sampler::new(&n.sampling),
             decoder: self.tokenizer.as_ref().map(StreamDecoder::new),
             stop: StopFilter::new(&n.stop),
@@ -174,6 +184,13 @@ impl Scheduler {
         // The rest of its group need not wait for a prompt it will never compute.
         seq.open_gate();
         self.blocks.release(&seq.blocks);
+        if let Some(msg) = seq.failed.take() {
+            self.shared
+                .blocks_in_use
+                .store(self.blocks.in_use(), Ordering::Relaxed);
+            let _ = seq.tx.send(Event::Error(msg));
+            return;
+        }
         seq.blocks.clear();
         // Publish before the Finished event: a caller that sees its request end must see its
         // blocks back in the pool.
@@ -537,14 +554,40 @@ impl Scheduler {
             Next::Logits(l) => {
                 let s = &mut self.running[i];
                 let row = &l[r * v..(r + 1) * v];
-                let tok = s.sampler.sample(row, &s.tokens);
+                let tok = match s.constraint.as_mut() {
+                    None => s.sampler.sample(row, &s.tokens),
+                    Some(c) => {
+                        let mut masked = row.to_vec();
+                        if let Err(e) = c.mask_logits(&mut masked) {
+                            s.failed = Some(e.to_string());
+                            return Some(FinishReason::Cancelled);
+                        }
+                        s.sampler.sample(&masked, &s.tokens)
+                    }
+                };
+                // The model's own probabilities (vLLM's raw logprobs), not the masked ones.
                 let lp = s
                     .logprobs
                     .map(|k| Box::new(silica_models::sampling::logprobs(row, tok, k)));
                 (tok, lp)
             }
         };
-        self.accept(i, tok, lp)
+        // The constraint moves past the token; once it is complete the output ends here
+        // (an end-of-sequence token is all it would allow next).
+        let mut complete = false;
+        let eos = self.eos.contains(&tok);
+        let s = &mut self.running[i];
+        if let (Some(c), false) = (s.constraint.as_mut(), eos) {
+            if let Err(e) = c.accept(tok) {
+                s.failed = Some(e.to_string());
+                return Some(FinishReason::Cancelled);
+            }
+            complete = c.is_finished();
+        }
+        match self.accept(i, tok, lp) {
+            None if complete => Some(FinishReason::Stop),
+            r => r,
+        }
     }
 
     /// Appends `tok` to running sequence `i` and streams it (with its log-probabilities, when
