@@ -56,6 +56,7 @@ mod error;
 mod metrics;
 mod preset;
 pub mod server;
+pub mod tools;
 
 pub use engine::{
     Canceller, Engine, EngineConfig, EngineStats, Event, FinishReason, Prompt, Request,

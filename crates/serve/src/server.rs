@@ -11,6 +11,7 @@ use crate::engine::{
     Engine, Event as EngineEvent, FinishReason, Prompt, Request, RequestStream, Spec, Usage, MAX_N,
     MAX_TOP_LOGPROBS,
 };
+use crate::tools::{self, ToolCall, ToolFormat};
 use crate::ServeError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -37,6 +38,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// How the model writes tool calls (vLLM's `--tool-call-parser`); None = detect from the
+    /// chat template.
+    pub tool_parser: Option<ToolFormat>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +48,7 @@ impl Default for ServerConfig {
         ServerConfig {
             api_key: None,
             max_body_bytes: 4 << 20,
+            tool_parser: None,
         }
     }
 }
@@ -285,7 +290,13 @@ const COMMON_FIELDS: &[&str] = &[
     "prompt_cache_key",
 ];
 const COMPLETION_FIELDS: &[&str] = &["prompt"];
-const CHAT_FIELDS: &[&str] = &["messages", "chat_template_kwargs"];
+const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "chat_template_kwargs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
 
 /// Whether `value` of a field the server does not implement asks for nothing (the feature off,
 /// as clients send it by default), so the request means the same without it.
@@ -294,10 +305,9 @@ fn neutral(body: &serde_json::Map<String, Value>, key: &str, value: &Value) -> b
     match key {
         _ if value.is_null() => true,
         "metadata" => value.as_object().is_some_and(|o| o.is_empty()),
-        "tools" | "functions" => value.as_array().is_some_and(|a| a.is_empty()),
-        "tool_choice" | "function_call" => value == "none",
-        // Only says how tools are called; none are (a non-empty `tools` is refused).
-        "parallel_tool_calls" => value.is_boolean(),
+        // The legacy names of `tools` / `tool_choice`.
+        "functions" => value.as_array().is_some_and(|a| a.is_empty()),
+        "function_call" => value == "none",
         "best_of" => is(1),
         "priority" => is(0),
         "store" => value == false,
@@ -466,6 +476,9 @@ struct ChatBody {
     messages: Vec<ChatIn>,
     /// vLLM's extension: extra chat-template variables (Qwen3's `enable_thinking`).
     chat_template_kwargs: Option<Value>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +486,11 @@ struct ChatIn {
     role: String,
     #[serde(default)]
     content: Value,
+    /// An assistant turn's calls (OpenAI's shape; `arguments` as JSON text).
+    tool_calls: Option<Value>,
+    /// A `tool` turn: the call it answers, and the function's name.
+    tool_call_id: Option<String>,
+    name: Option<String>,
 }
 
 fn finite(name: &'static str, v: Option<f64>, default: f64) -> Result<f32, ApiError> {
@@ -833,9 +851,47 @@ fn chat_messages(msgs: &[ChatIn]) -> Result<Vec<ChatMessage>, ApiError> {
                     .param("messages"))
                 }
             };
-            Ok(ChatMessage::new(m.role.clone(), content))
+            let mut msg = ChatMessage::new(m.role.clone(), content);
+            if let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_null()) {
+                msg.extra
+                    .insert("tool_calls".into(), template_tool_calls(calls)?);
+            }
+            if let Some(id) = &m.tool_call_id {
+                msg.extra.insert("tool_call_id".into(), id.clone().into());
+            }
+            if let Some(n) = &m.name {
+                msg.extra.insert("name".into(), n.clone().into());
+            }
+            Ok(msg)
         })
         .collect()
+}
+
+/// An assistant turn's `tool_calls` as chat templates read them: as vLLM passes them, with each
+/// call's `arguments` parsed from JSON text into an object (templates write `arguments |
+/// tojson`).
+fn template_tool_calls(calls: &Value) -> Result<Value, ApiError> {
+    let bad = |m: &str| ApiError::bad(m.to_string()).param("messages");
+    let list = calls
+        .as_array()
+        .ok_or_else(|| bad("an assistant message's `tool_calls` must be a list"))?;
+    let mut out = Vec::new();
+    for c in list {
+        let mut c = c.clone();
+        let f = c
+            .get_mut("function")
+            .filter(|f| f.get("name").and_then(Value::as_str).is_some())
+            .ok_or_else(|| {
+                bad("each of `tool_calls` needs `function: {\"name\", \"arguments\"}`")
+            })?;
+        if let Some(Value::String(a)) = f.get("arguments") {
+            let parsed: Value = serde_json::from_str(a)
+                .map_err(|e| bad(&format!("a tool call's `arguments` is not JSON text: {e}")))?;
+            f["arguments"] = parsed;
+        }
+        out.push(c);
+    }
+    Ok(Value::Array(out))
 }
 
 #[derive(Copy, Clone, PartialEq)]
@@ -866,13 +922,9 @@ async fn chat_completions(
     let run = async {
         let (b, common): (ChatBody, _) = parse_body(body, CHAT_FIELDS)?;
         let msgs = chat_messages(&b.messages)?;
-        // Chat defaults to the rest of the context.
-        let prompt = match b.chat_template_kwargs {
-            None | Some(Value::Null) => Prompt::Chat(msgs),
-            Some(Value::Object(template_kwargs)) => Prompt::ChatWith {
-                messages: msgs,
-                template_kwargs,
-            },
+        let mut template_kwargs = match b.chat_template_kwargs.clone() {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(kw)) => kw,
             Some(_) => {
                 return Err(ApiError::bad(
                     "`chat_template_kwargs` must be an object of template variables, e.g. \
@@ -881,10 +933,115 @@ async fn chat_completions(
                 .param("chat_template_kwargs"))
             }
         };
-        let req = build_request(&st, &common, prompt, None, Kind::Chat)?;
-        respond(&st, req, &common, Kind::Chat).await
+        if template_kwargs.contains_key("tools") {
+            return Err(ApiError::bad(
+                "give tools in the request's `tools` field, not in `chat_template_kwargs`",
+            )
+            .param("chat_template_kwargs"));
+        }
+        let tools = tool_mode(&st, &b, &mut template_kwargs)?;
+        let prompt = if template_kwargs.is_empty() {
+            Prompt::Chat(msgs)
+        } else {
+            Prompt::ChatWith {
+                messages: msgs,
+                template_kwargs,
+            }
+        };
+        // Chat defaults to the rest of the context.
+        let mut req = build_request(&st, &common, prompt, None, Kind::Chat)?;
+        if let Some(ToolMode::Forced(_, spec)) = &tools {
+            if req.structured.is_some() {
+                return Err(ApiError::bad(
+                    "`tool_choice` \"required\" or a named function already constrains the \
+                     output; leave out the other constraint",
+                )
+                .param("tool_choice"));
+            }
+            req.structured = Some(spec.clone());
+        }
+        respond_with(&st, req, &common, Kind::Chat, tools).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The format replies are read in, when known (forced calls are plain JSON).
+fn tool_format(mode: Option<&ToolMode>) -> Option<ToolFormat> {
+    match mode {
+        Some(ToolMode::Auto(f, ..)) => Some(*f),
+        _ => None,
+    }
+}
+
+/// How a chat request's reply is read for tool calls.
+#[derive(Clone)]
+enum ToolMode {
+    /// `tool_choice: auto`: the model may call tools, in its family's format (with the id of
+    /// the format's special marker token, if the tokenizer has one); `false`: keep only the
+    /// first call (`parallel_tool_calls: false`).
+    Auto(ToolFormat, Option<u32>, bool),
+    /// `required` or a named function: the output is constrained to the call(s).
+    Forced(tools::Choice, Spec),
+}
+
+/// Checks `tools` and `tool_choice`, puts the tools in the template's variables, and says how
+/// to read the reply (None: no tools, or `tool_choice: none`).
+fn tool_mode(
+    st: &AppState,
+    b: &ChatBody,
+    template_kwargs: &mut serde_json::Map<String, Value>,
+) -> Result<Option<ToolMode>, ApiError> {
+    let tools_v = b
+        .tools
+        .as_ref()
+        .filter(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()));
+    let tools = match tools_v {
+        None => None,
+        Some(t) => Some(tools::check_tools(t).map_err(|m| ApiError::bad(m).param("tools"))?),
+    };
+    let choice = tools::parse_choice(b.tool_choice.as_ref(), tools.is_some())
+        .map_err(|m| ApiError::bad(m).param("tool_choice"))?;
+    let (Some(tools), Some(tools_v)) = (tools, tools_v) else {
+        return Ok(None);
+    };
+    let tok = served_tokenizer(st)?;
+    let template = tok.chat_template().unwrap_or_default();
+    if !template.contains("tools") {
+        return Err(ApiError::bad(
+            "this model's chat template does not render tools, so the model would never see them",
+        )
+        .param("tools"));
+    }
+    template_kwargs.insert("tools".into(), tools_v.clone());
+    let parallel = b.parallel_tool_calls.unwrap_or(true);
+    Ok(match choice {
+        tools::Choice::None => None,
+        tools::Choice::Auto => {
+            let format = st
+                .cfg
+                .tool_parser
+                .or_else(|| ToolFormat::detect(template))
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "this model's chat template writes tool calls in no format silica knows; \
+                         start the server with --tool-call-parser ({})",
+                        ToolFormat::NAMES.join(", ")
+                    ))
+                    .param("tools")
+                })?;
+            let marker = format
+                .marker_token()
+                .and_then(|t| tok.token_to_id(t))
+                .filter(|&id| tok.is_special(id));
+            Some(ToolMode::Auto(format, marker, parallel))
+        }
+        choice => {
+            let spec = tools::forcing_constraint(&choice, &tools, parallel)
+                .map_err(|m| ApiError::bad(m).param("tool_choice"))?
+                .expect("required and named choices force a call");
+            Some(ToolMode::Forced(choice, spec))
+        }
+    })
 }
 
 /// `POST /tokenize` (vLLM's): a completion `prompt` or chat `messages` as the server would
@@ -899,6 +1056,8 @@ struct TokenizeBody {
     /// Chat only (default true, as `/v1/chat/completions` renders).
     add_generation_prompt: Option<bool>,
     chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// Chat only: the tools the template renders, as `/v1/chat/completions` takes them.
+    tools: Option<Value>,
     #[serde(default)]
     return_token_strs: bool,
 }
@@ -910,6 +1069,7 @@ const TOKENIZE_FIELDS: &[&str] = &[
     "add_special_tokens",
     "add_generation_prompt",
     "chat_template_kwargs",
+    "tools",
     "return_token_strs",
 ];
 
@@ -956,9 +1116,13 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
         let tok = served_tokenizer(&st)?;
         let ids = match (&b.prompt, &b.messages) {
             (Some(p), None) => {
-                if b.add_generation_prompt.is_some() || b.chat_template_kwargs.is_some() {
+                if b.add_generation_prompt.is_some()
+                    || b.chat_template_kwargs.is_some()
+                    || b.tools.is_some()
+                {
                     return Err(ApiError::bad(
-                        "`add_generation_prompt` and `chat_template_kwargs` apply to `messages`",
+                        "`add_generation_prompt`, `chat_template_kwargs` and `tools` apply to \
+                         `messages`",
                     ));
                 }
                 tok.encode(p, b.add_special_tokens.unwrap_or(true))?
@@ -972,10 +1136,15 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
                     .param("add_special_tokens"));
                 }
                 let msgs = chat_messages(m)?;
+                let mut kwargs = b.chat_template_kwargs.unwrap_or_default();
+                if let Some(t) = b.tools.filter(|t| !t.is_null()) {
+                    tools::check_tools(&t).map_err(|m| ApiError::bad(m).param("tools"))?;
+                    kwargs.insert("tools".into(), t);
+                }
                 let text = tok.apply_chat_template_with(
                     &msgs,
                     b.add_generation_prompt.unwrap_or(true),
-                    &b.chat_template_kwargs.unwrap_or_default(),
+                    &kwargs,
                 )?;
                 tok.encode(&text, false)?
             }
@@ -1172,10 +1341,140 @@ impl Shape {
 
 /// One choice of a finished response.
 struct Finished {
-    text: String,
+    /// The text (None: a reply that is only tool calls).
+    text: Option<String>,
     reason: FinishReason,
     completion_tokens: usize,
     logprobs: Value,
+    tool_calls: Vec<ToolCall>,
+}
+
+/// OpenAI's `finish_reason`, `tool_calls` when the reply called tools (and was not cut short).
+fn finish_reason(reason: FinishReason, calls: &[ToolCall]) -> &'static str {
+    if !calls.is_empty() && reason != FinishReason::Length {
+        "tool_calls"
+    } else {
+        reason.openai()
+    }
+}
+
+/// Reads one choice's reply for tool calls as it streams: text is released as content until a
+/// call begins (text that may be the start of the format's marker is held back), and
+/// everything from there is held and parsed at the end.
+struct ToolReader {
+    mode: ToolMode,
+    /// Every generated text so far, and how much of it went out as content.
+    text: String,
+    released: usize,
+    /// A call has begun (or the output is constrained to calls): nothing more is released.
+    holding: bool,
+    /// Where the format's special marker token came, if it did.
+    marker_at: Option<usize>,
+}
+
+impl ToolReader {
+    fn new(mode: ToolMode) -> ToolReader {
+        ToolReader {
+            holding: matches!(mode, ToolMode::Forced(..)),
+            mode,
+            text: String::new(),
+            released: 0,
+            marker_at: None,
+        }
+    }
+
+    /// Adds a token and its text; returns the content that may go out now.
+    fn push(&mut self, id: u32, piece: &str) -> String {
+        if let ToolMode::Auto(_, Some(marker), _) = &self.mode {
+            if id == *marker && self.marker_at.is_none() {
+                self.marker_at = Some(self.text.len());
+                self.holding = true;
+            }
+        }
+        self.text.push_str(piece);
+        if self.holding {
+            return String::new();
+        }
+        let ToolMode::Auto(format, ..) = &self.mode else {
+            return String::new();
+        };
+        let pending = &self.text[self.released..];
+        let visible = match format {
+            ToolFormat::Hermes => "<tool_call>",
+            ToolFormat::Mistral => "[TOOL_CALLS]",
+            ToolFormat::Llama3Json => {
+                // A reply that opens with `{` is a call: hold it all.
+                if self.released == 0 {
+                    let t = pending.trim_start();
+                    if t.is_empty() {
+                        return String::new();
+                    }
+                    if t.starts_with('{') {
+                        self.holding = true;
+                        return String::new();
+                    }
+                }
+                let out = pending.to_string();
+                self.released = self.text.len();
+                return out;
+            }
+        };
+        let out = match pending.find(visible) {
+            Some(i) => {
+                self.holding = true;
+                pending[..i].to_string()
+            }
+            None => {
+                // Hold back a tail that could be the start of the marker.
+                let keep = (1..visible.len().min(pending.len()) + 1)
+                    .rev()
+                    .filter(|&k| pending.is_char_boundary(pending.len() - k))
+                    .find(|&k| visible.starts_with(&pending[pending.len() - k..]))
+                    .unwrap_or(0);
+                pending[..pending.len() - keep].to_string()
+            }
+        };
+        self.released += out.len();
+        out
+    }
+
+    /// Adds the text that came with the end.
+    fn finish(&mut self, tail: &str) {
+        self.text.push_str(tail);
+    }
+
+    /// The calls, and the content (None when only calls).
+    fn parse(&self) -> (Option<String>, Vec<ToolCall>) {
+        match &self.mode {
+            ToolMode::Forced(choice, _) => match tools::parse_forced(choice, &self.text) {
+                Some(calls) => (None, calls),
+                None => (Some(self.text.clone()), vec![]),
+            },
+            ToolMode::Auto(format, _, parallel) => {
+                let mut p = tools::parse(*format, &self.text, self.marker_at);
+                if !parallel {
+                    p.calls.truncate(1);
+                }
+                (p.content, p.calls)
+            }
+        }
+    }
+
+    /// The whole reply: its content and calls.
+    fn whole(&self) -> (Option<String>, Vec<ToolCall>) {
+        self.parse()
+    }
+
+    /// At the end of a stream: the content not yet released (all of the held text when it
+    /// held no calls) and the calls.
+    fn rest(&self) -> (String, Vec<ToolCall>) {
+        let (_, calls) = self.parse();
+        if calls.is_empty() {
+            (self.text[self.released..].to_string(), calls)
+        } else {
+            (String::new(), calls)
+        }
+    }
 }
 
 /// Reads one choice's stream to its end.
@@ -1183,9 +1482,11 @@ async fn collect_choice(
     mut stream: RequestStream,
     shape: &Shape,
     tok: Option<&Tokenizer>,
+    tools: Option<&ToolMode>,
 ) -> Result<Finished, ApiError> {
     let mut text = shape.echo.clone().unwrap_or_default();
     let mut entries: Vec<(u32, Option<TokenLogprobs>)> = Vec::new();
+    let mut reader = tools.cloned().map(ToolReader::new);
     loop {
         match stream.next().await {
             Some(EngineEvent::Prompt { logprobs }) => {
@@ -1200,6 +1501,9 @@ async fn collect_choice(
                 text: t,
                 logprobs,
             }) => {
+                if let Some(r) = reader.as_mut() {
+                    r.push(id, &t);
+                }
                 text.push_str(&t);
                 entries.push((id, logprobs.map(|b| *b)));
             }
@@ -1220,11 +1524,19 @@ async fn collect_choice(
                 } else {
                     Value::Null
                 };
+                let (content, tool_calls) = match reader.as_mut() {
+                    None => (Some(text), vec![]),
+                    Some(r) => {
+                        r.finish(&t);
+                        r.whole()
+                    }
+                };
                 return Ok(Finished {
-                    text,
+                    text: content,
                     reason,
                     completion_tokens: usage.completion_tokens,
                     logprobs,
+                    tool_calls,
                 });
             }
             Some(EngineEvent::Error(e)) => return Err(ServeError::Config(e).into()),
@@ -1238,6 +1550,17 @@ async fn respond(
     req: Request,
     c: &Common,
     kind: Kind,
+) -> Result<Response, ApiError> {
+    respond_with(st, req, c, kind, None).await
+}
+
+/// Runs a request and answers it, reading chat replies for tool calls as `tools` says.
+async fn respond_with(
+    st: &AppState,
+    req: Request,
+    c: &Common,
+    kind: Kind,
+    tools: Option<ToolMode>,
 ) -> Result<Response, ApiError> {
     let n = match c.n {
         None => 1,
@@ -1294,10 +1617,13 @@ async fn respond(
             shape,
             include_usage,
             st.engine.clone(),
+            tools,
         ));
     }
     let choices = futures_util::future::try_join_all(
-        streams.into_iter().map(|s| collect_choice(s, &shape, tok)),
+        streams
+            .into_iter()
+            .map(|s| collect_choice(s, &shape, tok, tools.as_ref())),
     )
     .await?;
     let usage = Usage {
@@ -1308,11 +1634,17 @@ async fn respond(
         .into_iter()
         .enumerate()
         .map(|(i, f)| match kind {
-            Kind::Completion => json!({"index": i, "text": f.text, "logprobs": f.logprobs,
-                "finish_reason": f.reason.openai()}),
-            Kind::Chat => json!({"index": i,
-                "message": {"role": "assistant", "content": f.text},
+            Kind::Completion => json!({"index": i, "text": f.text.unwrap_or_default(),
                 "logprobs": f.logprobs, "finish_reason": f.reason.openai()}),
+            Kind::Chat => {
+                let mut message = json!({"role": "assistant", "content": f.text});
+                if !f.tool_calls.is_empty() {
+                    message["tool_calls"] =
+                        tools::calls_json(&f.tool_calls, tool_format(tools.as_ref())).into();
+                }
+                json!({"index": i, "message": message, "logprobs": f.logprobs,
+                    "finish_reason": finish_reason(f.reason, &f.tool_calls)})
+            }
         })
         .collect();
     Ok(Json(
@@ -1327,6 +1659,7 @@ struct ChoiceState {
     lp: LogprobsWriter,
     done: bool,
     first_prompt_token: Option<u32>,
+    tools: Option<ToolReader>,
 }
 
 struct SseState {
@@ -1350,6 +1683,13 @@ fn choice_events(index: usize, stream: RequestStream) -> ChoiceEvents {
     ))
 }
 
+/// Puts one tool call into a chat chunk's delta: `{"tool_calls": [{"index", "id", "type",
+/// "function": {"name", "arguments"}}]}`.
+fn call_delta(chunk: &mut Value, index: usize, mut call: Value) {
+    call["index"] = index.into();
+    chunk["choices"][0]["delta"]["tool_calls"] = json!([call]);
+}
+
 fn data(v: &Value) -> SseEvent {
     SseEvent::default().data(v.to_string())
 }
@@ -1359,6 +1699,7 @@ fn sse_response(
     shape: Shape,
     include_usage: bool,
     engine: Arc<Engine>,
+    tools: Option<ToolMode>,
 ) -> Response {
     let mut pending = VecDeque::new();
     let mut choices = Vec::new();
@@ -1370,6 +1711,7 @@ fn sse_response(
             },
             done: false,
             first_prompt_token: s.prompt_ids.first().copied(),
+            tools: tools.clone().map(ToolReader::new),
         });
         if shape.kind == Kind::Chat {
             pending.push_back(data(&shape.chunk(i, Some(""), None, true, Value::Null)));
@@ -1437,6 +1779,12 @@ fn sse_response(
                         Some(l) => lp_value(c, &[(id, Some(l))]),
                         None => Value::Null,
                     };
+                    // With tools, text that may belong to a call is held back (the chunk
+                    // still goes out, empty).
+                    let text = match c.tools.as_mut() {
+                        Some(r) => r.push(id, &text),
+                        None => text,
+                    };
                     s.pending
                         .push_back(data(&s.shape.chunk(i, Some(&text), None, false, lp)));
                 }
@@ -1446,20 +1794,35 @@ fn sse_response(
                     usage,
                 } => {
                     // Text held back until the end rides on the final chunk, so a stream has
-                    // exactly one chunk per token plus the final one, per choice.
+                    // exactly one chunk per token plus the final one, per choice (and, with
+                    // tool calls, one chunk per call before it, as OpenAI streams them).
+                    let (text, calls) = match s.choices[i].tools.as_mut() {
+                        None => (text, vec![]),
+                        Some(r) => {
+                            r.finish(&text);
+                            r.rest()
+                        }
+                    };
+                    let format = s.choices[i]
+                        .tools
+                        .as_ref()
+                        .and_then(|r| tool_format(Some(&r.mode)));
+                    for (k, call) in tools::calls_json(&calls, format).into_iter().enumerate() {
+                        let mut chunk = s.shape.chunk(i, None, None, false, Value::Null);
+                        call_delta(&mut chunk, k, call);
+                        s.pending.push_back(data(&chunk));
+                    }
                     let tail = (!text.is_empty()).then_some(text.as_str());
+                    let finish = finish_reason(reason, &calls);
                     let last = match s.shape.kind {
                         Kind::Completion => s.shape.chunk(
                             i,
                             Some(tail.unwrap_or("")),
-                            Some(reason.openai()),
+                            Some(finish),
                             false,
                             Value::Null,
                         ),
-                        Kind::Chat => {
-                            s.shape
-                                .chunk(i, tail, Some(reason.openai()), false, Value::Null)
-                        }
+                        Kind::Chat => s.shape.chunk(i, tail, Some(finish), false, Value::Null),
                     };
                     s.pending.push_back(data(&last));
                     s.usage.completion_tokens += usage.completion_tokens;

@@ -417,7 +417,7 @@ fn bad_requests_get_openai_errors() {
             .to_string()
             .into_bytes(),
             400,
-            "`tools` is not supported",
+            "does not render tools",
         ),
         (
             "/v1/completions",

@@ -89,15 +89,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             if a.chat {
                 let mut msgs = Vec::new();
                 if let Some(s) = &a.system {
-                    msgs.push(ChatMessage {
-                        role: "system".into(),
-                        content: s.clone(),
-                    });
+                    msgs.push(ChatMessage::new("system", s.clone()));
                 }
-                msgs.push(ChatMessage {
-                    role: "user".into(),
-                    content: text.clone(),
-                });
+                msgs.push(ChatMessage::new("user", text.clone()));
                 let rendered = tok.apply_chat_template(&msgs, true)?;
                 // The template already contains BOS where the model wants one.
                 tok.encode(&rendered, false)?

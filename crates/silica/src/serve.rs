@@ -7,6 +7,7 @@ use crate::common::{
 use anyhow::{Context, Result};
 use clap::Args;
 use silica_models::LoadOptions;
+use silica_serve::tools::ToolFormat;
 use silica_serve::{Engine, EngineConfig, ServerConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,10 @@ pub struct ServeArgs {
     /// The name clients use in `model` (default: the folder or preset name).
     #[arg(long)]
     served_model_name: Option<String>,
+    /// How the model writes tool calls (vLLM's names: hermes, llama3_json, mistral); default:
+    /// detected from the chat template.
+    #[arg(long, value_parser = parse_tool_parser)]
+    tool_call_parser: Option<ToolFormat>,
     /// Token slots per KV block.
     #[arg(long, default_value_t = 16)]
     block_size: usize,
@@ -115,6 +120,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let cfg = ServerConfig {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         max_body_bytes: a.max_body_bytes,
+        tool_parser: a.tool_call_parser,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,4 +171,13 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     eprintln!("silica serve: shutting down, finishing requests in flight…");
+}
+
+fn parse_tool_parser(s: &str) -> Result<ToolFormat, String> {
+    ToolFormat::from_name(s).ok_or_else(|| {
+        format!(
+            "unknown tool-call format `{s}`; one of: {}",
+            ToolFormat::NAMES.join(", ")
+        )
+    })
 }

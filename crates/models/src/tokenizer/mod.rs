@@ -52,11 +52,15 @@ pub enum TokenizerError {
 
 type Result<T, E = TokenizerError> = std::result::Result<T, E>;
 
-/// One chat message, as in transformers' `messages=[{"role": ..., "content": ...}]`.
+/// One chat message, as in transformers' `messages=[{"role": ..., "content": ...}]`, with the
+/// other keys templates read (`tool_calls` of an assistant turn, `tool_call_id` and `name` of a
+/// tool result) in `extra`, passed to the template as they are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ChatMessage {
@@ -64,6 +68,7 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            extra: serde_json::Map::new(),
         }
     }
 }
@@ -493,8 +498,9 @@ impl Tokenizer {
     }
 
     /// [`Tokenizer::apply_chat_template`] with extra template variables, as transformers'
-    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3's `enable_thinking`). A kwarg may
-    /// not replace a variable the renderer sets itself (`messages`, `add_generation_prompt`, …).
+    /// `apply_chat_template(..., **kwargs)` passes them (Qwen3's `enable_thinking`; `tools` and
+    /// `documents`, none unless given). A kwarg may not replace a variable the renderer sets
+    /// itself (`messages`, `add_generation_prompt`, the special tokens, …).
     pub fn apply_chat_template_with(
         &self,
         messages: &[ChatMessage],
@@ -527,8 +533,6 @@ impl Tokenizer {
                 "messages".into(),
                 minijinja::Value::from_serialize(messages),
             ),
-            ("tools".into(), minijinja::Value::from(())),
-            ("documents".into(), minijinja::Value::from(())),
             (
                 "add_generation_prompt".into(),
                 minijinja::Value::from(add_generation_prompt),
@@ -541,6 +545,11 @@ impl Tokenizer {
             "additional_special_tokens".into(),
             minijinja::Value::from_serialize(&self.inner.additional_special_tokens),
         ));
+        for name in ["tools", "documents"] {
+            if !kwargs.contains_key(name) {
+                ctx.push((name.into(), minijinja::Value::from(())));
+            }
+        }
         for (k, v) in kwargs {
             if ctx.iter().any(|(name, _)| name == k) {
                 return Err(TokenizerError::Template {

@@ -30,6 +30,8 @@ struct Seq {
     constraint: Option<Constraint>,
     /// Why the sequence failed (its grammar engine did), ending it with an error event.
     failed: Option<String>,
+    /// A stop string ended it (the text after it is dropped, not flushed).
+    stop_hit: bool,
     sampler: Sampler,
     decoder: Option<StreamDecoder>,
     stop: StopFilter,
@@ -160,6 +162,7 @@ impl Scheduler {
             prompt_logprobs: n.prompt_logprobs.map(|k| (k, Vec::new())),
             constraint: n.constraint,
             failed: None,
+            stop_hit: false,
             sampler: Sampler::new(&n.sampling),
             decoder: self.tokenizer.as_ref().map(StreamDecoder::new),
             stop: StopFilter::new(&n.stop),
@@ -198,7 +201,9 @@ impl Scheduler {
             .blocks_in_use
             .store(self.blocks.in_use(), Ordering::Relaxed);
         let mut text = String::new();
-        if reason != FinishReason::Stop && reason != FinishReason::Cancelled {
+        // Text the decoder still holds goes out, unless a stop string cut the output there
+        // (a completed output constraint also ends with reason Stop, and keeps its text).
+        if !seq.stop_hit && reason != FinishReason::Cancelled {
             if let Some(d) = seq.decoder.as_mut() {
                 // As generation does: a stop string the final flush completes ends the stream
                 // with reason Stop (it was dropped here, reporting length/eos).
@@ -633,6 +638,7 @@ impl Scheduler {
             logprobs,
         });
         if hit {
+            s.stop_hit = true;
             Some(FinishReason::Stop)
         } else if s.generated() >= s.max_tokens || s.tokens.len() >= ctx {
             Some(FinishReason::Length)

@@ -29,6 +29,16 @@ pub fn start(num_blocks: usize, api_key: Option<&str>) -> Server {
     let be = Arc::new(silica_tensor::cpu::CpuBackend::new());
     let mut model = LoadedModel::random(cfg, MODEL, be, &opts, 7).unwrap();
     model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config).unwrap());
+    let cfg = ServerConfig {
+        api_key: api_key.map(str::to_string),
+        max_body_bytes: 64 << 10,
+        ..Default::default()
+    };
+    start_model(model, num_blocks, cfg)
+}
+
+/// A server over `model` (any loaded model) with a pool of `num_blocks` blocks of 16.
+pub fn start_model(model: LoadedModel, num_blocks: usize, cfg: ServerConfig) -> Server {
     let engine = Arc::new(
         Engine::new(
             model,
@@ -51,10 +61,6 @@ pub fn start(num_blocks: usize, api_key: Option<&str>) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = ServerConfig {
-        api_key: api_key.map(str::to_string),
-        max_body_bytes: 64 << 10,
-    };
     rt.spawn(silica_serve::serve(
         listener,
         engine.clone(),
