@@ -217,6 +217,91 @@ def sampling_features(client, model, msgs):
     print("logprobs, echo, n, logit_bias, penalties: ok")
 
 
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather in a city",
+        "parameters": {"type": "object",
+                       "properties": {"city": {"type": "string", "maxLength": 12},
+                                      "unit": {"enum": ["c", "f"]}},
+                       "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Time in a zone",
+        "parameters": {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}},
+                       "required": ["zone"], "additionalProperties": False}}},
+]
+
+
+def tools_check(client, model, base, key, folder):
+    """Tools against a server whose model has a real tool-capable chat template (Qwen2.5's):
+    the prompt with tools (and a tool-call history) tokenizes exactly as transformers'
+    `apply_chat_template(messages, tools=...)`; `tool_choice` required / named give calls the
+    client parses, with arguments valid against their schemas; an auto reply in the Hermes
+    format (steered by a grammar: the weights are random) is read back into a call, streamed too."""
+    import jsonschema
+    from transformers import AutoTokenizer
+    hf = AutoTokenizer.from_pretrained(folder)
+    history = [
+        {"role": "system", "content": "You help with weather."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"unit\": \"c\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "{\"temp\": -3}"},
+    ]
+    for msgs in ([{"role": "user", "content": "Weather in Oslo?"}], history):
+        # transformers takes a call's arguments as a dict (what templates `tojson`), as vLLM passes them.
+        hf_msgs = json.loads(json.dumps(msgs))
+        for m in hf_msgs:
+            for c in m.get("tool_calls") or []:
+                c["function"]["arguments"] = json.loads(c["function"]["arguments"])
+        want = hf.apply_chat_template(hf_msgs, tools=TOOLS, add_generation_prompt=True, tokenize=True)
+        if hasattr(want, "keys"):  # a BatchEncoding in transformers 5
+            want = want["input_ids"]
+        req = urllib.request.Request(base + "/tokenize", method="POST",
+                                     data=json.dumps({"messages": msgs, "tools": TOOLS}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            got = json.load(r)["tokens"]
+        check(got == list(want), f"tools prompt differs from transformers: {len(got)} vs {len(want)} tokens")
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    msgs = [{"role": "user", "content": "Weather in Oslo?"}]
+    n_calls = 0
+    for seed in range(8):
+        r = client.chat.completions.create(model=model, messages=msgs, tools=TOOLS, tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=400, temperature=1.0, seed=seed)
+        ch = r.choices[0]
+        check(ch.finish_reason == "tool_calls" and ch.message.tool_calls, f"required: {ch}")
+        for call in ch.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+            n_calls += 1
+    r = client.chat.completions.create(model=model, messages=msgs, tools=TOOLS, max_tokens=400, temperature=1.0,
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    call = r.choices[0].message.tool_calls[0]
+    check(call.function.name == "get_time", f"named: {call}")
+    jsonschema.validate(json.loads(call.function.arguments), schemas["get_time"])
+    grammar = ('start: "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"" '
+               'CITY "\\", \\"unit\\": \\"c\\"}}\\n</tool_call>"\nCITY: /[A-Z][a-z]{1,10}/')
+    r = client.chat.completions.create(model=model, messages=msgs, tools=TOOLS, max_tokens=400, temperature=1.0,
+                                       seed=1, extra_body={"guided_grammar": grammar})
+    ch = r.choices[0]
+    check(ch.finish_reason == "tool_calls" and ch.message.tool_calls[0].function.name == "get_weather",
+          f"auto (hermes): {ch}")
+    args = json.loads(ch.message.tool_calls[0].function.arguments)
+    jsonschema.validate(args, schemas["get_weather"])
+    streamed = {}
+    for chunk in client.chat.completions.create(model=model, messages=msgs, tools=TOOLS, max_tokens=400,
+                                                temperature=1.0, seed=1, stream=True,
+                                                extra_body={"guided_grammar": grammar}):
+        for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            d = streamed.setdefault(tc.index, {"name": "", "arguments": ""})
+            d["name"] += tc.function.name or ""
+            d["arguments"] += tc.function.arguments or ""
+    check(streamed.get(0, {}).get("name") == "get_weather" and json.loads(streamed[0]["arguments"]) == args,
+          f"streamed call {streamed}")
+    print(f"tools: prompts = transformers' apply_chat_template(tools=...) exactly (2 conversations); "
+          f"{n_calls} forced calls validate (jsonschema); named, auto (hermes) and streamed calls parsed by the client")
+
+
 def read_safetensors(path):
     """The F32 tensors of a safetensors file, as (shape, flat list), without numpy."""
     import struct
@@ -364,11 +449,16 @@ def main():
     ap.add_argument("--bench-out", default="")
     ap.add_argument("--reference", default="",
                     help="a models/fixtures folder the server serves: only compare logprobs with its transformers reference")
+    ap.add_argument("--tools", default="",
+                    help="the model folder the server serves, with a tool-capable chat template: only check tools")
     a = ap.parse_args()
     base = a.base_url.rstrip("/")
     client = openai.OpenAI(base_url=base + "/v1", api_key=a.api_key, max_retries=0, timeout=600)
     if a.reference:
         reference_check(client, a.model, a.reference)
+        return
+    if a.tools:
+        tools_check(client, a.model, base, a.api_key, a.tools)
         return
     functional(client, a.model, base)
     load_test(base, a.api_key, a.model, a.concurrency, a.max_tokens)
