@@ -360,13 +360,25 @@ def reference_check(client, model, folder):
           f"generated, max |diff| {worst:.1e} (limit 1e-4)")
 
 
+# --mixed-prompts: prompt lengths (in repetitions of a 4-token phrase) cycled over the requests,
+# so long prompts arrive while other streams decode.
+MIXED = [1, 8, 24, 64]
+PROMPTS = {"mixed": False}
+
+
+def prompt_of(i):
+    if PROMPTS["mixed"]:
+        return f"Request {i}: " + "tell me more " * MIXED[i % len(MIXED)]
+    return f"Load test request {i}: tell me a story."
+
+
 async def one_stream(aclient, model, i, max_tokens):
     t0 = time.perf_counter()
     times = []
     usage = None
     finish = None
     stream = await aclient.completions.create(
-        model=model, prompt=f"Load test request {i}: tell me a story.", max_tokens=max_tokens,
+        model=model, prompt=prompt_of(i), max_tokens=max_tokens,
         temperature=0.8, seed=i, stream=True, stream_options={"include_usage": True},
         extra_body={"ignore_eos": True})
     async for ch in stream:
@@ -447,6 +459,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--bench", default="", help="comma-separated concurrencies to measure, e.g. 1,8,32")
     ap.add_argument("--bench-out", default="")
+    ap.add_argument("--mixed-prompts", action="store_true",
+                    help="bench with prompts of about 20 to 850 tokens (silica-tiny's byte-level tokenizer) cycled over the requests")
+    ap.add_argument("--bench-only", action="store_true", help="skip the functional checks and the load test")
     ap.add_argument("--reference", default="",
                     help="a models/fixtures folder the server serves: only compare logprobs with its transformers reference")
     ap.add_argument("--tools", default="",
@@ -460,8 +475,10 @@ def main():
     if a.tools:
         tools_check(client, a.model, base, a.api_key, a.tools)
         return
-    functional(client, a.model, base)
-    load_test(base, a.api_key, a.model, a.concurrency, a.max_tokens)
+    PROMPTS["mixed"] = a.mixed_prompts
+    if not a.bench_only:
+        functional(client, a.model, base)
+        load_test(base, a.api_key, a.model, a.concurrency, a.max_tokens)
     if a.bench:
         rows = bench(base, a.api_key, a.model, [int(x) for x in a.bench.split(",")], a.max_tokens)
         if a.bench_out:

@@ -23,8 +23,18 @@ fn base_inv_freq(base: f64, dim: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Frequencies for a forward pass whose largest position is `max_position` (only dynamic NTK
-/// scaling depends on it).
+/// Whether a forward pass's frequencies depend on its largest position (dynamic NTK scaling,
+/// and LongRoPE's short/long switch): then which sequences share a step changes the result, as
+/// it does in transformers and vLLM, which choose per forward pass too.
+pub fn depends_on_length(cfg: &ModelConfig) -> bool {
+    matches!(
+        cfg.rope.scaling,
+        RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }
+    )
+}
+
+/// Frequencies for a forward pass whose largest position is `max_position` (dynamic NTK
+/// scaling and LongRoPE depend on it).
 pub fn rope_freqs(cfg: &ModelConfig, max_position: usize) -> RopeFreqs {
     rope_freqs_of(&cfg.rope, cfg.head_dim, max_position)
 }

@@ -4,7 +4,8 @@
 //! Each iteration: take new requests; drop cancelled ones (freeing their blocks); admit waiting
 //! requests while blocks allow (FIFO, reusing prefix-cached blocks); run one batched prefill
 //! chunk for requests still reading their prompt (chunks of whole blocks, up to
-//! `max_prefill_tokens` per step); then one batched decode step for every request generating,
+//! `max_prefill_tokens` per step, or `mixed_prefill_tokens` while any request decodes, so a long
+//! prompt never stalls the streams for long); then one batched decode step for every request generating,
 //! allocating a block when a sequence crosses into a new one. When the pool is exhausted the
 //! most recently admitted request is preempted (its blocks freed, its tokens recomputed when it
 //! is re-admitted at the front of the queue). A request is only accepted if it fits the pool
@@ -46,6 +47,10 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Most prompt tokens (batch × chunk bucket) per prefill step.
     pub max_prefill_tokens: usize,
+    /// Most prompt tokens per prefill step while sequences decode (vLLM's chunked prefill
+    /// under a token budget): a long prompt advances a capped chunk between two decode steps
+    /// instead of stalling every stream for `max_prefill_tokens`; 0 = no cap.
+    pub mixed_prefill_tokens: usize,
     /// Most requests waiting for admission; more are refused ([`ServeError::QueueFull`]).
     pub max_queue: usize,
 }
@@ -58,6 +63,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: None,
             max_num_seqs: 64,
             max_prefill_tokens: 512,
+            mixed_prefill_tokens: 64,
             max_queue: 4096,
         }
     }

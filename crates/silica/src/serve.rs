@@ -68,6 +68,11 @@ pub struct ServeArgs {
     /// Most prompt tokens per prefill step.
     #[arg(long, default_value_t = 512)]
     max_prefill_tokens: usize,
+    /// Most prompt tokens per prefill step while requests decode (chunked prefill under a
+    /// token budget: a long prompt advances this much between two decode steps instead of
+    /// stalling every stream); 0 = no cap (chunks of --max-prefill-tokens).
+    #[arg(long, default_value_t = 64)]
+    mixed_prefill_tokens: usize,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -113,6 +118,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             kv_cache_bytes: a.kv_cache_mb.map(|m| m << 20),
             max_num_seqs: a.max_num_seqs,
             max_prefill_tokens: a.max_prefill_tokens,
+            mixed_prefill_tokens: a.mixed_prefill_tokens,
             ..Default::default()
         },
     )?;

@@ -136,7 +136,21 @@ impl Scheduler {
             }
             self.drop_cancelled();
             self.admit();
-            if let Err(e) = self.prefill_step() {
+            // While sequences decode, each iteration's prefill chunk is capped (vLLM's chunked
+            // prefill under a token budget), so a long prompt adds a short step between two
+            // decode steps instead of stalling every stream for its whole length.
+            let decoding = self
+                .running
+                .iter()
+                .any(|s| s.tokens.len() - s.computed == 1);
+            let cap = if decoding && self.cfg.mixed_prefill_tokens > 0 {
+                self.cfg
+                    .mixed_prefill_tokens
+                    .min(self.cfg.max_prefill_tokens)
+            } else {
+                self.cfg.max_prefill_tokens
+            };
+            if let Err(e) = self.prefill_step(cap) {
                 self.fail_all(&e.to_string());
             }
             if let Err(e) = self.decode_step() {
@@ -329,9 +343,10 @@ impl Scheduler {
         victim
     }
 
-    fn prefill_step(&mut self) -> Result<(), ServeError> {
+    /// One batched prefill chunk of at most `cap` prompt tokens (at least a block).
+    fn prefill_step(&mut self, cap: usize) -> Result<(), ServeError> {
         let bs = self.blocks.block_size;
-        let max_chunk = (self.cfg.max_prefill_tokens / bs).max(1) * bs;
+        let max_chunk = (cap / bs).max(1) * bs;
         let cands: Vec<usize> = (0..self.running.len())
             .filter(|&i| self.running[i].tokens.len() - self.running[i].computed > 1)
             .collect();
@@ -355,7 +370,7 @@ impl Scheduler {
         let first = chunk_of(&self.running[cands[0]]);
         let t = (first.div_ceil(bs).next_power_of_two() * bs).min(max_chunk.next_power_of_two());
         let t = t.max(first.div_ceil(bs) * bs);
-        let max_rows = (self.cfg.max_prefill_tokens / t).max(1);
+        let max_rows = (cap / t).max(1);
         let picked: Vec<usize> = cands
             .into_iter()
             .filter(|&i| chunk_of(&self.running[i]) <= t)
