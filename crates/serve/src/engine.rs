@@ -53,6 +53,22 @@ pub struct EngineConfig {
     pub mixed_prefill_tokens: usize,
     /// Most requests waiting for admission; more are refused ([`ServeError::QueueFull`]).
     pub max_queue: usize,
+    /// Speculative decoding by prompt lookup (vLLM's `ngram` method); None = off.
+    pub speculative: Option<NgramSpec>,
+}
+
+/// Prompt-lookup (n-gram) speculative decoding: the draft is the `num_tokens` tokens that
+/// followed the latest earlier occurrence of the sequence's last n tokens (n from `max_n` down
+/// to `min_n`) in its own prompt and output; one step scores the pending token and the draft,
+/// and each position's token is drawn from those logits exactly as a decode step would draw it
+/// (same processors, same random number), stopping at the first that differs from the draft.
+/// So the output is token for token the plain decoding's (greedy and seeded sampling alike, up
+/// to float rounding between the two step shapes), and drafting costs nothing but the step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NgramSpec {
+    pub num_tokens: usize,
+    pub min_n: usize,
+    pub max_n: usize,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +81,7 @@ impl Default for EngineConfig {
             max_prefill_tokens: 512,
             mixed_prefill_tokens: 64,
             max_queue: 4096,
+            speculative: None,
         }
     }
 }
@@ -249,6 +266,9 @@ pub struct EngineStats {
     pub running: usize,
     pub preemptions: u64,
     pub prefix_hit_blocks: u64,
+    /// Speculative decoding: draft tokens proposed, and how many of them were accepted.
+    pub spec_draft_tokens: u64,
+    pub spec_accepted_tokens: u64,
 }
 
 pub(crate) struct Shared {
@@ -259,6 +279,8 @@ pub(crate) struct Shared {
     pub running: AtomicUsize,
     pub preemptions: AtomicU64,
     pub prefix_hit_blocks: AtomicU64,
+    pub spec_draft_tokens: AtomicU64,
+    pub spec_accepted_tokens: AtomicU64,
     pub metrics: Mutex<Metrics>,
 }
 
@@ -365,6 +387,20 @@ impl Engine {
                 "block size, max_num_seqs and max_prefill_tokens must be at least 1".into(),
             ));
         }
+        if let Some(sp) = &cfg.speculative {
+            if sp.num_tokens == 0 || sp.min_n == 0 || sp.min_n > sp.max_n {
+                return Err(ServeError::Config(format!(
+                    "speculative decoding needs at least 1 draft token and 1 <= min_n <= max_n, \
+                     got {sp:?}"
+                )));
+            }
+            if sp.num_tokens >= cfg.block_size {
+                return Err(ServeError::Config(format!(
+                    "speculative decoding drafts fewer tokens than a block holds ({}), not {}",
+                    cfg.block_size, sp.num_tokens
+                )));
+            }
+        }
         let bs = cfg.block_size;
         let block_bytes = PagedModel::block_bytes(&model.config, &model.tp, bs, model.dtype);
         let ctx = model.cache_len;
@@ -399,6 +435,8 @@ impl Engine {
             running: AtomicUsize::new(0),
             preemptions: AtomicU64::new(0),
             prefix_hit_blocks: AtomicU64::new(0),
+            spec_draft_tokens: AtomicU64::new(0),
+            spec_accepted_tokens: AtomicU64::new(0),
             metrics: Mutex::new(Metrics::default()),
         });
         let (tx, rx) = mpsc::channel();
@@ -491,6 +529,8 @@ impl Engine {
             running: s.running.load(Ordering::Relaxed),
             preemptions: s.preemptions.load(Ordering::Relaxed),
             prefix_hit_blocks: s.prefix_hit_blocks.load(Ordering::Relaxed),
+            spec_draft_tokens: s.spec_draft_tokens.load(Ordering::Relaxed),
+            spec_accepted_tokens: s.spec_accepted_tokens.load(Ordering::Relaxed),
         }
     }
 

@@ -164,6 +164,18 @@ impl Metrics {
             "KV blocks reused from the prefix cache instead of recomputed.",
             s.prefix_hit_blocks,
         );
+        counter(
+            &mut o,
+            "silica_spec_decode_draft_tokens_total",
+            "Speculative draft tokens proposed (prompt lookup).",
+            s.spec_draft_tokens,
+        );
+        counter(
+            &mut o,
+            "silica_spec_decode_accepted_tokens_total",
+            "Speculative draft tokens accepted (equal to the token decoding would pick).",
+            s.spec_accepted_tokens,
+        );
         let gauge = |o: &mut String, name: &str, help: &str, v: usize| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };

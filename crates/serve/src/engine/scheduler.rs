@@ -30,6 +30,8 @@ struct Seq {
     constraint: Option<Constraint>,
     /// Why the sequence failed (its grammar engine did), ending it with an error event.
     failed: Option<String>,
+    /// Its tokens of this iteration came from a speculative step: the decode step skips it.
+    verified: bool,
     /// A stop string ended it (the text after it is dropped, not flushed).
     stop_hit: bool,
     sampler: Sampler,
@@ -153,6 +155,9 @@ impl Scheduler {
             if let Err(e) = self.prefill_step(cap) {
                 self.fail_all(&e.to_string());
             }
+            if let Err(e) = self.speculative_step() {
+                self.fail_all(&e.to_string());
+            }
             if let Err(e) = self.decode_step() {
                 self.fail_all(&e.to_string());
             }
@@ -177,6 +182,7 @@ impl Scheduler {
             constraint: n.constraint,
             failed: None,
             stop_hit: false,
+            verified: false,
             sampler: Sampler::new(&n.sampling),
             decoder: self.tokenizer.as_ref().map(StreamDecoder::new),
             stop: StopFilter::new(&n.stop),
@@ -483,7 +489,10 @@ impl Scheduler {
             }
         }
         let idx: Vec<usize> = (0..self.running.len())
-            .filter(|&i| self.running[i].tokens.len() - self.running[i].computed == 1)
+            .filter(|&i| {
+                let s = &mut self.running[i];
+                !std::mem::take(&mut s.verified) && s.tokens.len() - s.computed == 1
+            })
             .collect();
         if idx.is_empty() {
             return Ok(());
@@ -527,6 +536,151 @@ impl Scheduler {
                 done.push((i, reason));
             }
         }
+        self.retire(done);
+        Ok(())
+    }
+
+    /// The draft for running sequence `i` by prompt lookup: the tokens after the latest
+    /// earlier occurrence of its last n tokens, at most `k` and within its current block (a
+    /// verification chunk may not cross a block boundary), or nothing.
+    fn draft(&self, i: usize, sp: &NgramSpec) -> Vec<u32> {
+        let s = &self.running[i];
+        let bs = self.blocks.block_size;
+        let len = s.tokens.len();
+        // Room in the block of the pending token for it and the draft, in a power-of-two
+        // chunk (the step's bucket), and what the request may still generate.
+        let off = s.computed % bs;
+        let left = s.max_tokens.saturating_sub(s.generated());
+        let k = sp
+            .num_tokens
+            .min(left.saturating_sub(1))
+            .min((bs - off).saturating_sub(1));
+        if k == 0 || s.tokens.len() + k >= self.context_len {
+            return vec![];
+        }
+        for n in (sp.min_n..=sp.max_n.min(len - 1)).rev() {
+            let pattern = &s.tokens[len - n..];
+            // Latest earlier occurrence that leaves at least one token after it.
+            if let Some(at) = (0..len - n).rev().find(|&a| &s.tokens[a..a + n] == pattern) {
+                let from = at + n;
+                return s.tokens[from..(from + k).min(len)].to_vec();
+            }
+        }
+        vec![]
+    }
+
+    /// One step verifying the drafts of every decoding sequence that has one (host sampling,
+    /// no constraint or log-probabilities): rows of the pending token and its draft, every
+    /// position's logits; each position's token is drawn as a decode step would draw it, and
+    /// the row stops at the first token that differs from its draft. K/V written for rejected
+    /// draft positions is overwritten when those positions are computed again.
+    fn speculative_step(&mut self) -> Result<(), ServeError> {
+        let Some(sp) = self.cfg.speculative.clone() else {
+            return Ok(());
+        };
+        let bs = self.blocks.block_size;
+        let mut rows_plan: Vec<(usize, Vec<u32>)> = Vec::new();
+        for i in 0..self.running.len() {
+            let s = &self.running[i];
+            let decoding = s.tokens.len() - s.computed == 1;
+            // The pending token's block must already exist (a new block is allocated by the
+            // decode step; such rows wait for it).
+            if !decoding
+                || s.computed / bs >= s.blocks.len()
+                || s.constraint.is_some()
+                || s.logprobs.is_some()
+            {
+                continue;
+            }
+            let d = self.draft(i, &sp);
+            if !d.is_empty() {
+                rows_plan.push((i, d));
+            }
+        }
+        if rows_plan.is_empty() {
+            return Ok(());
+        }
+        // The chunk is exactly the longest draft plus the pending token (any length up to a
+        // block is a valid bucket; padding a 5-token chunk to 8 would cost 60% more).
+        let t = rows_plan
+            .iter()
+            .map(|(_, d)| d.len() + 1)
+            .max()
+            .unwrap_or(1);
+        // Rows whose chunk would cross their block in the common bucket wait for a decode step.
+        rows_plan.retain(|(i, _)| self.running[*i].computed % bs + t <= bs);
+        if rows_plan.is_empty() {
+            return Ok(());
+        }
+        let b = pow2_bucket(rows_plan.len(), self.cfg.max_num_seqs);
+        let m = rows_plan
+            .iter()
+            .map(|(i, _)| self.running[*i].blocks.len())
+            .max()
+            .unwrap_or(1)
+            .next_power_of_two();
+        let chunks: Vec<Vec<u32>> = rows_plan
+            .iter()
+            .map(|(i, d)| {
+                let s = &self.running[*i];
+                let mut c = vec![s.tokens[s.computed]];
+                c.extend_from_slice(d);
+                c
+            })
+            .collect();
+        let rows: Vec<PagedRow> = rows_plan
+            .iter()
+            .zip(&chunks)
+            .map(|((i, _), c)| {
+                let s = &self.running[*i];
+                PagedRow {
+                    tokens: c,
+                    start_pos: s.computed,
+                    block_table: &s.blocks,
+                    logits_at: 0,
+                }
+            })
+            .collect();
+        let logits = self
+            .paged
+            .step(&rows, b, t, m, LogitsMode::All)?
+            .to_vec::<f32>()?;
+        let v = self.paged.model.config.vocab_size;
+        let mut done = Vec::new();
+        let (mut drafted, mut accepted) = (0u64, 0u64);
+        for (r, (i, d)) in rows_plan.iter().enumerate() {
+            let i = *i;
+            drafted += d.len() as u64;
+            for j in 0..=d.len() {
+                let at = (r * t + j) * v;
+                let row = &logits[at..at + v];
+                let s = &mut self.running[i];
+                let tok = s.sampler.sample(row, &s.tokens);
+                // Position j's K/V is now valid (its token was the pending one or an
+                // accepted draft token).
+                s.computed += 1;
+                self.blocks
+                    .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
+                s.verified = true;
+                let hit = j < d.len() && tok == d[j];
+                if hit {
+                    accepted += 1;
+                }
+                if let Some(reason) = self.accept(i, tok, None) {
+                    done.push((i, reason));
+                    break;
+                }
+                if !hit {
+                    break;
+                }
+            }
+        }
+        self.shared
+            .spec_draft_tokens
+            .fetch_add(drafted, Ordering::Relaxed);
+        self.shared
+            .spec_accepted_tokens
+            .fetch_add(accepted, Ordering::Relaxed);
         self.retire(done);
         Ok(())
     }

@@ -1,0 +1,92 @@
+"""Speculative decoding's speed-up on a real model, end to end: two `silica serve` processes on
+the same checkpoint, one with `--speculative-ngram K`, the same greedy chat requests to each
+(one at a time), and the outputs compared token for token. Prompts ask the model to copy or
+edit a passage it was given, the work prompt lookup suits (as vLLM's ngram method).
+
+    python scripts/bench_speculative.py --model target/gguf/SmolLM2-135M-Instruct.Q4_1.gguf [--k 4]
+
+Needs the openai client (scripts/serve_check.sh's .venv-serve). Prints one JSON line.
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+
+import openai
+
+PASSAGE = ("The quick brown fox jumps over the lazy dog. The dog sleeps under the old oak tree, "
+           "and the fox runs back into the forest before the farmer wakes up. ")
+PROMPTS = [
+    "Repeat the following text exactly, word for word:\n\n" + PASSAGE * 2,
+    "Rewrite this text, replacing 'fox' with 'cat':\n\n" + PASSAGE * 2,
+    "Copy this list:\n" + "\n".join(f"- item {i}: value {i * 7}" for i in range(12)),
+]
+
+
+def start(binary, model, extra):
+    p = subprocess.Popen([binary, "serve", "--port", "0", "--model", model, *extra],
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            return p, m.group(1)
+    sys.exit(f"silica serve did not start: {p.wait()}")
+
+
+def run(url, max_tokens, reps):
+    c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    model = c.models.list().data[0].id
+    outs, toks, t0 = [], 0, time.perf_counter()
+    for _ in range(reps):
+        for p in PROMPTS:
+            r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": p}],
+                                          max_tokens=max_tokens, temperature=0)
+            outs.append(r.choices[0].message.content)
+            toks += r.usage.completion_tokens
+    return outs, toks, time.perf_counter() - t0
+
+
+def metric(url, name):
+    import urllib.request
+    text = urllib.request.urlopen(url + "/metrics").read().decode()
+    return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--binary", default="target/release/silica")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=2)
+    a = ap.parse_args()
+    rows = {}
+    for label, extra in [("plain", []), ("speculative", ["--speculative-ngram", str(a.k)])]:
+        p, url = start(a.binary, a.model, extra)
+        try:
+            run(url, 8, 1)  # warm-up: compile and page in
+            outs, toks, wall = run(url, a.max_tokens, a.reps)
+            drafted = metric(url, "silica_spec_decode_draft_tokens_total")
+            accepted = metric(url, "silica_spec_decode_accepted_tokens_total")
+        finally:
+            p.terminate()
+            p.wait()
+        rows[label] = dict(outs=outs, tok_s=toks / wall, tokens=toks, drafted=drafted, accepted=accepted)
+    same = rows["plain"]["outs"] == rows["speculative"]["outs"]
+    s = rows["speculative"]
+    print(json.dumps({
+        "model": a.model, "k": a.k, "identical_outputs": same,
+        "plain_tok_s": round(rows["plain"]["tok_s"], 1), "speculative_tok_s": round(s["tok_s"], 1),
+        "speedup": round(s["tok_s"] / rows["plain"]["tok_s"], 2),
+        "acceptance_rate": round(s["accepted"] / max(s["drafted"], 1), 3),
+        "accepted_per_output_token": round(s["accepted"] / max(s["tokens"], 1), 3),
+    }))
+    if not same:
+        sys.exit("speculative outputs differ from plain decoding")
+
+
+if __name__ == "__main__":
+    main()
