@@ -71,29 +71,33 @@ NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" | "$VENV/bin/pyt
 kill -TERM "$PID"
 wait "$PID"
 
-# Tools with a real tool-capable template: Qwen2.5's (scripts/fetch_chat_templates.sh) on the
-# fixture of the same tokenizer family.
+# Tools with real tool-capable templates (scripts/fetch_chat_templates.sh), each on the fixture
+# of the same tokenizer family: Qwen2.5's (Hermes), Llama 3.1's (JSON), Mistral Nemo's.
 bash scripts/fetch_chat_templates.sh
-TOOLDIR=$(mktemp -d)
-cp models/fixtures/qwen2-bias-tied/* "$TOOLDIR/"
-cp target/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja "$TOOLDIR/chat_template.jinja"
-"$BIN" serve --port 0 --api-key "$KEY" --model "$TOOLDIR" --dtype f32 --max-context 2048 >"$LOG" 2>&1 &
-PID=$!
-URL=""
-for _ in $(seq 1 600); do
-    URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
-    [ -n "$URL" ] && break
-    if ! kill -0 "$PID" 2>/dev/null; then
-        cat "$LOG"; echo "silica serve --model $TOOLDIR exited early" >&2; exit 1
-    fi
-    sleep 0.1
+for pair in qwen2-bias-tied:Qwen-Qwen2.5-7B-Instruct llama3-tied:meta-llama-Llama-3.1-8B-Instruct \
+            mistral-headdim-f16:mistralai-Mistral-Nemo-Instruct-2407; do
+    TOOLDIR=$(mktemp -d)/"${pair#*:}"
+    mkdir -p "$TOOLDIR"
+    cp models/fixtures/"${pair%%:*}"/* "$TOOLDIR/"
+    cp target/chat-templates/"${pair#*:}".jinja "$TOOLDIR/chat_template.jinja"
+    "$BIN" serve --port 0 --api-key "$KEY" --model "$TOOLDIR" --dtype f32 --max-context 2048 >"$LOG" 2>&1 &
+    PID=$!
+    URL=""
+    for _ in $(seq 1 600); do
+        URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
+        [ -n "$URL" ] && break
+        if ! kill -0 "$PID" 2>/dev/null; then
+            cat "$LOG"; echo "silica serve --model $TOOLDIR exited early" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+    [ -n "$URL" ] || { cat "$LOG"; echo "silica serve --model $TOOLDIR did not start" >&2; exit 1; }
+    NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+    "$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model "$NAME" --api-key "$KEY" --tools "$TOOLDIR"
+    kill -TERM "$PID"
+    wait "$PID"
+    rm -rf "$(dirname "$TOOLDIR")"
 done
-[ -n "$URL" ] || { cat "$LOG"; echo "silica serve --model $TOOLDIR did not start" >&2; exit 1; }
-NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
-"$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model "$NAME" --api-key "$KEY" --tools "$TOOLDIR"
-kill -TERM "$PID"
-wait "$PID"
-rm -rf "$TOOLDIR"
 trap - EXIT
 rm -f "$LOG"
 echo "serve_check: ok"

@@ -237,16 +237,18 @@ def tools_check(client, model, base, key, folder):
     `apply_chat_template(messages, tools=...)`; `tool_choice` required / named give calls the
     client parses, with arguments valid against their schemas; an auto reply in the Hermes
     format (steered by a grammar: the weights are random) is read back into a call, streamed too."""
+    import os
     import jsonschema
     from transformers import AutoTokenizer
     hf = AutoTokenizer.from_pretrained(folder)
     history = [
         {"role": "system", "content": "You help with weather."},
         {"role": "user", "content": "Weather in Oslo?"},
+        # A 9-character id: Mistral's template refuses any other.
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
+            {"id": "abcDEF123", "type": "function",
              "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"unit\": \"c\"}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "{\"temp\": -3}"},
+        {"role": "tool", "tool_call_id": "abcDEF123", "name": "get_weather", "content": "{\"temp\": -3}"},
     ]
     for msgs in ([{"role": "user", "content": "Weather in Oslo?"}], history):
         # transformers takes a call's arguments as a dict (what templates `tojson`), as vLLM passes them.
@@ -279,6 +281,10 @@ def tools_check(client, model, base, key, folder):
     call = r.choices[0].message.tool_calls[0]
     check(call.function.name == "get_time", f"named: {call}")
     jsonschema.validate(json.loads(call.function.arguments), schemas["get_time"])
+    if "<tool_call>" not in open(os.path.join(folder, "chat_template.jinja")).read():
+        print(f"tools ({os.path.basename(folder.rstrip('/'))}): prompts = transformers' apply_chat_template(tools=...) "
+              f"exactly (2 conversations); {n_calls} forced calls validate (jsonschema); named call parsed")
+        return
     grammar = ('start: "<tool_call>\\n{\\"name\\": \\"get_weather\\", \\"arguments\\": {\\"city\\": \\"" '
                'CITY "\\", \\"unit\\": \\"c\\"}}\\n</tool_call>"\nCITY: /[A-Z][a-z]{1,10}/')
     r = client.chat.completions.create(model=model, messages=msgs, tools=TOOLS, max_tokens=400, temperature=1.0,
