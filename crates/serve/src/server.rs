@@ -1569,16 +1569,17 @@ async fn respond_with(
             return Err(ApiError::bad(format!("`n` must be from 1 to {MAX_N}, got {n}")).param("n"))
         }
     };
-    let echo = match (c.echo, kind) {
-        (false, _) => None,
-        (true, Kind::Chat) => {
-            return Err(ApiError::bad("`echo` is a completions field").param("echo"))
-        }
-        (true, Kind::Completion) => Some(()),
-    };
+    if c.echo && kind == Kind::Chat {
+        return Err(ApiError::bad("`echo` is a completions field").param("echo"));
+    }
     let logprobs = req.logprobs.is_some();
+    // A text prompt is echoed as the client wrote it; token ids as they decode.
+    let echo_text = match (&req.prompt, c.echo) {
+        (Prompt::Text(t), true) => Some(t.clone()),
+        _ => None,
+    };
     let mut req = req;
-    if echo.is_some() {
+    if c.echo {
         // Echo with logprobs reports the prompt's too, as OpenAI's completions do.
         req.prompt_logprobs = req.logprobs;
     }
@@ -1591,9 +1592,10 @@ async fn respond_with(
         e => e.into(),
     })?;
     let tok = st.engine.tokenizer();
-    let echo = match echo {
-        None => None,
-        Some(()) => Some(match tok {
+    let echo = match (c.echo, echo_text) {
+        (false, _) => None,
+        (true, Some(text)) => Some(text),
+        (true, None) => Some(match tok {
             Some(t) => t.decode(&streams[0].prompt_ids, false)?,
             None => String::new(),
         }),

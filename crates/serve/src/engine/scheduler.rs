@@ -547,8 +547,8 @@ impl Scheduler {
         let s = &self.running[i];
         let bs = self.blocks.block_size;
         let len = s.tokens.len();
-        // Room in the block of the pending token for it and the draft, in a power-of-two
-        // chunk (the step's bucket), and what the request may still generate.
+        // Room in the block of the pending token for it and the draft, and what the request
+        // may still generate.
         let off = s.computed % bs;
         let left = s.max_tokens.saturating_sub(s.generated());
         let k = sp
