@@ -31,6 +31,20 @@ fn seeds(path: &str) -> Vec<Value> {
             json!({"model": MODEL, "messages": [{"role": "user", "content": "Count"}],
                 "max_tokens": 2, "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1,
                 "ignore_eos": true, "user": "u"}),
+            // Structured output, logprobs, n, penalties and bias.
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "JSON"}],
+                "max_tokens": 8, "temperature": 1.0, "seed": 2, "n": 2, "logprobs": true,
+                "top_logprobs": 2, "presence_penalty": 0.5, "frequency_penalty": 0.3,
+                "logit_bias": {"65": 5}, "response_format": {"type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object",
+                "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}}),
+            // Tools (the preset's template cannot show them: a refusal path) and history.
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "Call"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"}],
+                "max_tokens": 2, "tools": [{"type": "function", "function": {"name": "f",
+                "parameters": {"type": "object"}}}], "tool_choice": "required"}),
         ]
     } else {
         vec![
@@ -39,6 +53,11 @@ fn seeds(path: &str) -> Vec<Value> {
                 "stream": true, "stop": "x"}),
             json!({"model": MODEL, "prompt": "One two", "max_tokens": 2, "temperature": 1.5,
                 "top_p": 0.5, "top_k": 3, "seed": 11, "ignore_eos": true, "suffix": null}),
+            json!({"model": MODEL, "prompt": "Echo", "max_tokens": 3, "echo": true,
+                "logprobs": 3, "n": 2, "seed": 4, "temperature": 0.9,
+                "structured_outputs": {"regex": "[a-z]{1,4}"}}),
+            json!({"model": MODEL, "prompt": "Pick", "max_tokens": 4, "stream": true,
+                "guided_choice": ["a", "bb"], "logprobs": 1}),
         ]
     }
 }
