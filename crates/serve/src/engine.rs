@@ -491,13 +491,6 @@ impl Engine {
             .map_err(|e| ServeError::InvalidRequest(e.clone()))
     }
 
-    /// Checks an output constraint as [`Engine::submit`] would (an invalid schema, regex or
-    /// grammar is an error saying what is wrong), without queueing anything.
-    pub fn check_constraint(&self, spec: &Spec) -> Result<(), ServeError> {
-        self.grammars()?.compile(spec)?;
-        Ok(())
-    }
-
     /// Token ids the model scores (its logits' width).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
