@@ -585,17 +585,7 @@ fn build_request(
 /// `response_format`, vLLM's `structured_outputs` or its `guided_*` fields); 400 for a malformed
 /// one or for two at once. The engine compiles it (an invalid schema is a 400 there).
 fn output_constraint(c: &Common) -> Result<Option<Spec>, ApiError> {
-    let given: Vec<(&'static str, &Value)> = [
-        ("response_format", &c.response_format),
-        ("structured_outputs", &c.structured_outputs),
-        ("guided_json", &c.guided_json),
-        ("guided_regex", &c.guided_regex),
-        ("guided_choice", &c.guided_choice),
-        ("guided_grammar", &c.guided_grammar),
-    ]
-    .into_iter()
-    .filter_map(|(n, v)| v.as_ref().filter(|v| !v.is_null()).map(|v| (n, v)))
-    .collect();
+    let given = constraint_fields(c);
     let mut specs = Vec::new();
     for (name, v) in &given {
         let bad = |m: String| ApiError::bad(m).param(name);
@@ -654,8 +644,8 @@ fn output_constraint(c: &Common) -> Result<Option<Spec>, ApiError> {
     Ok(specs.pop())
 }
 
-/// The field the request's output constraint came from.
-fn constraint_field(c: &Common) -> Option<&'static str> {
+/// The output-constraint fields the request gives (not null), by name, in this order.
+fn constraint_fields(c: &Common) -> Vec<(&'static str, &Value)> {
     [
         ("response_format", &c.response_format),
         ("structured_outputs", &c.structured_outputs),
@@ -665,8 +655,8 @@ fn constraint_field(c: &Common) -> Option<&'static str> {
         ("guided_grammar", &c.guided_grammar),
     ]
     .into_iter()
-    .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
-    .map(|(n, _)| n)
+    .filter_map(|(n, v)| v.as_ref().filter(|v| !v.is_null()).map(|v| (n, v)))
+    .collect()
 }
 
 /// One of vLLM's guided-decoding forms.
@@ -1443,7 +1433,7 @@ impl ToolReader {
         self.text.push_str(tail);
     }
 
-    /// The calls, and the content (None when only calls).
+    /// The whole reply: its calls, and its content (None when only calls).
     fn parse(&self) -> (Option<String>, Vec<ToolCall>) {
         match &self.mode {
             ToolMode::Forced(choice, _) => match tools::parse_forced(choice, &self.text) {
@@ -1458,11 +1448,6 @@ impl ToolReader {
                 (p.content, p.calls)
             }
         }
-    }
-
-    /// The whole reply: its content and calls.
-    fn whole(&self) -> (Option<String>, Vec<ToolCall>) {
-        self.parse()
     }
 
     /// At the end of a stream: the content not yet released (all of the held text when it
@@ -1528,7 +1513,7 @@ async fn collect_choice(
                     None => (Some(text), vec![]),
                     Some(r) => {
                         r.finish(&t);
-                        r.whole()
+                        r.parse()
                     }
                 };
                 return Ok(Finished {
@@ -1586,7 +1571,9 @@ async fn respond_with(
     let streams = st.engine.submit_n(req, n).map_err(|e| match e {
         // The schema, regex or grammar the engine could not compile: name its field.
         ServeError::Structured(e) => {
-            let field = constraint_field(c).unwrap_or("response_format");
+            let field = constraint_fields(c)
+                .first()
+                .map_or("response_format", |(n, _)| *n);
             ApiError::bad(format!("`{field}`: {e}")).param(field)
         }
         e => e.into(),
