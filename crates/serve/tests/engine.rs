@@ -6,6 +6,9 @@ use silica_models::{LoadOptions, LoadedModel};
 use silica_serve::{Engine, EngineConfig, Event, FinishReason, Prompt, Request};
 use std::sync::Arc;
 
+mod common;
+use common::token_ids;
+
 fn engine(num_blocks: usize) -> Engine {
     engine_tp(num_blocks, 1)
 }
@@ -65,20 +68,6 @@ fn run(e: &Engine, req: Request) -> (Vec<u32>, String, FinishReason, usize) {
             Event::Prompt { .. } => panic!("prompt logprobs were not asked for"),
         }
     }
-}
-
-/// Every token id a stream delivers (an error event fails the test).
-fn token_ids(s: &mut silica_serve::RequestStream) -> Vec<u32> {
-    let mut ids = vec![];
-    while let Some(ev) = s.blocking_next() {
-        match ev {
-            Event::Token { id, .. } => ids.push(id),
-            Event::Error(e) => panic!("{e}"),
-            Event::Finished { .. } => {}
-            Event::Prompt { .. } => panic!("prompt logprobs were not asked for"),
-        }
-    }
-    ids
 }
 
 fn greedy(prompt: &str, n: usize) -> Request {

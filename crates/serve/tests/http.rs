@@ -851,11 +851,7 @@ fn logprobs_echo_bias_penalties_and_n() {
         &[],
         body.to_string().as_bytes(),
     );
-    let chunks: Vec<Value> = sse(&b)
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = sse_json(&b);
     let streamed: Vec<f64> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"][0].as_f64())
@@ -1086,15 +1082,9 @@ fn structured_output_matches_the_schema_regex_choice_and_grammar() {
         &[],
         body.to_string().as_bytes(),
     );
-    let streamed: String = sse(&b)
+    let streamed: String = sse_json(&b)
         .iter()
-        .filter(|e| *e != "[DONE]")
-        .filter_map(|e| {
-            let c: Value = serde_json::from_str(e).unwrap();
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     let mut plain = body.clone();
     plain["stream"] = json!(false);

@@ -3,25 +3,14 @@
 //! `torch.log_softmax` of the logits HF transformers computed (reference.safetensors), within
 //! the fixtures' 1e-4 logit tolerance.
 
-use serde_json::Value;
+mod common;
+
+use common::{fixtures, ids, reference};
 use silica_models::{LoadOptions, LoadedModel};
 use silica_serve::{Engine, EngineConfig, Event, Prompt, Request};
 use silica_tensor::cpu::CpuBackend;
 use silica_tensor::{DType, SafetensorsFile};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 5, "fixtures missing: {v:?}");
-    v
-}
 
 /// `torch.log_softmax` of one row, in f64.
 fn log_softmax(row: &[f32]) -> Vec<f64> {
@@ -38,17 +27,10 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 fn prompt_and_token_logprobs_equal_transformers_log_softmax_on_every_fixture() {
     const TOP: usize = 5;
     for dir in fixtures() {
-        let r: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
+        let r = reference(&dir);
         let st = SafetensorsFile::open(dir.join("reference.safetensors")).unwrap();
         let logits = st.get("logits").unwrap().to_vec::<f32>().unwrap();
-        let input: Vec<u32> = r["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let input = ids(&r["input_ids"]);
         let opts = LoadOptions {
             dtype: DType::F32,
             max_context: Some(128),

@@ -6,33 +6,15 @@
 //! its largest position, in transformers and vLLM alike, so a decoding batch-mate with a longer
 //! context changes them: those fixtures' decode batches are batch-dependent by that definition.)
 
-use serde_json::Value;
+mod common;
+
+use common::{fixtures, ids, reference, token_ids};
 use silica_models::{LoadOptions, LoadedModel};
 use silica_serve::{Engine, EngineConfig, Event, Prompt, Request};
 use silica_tensor::cpu::CpuBackend;
 use silica_tensor::DType;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 5);
-    v
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn engine(dir: &Path, mixed: usize) -> Engine {
     let opts = LoadOptions {
@@ -62,25 +44,10 @@ fn greedy(tokens: Vec<u32>, n: usize) -> Request {
     r
 }
 
-fn collect(s: &mut silica_serve::RequestStream) -> Vec<u32> {
-    let mut out = vec![];
-    while let Some(ev) = s.blocking_next() {
-        match ev {
-            Event::Token { id, .. } => out.push(id),
-            Event::Finished { .. } => break,
-            Event::Error(e) => panic!("{e}"),
-            Event::Prompt { .. } => {}
-        }
-    }
-    out
-}
-
 #[test]
 fn prompts_prefilled_inside_decode_steps_match_transformers_greedy() {
     for dir in fixtures() {
-        let r: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
+        let r = reference(&dir);
         let input = ids(&r["input_ids"]);
         let want = ids(&r["greedy"]["ids"]);
         let cfg = silica_models::config::ModelConfig::from_dir(&dir).unwrap();
@@ -98,10 +65,10 @@ fn prompts_prefilled_inside_decode_steps_match_transformers_greedy() {
                 other => panic!("{other:?}"),
             }
             let mut s = e.submit(greedy(input.clone(), want.len())).unwrap();
-            let got = collect(&mut s);
+            let got = token_ids(&mut s);
             assert_eq!(got, want, "{} (mixed {mixed})", dir.display());
             bg.cancel();
-            collect(&mut bg);
+            token_ids(&mut bg);
         }
     }
 }

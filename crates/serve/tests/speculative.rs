@@ -2,26 +2,15 @@
 //! greedy continuation on every fixture, and the same greedy and seeded-sampling streams as the
 //! engine without it on a repetitive prompt, where drafts are accepted.
 
-use serde_json::Value;
+mod common;
+
+use common::{fixtures, ids, reference, token_ids};
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::{LoadOptions, LoadedModel};
-use silica_serve::{Engine, EngineConfig, Event, NgramSpec, Prompt, Request};
+use silica_serve::{Engine, EngineConfig, NgramSpec, Prompt, Request};
 use silica_tensor::cpu::CpuBackend;
 use silica_tensor::DType;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("reference.json").exists())
-        .collect();
-    v.sort();
-    assert!(v.len() >= 5);
-    v
-}
 
 fn spec() -> Option<NgramSpec> {
     Some(NgramSpec {
@@ -43,17 +32,7 @@ fn config(speculative: Option<NgramSpec>) -> EngineConfig {
 }
 
 fn run(e: &Engine, req: Request) -> Vec<u32> {
-    let mut s = e.submit(req).unwrap();
-    let mut out = vec![];
-    while let Some(ev) = s.blocking_next() {
-        match ev {
-            Event::Token { id, .. } => out.push(id),
-            Event::Finished { .. } => break,
-            Event::Error(e) => panic!("{e}"),
-            Event::Prompt { .. } => {}
-        }
-    }
-    out
+    token_ids(&mut e.submit(req).unwrap())
 }
 
 fn request(tokens: Vec<u32>, n: usize, temperature: f32, seed: u64) -> Request {
@@ -69,16 +48,7 @@ fn request(tokens: Vec<u32>, n: usize, temperature: f32, seed: u64) -> Request {
 fn speculative_greedy_equals_transformers_on_every_fixture() {
     let mut drafted = 0;
     for dir in fixtures() {
-        let r: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
-        let ids = |v: &Value| -> Vec<u32> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        };
+        let r = reference(&dir);
         let (input, want) = (ids(&r["input_ids"]), ids(&r["greedy"]["ids"]));
         let opts = LoadOptions {
             dtype: DType::F32,

@@ -228,11 +228,7 @@ CITY: /[A-Za-z]{1,12}/"#,
             &[],
             body.to_string().as_bytes(),
         );
-        let chunks: Vec<Value> = sse(&b)
-            .iter()
-            .filter(|e| *e != "[DONE]")
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
+        let chunks = sse_json(&b);
         let content: String = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())

@@ -1,14 +1,16 @@
 //! The serving tests' server: the default preset with random weights and the preset tokenizer
-//! (no downloads) behind the real HTTP server on a loopback socket, and plain HTTP/1.0 clients.
+//! (no downloads) behind the real HTTP server on a loopback socket, and plain HTTP/1.0 clients;
+//! the fixtures of models/fixtures with their transformers references; an engine stream's tokens.
 
 #![allow(dead_code)]
 
 use serde_json::Value;
 use silica_models::presets::{self, DEFAULT_PRESET};
 use silica_models::{LoadOptions, LoadedModel};
-use silica_serve::{Engine, EngineConfig, ServerConfig};
+use silica_serve::{Engine, EngineConfig, Event, RequestStream, ServerConfig};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -145,6 +147,56 @@ pub fn sse(body: &str) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
         .map(|s| s.trim().to_string())
         .collect()
+}
+
+/// The JSON chunks of an SSE body (everything but `[DONE]`).
+pub fn sse_json(body: &str) -> Vec<Value> {
+    sse(body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect()
+}
+
+/// Every fixture folder of models/fixtures with a transformers reference, sorted.
+pub fn fixtures() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").exists())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 5, "fixtures missing: {v:?}");
+    v
+}
+
+/// A fixture's reference.json.
+pub fn reference(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap()
+}
+
+/// A JSON list of token ids.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Every token id a stream delivers (an error event fails the test).
+pub fn token_ids(s: &mut RequestStream) -> Vec<u32> {
+    let mut ids = vec![];
+    while let Some(ev) = s.blocking_next() {
+        match ev {
+            Event::Token { id, .. } => ids.push(id),
+            Event::Error(e) => panic!("{e}"),
+            Event::Finished { .. } => {}
+            Event::Prompt { .. } => panic!("prompt logprobs were not asked for"),
+        }
+    }
+    ids
 }
 
 pub fn wait_idle(e: &Engine) {
