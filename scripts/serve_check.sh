@@ -20,25 +20,41 @@ BIN="${CARGO_TARGET_DIR:-target}/release/silica"
 
 LOG=$(mktemp)
 KEY="serve-check-$$"
-"$BIN" serve --port 0 --api-key "$KEY" --max-context 512 >"$LOG" 2>&1 &
-PID=$!
+PID=""
 cleanup() {
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
+    [ -n "$PID" ] && wait "$PID" 2>/dev/null || true
     rm -f "$LOG"
 }
 trap cleanup EXIT
 
-URL=""
-for _ in $(seq 1 600); do
-    URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
-    [ -n "$URL" ] && break
-    if ! kill -0 "$PID" 2>/dev/null; then
-        cat "$LOG"; echo "silica serve exited early" >&2; exit 1
-    fi
-    sleep 0.1
-done
-[ -n "$URL" ] || { cat "$LOG"; echo "silica serve did not start" >&2; exit 1; }
+# Starts `silica serve --port 0 --api-key KEY ARGS...` in the background (PID, its log in LOG)
+# and waits until it prints its address (URL) and answers /v1/models (NAME: the served model).
+start_server() {
+    "$BIN" serve --port 0 --api-key "$KEY" "$@" >"$LOG" 2>&1 &
+    PID=$!
+    URL=""
+    for _ in $(seq 1 600); do
+        URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
+        [ -n "$URL" ] && break
+        if ! kill -0 "$PID" 2>/dev/null; then
+            cat "$LOG"; echo "silica serve $* exited early" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+    [ -n "$URL" ] || { cat "$LOG"; echo "silica serve $* did not start" >&2; exit 1; }
+    NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" \
+        | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+}
+
+# Stops the server with SIGTERM (its graceful shutdown) and waits for it.
+stop_server() {
+    kill -TERM "$PID"
+    wait "$PID"
+    PID=""
+}
+
+start_server --max-context 512
 echo "silica serve at $URL"
 
 # Without the key: 401.
@@ -48,28 +64,14 @@ CODE=$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/models" || true)
 "$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model silica-tiny --api-key "$KEY" "$@"
 
 # Graceful shutdown: SIGTERM, and the server exits cleanly.
-kill -TERM "$PID"
-wait "$PID"
+stop_server
 grep -q "stopped" "$LOG" || { cat "$LOG"; echo "no clean shutdown" >&2; exit 1; }
 
 # Logprobs against the outside reference: a fixture with transformers' logits on record.
 FIXTURE=models/fixtures/llama3-tied
-"$BIN" serve --port 0 --api-key "$KEY" --model "$FIXTURE" --dtype f32 >"$LOG" 2>&1 &
-PID=$!
-URL=""
-for _ in $(seq 1 600); do
-    URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
-    [ -n "$URL" ] && break
-    if ! kill -0 "$PID" 2>/dev/null; then
-        cat "$LOG"; echo "silica serve --model $FIXTURE exited early" >&2; exit 1
-    fi
-    sleep 0.1
-done
-[ -n "$URL" ] || { cat "$LOG"; echo "silica serve --model $FIXTURE did not start" >&2; exit 1; }
-NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+start_server --model "$FIXTURE" --dtype f32
 "$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model "$NAME" --api-key "$KEY" --reference "$FIXTURE"
-kill -TERM "$PID"
-wait "$PID"
+stop_server
 
 # Tools with real tool-capable templates (scripts/fetch_chat_templates.sh), each on the fixture
 # of the same tokenizer family: Qwen2.5's (Hermes), Llama 3.1's (JSON), Mistral Nemo's.
@@ -80,22 +82,9 @@ for pair in qwen2-bias-tied:Qwen-Qwen2.5-7B-Instruct llama3-tied:meta-llama-Llam
     mkdir -p "$TOOLDIR"
     cp models/fixtures/"${pair%%:*}"/* "$TOOLDIR/"
     cp target/chat-templates/"${pair#*:}".jinja "$TOOLDIR/chat_template.jinja"
-    "$BIN" serve --port 0 --api-key "$KEY" --model "$TOOLDIR" --dtype f32 --max-context 2048 >"$LOG" 2>&1 &
-    PID=$!
-    URL=""
-    for _ in $(seq 1 600); do
-        URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
-        [ -n "$URL" ] && break
-        if ! kill -0 "$PID" 2>/dev/null; then
-            cat "$LOG"; echo "silica serve --model $TOOLDIR exited early" >&2; exit 1
-        fi
-        sleep 0.1
-    done
-    [ -n "$URL" ] || { cat "$LOG"; echo "silica serve --model $TOOLDIR did not start" >&2; exit 1; }
-    NAME=$(curl -s -H "Authorization: Bearer $KEY" "$URL/v1/models" | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["data"][0]["id"])')
+    start_server --model "$TOOLDIR" --dtype f32 --max-context 2048
     "$VENV/bin/python" scripts/serve_openai_check.py --base-url "$URL" --model "$NAME" --api-key "$KEY" --tools "$TOOLDIR"
-    kill -TERM "$PID"
-    wait "$PID"
+    stop_server
     rm -rf "$(dirname "$TOOLDIR")"
 done
 trap - EXIT
