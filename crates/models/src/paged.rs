@@ -369,9 +369,11 @@ impl PagedModel {
                     r.start_pos
                 ));
             }
-            if seq <= bs && r.start_pos % bs + n > bs {
+            // The whole bucket is written into the row's block (padding too): one that crossed
+            // the boundary would have its write moved back over real slots.
+            if seq <= bs && r.start_pos % bs + seq > bs {
                 return bad(format!(
-                    "{n} tokens from position {} cross a block boundary",
+                    "a bucket of {seq} tokens from position {} crosses a block boundary",
                     r.start_pos
                 ));
             }

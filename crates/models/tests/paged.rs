@@ -240,6 +240,19 @@ fn bad_rows_are_errors_not_panics() {
             2,
             "cross",
         ),
+        // One token fits its block, but the bucket's padding would cross it (its write would
+        // be moved back over the real slot).
+        (
+            PagedRow {
+                tokens: &toks[..1],
+                start_pos: 3,
+                block_table: &[1, 2],
+                logits_at: 0,
+            },
+            2,
+            2,
+            "cross",
+        ),
         // Chunk not at a block boundary.
         (
             PagedRow {

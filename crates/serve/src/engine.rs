@@ -53,8 +53,41 @@ pub struct EngineConfig {
     pub mixed_prefill_tokens: usize,
     /// Most requests waiting for admission; more are refused ([`ServeError::QueueFull`]).
     pub max_queue: usize,
-    /// Speculative decoding by prompt lookup (vLLM's `ngram` method); None = off.
-    pub speculative: Option<NgramSpec>,
+    /// Speculative decoding: by prompt lookup (vLLM's `ngram` method) or with a draft model;
+    /// None = off.
+    pub speculative: Option<Speculative>,
+}
+
+/// How drafts for speculative decoding are made.
+#[derive(Clone, Debug)]
+pub enum Speculative {
+    /// From the sequence's own tokens ([`NgramSpec`]).
+    Ngram(NgramSpec),
+    /// By a smaller model with the same vocabulary ([`DraftSpec`]).
+    Draft(DraftSpec),
+}
+
+/// Draft-model speculative decoding (vLLM's `draft_model` method): a smaller model with the
+/// target's vocabulary proposes `num_tokens` tokens one by one from its own KV cache (a second
+/// pool with the target's block ids, so a sequence's block table serves both); one target step
+/// scores the pending token and the proposals. Greedy rows keep proposals while they are the
+/// target's argmax, so the output is plain greedy decoding's token for token; sampled rows use
+/// the standard rejection rule (keep with probability min(1, p/q), else draw from
+/// max(0, p − q)), so tokens follow the target's distribution exactly, though a seed gives
+/// another stream than without a draft.
+#[derive(Clone)]
+pub struct DraftSpec {
+    pub model: Arc<LoadedModel>,
+    pub num_tokens: usize,
+}
+
+impl std::fmt::Debug for DraftSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraftSpec")
+            .field("model", &self.model.name)
+            .field("num_tokens", &self.num_tokens)
+            .finish()
+    }
 }
 
 /// Prompt-lookup (n-gram) speculative decoding: the draft is the `num_tokens` tokens that
@@ -387,23 +420,57 @@ impl Engine {
                 "block size, max_num_seqs and max_prefill_tokens must be at least 1".into(),
             ));
         }
-        if let Some(sp) = &cfg.speculative {
-            if sp.num_tokens == 0 || sp.min_n == 0 || sp.min_n > sp.max_n {
-                return Err(ServeError::Config(format!(
-                    "speculative decoding needs at least 1 draft token and 1 <= min_n <= max_n, \
-                     got {sp:?}"
-                )));
+        let ctx = model.cache_len;
+        let num_tokens = match &cfg.speculative {
+            None => None,
+            Some(Speculative::Ngram(sp)) => {
+                if sp.num_tokens == 0 || sp.min_n == 0 || sp.min_n > sp.max_n {
+                    return Err(ServeError::Config(format!(
+                        "speculative decoding needs at least 1 draft token and 1 <= min_n <= max_n, got {sp:?}"
+                    )));
+                }
+                Some(sp.num_tokens)
             }
-            if sp.num_tokens >= cfg.block_size {
+            Some(Speculative::Draft(d)) => {
+                let (dc, tc) = (&d.model.config, &model.config);
+                if dc.vocab_size != tc.vocab_size {
+                    return Err(ServeError::Config(format!(
+                        "the draft model `{}` scores {} token ids and the model `{}` {}: a draft needs the same vocabulary",
+                        d.model.name, dc.vocab_size, model.name, tc.vocab_size
+                    )));
+                }
+                if d.model.cache_len < ctx {
+                    return Err(ServeError::Config(format!(
+                        "the draft model `{}` holds {} positions, fewer than the model's context of {ctx}: give both the same --max-context",
+                        d.model.name, d.model.cache_len
+                    )));
+                }
+                if d.num_tokens == 0 {
+                    return Err(ServeError::Config(
+                        "speculative decoding needs at least 1 draft token".into(),
+                    ));
+                }
+                Some(d.num_tokens)
+            }
+        };
+        if let Some(k) = num_tokens {
+            if k >= cfg.block_size {
                 return Err(ServeError::Config(format!(
-                    "speculative decoding drafts fewer tokens than a block holds ({}), not {}",
-                    cfg.block_size, sp.num_tokens
+                    "speculative decoding drafts fewer tokens than a block holds ({}), not {k}",
+                    cfg.block_size
                 )));
             }
         }
+        let draft = match &cfg.speculative {
+            Some(Speculative::Draft(d)) => Some(d.model.clone()),
+            _ => None,
+        };
         let bs = cfg.block_size;
-        let block_bytes = PagedModel::block_bytes(&model.config, &model.tp, bs, model.dtype);
-        let ctx = model.cache_len;
+        // A draft model's pool mirrors the target's block for block: each block costs both.
+        let block_bytes = PagedModel::block_bytes(&model.config, &model.tp, bs, model.dtype)
+            + draft.as_ref().map_or(0, |d| {
+                PagedModel::block_bytes(&d.config, &d.tp, bs, d.dtype)
+            });
         let (num_blocks, pool_note) = match cfg.num_blocks {
             Some(n) => (n, format!("{n} blocks as configured")),
             None => {
@@ -427,6 +494,9 @@ impl Engine {
             _ => model.config.eos_token_ids.clone(),
         };
         let paged = PagedModel::new(model.clone(), bs, num_blocks)?;
+        let draft = draft
+            .map(|d| PagedModel::new(d, bs, num_blocks))
+            .transpose()?;
         let shared = Arc::new(Shared {
             blocks_total: num_blocks - 1,
             block_size: bs,
@@ -442,6 +512,7 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let mut sched = Scheduler::new(
             paged,
+            draft,
             BlockManager::new(num_blocks, bs),
             cfg.clone(),
             shared.clone(),

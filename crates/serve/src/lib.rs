@@ -59,8 +59,8 @@ pub mod server;
 pub mod tools;
 
 pub use engine::{
-    Canceller, Engine, EngineConfig, EngineStats, Event, FinishReason, NgramSpec, Prompt, Request,
-    RequestStream, Spec, Usage,
+    Canceller, DraftSpec, Engine, EngineConfig, EngineStats, Event, FinishReason, NgramSpec,
+    Prompt, Request, RequestStream, Spec, Speculative, Usage,
 };
 pub use error::ServeError;
 pub use preset::preset_tokenizer;

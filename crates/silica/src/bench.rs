@@ -3,7 +3,7 @@
 
 use crate::common::{
     check_activations, load_folder_or_preset, quant_format, ActivationsArg, BackendName, DTypeArg,
-    QuantizeArg, RunArgs,
+    QuantizeArg, RunArgs, SpecArgs,
 };
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -86,10 +86,10 @@ pub struct BenchArgs {
     /// Bearer token for --url.
     #[arg(long, env = "SILICA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Online mode, in-process engine: speculative decoding by prompt lookup with up to K
-    /// draft tokens (n-grams of 4 down to 1); the report notes the acceptance rate.
-    #[arg(long, value_name = "K")]
-    speculative_ngram: Option<usize>,
+    /// Online mode, in-process engine: speculative decoding (the report notes the acceptance
+    /// rate).
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -101,13 +101,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.concurrency == Some(0) {
         bail!("--concurrency must be at least 1");
     }
-    if a.speculative_ngram.is_some()
+    if a.spec.enabled()
         && (a.url.is_some() || (a.concurrency.is_none() && a.request_rate.is_none()))
     {
         bail!(
-            "--speculative-ngram applies to online mode against the in-process engine: give \
-             --concurrency or --request-rate, without --url (a server's own speculation is its \
-             setting: silica serve --speculative-ngram K)"
+            "--speculative-ngram and --speculative-model apply to online mode against the \
+             in-process engine: give --concurrency or --request-rate, without --url (a \
+             server's own speculation is its setting: silica serve --speculative-ngram K)"
         );
     }
     if let Some(url) = a.url.clone() {
@@ -439,11 +439,7 @@ fn bench_engine(
     let (load_s, device) = (model.load_seconds, model.backend.device_description());
     let engine_cfg = silica_serve::EngineConfig {
         max_num_seqs: cfg.concurrency.unwrap_or(64).clamp(1, 64),
-        speculative: a.speculative_ngram.map(|k| silica_serve::NgramSpec {
-            num_tokens: k,
-            min_n: 1,
-            max_n: 4,
-        }),
+        speculative: a.spec.config(&model)?,
         ..Default::default()
     };
     let engine = Arc::new(silica_serve::Engine::new(model, engine_cfg)?);
@@ -494,10 +490,10 @@ fn bench_engine(
         "engine: {} KV blocks of {} tokens, {} in use after the run",
         stats.blocks_total, stats.block_size, stats.blocks_in_use
     ));
-    if let Some(k) = a.speculative_ngram {
+    if let Some(how) = a.spec.describe() {
         let rate = stats.spec_accepted_tokens as f64 / stats.spec_draft_tokens.max(1) as f64;
         let note = format!(
-            "speculative decoding (prompt lookup, up to {k} draft tokens): {} drafted, {} accepted ({:.1}%)",
+            "speculative decoding ({how}): {} drafted, {} accepted ({:.1}%)",
             stats.spec_draft_tokens,
             stats.spec_accepted_tokens,
             rate * 100.0

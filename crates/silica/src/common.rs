@@ -132,6 +132,90 @@ pub struct ModelArgs {
     pub run: RunArgs,
 }
 
+/// Speculative decoding, for `serve` and `bench`'s online mode: by prompt lookup or with a
+/// draft model.
+#[derive(Args, Clone, Debug)]
+pub struct SpecArgs {
+    /// Speculative decoding by prompt lookup (vLLM's `ngram`): draft up to K tokens from an
+    /// earlier occurrence of the last tokens; the output stays token for token plain decoding's.
+    #[arg(long, value_name = "K", conflicts_with = "speculative_model")]
+    pub speculative_ngram: Option<usize>,
+    /// Longest n-gram looked up for drafts (down to 1).
+    #[arg(long, default_value_t = 4, requires = "speculative_ngram")]
+    pub speculative_ngram_max: usize,
+    /// Speculative decoding with a draft model (vLLM's `draft_model`): a smaller model folder
+    /// or GGUF file with the same vocabulary proposes tokens that one step of the model checks.
+    /// Greedy output stays plain decoding's; sampled tokens keep the model's distribution.
+    #[arg(long, value_name = "PATH")]
+    pub speculative_model: Option<PathBuf>,
+    /// Tokens the draft model proposes per step.
+    #[arg(long, default_value_t = 4, requires = "speculative_model")]
+    pub num_speculative_tokens: usize,
+    /// Quantize the draft model's weights at load (e.g. the model itself in int8 as its own
+    /// draft).
+    #[arg(long, value_enum, requires = "speculative_model")]
+    pub speculative_quantize: Option<QuantizeArg>,
+}
+
+impl SpecArgs {
+    pub fn enabled(&self) -> bool {
+        self.speculative_ngram.is_some() || self.speculative_model.is_some()
+    }
+
+    /// The engine's setting for `target`; a draft model is loaded on the target's backend
+    /// with its dtype, degree and context.
+    pub fn config(&self, target: &LoadedModel) -> Result<Option<silica_serve::Speculative>> {
+        if let Some(k) = self.speculative_ngram {
+            return Ok(Some(silica_serve::Speculative::Ngram(
+                silica_serve::NgramSpec {
+                    num_tokens: k,
+                    min_n: 1,
+                    max_n: self.speculative_ngram_max,
+                },
+            )));
+        }
+        let Some(path) = &self.speculative_model else {
+            return Ok(None);
+        };
+        check_model_path(path)?;
+        let opts = LoadOptions {
+            dtype: target.dtype,
+            max_context: Some(target.cache_len),
+            tp: target.tp.world,
+            quantize: quant_format(self.speculative_quantize),
+            ..Default::default()
+        };
+        let draft = LoadedModel::load(path, target.backend.clone(), &opts)
+            .with_context(|| format!("loading the draft model {}", path.display()))?;
+        eprintln!(
+            "draft model `{}`: {:.1} M parameters, {} tokens proposed per step",
+            draft.name,
+            draft.config.num_params() as f64 / 1e6,
+            self.num_speculative_tokens
+        );
+        Ok(Some(silica_serve::Speculative::Draft(
+            silica_serve::DraftSpec {
+                model: Arc::new(draft),
+                num_tokens: self.num_speculative_tokens,
+            },
+        )))
+    }
+
+    /// What the report says of the run's speculation.
+    pub fn describe(&self) -> Option<String> {
+        if let Some(k) = self.speculative_ngram {
+            return Some(format!("prompt lookup, up to {k} draft tokens"));
+        }
+        self.speculative_model.as_ref().map(|p| {
+            format!(
+                "draft model {}, {} tokens per step",
+                p.display(),
+                self.num_speculative_tokens
+            )
+        })
+    }
+}
+
 /// How a model command runs on its backend, beside `--backend` itself (shared by the model
 /// commands, `serve` and `bench`).
 #[derive(Args, Clone, Debug)]

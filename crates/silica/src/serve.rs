@@ -2,7 +2,7 @@
 
 use crate::common::{
     check_activations, load_folder_or_preset, quant_format, BackendName, DTypeArg, QuantizeArg,
-    RunArgs,
+    RunArgs, SpecArgs,
 };
 use anyhow::{Context, Result};
 use clap::Args;
@@ -73,13 +73,8 @@ pub struct ServeArgs {
     /// stalling every stream); 0 = no cap (chunks of --max-prefill-tokens).
     #[arg(long, default_value_t = 64)]
     mixed_prefill_tokens: usize,
-    /// Speculative decoding by prompt lookup (vLLM's `ngram`): draft up to K tokens from an
-    /// earlier occurrence of the last tokens; the output stays token for token plain decoding's.
-    #[arg(long, value_name = "K")]
-    speculative_ngram: Option<usize>,
-    /// Longest n-gram looked up for drafts (down to 1).
-    #[arg(long, default_value_t = 4, requires = "speculative_ngram")]
-    speculative_ngram_max: usize,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -117,6 +112,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if let Some(n) = &a.served_model_name {
         model.name = n.clone();
     }
+    let speculative = a.spec.config(&model)?;
     let engine = Engine::new(
         model,
         EngineConfig {
@@ -126,11 +122,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             max_num_seqs: a.max_num_seqs,
             max_prefill_tokens: a.max_prefill_tokens,
             mixed_prefill_tokens: a.mixed_prefill_tokens,
-            speculative: a.speculative_ngram.map(|k| silica_serve::NgramSpec {
-                num_tokens: k,
-                min_n: 1,
-                max_n: a.speculative_ngram_max,
-            }),
+            speculative,
             ..Default::default()
         },
     )?;

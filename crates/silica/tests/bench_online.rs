@@ -246,3 +246,53 @@ fn in_process_online_mode_completes_every_request() {
     let notes = r["notes"].to_string();
     assert!(notes.contains("0 in use after the run"), "{notes}");
 }
+
+/// A draft model in the in-process engine: every request completes and the report notes the
+/// acceptance (llama-hub-sharded-bf16 shares llama3-tied's vocabulary size).
+#[test]
+fn in_process_online_mode_with_a_draft_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("draft.json");
+    let fx = |n: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/fixtures")
+            .join(n)
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let (model, draft) = (fx("llama3-tied"), fx("llama-hub-sharded-bf16"));
+    let o = silica(&[
+        "bench",
+        "--quick",
+        "--model",
+        &model,
+        "--speculative-model",
+        &draft,
+        "--num-speculative-tokens",
+        "3",
+        "--concurrency",
+        "2",
+        "--num-requests",
+        "4",
+        "--input-len",
+        "20",
+        "--output-len",
+        "12",
+        "--warmup",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let s = &r["metrics"]["serving"];
+    assert_eq!(s["completed"], 4, "{s}");
+    assert_eq!(s["total_output_tokens"], 48, "{s}");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("speculative decoding (draft model") && notes.contains("accepted"),
+        "{notes}"
+    );
+}

@@ -157,6 +157,32 @@ fn bad_serve_arguments_fail_cleanly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown preset"));
+    // A draft model with another vocabulary (459 token ids, the model 400), a missing one, and
+    // both kinds of speculation at once.
+    let model = fixture("llama3-tied");
+    let other = fixture("llama-attn-mlp-bias");
+    let (model, other) = (model.to_str().unwrap(), other.to_str().unwrap());
+    for (args, want) in [
+        (vec!["--speculative-model", other], "same vocabulary"),
+        (
+            vec!["--speculative-model", "/no/such/draft"],
+            "no such folder or file",
+        ),
+        (
+            vec!["--speculative-model", model, "--speculative-ngram", "3"],
+            "cannot be used with",
+        ),
+        (vec!["--num-speculative-tokens", "3"], "--speculative-model"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_silica"))
+            .args(["serve", "--model", model, "--port", "0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }
 
 /// `silica bench --url` against `silica serve`: token-id prompts, `ignore_eos`, streamed

@@ -17,6 +17,8 @@ struct Seq {
     prompt_len: usize,
     /// Tokens whose K/V are in `blocks`.
     computed: usize,
+    /// Tokens whose K/V are in the draft model's pool (same blocks), when there is one.
+    draft_computed: usize,
     blocks: Vec<u32>,
     cursor: PrefixCursor,
     max_tokens: usize,
@@ -73,6 +75,8 @@ impl Seq {
 
 pub(super) struct Scheduler {
     paged: PagedModel,
+    /// The draft model's pool (draft-model speculative decoding), block ids as in `blocks`.
+    draft: Option<PagedModel>,
     blocks: BlockManager,
     cfg: EngineConfig,
     waiting: VecDeque<Seq>,
@@ -90,8 +94,10 @@ fn pow2_bucket(n: usize, cap: usize) -> usize {
 
 impl Scheduler {
     /// A scheduler with nothing queued, over a pool of `blocks`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         paged: PagedModel,
+        draft: Option<PagedModel>,
         blocks: BlockManager,
         cfg: EngineConfig,
         shared: Arc<Shared>,
@@ -101,6 +107,7 @@ impl Scheduler {
     ) -> Self {
         Scheduler {
             paged,
+            draft,
             blocks,
             cfg,
             waiting: VecDeque::new(),
@@ -173,6 +180,7 @@ impl Scheduler {
             tokens: n.tokens,
             prompt_len,
             computed: 0,
+            draft_computed: 0,
             blocks: vec![],
             cursor: PrefixCursor::default(),
             max_tokens: n.max_tokens,
@@ -339,6 +347,7 @@ impl Scheduler {
         self.blocks.release(&s.blocks);
         s.blocks.clear();
         s.computed = 0;
+        s.draft_computed = 0;
         s.cursor = PrefixCursor::default();
         if let Some((_, got)) = s.prompt_logprobs.as_mut() {
             got.clear();
@@ -540,24 +549,29 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The draft for running sequence `i` by prompt lookup: the tokens after the latest
-    /// earlier occurrence of its last n tokens, at most `k` and within its current block (a
-    /// verification chunk may not cross a block boundary), or nothing.
-    fn draft(&self, i: usize, sp: &NgramSpec) -> Vec<u32> {
+    /// How many tokens running sequence `i` may draft now: at most `k`, what the request may
+    /// still generate after the next token, and what stays within the block of its pending
+    /// token (a verification chunk may not cross a block boundary) and the context; 0 = none.
+    fn draft_room(&self, i: usize, k: usize) -> usize {
         let s = &self.running[i];
         let bs = self.blocks.block_size;
-        let len = s.tokens.len();
-        // Room in the block of the pending token for it and the draft, and what the request
-        // may still generate.
         let off = s.computed % bs;
         let left = s.max_tokens.saturating_sub(s.generated());
-        let k = sp
-            .num_tokens
+        let k = k
             .min(left.saturating_sub(1))
             .min((bs - off).saturating_sub(1));
         if k == 0 || s.tokens.len() + k >= self.context_len {
-            return vec![];
+            0
+        } else {
+            k
         }
+    }
+
+    /// The draft for running sequence `i` by prompt lookup: the tokens after the latest
+    /// earlier occurrence of its last n tokens, at most `k`, or nothing.
+    fn ngram_draft(&self, i: usize, sp: &NgramSpec, k: usize) -> Vec<u32> {
+        let s = &self.running[i];
+        let len = s.tokens.len();
         for n in (sp.min_n..=sp.max_n.min(len - 1)).rev() {
             let pattern = &s.tokens[len - n..];
             // Latest earlier occurrence that leaves at least one token after it.
@@ -569,17 +583,190 @@ impl Scheduler {
         vec![]
     }
 
+    /// One draft-model step over `rows` (running index, first position, tokens), each within
+    /// the bucket rules of a paged step; returns each row's logits at its last token.
+    fn draft_step(&mut self, rows: &[(usize, usize, Vec<u32>)]) -> Result<Vec<f32>, ServeError> {
+        let bs = self.blocks.block_size;
+        let longest = rows.iter().map(|r| r.2.len()).max().unwrap_or(1);
+        let t = if longest <= bs {
+            longest
+        } else {
+            longest.div_ceil(bs).next_power_of_two() * bs
+        };
+        let b = pow2_bucket(rows.len(), self.cfg.max_num_seqs);
+        let m = rows
+            .iter()
+            .map(|r| self.running[r.0].blocks.len())
+            .max()
+            .unwrap_or(1)
+            .next_power_of_two()
+            .max(t.div_ceil(bs));
+        let paged_rows: Vec<PagedRow> = rows
+            .iter()
+            .map(|(i, start, toks)| PagedRow {
+                tokens: toks,
+                start_pos: *start,
+                // Only the blocks the row reaches: a bucket's padding past them then writes to
+                // scratch, not into blocks that other sequences may share from the prefix cache.
+                block_table: &self.running[*i].blocks[..(start + toks.len()).div_ceil(bs)],
+                logits_at: toks.len() - 1,
+            })
+            .collect();
+        let draft = self
+            .draft
+            .as_mut()
+            .expect("draft-model speculation has a draft pool");
+        Ok(draft
+            .step(&paged_rows, b, t, m, LogitsMode::Last)?
+            .to_vec::<f32>()?)
+    }
+
+    /// Drafts by the draft model for candidates `(running index, most tokens)`: first the
+    /// draft's KV cache catches up with tokens it has not read (a capped, block-aligned chunk
+    /// per iteration; such rows draft from the next iteration on), then rows whose unread
+    /// tokens sit in their pending token's block read them and propose one token per step.
+    /// Each draft comes with, for sampled rows, the draft's distribution q at every position.
+    #[allow(clippy::type_complexity)]
+    fn model_drafts(
+        &mut self,
+        cands: &[(usize, usize)],
+    ) -> Result<Vec<(usize, Vec<u32>, Option<Vec<Vec<f32>>>)>, ServeError> {
+        let bs = self.blocks.block_size;
+        let cap = if self.cfg.mixed_prefill_tokens > 0 {
+            self.cfg
+                .mixed_prefill_tokens
+                .min(self.cfg.max_prefill_tokens)
+        } else {
+            self.cfg.max_prefill_tokens
+        };
+        let max_chunk = (cap / bs).max(1) * bs;
+        let (mut behind, mut ready) = (Vec::new(), Vec::new());
+        for &(i, k) in cands {
+            let s = &self.running[i];
+            // The pending token's block starts here; what precedes it is read in bulk.
+            let pending_block = (s.tokens.len() - 1) / bs * bs;
+            if s.draft_computed < pending_block {
+                // From the block boundary at or before what it has read, so chunks stay
+                // block-aligned (the few tokens read again get the same K/V).
+                let from = s.draft_computed / bs * bs;
+                let n = (pending_block - from).min(max_chunk);
+                behind.push((i, from, s.tokens[from..from + n].to_vec()));
+            } else {
+                ready.push((i, k));
+            }
+        }
+        if !behind.is_empty() {
+            // One catch-up step, its rows within the token budget.
+            let t = behind
+                .iter()
+                .map(|r| r.2.len())
+                .max()
+                .unwrap_or(bs)
+                .div_ceil(bs)
+                .next_power_of_two()
+                * bs;
+            behind.truncate((cap / t).max(1));
+            self.draft_step(&behind)?;
+            for (i, from, toks) in &behind {
+                self.running[*i].draft_computed = from + toks.len();
+            }
+        }
+        // Rows that would cross their block in the verification bucket wait for a decode step.
+        let kmax = ready.iter().map(|r| r.1).max().unwrap_or(0);
+        ready.retain(|&(i, _)| self.running[i].computed % bs + kmax < bs);
+        if ready.is_empty() {
+            return Ok(vec![]);
+        }
+        let v = self.paged.model.config.vocab_size;
+        let mut drafts: Vec<(usize, Vec<u32>, Option<Vec<Vec<f32>>>)> =
+            ready.iter().map(|&(i, _)| (i, Vec::new(), None)).collect();
+        // First proposal: each row reads its unread tokens (1 after a rejection, 2 after a
+        // fully accepted draft, up to a block the first time); rows of one length share a step
+        // (a bucket longer than a row could cross its block).
+        let mut lens: Vec<usize> = ready
+            .iter()
+            .map(|&(i, _)| self.running[i].tokens.len() - self.running[i].draft_computed)
+            .collect();
+        lens.sort_unstable();
+        lens.dedup();
+        for n in lens {
+            let group: Vec<usize> = (0..ready.len())
+                .filter(|&r| {
+                    let s = &self.running[ready[r].0];
+                    s.tokens.len() - s.draft_computed == n
+                })
+                .collect();
+            let rows: Vec<(usize, usize, Vec<u32>)> = group
+                .iter()
+                .map(|&r| {
+                    let s = &self.running[ready[r].0];
+                    (
+                        ready[r].0,
+                        s.draft_computed,
+                        s.tokens[s.draft_computed..].to_vec(),
+                    )
+                })
+                .collect();
+            let logits = self.draft_step(&rows)?;
+            for (g, &r) in group.iter().enumerate() {
+                let i = ready[r].0;
+                let s = &mut self.running[i];
+                s.draft_computed = s.tokens.len();
+                let (tok, q) = s.sampler.propose(&logits[g * v..(g + 1) * v], &s.tokens);
+                drafts[r].1.push(tok);
+                if let Some(q) = q {
+                    drafts[r].2.get_or_insert_with(Vec::new).push(q);
+                }
+            }
+        }
+        // Further proposals: one token per row per step, feeding the last proposal.
+        for j in 1..kmax {
+            let group: Vec<usize> = (0..ready.len()).filter(|&r| ready[r].1 > j).collect();
+            if group.is_empty() {
+                break;
+            }
+            let rows: Vec<(usize, usize, Vec<u32>)> = group
+                .iter()
+                .map(|&r| {
+                    let i = ready[r].0;
+                    let last = *drafts[r].1.last().expect("one proposal made");
+                    (i, self.running[i].draft_computed, vec![last])
+                })
+                .collect();
+            let logits = self.draft_step(&rows)?;
+            for (g, &r) in group.iter().enumerate() {
+                let i = ready[r].0;
+                let s = &mut self.running[i];
+                s.draft_computed += 1;
+                let mut history = s.tokens.clone();
+                history.extend_from_slice(&drafts[r].1);
+                let (tok, q) = s.sampler.propose(&logits[g * v..(g + 1) * v], &history);
+                drafts[r].1.push(tok);
+                if let Some(q) = q {
+                    drafts[r].2.get_or_insert_with(Vec::new).push(q);
+                }
+            }
+        }
+        Ok(drafts)
+    }
+
     /// One step verifying the drafts of every decoding sequence that has one (host sampling,
     /// no constraint or log-probabilities): rows of the pending token and its draft, every
-    /// position's logits; each position's token is drawn as a decode step would draw it, and
-    /// the row stops at the first token that differs from its draft. K/V written for rejected
-    /// draft positions is overwritten when those positions are computed again.
+    /// position's logits. Prompt-lookup drafts: each position's token is drawn as a decode step
+    /// would draw it, and the row stops at the first token that differs from its draft.
+    /// Draft-model drafts: the same for greedy rows; sampled rows keep or replace each
+    /// proposal by the rejection rule ([`Sampler::verify`]). K/V written for rejected draft
+    /// positions is overwritten when those positions are computed again.
     fn speculative_step(&mut self) -> Result<(), ServeError> {
-        let Some(sp) = self.cfg.speculative.clone() else {
+        let Some(method) = self.cfg.speculative.clone() else {
             return Ok(());
         };
         let bs = self.blocks.block_size;
-        let mut rows_plan: Vec<(usize, Vec<u32>)> = Vec::new();
+        let num_tokens = match &method {
+            Speculative::Ngram(sp) => sp.num_tokens,
+            Speculative::Draft(d) => d.num_tokens,
+        };
+        let mut cands: Vec<(usize, usize)> = Vec::new();
         for i in 0..self.running.len() {
             let s = &self.running[i];
             let decoding = s.tokens.len() - s.computed == 1;
@@ -592,11 +779,23 @@ impl Scheduler {
             {
                 continue;
             }
-            let d = self.draft(i, &sp);
-            if !d.is_empty() {
-                rows_plan.push((i, d));
+            let k = self.draft_room(i, num_tokens);
+            if k > 0 {
+                cands.push((i, k));
             }
         }
+        if cands.is_empty() {
+            return Ok(());
+        }
+        #[allow(clippy::type_complexity)]
+        let mut rows_plan: Vec<(usize, Vec<u32>, Option<Vec<Vec<f32>>>)> = match &method {
+            Speculative::Ngram(sp) => cands
+                .iter()
+                .map(|&(i, k)| (i, self.ngram_draft(i, sp, k), None))
+                .filter(|r| !r.1.is_empty())
+                .collect(),
+            Speculative::Draft(_) => self.model_drafts(&cands)?,
+        };
         if rows_plan.is_empty() {
             return Ok(());
         }
@@ -604,24 +803,25 @@ impl Scheduler {
         // block is a valid bucket; padding a 5-token chunk to 8 would cost 60% more).
         let t = rows_plan
             .iter()
-            .map(|(_, d)| d.len() + 1)
+            .map(|(_, d, _)| d.len() + 1)
             .max()
             .unwrap_or(1);
-        // Rows whose chunk would cross their block in the common bucket wait for a decode step.
-        rows_plan.retain(|(i, _)| self.running[*i].computed % bs + t <= bs);
+        // Rows whose chunk would cross their block in the common bucket wait for a decode step
+        // (a draft model's rows were picked to fit; its KV past the pending token is not kept).
+        rows_plan.retain(|(i, _, _)| self.running[*i].computed % bs + t <= bs);
         if rows_plan.is_empty() {
             return Ok(());
         }
         let b = pow2_bucket(rows_plan.len(), self.cfg.max_num_seqs);
         let m = rows_plan
             .iter()
-            .map(|(i, _)| self.running[*i].blocks.len())
+            .map(|(i, _, _)| self.running[*i].blocks.len())
             .max()
             .unwrap_or(1)
             .next_power_of_two();
         let chunks: Vec<Vec<u32>> = rows_plan
             .iter()
-            .map(|(i, d)| {
+            .map(|(i, d, _)| {
                 let s = &self.running[*i];
                 let mut c = vec![s.tokens[s.computed]];
                 c.extend_from_slice(d);
@@ -631,7 +831,7 @@ impl Scheduler {
         let rows: Vec<PagedRow> = rows_plan
             .iter()
             .zip(&chunks)
-            .map(|((i, _), c)| {
+            .map(|((i, _, _), c)| {
                 let s = &self.running[*i];
                 PagedRow {
                     tokens: c,
@@ -648,23 +848,30 @@ impl Scheduler {
         let v = self.paged.model.config.vocab_size;
         let mut done = Vec::new();
         let (mut drafted, mut accepted) = (0u64, 0u64);
-        for (r, (i, d)) in rows_plan.iter().enumerate() {
+        for (r, (i, d, qs)) in rows_plan.iter().enumerate() {
             let i = *i;
             drafted += d.len() as u64;
+            // The pending token's position: the draft's proposals were read from here on.
+            let pending = self.running[i].computed;
+            let mut kept = 0;
             for j in 0..=d.len() {
                 let at = (r * t + j) * v;
                 let row = &logits[at..at + v];
                 let s = &mut self.running[i];
-                let tok = s.sampler.sample(row, &s.tokens);
+                let (tok, hit) = if j < d.len() {
+                    let q = qs.as_ref().map(|q| q[j].as_slice());
+                    s.sampler.verify(row, &s.tokens, d[j], q)
+                } else {
+                    (s.sampler.sample(row, &s.tokens), false)
+                };
                 // Position j's K/V is now valid (its token was the pending one or an
                 // accepted draft token).
                 s.computed += 1;
                 self.blocks
                     .register(&mut s.cursor, &s.tokens, &s.blocks, s.computed);
                 s.verified = true;
-                let hit = j < d.len() && tok == d[j];
                 if hit {
-                    accepted += 1;
+                    kept += 1;
                 }
                 if let Some(reason) = self.accept(i, tok, None) {
                     done.push((i, reason));
@@ -674,6 +881,11 @@ impl Scheduler {
                     break;
                 }
             }
+            accepted += kept as u64;
+            // The draft's K/V holds the pending token and its proposals before the last; those
+            // past the kept ones are not the sequence's tokens.
+            let s = &mut self.running[i];
+            s.draft_computed = s.draft_computed.min(pending + 1 + kept);
         }
         self.shared
             .spec_draft_tokens
