@@ -267,6 +267,157 @@ pub fn attention(
             softcap,
         )));
     }
+    let (tk, hkv) = (a.tk, a.hkv);
+    attention_over(q, k, v, mask, a, scale, softcap, move |bi, hk, j| {
+        (bi * hkv + hk) * tk + j
+    })
+}
+
+/// Where a paged KV pool keeps each row's slots: pools [N, S, Hkv, D], row b's slot j in block
+/// `tables[b, j / S]` (clamped into the pool, as a gather clamps) at offset `j % S`.
+pub struct PagedKv<'a> {
+    pub tables: &'a [i64],
+    pub max_blocks: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+}
+
+/// [`attention`] with K and V read from paged pools through block tables, without the
+/// gathered [B, Hkv, M·S, D] copies. Each query position visits its kept slots once for all
+/// heads (a slot's keys for every KV head are one contiguous [Hkv, D] run in the pool), and a
+/// row only touches the slots its mask keeps, so its cost follows its own context rather than
+/// the batch's longest. Every head's scores, softmax and weighted sum are computed with the
+/// same operations in the same order as [`attention`]'s, so the result is bit-identical to
+/// gather → reshape → transpose → attention.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    q: &CpuData,
+    k_pool: &CpuData,
+    v_pool: &CpuData,
+    mask: &CpuData,
+    a: &AttnDims,
+    kv: &PagedKv,
+    scale: f64,
+    softcap: Option<f64>,
+) -> CpuData {
+    let (m, bs, n, hkv, tk) = (kv.max_blocks, kv.block_size, kv.num_blocks, a.hkv, a.tk);
+    let (hq, tq, d, dv) = (a.hq, a.tq, a.d, a.dv);
+    let mut out = vec![0f32; a.b * hq * tq * dv];
+    if out.is_empty() {
+        return finish(out, q.dtype());
+    }
+    let qf: std::borrow::Cow<'_, [f32]> = match q {
+        CpuData::F32(v) => std::borrow::Cow::Borrowed(&v[..]),
+        other => std::borrow::Cow::Owned(other.to_f32()),
+    };
+    let mf: std::borrow::Cow<'_, [f32]> = match mask {
+        CpuData::F32(v) => std::borrow::Cow::Borrowed(&v[..]),
+        other => std::borrow::Cow::Owned(other.to_f32()),
+    };
+    let (kk, vv) = (Kv::of(k_pool), Kv::of(v_pool));
+    let grp = hq / hkv;
+    let scale = scale as f32;
+    let cap = softcap.map(|c| c as f32);
+    // Position-major output [B, Tq, Hq, Dv] (a query position's heads are one chunk), put
+    // back into [B, Hq, Tq, Dv] at the end.
+    let mut pm = vec![0f32; out.len()];
+    let row = |r: usize, o: &mut [f32]| {
+        let (bi, ti) = (r / tq, r % tq);
+        let mrow = &mf[r * tk..(r + 1) * tk];
+        let (lo, hi, all_skipped) = kept_range(mrow);
+        let w = hi - lo;
+        // Scores per head over the range, then weights.
+        let mut s = vec![f32::NEG_INFINITY; hq * w];
+        let mut mx = vec![f32::NEG_INFINITY; hq];
+        for j in lo..hi {
+            if !all_skipped && !kept(mrow[j]) {
+                continue;
+            }
+            let blk = kv.tables[bi * m + j / bs].clamp(0, n as i64 - 1) as usize;
+            let slot = (blk * bs + j % bs) * hkv;
+            for h in 0..hq {
+                let qrow = &qf[((bi * hq + h) * tq + ti) * d..][..d];
+                let raw = kk.dot(qrow, (slot + h / grp) * d) * scale;
+                let sj = match cap {
+                    Some(c) => c * (raw / c).tanh(),
+                    None => raw,
+                } + mrow[j];
+                s[h * w + j - lo] = sj;
+                mx[h] = if sj.is_nan() || mx[h].is_nan() {
+                    f32::NAN
+                } else {
+                    mx[h].max(sj)
+                };
+            }
+        }
+        let mut sum = vec![0f32; hq];
+        for h in 0..hq {
+            for sj in s[h * w..(h + 1) * w].iter_mut() {
+                *sj = if *sj == f32::NEG_INFINITY && mx[h] != f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (*sj - mx[h]).exp()
+                };
+                sum[h] += *sj;
+            }
+        }
+        for j in lo..hi {
+            let heads = (0..hq).filter(|&h| {
+                let p = s[h * w + j - lo];
+                p != 0.0 || p.is_nan()
+            });
+            let mut slot = None;
+            for h in heads {
+                let slot = *slot.get_or_insert_with(|| {
+                    let blk = kv.tables[bi * m + j / bs].clamp(0, n as i64 - 1) as usize;
+                    (blk * bs + j % bs) * hkv
+                });
+                vv.axpy(
+                    s[h * w + j - lo] / sum[h],
+                    (slot + h / grp) * dv,
+                    &mut o[h * dv..(h + 1) * dv],
+                );
+            }
+        }
+    };
+    let rows = a.b * tq;
+    let per = rows.div_ceil(silica_kernels::pool::threads() * 2).max(1);
+    if pm.len() * tk >= PAR_MIN {
+        silica_kernels::pool::for_each_chunk(&mut pm, per * hq * dv, |t, block| {
+            for (i, o) in block.chunks_mut(hq * dv).enumerate() {
+                row(t * per + i, o);
+            }
+        });
+    } else {
+        pm.chunks_mut(hq * dv)
+            .enumerate()
+            .for_each(|(r, o)| row(r, o));
+    }
+    for bi in 0..a.b {
+        for ti in 0..tq {
+            for h in 0..hq {
+                let src = ((bi * tq + ti) * hq + h) * dv;
+                let dst = ((bi * hq + h) * tq + ti) * dv;
+                out[dst..dst + dv].copy_from_slice(&pm[src..src + dv]);
+            }
+        }
+    }
+    finish(out, q.dtype())
+}
+
+/// The attention kernel over K/V slots addressed by `slot(batch, kv head, position)`: the
+/// index of that key's D values in `k` (and of its Dv values in `v`).
+#[allow(clippy::too_many_arguments)]
+fn attention_over(
+    q: &CpuData,
+    k: &CpuData,
+    v: &CpuData,
+    mask: &CpuData,
+    a: &AttnDims,
+    scale: f64,
+    softcap: Option<f64>,
+    slot: impl Fn(usize, usize, usize) -> usize + Sync,
+) -> CpuData {
     // f32 operands are borrowed, not copied (the mask is [B, Tq, Tk] over the whole cache).
     fn f32_of(d: &CpuData) -> std::borrow::Cow<'_, [f32]> {
         match d {
@@ -298,7 +449,6 @@ pub fn attention(
         let hk = h / grp;
         let qrow = &qf[r * a.d..(r + 1) * a.d];
         let mrow = &mf[(bi * a.tq + ti) * a.tk..(bi * a.tq + ti + 1) * a.tk];
-        let kbase = (bi * a.hkv + hk) * a.tk;
         let (lo, hi, all_skipped) = ranges[bi * a.tq + ti];
         let mut s = vec![f32::NEG_INFINITY; hi - lo];
         let mut mx = f32::NEG_INFINITY;
@@ -306,7 +456,7 @@ pub fn attention(
             if !all_skipped && !kept(mrow[j]) {
                 continue;
             }
-            let raw = kk.dot(qrow, (kbase + j) * a.d) * scale;
+            let raw = kk.dot(qrow, slot(bi, hk, j) * a.d) * scale;
             *sj = match cap {
                 Some(c) => c * (raw / c).tanh(),
                 None => raw,
@@ -328,7 +478,7 @@ pub fn attention(
         }
         for (j, &p) in (lo..hi).zip(s.iter()) {
             if p != 0.0 || p.is_nan() {
-                vv.axpy(p / sum, (kbase + j) * a.dv, o);
+                vv.axpy(p / sum, slot(bi, hk, j) * a.dv, o);
             }
         }
     };

@@ -195,7 +195,11 @@ pub struct CpuExecutable {
     /// For a `dot` whose rhs is a [`Op::Dequantize`] used by nothing else: that node, which is
     /// then never evaluated on its own (the dot reads the quantized bytes directly).
     fused_rhs: Vec<Option<usize>>,
-    /// Nodes evaluated inside their consumer (see `fused_rhs`).
+    /// For an `attention` whose keys and values are paged pools gathered through block tables
+    /// (gather → reshape → transpose, used by nothing else): the pools and the tables, read
+    /// directly by the kernel (the three view nodes are then never evaluated).
+    paged: Vec<Option<PagedView>>,
+    /// Nodes evaluated inside their consumer (see `fused_rhs` and `paged`).
     skip: Vec<bool>,
     activations: Activations,
 }
@@ -238,12 +242,35 @@ impl CpuExecutable {
                 last_use[q] = last_use[q].max(pos);
             }
         }
+        let mut paged = vec![None; nodes.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            let Some((view, chain)) = paged_view(&nodes[i], nodes) else {
+                continue;
+            };
+            if chain
+                .iter()
+                .any(|&c| uses[c] != 1 || last_use[c] == usize::MAX || skip[c])
+            {
+                continue; // a view is used elsewhere too, or is an output: materialize it
+            }
+            for c in chain {
+                skip[c] = true;
+            }
+            // The pools and tables are read at the attention, not at the gathers.
+            for v in [view.k_pool, view.v_pool, view.tables] {
+                if last_use[v] != usize::MAX {
+                    last_use[v] = last_use[v].max(pos);
+                }
+            }
+            paged[i] = Some(view);
+        }
         CpuExecutable {
             signature: program.signature(),
             program: program.clone(),
             order,
             last_use,
             fused_rhs,
+            paged,
             skip,
             activations: Activations::F32,
         }
@@ -305,8 +332,72 @@ impl CpuExecutable {
 
     /// How many `dequantize` nodes run fused into the `dot` that reads them.
     pub fn fused_dequantize_count(&self) -> usize {
-        self.skip.iter().filter(|&&s| s).count()
+        self.fused_rhs.iter().filter(|d| d.is_some()).count()
     }
+
+    /// How many `attention` nodes read paged KV pools directly.
+    pub fn paged_attention_count(&self) -> usize {
+        self.paged.iter().filter(|p| p.is_some()).count()
+    }
+}
+
+/// The paged pools and block tables an attention reads in place of its gathered K/V views.
+#[derive(Clone, Copy, Debug)]
+struct PagedView {
+    k_pool: usize,
+    v_pool: usize,
+    tables: usize,
+    block_size: usize,
+}
+
+/// The pools behind `node`'s K and V when it is an f32/bf16/f16 `attention` whose K and V are
+/// each `transpose([0, 2, 1, 3])` of `reshape([B, M·S, Hkv, D])` of `gather(pool [N, S, Hkv, D],
+/// tables [B, M], axis 0)` with one table for both (the paged step's view of its KV pools),
+/// and the six view nodes.
+fn paged_view(node: &Node, nodes: &[Node]) -> Option<(PagedView, Vec<usize>)> {
+    if !matches!(node.op, Op::Attention { .. })
+        || !matches!(node.dtype, DType::F32 | DType::BF16 | DType::F16)
+    {
+        return None;
+    }
+    let chain = |x: usize| -> Option<(usize, usize, usize, [usize; 3])> {
+        let t = &nodes[x];
+        let Op::Transpose { perm } = &t.op else {
+            return None;
+        };
+        if perm.as_slice() != [0, 2, 1, 3] {
+            return None;
+        }
+        let r = t.inputs[0].index();
+        if !matches!(nodes[r].op, Op::Reshape) {
+            return None;
+        }
+        let g = nodes[r].inputs[0].index();
+        if !matches!(nodes[g].op, Op::Gather { axis: 0 }) {
+            return None;
+        }
+        let (pool, tables) = (nodes[g].inputs[0].index(), nodes[g].inputs[1].index());
+        let (pd, td) = (nodes[pool].shape.dims(), nodes[tables].shape.dims());
+        let rd = nodes[r].shape.dims();
+        let ok = pd.len() == 4
+            && td.len() == 2
+            && rd.len() == 4
+            && rd == [td[0], td[1] * pd[1], pd[2], pd[3]]
+            && nodes[tables].dtype.is_int();
+        ok.then_some((pool, tables, pd[1], [x, r, g]))
+    };
+    let (kp, kt, bs, kc) = chain(node.inputs[1].index())?;
+    let (vp, vt, vbs, vc) = chain(node.inputs[2].index())?;
+    if kt != vt || bs != vbs || kp == vp {
+        return None;
+    }
+    let view = PagedView {
+        k_pool: kp,
+        v_pool: vp,
+        tables: kt,
+        block_size: bs,
+    };
+    Some((view, kc.into_iter().chain(vc).collect()))
 }
 
 /// The [`Op::Dequantize`] node a `dot` can read directly: the rhs of a `linear` (lhs
@@ -476,6 +567,53 @@ impl CpuExecutable {
                 self.release(&mut slots, node.inputs.iter().chain([&qv]), pos);
                 if let Some(t0) = t0 {
                     profile::record("dot (dequantize)", t0.elapsed());
+                }
+                continue;
+            }
+            if let Some(pv) = self.paged[i] {
+                let Op::Attention { scale, softcap } = node.op else {
+                    unreachable!("paged views feed attention nodes")
+                };
+                let (qd, pd) = (
+                    nodes[node.inputs[0].index()].shape.dims(),
+                    nodes[pv.k_pool].shape.dims(),
+                );
+                let tables = slots[pv.tables].get().to_i64();
+                let max_blocks = nodes[pv.tables].shape.dims()[1];
+                let a = fused::AttnDims {
+                    b: qd[0],
+                    hq: qd[1],
+                    tq: qd[2],
+                    d: qd[3],
+                    hkv: pd[2],
+                    tk: max_blocks * pv.block_size,
+                    dv: nodes[pv.v_pool].shape.dims()[3],
+                };
+                let kv = fused::PagedKv {
+                    tables: &tables,
+                    max_blocks,
+                    block_size: pv.block_size,
+                    num_blocks: pd[0],
+                };
+                let out = fused::paged_attention(
+                    slots[node.inputs[0].index()].get(),
+                    slots[pv.k_pool].get(),
+                    slots[pv.v_pool].get(),
+                    slots[node.inputs[3].index()].get(),
+                    &a,
+                    &kv,
+                    scale,
+                    softcap,
+                );
+                slots[i] = Slot::Own(out);
+                let extra = [
+                    ValueId::from_index(pv.k_pool),
+                    ValueId::from_index(pv.v_pool),
+                    ValueId::from_index(pv.tables),
+                ];
+                self.release(&mut slots, node.inputs.iter().chain(&extra), pos);
+                if let Some(t0) = t0 {
+                    profile::record("attention (paged)", t0.elapsed());
                 }
                 continue;
             }
