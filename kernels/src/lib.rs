@@ -8,6 +8,8 @@
 //! - [`amx`]: bf16 × bf16 prefill products on AMX tiles, where the kernel grants them.
 //! - [`dpbf16`]: the same products with AVX-512-BF16 `vdpbf16ps`, where there is no AMX (AMD
 //!   Zen 4/5).
+//! - [`attention`]: one query position's attention over a KV cache, contiguous or paged
+//!   (through block tables), all heads at once over the slots its mask keeps.
 //! - [`gemv`]: decode-shaped products (few rows × `[N, K]` weights), parallel over output rows.
 //! - [`blocks`]: GGUF's block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), decoded
 //!   as ggml does and dotted with f32 activations.
@@ -18,6 +20,7 @@
 //! Every SIMD path is tested against the portable code and an f64 reference (`tests/`).
 
 pub mod amx;
+pub mod attention;
 pub mod blocks;
 pub mod dot;
 pub mod dpbf16;
