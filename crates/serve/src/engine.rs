@@ -112,7 +112,7 @@ impl Default for EngineConfig {
             kv_cache_bytes: None,
             max_num_seqs: 64,
             max_prefill_tokens: 512,
-            mixed_prefill_tokens: 64,
+            mixed_prefill_tokens: 32,
             max_queue: 4096,
             speculative: None,
         }

@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// Most prompt tokens per prefill step while requests decode (chunked prefill under a
     /// token budget: a long prompt advances this much between two decode steps instead of
     /// stalling every stream); 0 = no cap (chunks of --max-prefill-tokens).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     mixed_prefill_tokens: usize,
     #[command(flatten)]
     spec: SpecArgs,

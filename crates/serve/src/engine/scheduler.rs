@@ -85,6 +85,29 @@ pub(super) struct Scheduler {
     tokenizer: Option<Tokenizer>,
     eos: Vec<u32>,
     context_len: usize,
+    /// The context at which a token's attention costs as many FLOPs as its matrix products
+    /// (`body parameters / (2 · layers · query heads · head size)`): a capped prefill chunk at
+    /// context c gets `cap · span / (span + c)` tokens, so every chunk between decode steps
+    /// costs about what `cap` tokens cost at the start of a prompt.
+    attn_span: f64,
+}
+
+/// [`Scheduler::attn_span`] of a model.
+fn attention_span(c: &silica_models::ModelConfig) -> f64 {
+    let embed = (c.vocab_size * c.hidden_size) as f64;
+    let body = c.num_active_params() as f64 - embed * if c.tie_word_embeddings { 1.0 } else { 2.0 };
+    let per_slot = 2.0 * (c.num_hidden_layers * c.num_attention_heads * c.head_dim) as f64;
+    (body / per_slot.max(1.0)).max(1.0)
+}
+
+/// The prefill cap between decode steps for a chunk starting at context `start`, so that it
+/// costs about the FLOPs of `cap` tokens at the start of a prompt: `cap · span / (span + c)`
+/// at context c (taken half a chunk in), to the nearest whole block (flooring would halve a
+/// 2-block cap at any context), at least one block.
+fn mixed_cap(cap: usize, span: f64, start: usize, bs: usize) -> usize {
+    let ctx = (start + cap / 2) as f64;
+    let scaled = cap as f64 * span / (span + ctx);
+    ((scaled / bs as f64).round() as usize).max(1) * bs
 }
 
 /// Smallest power of two ≥ n (n ≥ 1), capped at `cap` when n ≤ cap.
@@ -105,7 +128,9 @@ impl Scheduler {
         eos: Vec<u32>,
         context_len: usize,
     ) -> Self {
+        let attn_span = attention_span(&paged.model.config);
         Scheduler {
+            attn_span,
             paged,
             draft,
             blocks,
@@ -152,14 +177,15 @@ impl Scheduler {
                 .running
                 .iter()
                 .any(|s| s.tokens.len() - s.computed == 1);
-            let cap = if decoding && self.cfg.mixed_prefill_tokens > 0 {
+            let mixed = decoding && self.cfg.mixed_prefill_tokens > 0;
+            let cap = if mixed {
                 self.cfg
                     .mixed_prefill_tokens
                     .min(self.cfg.max_prefill_tokens)
             } else {
                 self.cfg.max_prefill_tokens
             };
-            if let Err(e) = self.prefill_step(cap) {
+            if let Err(e) = self.prefill_step(cap, mixed) {
                 self.fail_all(&e.to_string());
             }
             if let Err(e) = self.speculative_step() {
@@ -358,16 +384,23 @@ impl Scheduler {
         victim
     }
 
-    /// One batched prefill chunk of at most `cap` prompt tokens (at least a block).
-    fn prefill_step(&mut self, cap: usize) -> Result<(), ServeError> {
+    /// One batched prefill chunk of at most `cap` prompt tokens (at least a block); `mixed`:
+    /// between decode steps, the cap shrinking with the context the chunk attends to.
+    fn prefill_step(&mut self, cap: usize, mixed: bool) -> Result<(), ServeError> {
         let bs = self.blocks.block_size;
-        let max_chunk = (cap / bs).max(1) * bs;
         let cands: Vec<usize> = (0..self.running.len())
             .filter(|&i| self.running[i].tokens.len() - self.running[i].computed > 1)
             .collect();
         if cands.is_empty() {
             return Ok(());
         }
+        let cap = if mixed {
+            // The oldest candidate's chunk sets the bucket.
+            mixed_cap(cap, self.attn_span, self.running[cands[0]].computed, bs)
+        } else {
+            cap
+        };
+        let max_chunk = (cap / bs).max(1) * bs;
         // The chunk bucket is set by the first (oldest) candidate; others join while the
         // batch stays within the token budget.
         let chunk_of = |s: &Seq| (s.tokens.len() - s.computed).min(max_chunk);
@@ -1026,5 +1059,27 @@ impl Scheduler {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use silica_models::presets;
+
+    #[test]
+    fn the_mixed_cap_shrinks_with_context_by_the_attention_span() {
+        // silica-tiny: 5.85 M body parameters over 2 · 8 layers · 8 heads · 32 = 4096 FLOPs
+        // per slot and token; an 8B Llama's span is far beyond any context it serves.
+        let tiny = attention_span(&presets::preset("silica-tiny").unwrap());
+        assert!((1400.0..1450.0).contains(&tiny), "{tiny}");
+        let big = attention_span(&presets::preset("llama-3.1-8b").unwrap());
+        assert!(big > 25_000.0, "{big}");
+        assert_eq!(mixed_cap(32, tiny, 0, 16), 32);
+        assert_eq!(mixed_cap(32, tiny, 400, 16), 32);
+        assert_eq!(mixed_cap(32, tiny, 600, 16), 16);
+        assert_eq!(mixed_cap(32, tiny, 100_000, 16), 16, "at least a block");
+        assert_eq!(mixed_cap(32, big, 8_000, 16), 32);
+        assert_eq!(mixed_cap(64, tiny, 1_400, 16), 32);
     }
 }
