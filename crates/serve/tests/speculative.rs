@@ -1,5 +1,5 @@
-//! Speculative decoding gives the tokens plain decoding gives. Prompt lookup: transformers'
-//! greedy continuation on every fixture, and the same greedy and seeded-sampling streams as the
+//! Speculative decoding gives the tokens plain decoding gives. Prompt lookup and a draft model
+//! (the fixture drafting itself): transformers' greedy continuation on every fixture; prompt lookup: and the same greedy and seeded-sampling streams as the
 //! engine without it on a repetitive prompt, where drafts are accepted. A draft model: plain
 //! greedy decoding's tokens with a draft of another architecture (drafts rejected) and with the
 //! model as its own draft (all accepted); sampled rows with the model as its own draft keep
@@ -50,7 +50,7 @@ fn request(tokens: Vec<u32>, n: usize, temperature: f32, seed: u64) -> Request {
 
 #[test]
 fn speculative_greedy_equals_transformers_on_every_fixture() {
-    let mut drafted = 0;
+    let (mut drafted, mut model_drafted) = (0, 0);
     for dir in fixtures() {
         let r = reference(&dir);
         let (input, want) = (ids(&r["input_ids"]), ids(&r["greedy"]["ids"]));
@@ -59,13 +59,19 @@ fn speculative_greedy_equals_transformers_on_every_fixture() {
             max_context: Some(128),
             ..Default::default()
         };
-        let model = LoadedModel::load(&dir, Arc::new(CpuBackend::new()), &opts).unwrap();
-        let e = Engine::new(model, config(spec())).unwrap();
-        let got = run(&e, request(input, want.len(), 0.0, 0));
+        let load = || LoadedModel::load(&dir, Arc::new(CpuBackend::new()), &opts).unwrap();
+        let e = Engine::new(load(), config(spec())).unwrap();
+        let got = run(&e, request(input.clone(), want.len(), 0.0, 0));
         assert_eq!(got, want, "{}", dir.display());
         drafted += e.stats().spec_draft_tokens;
+        // A draft model too: the fixture as its own draft (the one draft every fixture has).
+        let e = Engine::new(load(), config(draft(load(), 3))).unwrap();
+        let got = run(&e, request(input, want.len(), 0.0, 0));
+        assert_eq!(got, want, "{} drafting itself", dir.display());
+        model_drafted += e.stats().spec_draft_tokens;
     }
     assert!(drafted > 0, "no fixture's continuation was ever drafted");
+    assert!(model_drafted > 0, "no draft model ever drafted");
 }
 
 #[test]
