@@ -734,9 +734,6 @@ impl Engine {
                 "prompt ({n}) + max_tokens ({max_tokens}) exceed the KV cache of {cap} tokens; lower max_tokens"
             )));
         }
-        if self.shared.waiting.load(Ordering::Relaxed) + count > self.max_queue {
-            return Err(ServeError::QueueFull(self.max_queue));
-        }
         // One constraint per sequence, compiled before anything is queued.
         let constraints: Vec<Option<Constraint>> = match &req.structured {
             None => (0..count).map(|_| None).collect(),
@@ -747,6 +744,19 @@ impl Engine {
                     .collect::<Result<_, _>>()?
             }
         };
+        // The queue places are taken in one atomic step: a check and a later add let two
+        // concurrent submits both pass a queue with room for one.
+        let max_queue = self.max_queue;
+        if self
+            .shared
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w + count <= max_queue).then_some(w + count)
+            })
+            .is_err()
+        {
+            return Err(ServeError::QueueFull(self.max_queue));
+        }
         let gate = (count > 1).then(|| Arc::new(AtomicBool::new(false)));
         let prompt_ids: Arc<[u32]> = tokens.as_slice().into();
         let mut streams = Vec::with_capacity(count);
@@ -780,7 +790,6 @@ impl Engine {
                 cancel,
             });
         }
-        self.shared.waiting.fetch_add(count, Ordering::Relaxed);
         let tx = self.tx.lock().expect("not poisoned");
         let Some(tx) = tx.as_ref() else {
             self.shared.waiting.fetch_sub(count, Ordering::Relaxed);

@@ -391,3 +391,62 @@ fn chat_template_kwargs_reach_the_template() {
         .unwrap_err();
     assert!(e.to_string().contains("`messages`"), "{e}");
 }
+
+/// The queue limit holds under concurrent submits: with one sequence slot held by a long
+/// request, 16 threads submitting at once get exactly `max_queue` places (the check and the
+/// count are one atomic step), the rest `QueueFull`, and every accepted request completes.
+#[test]
+fn the_queue_limit_holds_under_concurrent_submits() {
+    let cfg = presets::preset(DEFAULT_PRESET).unwrap();
+    let opts = LoadOptions {
+        max_context: Some(256),
+        ..Default::default()
+    };
+    let be = Arc::new(silica_tensor::cpu::CpuBackend::new());
+    let model = LoadedModel::random(cfg, "tiny", be, &opts, 3).unwrap();
+    let e = Arc::new(
+        Engine::new(
+            model,
+            EngineConfig {
+                block_size: 8,
+                num_blocks: Some(256),
+                max_num_seqs: 1,
+                max_queue: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let request = |n: usize| {
+        let mut r = Request::new(Prompt::Tokens(vec![5, 6, 7]));
+        r.max_tokens = Some(n);
+        r.ignore_eos = true;
+        r
+    };
+    let mut long = e.submit(request(200)).unwrap();
+    // Wait until it runs (the queue is then empty and its slot taken).
+    assert!(matches!(long.blocking_next(), Some(Event::Token { .. })));
+    let barrier = Arc::new(std::sync::Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (e, b) = (e.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                e.submit(request(2))
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 3, "the queue holds 3");
+    for r in results {
+        match r {
+            Ok(mut s) => assert_eq!(token_ids(&mut s).len(), 2),
+            Err(err) => assert!(
+                matches!(err, silica_serve::ServeError::QueueFull(3)),
+                "{err}"
+            ),
+        }
+    }
+    assert_eq!(token_ids(&mut long).len(), 199);
+}
