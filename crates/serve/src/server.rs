@@ -99,14 +99,18 @@ impl From<silica_models::tokenizer::TokenizerError> for ApiError {
 impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         let status = match &e {
-            ServeError::QueueFull(_) | ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            // Overload is the client's to back off from (OpenAI's and vLLM's 429); a server
+            // going away is unavailable. Both say when to retry (see `into_response`).
+            ServeError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             e if e.is_client_error() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,
             message: e.to_string(),
-            kind: if status.is_client_error() {
+            // The queue is full: the server is overloaded, the request itself is fine.
+            kind: if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
                 "invalid_request_error"
             } else {
                 "server_error"
@@ -121,7 +125,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind,
             "param": self.param, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            // A queue drains in about a second at the rates a CPU or a NeuronCore serves.
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        r
     }
 }
 

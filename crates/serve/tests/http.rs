@@ -1163,3 +1163,47 @@ fn structured_output_matches_the_schema_regex_choice_and_grammar() {
     }
     wait_idle(&srv.engine);
 }
+
+/// A full queue is a 429 with `Retry-After` (overload: back off and retry), not a 400 or a
+/// dropped connection; the request is not queued.
+#[test]
+fn a_full_queue_is_429_with_retry_after() {
+    use std::io::{Read, Write};
+    let cfg = silica_models::presets::preset(silica_models::presets::DEFAULT_PRESET).unwrap();
+    let opts = silica_models::LoadOptions {
+        max_context: Some(128),
+        ..Default::default()
+    };
+    let be = std::sync::Arc::new(silica_tensor::cpu::CpuBackend::new());
+    let model = silica_models::LoadedModel::random(cfg, "tiny", be, &opts, 7).unwrap();
+    let engine = silica_serve::Engine::new(
+        model,
+        silica_serve::EngineConfig {
+            num_blocks: Some(32),
+            max_queue: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let srv = common::serve_engine(std::sync::Arc::new(engine), Default::default());
+    let body = r#"{"model":"tiny","prompt":[1,2,3],"max_tokens":2}"#;
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 429") || out.starts_with("HTTP/1.1 429"),
+        "{out}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("the queue is full"), "{out}");
+    assert_eq!(srv.engine.stats().waiting, 0);
+}

@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// stalling every stream); 0 = no cap (chunks of --max-prefill-tokens).
     #[arg(long, default_value_t = 32)]
     mixed_prefill_tokens: usize,
+    /// Most requests waiting for a sequence slot; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 4096)]
+    max_queue: usize,
     #[command(flatten)]
     spec: SpecArgs,
     /// Largest request body in bytes.
@@ -122,6 +125,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             max_num_seqs: a.max_num_seqs,
             max_prefill_tokens: a.max_prefill_tokens,
             mixed_prefill_tokens: a.mixed_prefill_tokens,
+            max_queue: a.max_queue,
             speculative,
             ..Default::default()
         },

@@ -54,6 +54,11 @@ pub fn start_model(model: LoadedModel, num_blocks: usize, cfg: ServerConfig) -> 
         )
         .unwrap(),
     );
+    serve_engine(engine, cfg)
+}
+
+/// A server over an engine built by the caller.
+pub fn serve_engine(engine: Arc<Engine>, cfg: ServerConfig) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
