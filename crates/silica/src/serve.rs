@@ -127,7 +127,6 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             mixed_prefill_tokens: a.mixed_prefill_tokens,
             max_queue: a.max_queue,
             speculative,
-            ..Default::default()
         },
     )?;
     let engine = Arc::new(engine);
