@@ -33,6 +33,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 mod scheduler;
 use scheduler::Scheduler;
 
+/// Consecutive failed engine steps after which [`Engine::failure`] reports the engine failed.
+pub const FAILED_STEPS: u64 = 3;
+
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -299,6 +302,8 @@ pub struct EngineStats {
     pub running: usize,
     pub preemptions: u64,
     pub prefix_hit_blocks: u64,
+    /// Prompt tokens looked up in the prefix cache (at every admission).
+    pub prefix_query_tokens: u64,
     /// Speculative decoding: draft tokens proposed, and how many of them were accepted.
     pub spec_draft_tokens: u64,
     pub spec_accepted_tokens: u64,
@@ -312,6 +317,12 @@ pub(crate) struct Shared {
     pub running: AtomicUsize,
     pub preemptions: AtomicU64,
     pub prefix_hit_blocks: AtomicU64,
+    pub prefix_query_tokens: AtomicU64,
+    /// Engine steps that failed in a row (reset by one that succeeds), and the last error.
+    pub step_failures: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Set by [`Engine::abort_all`]: every request ends now, as if cancelled.
+    pub abort: AtomicBool,
     pub spec_draft_tokens: AtomicU64,
     pub spec_accepted_tokens: AtomicU64,
     pub metrics: Mutex<Metrics>,
@@ -505,9 +516,13 @@ impl Engine {
             running: AtomicUsize::new(0),
             preemptions: AtomicU64::new(0),
             prefix_hit_blocks: AtomicU64::new(0),
+            prefix_query_tokens: AtomicU64::new(0),
+            step_failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            abort: AtomicBool::new(false),
             spec_draft_tokens: AtomicU64::new(0),
             spec_accepted_tokens: AtomicU64::new(0),
-            metrics: Mutex::new(Metrics::default()),
+            metrics: Mutex::new(Metrics::new(&model.name, ctx)),
         });
         let (tx, rx) = mpsc::channel();
         let mut sched = Scheduler::new(
@@ -593,6 +608,7 @@ impl Engine {
             running: s.running.load(Ordering::Relaxed),
             preemptions: s.preemptions.load(Ordering::Relaxed),
             prefix_hit_blocks: s.prefix_hit_blocks.load(Ordering::Relaxed),
+            prefix_query_tokens: s.prefix_query_tokens.load(Ordering::Relaxed),
             spec_draft_tokens: s.spec_draft_tokens.load(Ordering::Relaxed),
             spec_accepted_tokens: s.spec_accepted_tokens.load(Ordering::Relaxed),
         }
@@ -668,6 +684,9 @@ impl Engine {
     /// after it and read its full KV blocks from the prefix cache, so the prompt is computed
     /// once (up to its last partial block).
     pub fn submit_n(&self, req: Request, count: usize) -> Result<Vec<RequestStream>, ServeError> {
+        if self.shared.abort.load(Ordering::Relaxed) {
+            return Err(ServeError::ShuttingDown);
+        }
         if count == 0 || count > MAX_N {
             return Err(ServeError::InvalidRequest(format!(
                 "n must be between 1 and {MAX_N}, got {count}"
@@ -806,6 +825,35 @@ impl Engine {
             }
         }
         Ok(streams)
+    }
+
+    /// Ends every request in flight or queued now, as if each were cancelled (finish reason
+    /// `abort`), and refuses new ones: what a drain deadline does to the requests it catches.
+    pub fn abort_all(&self) {
+        self.shared.abort.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the engine can no longer serve, if it cannot: its thread has stopped (it panicked)
+    /// while the engine is not shut down, or its last [`FAILED_STEPS`] steps in a row failed
+    /// (a backend error each time; one poisoned request alone does not mark it failed).
+    pub fn failure(&self) -> Option<String> {
+        let stopped = self
+            .thread
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|t| t.is_finished());
+        if stopped {
+            return Some("the engine thread stopped unexpectedly".into());
+        }
+        let n = self.shared.step_failures.load(Ordering::Relaxed);
+        (n >= FAILED_STEPS).then(|| {
+            let last = self.shared.last_error.lock().expect("not poisoned");
+            format!(
+                "the last {n} engine steps failed; the last error: {}",
+                last.as_deref().unwrap_or("unknown")
+            )
+        })
     }
 
     /// Stops taking requests, lets the ones in flight finish, and joins the engine thread.

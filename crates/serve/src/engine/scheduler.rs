@@ -42,7 +42,14 @@ struct Seq {
     tx: UnboundedSender<Event>,
     cancel: Arc<AtomicBool>,
     arrival: Instant,
+    /// First admitted to a sequence slot (kept through preemption: vLLM's queue time ends at
+    /// the first scheduling).
+    admitted: Option<Instant>,
     first_token: Option<Instant>,
+    /// When it last got tokens, and in which engine step (the inter-token latency is one
+    /// observation per step, however many tokens a speculative step gave).
+    last_token: Option<Instant>,
+    last_step: u64,
     /// See [`NewSeq`]: admitted only once set; set when the prompt is computed or on finishing.
     gate: Option<Arc<AtomicBool>>,
     opens: Option<Arc<AtomicBool>>,
@@ -90,6 +97,8 @@ pub(super) struct Scheduler {
     /// context c gets `cap · span / (span + c)` tokens, so every chunk between decode steps
     /// costs about what `cap` tokens cost at the start of a prompt.
     attn_span: f64,
+    /// Engine iterations so far (see [`Seq::last_step`]).
+    step_no: u64,
 }
 
 /// [`Scheduler::attn_span`] of a model.
@@ -131,6 +140,7 @@ impl Scheduler {
         let attn_span = attention_span(&paged.model.config);
         Scheduler {
             attn_span,
+            step_no: 0,
             paged,
             draft,
             blocks,
@@ -185,14 +195,21 @@ impl Scheduler {
             } else {
                 self.cfg.max_prefill_tokens
             };
-            if let Err(e) = self.prefill_step(cap, mixed) {
-                self.fail_all(&e.to_string());
-            }
-            if let Err(e) = self.speculative_step() {
-                self.fail_all(&e.to_string());
-            }
-            if let Err(e) = self.decode_step() {
-                self.fail_all(&e.to_string());
+            self.step_no += 1;
+            let worked = !self.running.is_empty();
+            let result = self
+                .prefill_step(cap, mixed)
+                .and_then(|()| self.speculative_step())
+                .and_then(|()| self.decode_step());
+            match result {
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.fail_all(&msg);
+                    self.shared.step_failures.fetch_add(1, Ordering::Relaxed);
+                    *self.shared.last_error.lock().expect("not poisoned") = Some(msg);
+                }
+                Ok(()) if worked => self.shared.step_failures.store(0, Ordering::Relaxed),
+                Ok(()) => {}
             }
             self.publish();
         }
@@ -223,7 +240,10 @@ impl Scheduler {
             tx: n.tx,
             cancel: n.cancel,
             arrival: n.arrival,
+            admitted: None,
             first_token: None,
+            last_token: None,
+            last_step: 0,
             gate: n.gate,
             opens: n.opens,
         });
@@ -272,11 +292,17 @@ impl Scheduler {
             prompt_tokens: seq.prompt_len,
             completion_tokens: seq.generated(),
         };
-        let now = Instant::now();
-        {
-            let mut m = self.shared.metrics.lock().expect("not poisoned");
-            m.finished(reason, usage, seq.arrival, seq.first_token, now);
-        }
+        let timeline = crate::metrics::Timeline {
+            arrival: seq.arrival,
+            admitted: seq.admitted,
+            first_token: seq.first_token,
+            now: Instant::now(),
+        };
+        self.shared
+            .metrics
+            .lock()
+            .expect("not poisoned")
+            .finished(reason, usage, timeline);
         let _ = seq.tx.send(Event::Finished {
             text,
             reason,
@@ -302,9 +328,11 @@ impl Scheduler {
     }
 
     fn drop_cancelled(&mut self) {
+        // A drain deadline's abort ends everything as a cancellation would.
+        let abort = self.shared.abort.load(Ordering::Relaxed);
         let mut i = 0;
         while i < self.waiting.len() {
-            if self.waiting[i].cancelled() {
+            if abort || self.waiting[i].cancelled() {
                 let s = self.waiting.remove(i).expect("in range");
                 self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
                 self.finish(s, FinishReason::Cancelled);
@@ -314,7 +342,7 @@ impl Scheduler {
         }
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].cancelled() {
+            if abort || self.running[i].cancelled() {
                 let s = self.running.remove(i);
                 self.finish(s, FinishReason::Cancelled);
             } else {
@@ -347,6 +375,10 @@ impl Scheduler {
             }
             let mut seq = self.waiting.remove(at).expect("found above");
             self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+            seq.admitted.get_or_insert_with(Instant::now);
+            self.shared
+                .prefix_query_tokens
+                .fetch_add(seq.tokens.len() as u64, Ordering::Relaxed);
             self.shared
                 .prefix_hit_blocks
                 .fetch_add(hit.len() as u64, Ordering::Relaxed);
@@ -1020,14 +1052,20 @@ impl Scheduler {
         let ctx = self.context_len;
         let s = &mut self.running[i];
         s.tokens.push(tok);
-        if s.first_token.is_none() {
+        {
             let now = Instant::now();
-            s.first_token = Some(now);
-            self.shared
-                .metrics
-                .lock()
-                .expect("not poisoned")
-                .first_token(now - s.arrival);
+            let mut m = self.shared.metrics.lock().expect("not poisoned");
+            if s.first_token.is_none() {
+                s.first_token = Some(now);
+                m.first_token(now - s.arrival, s.prompt_len);
+            }
+            if s.last_step == self.step_no {
+                m.step_tokens(1, None);
+            } else {
+                m.step_tokens(1, s.last_token.map(|t| now - t));
+                s.last_token = Some(now);
+                s.last_step = self.step_no;
+            }
         }
         if !s.ignore_eos && self.eos.contains(&tok) {
             let _ = s.tx.send(Event::Token {
