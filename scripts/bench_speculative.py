@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import subprocess
+import threading
 import sys
 import time
 
@@ -39,8 +40,11 @@ def start(binary, model, extra):
     p = subprocess.Popen([binary, "serve", "--port", "0", "--model", model, *extra],
                          stderr=subprocess.PIPE, text=True)
     for line in p.stderr:
-        m = re.search(r"listening on (http://\S+)", line)
+        # It listens at once (503 while loading) and says when the model is ready.
+        m = re.search(r"ready on (http://\S+)", line)
         if m:
+            # Keep reading its stderr (the access log) so the server never blocks on the pipe.
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
             return p, m.group(1)
     sys.exit(f"silica serve did not start: {p.wait()}")
 

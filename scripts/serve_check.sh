@@ -29,13 +29,13 @@ cleanup() {
 trap cleanup EXIT
 
 # Starts `silica serve --port 0 --api-key KEY ARGS...` in the background (PID, its log in LOG)
-# and waits until it prints its address (URL) and answers /v1/models (NAME: the served model).
+# and waits until it has loaded the model and prints its address (URL); NAME: the served model.
 start_server() {
     "$BIN" serve --port 0 --api-key "$KEY" "$@" >"$LOG" 2>&1 &
     PID=$!
     URL=""
     for _ in $(seq 1 600); do
-        URL=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
+        URL=$(sed -n 's/.*ready on \(http:\/\/[^ ]*\).*/\1/p' "$LOG" | head -1)
         [ -n "$URL" ] && break
         if ! kill -0 "$PID" 2>/dev/null; then
             cat "$LOG"; echo "silica serve $* exited early" >&2; exit 1

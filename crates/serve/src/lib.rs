@@ -14,7 +14,10 @@
 //!   when the pool runs out. A request that could not fit the pool alone is refused, so the
 //!   engine never deadlocks.
 //! - [`server`]: axum routes `POST /v1/completions`, `POST /v1/chat/completions` (SSE with
-//!   `stream: true`), `GET /v1/models`, `GET /health`, `GET /metrics`.
+//!   `stream: true`), `GET /v1/models`, `POST /tokenize`, `POST /detokenize`, SageMaker's
+//!   `GET /ping` and `POST /invocations`, `GET /health` (200 only when ready), `GET /live`,
+//!   `GET /metrics` (silica's and vLLM's series). A [`Service`] lets the server listen while
+//!   the model loads and drain on shutdown with a deadline ([`serve_service`]).
 //!
 //! # Example
 //!
@@ -64,4 +67,6 @@ pub use engine::{
 };
 pub use error::ServeError;
 pub use preset::preset_tokenizer;
-pub use server::{router, serve, ServerConfig};
+pub use server::{
+    router, serve, serve_service, service_router, Health, LogFormat, ServerConfig, Service,
+};

@@ -1,11 +1,16 @@
 //! The OpenAI-compatible HTTP server over an [`Engine`]: `POST /v1/completions`,
 //! `POST /v1/chat/completions` (JSON or SSE with `stream: true`), `GET /v1/models`,
-//! `GET /health`, `GET /metrics` (Prometheus text).
+//! `POST /tokenize`, `POST /detokenize`, SageMaker's `GET /ping` and `POST /invocations`,
+//! `GET /health`, `GET /live`, `GET /metrics` (Prometheus text).
 //!
 //! Errors are OpenAI error objects `{"error": {"message", "type", "param", "code"}}` with a 4xx
-//! status for anything the client sent wrong. With an API key configured, `/v1/*` requires
-//! `Authorization: Bearer KEY` (401 otherwise); `/health` and `/metrics` stay open for probes.
+//! status for anything the client sent wrong. With API keys configured, the API requires
+//! `Authorization: Bearer KEY` (401 otherwise); the probes and `/metrics` stay open.
 //! A client that disconnects (or drops a stream) cancels its request, which frees its blocks.
+//! Every response carries `x-request-id` (the client's, or a new one), which the access log
+//! names too.
+
+mod ops;
 
 use crate::engine::{
     Engine, Event as EngineEvent, FinishReason, Prompt, Request, RequestStream, Spec, Usage, MAX_N,
@@ -15,48 +20,92 @@ use crate::tools::{self, ToolCall, ToolFormat};
 use crate::ServeError;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request as HttpRequest, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request as HttpRequest, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ops::UsageSlot;
+pub use ops::{Health, LogFormat, Service};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use silica_models::sampling::{SamplingParams, TokenLogprobs};
 use silica_models::tokenizer::{ChatMessage, Tokenizer};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Required bearer token for `/v1/*` (None = open).
-    pub api_key: Option<String>,
+    /// Bearer tokens accepted on `/v1/*`, `/tokenize`, `/detokenize` and `/invocations`
+    /// (empty = open). Several keys let a team rotate one without downtime.
+    pub api_keys: Vec<String>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// How the model writes tool calls (vLLM's `--tool-call-parser`); None = detect from the
     /// chat template.
     pub tool_parser: Option<ToolFormat>,
+    /// Most generation requests (completions, chat, invocations) in flight at once, streams
+    /// included; more get 429 with Retry-After. None = only the engine's queue limit.
+    pub max_concurrency: Option<usize>,
+    /// The access log's format.
+    pub log: LogFormat,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            api_key: None,
+            api_keys: Vec::new(),
             max_body_bytes: 4 << 20,
             tool_parser: None,
+            max_concurrency: None,
+            log: LogFormat::Off,
         }
     }
 }
 
 #[derive(Clone)]
 struct AppState {
+    svc: Arc<Service>,
+    cfg: Arc<ServerConfig>,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// What a handler that needs the model gets: the engine (so it is loaded) and the settings.
+/// Extracting it answers 503 with Retry-After while the model loads or the server drains.
+struct Ctx {
     engine: Arc<Engine>,
     cfg: Arc<ServerConfig>,
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let unavailable = |message: String| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            kind: "server_error",
+            param: None,
+            code: None,
+        };
+        match (st.svc.health(), st.svc.engine()) {
+            (Health::Ready, Some(e)) => Ok(Ctx {
+                engine: e.clone(),
+                cfg: st.cfg.clone(),
+            }),
+            (Health::Failed(why), _) => Err(unavailable(format!("the engine failed: {why}"))),
+            (Health::Draining, _) => Err(ServeError::ShuttingDown.into()),
+            _ => Err(unavailable(
+                "the model is still loading; retry shortly".into(),
+            )),
+        }
+    }
 }
 
 /// An OpenAI-style error response.
@@ -142,25 +191,42 @@ impl IntoResponse for ApiError {
 
 /// The router, for embedding in a larger axum app or serving with [`serve`].
 pub fn router(engine: Arc<Engine>, cfg: ServerConfig) -> Router {
+    service_router(Service::ready(engine), cfg)
+}
+
+/// The router over a [`Service`], which may still be loading its model: `/health` and `/ping`
+/// answer 503 and the API 503 with Retry-After until [`Service::set_ready`].
+pub fn service_router(svc: Arc<Service>, cfg: ServerConfig) -> Router {
     let state = AppState {
-        engine,
+        svc,
+        slots: cfg
+            .max_concurrency
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
         cfg: Arc::new(cfg),
     };
-    let v1 = Router::new()
+    // Generation holds a concurrency slot for as long as its response (a stream) lasts.
+    let generate = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/invocations", post(invocations))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit));
+    let api = Router::new()
+        .merge(generate)
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .merge(v1)
+        .merge(api)
         .route("/health", get(health))
+        .route("/ping", get(health))
+        .route("/live", get(live))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
 }
 
@@ -172,8 +238,25 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_service(listener, Service::ready(engine), cfg, shutdown, None)
+        .await
+        .map(|_| ())
+}
+
+/// Serves `svc` until `shutdown` resolves, then drains: probes answer 503, no new connections
+/// are accepted, and requests in flight finish; those still running `drain_timeout` after the
+/// signal are aborted (they end with finish reason `abort`), so the process exits before an
+/// orchestrator's kill (SageMaker and Kubernetes send SIGKILL 30 s after SIGTERM by default).
+/// Returns how long the drain took.
+pub async fn serve_service(
+    listener: tokio::net::TcpListener,
+    svc: Arc<Service>,
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain_timeout: Option<std::time::Duration>,
+) -> std::io::Result<std::time::Duration> {
     use axum::serve::ListenerExt;
-    let app = router(engine.clone(), cfg);
+    let app = service_router(svc.clone(), cfg);
     // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm holds tokens back
     // until the previous write is acknowledged, which adds tens of ms to TTFT and ITL.
     let listener = listener.tap_io(|tcp| {
@@ -181,23 +264,105 @@ pub async fn serve(
             eprintln!("warning: cannot set TCP_NODELAY on a connection: {e}");
         }
     });
+    let started = Arc::new(OnceLock::new());
+    let (drain_svc, drain_started) = (svc.clone(), started.clone());
+    let signal = async move {
+        shutdown.await;
+        drain_svc.drain();
+        let _ = drain_started.set(std::time::Instant::now());
+        if let Some(limit) = drain_timeout {
+            tokio::spawn(async move {
+                tokio::time::sleep(limit).await;
+                if let Some(e) = drain_svc.engine() {
+                    eprintln!(
+                        "silica serve: drain deadline ({:.1} s) reached, aborting the requests \
+                         still running",
+                        limit.as_secs_f64()
+                    );
+                    e.abort_all();
+                }
+            });
+        }
+    };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(signal)
         .await?;
-    tokio::task::spawn_blocking(move || engine.shutdown())
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(())
+    let drained = started
+        .get()
+        .map_or(std::time::Duration::ZERO, |t| t.elapsed());
+    if let Some(engine) = svc.engine().cloned() {
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .map_err(std::io::Error::other)?;
+    }
+    Ok(drained)
+}
+
+/// The request id (the client's `x-request-id`, or a new one) goes back in the response, and
+/// one log line per request is written when its body has been sent.
+async fn access_log(State(st): State<AppState>, mut req: HttpRequest, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let id = ops::request_id(req.headers().get(&ops::REQUEST_ID));
+    req.headers_mut()
+        .insert(ops::REQUEST_ID.clone(), id.clone());
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    let usage = resp.extensions_mut().remove::<UsageSlot>();
+    resp.headers_mut()
+        .insert(ops::REQUEST_ID.clone(), id.clone());
+    if st.cfg.log == LogFormat::Off {
+        return resp;
+    }
+    let status = resp.status().as_u16();
+    let entry = ops::AccessLog {
+        format: st.cfg.log,
+        id: id.to_str().unwrap_or_default().to_string(),
+        method,
+        path,
+        status,
+        start,
+        usage,
+    };
+    ops::hold_until_sent(resp, entry)
+}
+
+/// `--max-concurrency`: a generation request takes a slot for its whole response or gets 429.
+async fn limit(State(st): State<AppState>, req: HttpRequest, next: Next) -> Response {
+    let Some(slots) = &st.slots else {
+        return next.run(req).await;
+    };
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => ops::hold_until_sent(next.run(req).await, permit),
+        Err(_) => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "the server is at its concurrency limit ({} requests in flight); retry shortly",
+                st.cfg.max_concurrency.unwrap_or(0)
+            ),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+        .into_response(),
+    }
 }
 
 async fn auth(State(st): State<AppState>, req: HttpRequest, next: Next) -> Response {
-    if let Some(key) = &st.cfg.api_key {
-        let ok = req
+    if !st.cfg.api_keys.is_empty() {
+        let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|k| constant_time_eq(k.trim().as_bytes(), key.as_bytes()));
+            .map(str::trim);
+        // Every key is compared, so the time taken reveals neither which key matched nor a
+        // prefix.
+        let ok = given.is_some_and(|k| {
+            st.cfg.api_keys.iter().fold(false, |ok, key| {
+                ok | constant_time_eq(k.as_bytes(), key.as_bytes())
+            })
+        });
         if !ok {
             return ApiError {
                 status: StatusCode::UNAUTHORIZED,
@@ -219,14 +384,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn count_status(State(st): State<AppState>, req: HttpRequest, next: Next) -> Response {
     let resp = next.run(req).await;
-    st.engine.record_http_status(resp.status().as_u16());
+    if let Some(e) = st.svc.engine() {
+        e.record_http_status(resp.status().as_u16());
+    }
     resp
 }
 
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
-        message: "no such endpoint; silica serves /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics".into(),
+        message: "no such endpoint; silica serves /v1/completions, /v1/chat/completions, \
+                  /v1/models, /tokenize, /detokenize, /invocations, /ping, /health, /live, \
+                  /metrics"
+            .into(),
         kind: "invalid_request_error",
         param: None,
         code: None,
@@ -243,20 +413,88 @@ async fn method_not_allowed() -> ApiError {
     }
 }
 
-async fn health(State(st): State<AppState>) -> Json<Value> {
-    let s = st.engine.stats();
-    Json(
-        json!({"status": "ok", "running": s.running, "waiting": s.waiting,
-        "kv_blocks_in_use": s.blocks_in_use, "kv_blocks_total": s.blocks_total}),
-    )
+/// `/health` and SageMaker's `/ping`: 200 only when ready to serve; 503 while loading,
+/// draining, or after the engine failed, so a balancer or a readiness probe routes around it.
+async fn health(State(st): State<AppState>) -> Response {
+    let (status, body) = match (st.svc.health(), st.svc.engine()) {
+        (Health::Ready, Some(e)) => {
+            let s = e.stats();
+            (
+                StatusCode::OK,
+                json!({"status": "ok", "running": s.running, "waiting": s.waiting,
+                "kv_blocks_in_use": s.blocks_in_use, "kv_blocks_total": s.blocks_total}),
+            )
+        }
+        (Health::Failed(why), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "failed", "error": why}),
+        ),
+        (Health::Draining, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "draining"}),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "loading"}),
+        ),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `/live`, for a liveness probe: 200 unless the engine failed. Loading (a long NEFF
+/// compile) and draining are alive; restarting the process would only lose that work.
+async fn live(State(st): State<AppState>) -> Response {
+    match st.svc.health() {
+        Health::Failed(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "error": why})),
+        )
+            .into_response(),
+        _ => Json(json!({"status": "alive"})).into_response(),
+    }
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.engine.metrics_text(),
-    )
-        .into_response()
+    let text = match st.svc.engine() {
+        Some(e) => e.metrics_text(),
+        // Scrapes succeed while loading, so the target shows up (and `silica_ready` says why
+        // there is nothing else yet).
+        None => "# HELP silica_ready Whether the model is loaded and serving.\n\
+                 # TYPE silica_ready gauge\nsilica_ready 0\n"
+            .to_string(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// SageMaker's `POST /invocations`: the body is a chat completion request (it has `messages`)
+/// or a completion request (it has `prompt`), answered as the OpenAI endpoint would, streams
+/// included (`stream: true`, which SageMaker's InvokeEndpointWithResponseStream passes
+/// through). `model` may be left out.
+async fn invocations(st: Ctx, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut v = match read_body(body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    // An endpoint serves one model, so SageMaker clients leave `model` out.
+    if let Some(o) = v.as_object_mut() {
+        o.entry("model")
+            .or_insert_with(|| st.engine.model_name().into());
+    }
+    let bytes = Bytes::from(v.to_string());
+    match (v.get("messages"), v.get("prompt")) {
+        (Some(_), None) => chat_completions(st, Ok(bytes)).await,
+        (None, Some(_)) => completions(st, HeaderMap::new(), Ok(bytes)).await,
+        (Some(_), Some(_)) => ApiError::bad(
+            "an /invocations body has either `messages` (a chat completion) or `prompt` (a \
+             completion), not both",
+        )
+        .into_response(),
+        (None, None) => ApiError::bad(
+            "an /invocations body is a chat completion request (with `messages`) or a \
+             completion request (with `prompt`), as JSON",
+        )
+        .into_response(),
+    }
 }
 
 fn now_secs() -> u64 {
@@ -266,7 +504,7 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-async fn models(State(st): State<AppState>) -> Json<Value> {
+async fn models(st: Ctx) -> Json<Value> {
     Json(json!({"object": "list", "data": [{
         "id": st.engine.model_name(), "object": "model", "created": now_secs(),
         "owned_by": "silica", "max_model_len": st.engine.context_len()}]}))
@@ -518,7 +756,7 @@ fn finite(name: &'static str, v: Option<f64>, default: f64) -> Result<f32, ApiEr
 
 /// Turns the shared fields into an engine request (the prompt filled in by the caller).
 fn build_request(
-    st: &AppState,
+    st: &Ctx,
     c: &Common,
     prompt: Prompt,
     default_max: Option<usize>,
@@ -905,11 +1143,7 @@ enum Kind {
     Chat,
 }
 
-async fn completions(
-    State(st): State<AppState>,
-    _h: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn completions(st: Ctx, _h: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let run = async {
         let (b, common): (CompletionBody, _) = parse_body(body, COMPLETION_FIELDS)?;
         let prompt = completion_prompt(&b.prompt)?;
@@ -920,10 +1154,7 @@ async fn completions(
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_completions(
-    State(st): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn chat_completions(st: Ctx, body: Result<Bytes, BytesRejection>) -> Response {
     let run = async {
         let (b, common): (ChatBody, _) = parse_body(body, CHAT_FIELDS)?;
         let msgs = chat_messages(&b.messages)?;
@@ -992,7 +1223,7 @@ enum ToolMode {
 /// Checks `tools` and `tool_choice`, puts the tools in the template's variables, and says how
 /// to read the reply (None: no tools, or `tool_choice: none`).
 fn tool_mode(
-    st: &AppState,
+    st: &Ctx,
     b: &ChatBody,
     template_kwargs: &mut serde_json::Map<String, Value>,
 ) -> Result<Option<ToolMode>, ApiError> {
@@ -1085,7 +1316,7 @@ struct DetokenizeBody {
 }
 
 /// A request's `model`, when given, must name the served model.
-fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+fn check_model(st: &Ctx, model: Option<&str>) -> Result<(), ApiError> {
     match model {
         Some(m) if m != st.engine.model_name() => Err(ApiError {
             status: StatusCode::NOT_FOUND,
@@ -1101,7 +1332,7 @@ fn check_model(st: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-fn served_tokenizer(st: &AppState) -> Result<&silica_models::tokenizer::Tokenizer, ApiError> {
+fn served_tokenizer(st: &Ctx) -> Result<&silica_models::tokenizer::Tokenizer, ApiError> {
     st.engine.tokenizer().ok_or_else(|| {
         ApiError::bad("this model has no tokenizer (it takes token-id prompts only)")
     })
@@ -1112,7 +1343,7 @@ fn nothing_tolerated(_: &serde_json::Map<String, Value>, _: &str, _: &Value) -> 
     false
 }
 
-async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn tokenize(st: Ctx, body: Result<Bytes, BytesRejection>) -> Response {
     let run = || -> Result<Response, ApiError> {
         let v = read_body(body)?;
         refuse_unknown_fields(&v, &[TOKENIZE_FIELDS], nothing_tolerated)?;
@@ -1170,7 +1401,7 @@ async fn tokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection
     run().unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn detokenize(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn detokenize(st: Ctx, body: Result<Bytes, BytesRejection>) -> Response {
     let run = || -> Result<Response, ApiError> {
         let v = read_body(body)?;
         refuse_unknown_fields(&v, &[&["model", "tokens"]], nothing_tolerated)?;
@@ -1545,18 +1776,13 @@ async fn collect_choice(
     }
 }
 
-async fn respond(
-    st: &AppState,
-    req: Request,
-    c: &Common,
-    kind: Kind,
-) -> Result<Response, ApiError> {
+async fn respond(st: &Ctx, req: Request, c: &Common, kind: Kind) -> Result<Response, ApiError> {
     respond_with(st, req, c, kind, None).await
 }
 
 /// Runs a request and answers it, reading chat replies for tool calls as `tools` says.
 async fn respond_with(
-    st: &AppState,
+    st: &Ctx,
     req: Request,
     c: &Common,
     kind: Kind,
@@ -1651,11 +1877,15 @@ async fn respond_with(
             }
         })
         .collect();
-    Ok(Json(
+    let mut resp = Json(
         json!({"id": shape.id, "object": shape.object(false), "created": shape.created,
         "model": shape.model, "choices": choices, "usage": usage_json(usage)}),
     )
-    .into_response())
+    .into_response();
+    let slot = UsageSlot::default();
+    slot.set(usage);
+    resp.extensions_mut().insert(slot);
+    Ok(resp)
 }
 
 /// Per-choice state of a streamed response.
@@ -1673,6 +1903,8 @@ struct SseState {
     choices: Vec<ChoiceState>,
     include_usage: bool,
     usage: Usage,
+    /// The access log's copy of `usage`.
+    slot: UsageSlot,
     pending: VecDeque<SseEvent>,
 }
 
@@ -1736,6 +1968,8 @@ fn sse_response(
             .enumerate()
             .map(|(i, s)| choice_events(i, s)),
     );
+    let slot = UsageSlot::default();
+    slot.set(usage);
     let state = SseState {
         events: Some(events),
         shape,
@@ -1743,6 +1977,7 @@ fn sse_response(
         choices,
         include_usage,
         usage,
+        slot: slot.clone(),
         pending,
     };
     // Dropping this stream (client gone) drops the RequestStreams, which cancels the requests.
@@ -1830,6 +2065,7 @@ fn sse_response(
                     };
                     s.pending.push_back(data(&last));
                     s.usage.completion_tokens += usage.completion_tokens;
+                    s.slot.set(s.usage);
                     s.choices[i].done = true;
                     if s.choices.iter().all(|c| c.done) {
                         if s.include_usage {
@@ -1851,7 +2087,9 @@ fn sse_response(
             }
         }
     });
-    Sse::new(events)
+    let mut resp = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response();
+    resp.extensions_mut().insert(slot);
+    resp
 }

@@ -43,6 +43,7 @@ enum Command {
     /// Render reports (silica, vLLM, llmperf JSON) side by side as markdown or HTML.
     Report(bench::ReportArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (default: the embedded preset).
+    #[command(mut_args = serve::with_env)]
     Serve(serve::ServeArgs),
     /// Lower a model's programs to XLA HLO (and NEFFs for Neuron targets) with a manifest.
     Compile(compile::CompileArgs),
@@ -56,7 +57,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match from_environment(&e) {
+            Some(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let result = match cli.command {
         Command::Generate(a) => generate::generate(a),
         Command::Logits(a) => generate::logits(a),
@@ -77,4 +87,46 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An invalid value that came from an environment variable (`SILICA_*`), with the variable
+/// named: clap's own message names only the flag, which the user never typed.
+fn from_environment(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        e.get(ContextKind::InvalidArg),
+        e.get(ContextKind::InvalidValue),
+    ) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let cmd = Cli::command();
+    let var = cmd.get_subcommands().find_map(|sub| {
+        sub.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+    })?;
+    // Only when the bad value is the variable's: a bad value typed on the command line keeps
+    // clap's message.
+    if std::env::var(&var).ok().as_deref() != Some(value.as_str()) {
+        return None;
+    }
+    let text = e.to_string();
+    let why = text
+        .lines()
+        .filter(|l| !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let why = why.trim().trim_start_matches("error: ");
+    Some(format!(
+        "environment variable {var}={value:?} (it sets {arg}): {why}"
+    ))
 }

@@ -29,10 +29,20 @@ impl Drop for Guard {
 
 /// Starts `silica serve` on a free port; returns the child and its address.
 fn start(args: &[&str]) -> (Guard, String, std::thread::JoinHandle<String>) {
+    let mut all = vec!["--port", "0"];
+    all.extend_from_slice(args);
+    start_with(&all, &[])
+}
+
+/// Starts `silica serve ARGS` with environment variables `envs`, once it says it is ready.
+fn start_with(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Guard, String, std::thread::JoinHandle<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_silica"))
         .arg("serve")
-        .args(["--port", "0"])
         .args(args)
+        .envs(envs.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run silica serve");
@@ -43,7 +53,8 @@ fn start(args: &[&str]) -> (Guard, String, std::thread::JoinHandle<String>) {
         let line = line.unwrap();
         seen.push_str(&line);
         seen.push('\n');
-        if let Some(rest) = line.split("listening on http://").nth(1) {
+        // The server listens at once and answers 503 until the model is loaded.
+        if let Some(rest) = line.split("ready on http://").nth(1) {
             addr = Some(rest.split_whitespace().next().unwrap().to_string());
             break;
         }
@@ -208,4 +219,150 @@ fn bench_url_measures_silica_serve() {
     assert_eq!(s["total_input_tokens"], 6 * 16, "{s}");
     assert_eq!(s["total_output_tokens"], 6 * 8, "{s}");
     assert_eq!(r["model"]["name"], "silica-tiny");
+}
+
+/// SageMaker's contract as its hosting runs a container: `IMAGE serve` with the model in
+/// SM_MODEL_DIR and the port in SAGEMAKER_BIND_TO_PORT, every setting from the environment,
+/// `/ping` and `/invocations` (the greedy completion equal to transformers'), and a JSON access
+/// log line per request carrying the request id.
+#[test]
+fn sagemaker_mode_serves_from_the_environment() {
+    let dir = fixture("llama3-tied");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let (mut child, addr, stderr) = start_with(
+        &[],
+        &[
+            ("SM_MODEL_DIR", dir.to_str().unwrap()),
+            ("SAGEMAKER_BIND_TO_PORT", "0"),
+            ("SILICA_MAX_CONTEXT", "128"),
+            ("SILICA_LOG_FORMAT", "json"),
+            ("SILICA_DRAIN_TIMEOUT", "5"),
+        ],
+    );
+    // All interfaces, as SageMaker needs.
+    assert!(addr.starts_with("0.0.0.0:"), "{addr}");
+    let addr = addr.replace("0.0.0.0", "127.0.0.1");
+    let (st, b) = http(&addr, "GET", "/ping", "");
+    assert_eq!(st, 200, "{b}");
+    let want_ids = r["greedy"]["ids"].as_array().unwrap().len();
+    let body = json!({"prompt": r["input_ids"], "max_tokens": want_ids, "temperature": 0,
+        "ignore_eos": true});
+    let (st, b) = http(&addr, "POST", "/invocations", &body.to_string());
+    assert_eq!(st, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["choices"][0]["text"], r["greedy"]["text"],
+        "HF greedy text"
+    );
+    let (st, b) = http(&addr, "POST", "/invocations", "{\"input\": 1}");
+    assert_eq!(st, 400, "{b}");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.0.wait().unwrap();
+    let log = stderr.join().unwrap();
+    assert!(status.success(), "exit {status}: {log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let inv: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["path"] == "/invocations")
+        .collect();
+    assert_eq!(inv.len(), 2, "{log}");
+    assert_eq!(inv[0]["status"], 200);
+    assert_eq!(inv[0]["completion_tokens"], want_ids);
+    assert_eq!(inv[1]["status"], 400);
+    for l in &lines {
+        assert_eq!(l["request_id"].as_str().unwrap().len(), 32, "{l}");
+        assert!(l["duration_ms"].as_f64().unwrap() >= 0.0);
+    }
+    assert!(log.contains("drained in"), "{log}");
+}
+
+/// Settings from the environment that cannot be used stop the start with the variable named;
+/// so do a SageMaker environment without its model and API key files without keys.
+#[test]
+fn bad_environment_values_are_named() {
+    let empty = tempfile::tempdir().unwrap();
+    let keys = empty.path().join("keys.txt");
+    std::fs::write(&keys, "# rotated out\n\n").unwrap();
+    let keys = keys.to_str().unwrap().to_string();
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("SILICA_PORT", "eighty")],
+            vec![],
+            "SILICA_PORT=\"eighty\"",
+        ),
+        (
+            vec![("SILICA_MAX_NUM_SEQS", "-1")],
+            vec![],
+            "SILICA_MAX_NUM_SEQS",
+        ),
+        (
+            vec![("SILICA_LOG_FORMAT", "xml")],
+            vec![],
+            "possible values: off, text, json",
+        ),
+        (
+            vec![("SILICA_DRAIN_TIMEOUT", "soon")],
+            vec![],
+            "SILICA_DRAIN_TIMEOUT",
+        ),
+        (
+            vec![("SILICA_SAGEMAKER", "maybe")],
+            vec![],
+            "SILICA_SAGEMAKER",
+        ),
+        (
+            vec![("SM_MODEL_DIR", "/no/such/model/dir")],
+            vec![],
+            "/no/such/model/dir (SM_MODEL_DIR) does not exist",
+        ),
+        (
+            vec![("SM_MODEL_DIR", empty.path().to_str().unwrap())],
+            vec![],
+            "neither a config.json",
+        ),
+        (
+            vec![("SAGEMAKER_BIND_TO_PORT", "http")],
+            vec!["--preset", "silica-tiny"],
+            "SAGEMAKER_BIND_TO_PORT=\"http\" is not a port number",
+        ),
+        (
+            vec![("SILICA_API_KEY_FILE", keys.as_str())],
+            vec![],
+            "no keys in it",
+        ),
+        (vec![], vec!["--max-concurrency", "0"], "at least 1"),
+    ];
+    for (envs, args, want) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_silica"))
+            .arg("serve")
+            .args(&args)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{envs:?}: {err}");
+        assert!(err.contains(want), "{envs:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // The command line wins over the environment, and a bad value typed there keeps clap's
+    // own message.
+    let out = Command::new(env!("CARGO_BIN_EXE_silica"))
+        .args(["serve", "--port", "x"])
+        .env("SILICA_PORT", "8000")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'x' for '--port"), "{err}");
+    assert!(!err.contains("environment variable"), "{err}");
 }

@@ -97,7 +97,7 @@ pub(super) struct Scheduler {
     /// context c gets `cap · span / (span + c)` tokens, so every chunk between decode steps
     /// costs about what `cap` tokens cost at the start of a prompt.
     attn_span: f64,
-    /// Engine iterations so far (see [`Seq::last_step`]).
+    /// Forward passes (prefill, speculative, decode sub-steps) so far (see [`Seq::last_step`]).
     step_no: u64,
 }
 
@@ -195,12 +195,18 @@ impl Scheduler {
             } else {
                 self.cfg.max_prefill_tokens
             };
-            self.step_no += 1;
             let worked = !self.running.is_empty();
-            let result = self
-                .prefill_step(cap, mixed)
-                .and_then(|()| self.speculative_step())
-                .and_then(|()| self.decode_step());
+            // Each forward pass is a step for the inter-token latency: a prompt's first token
+            // (prefill) and its second (decode) can come out of one loop iteration.
+            self.step_no += 1;
+            let result = self.prefill_step(cap, mixed).and_then(|()| {
+                self.step_no += 1;
+                self.speculative_step()
+            });
+            let result = result.and_then(|()| {
+                self.step_no += 1;
+                self.decode_step()
+            });
             match result {
                 Err(e) => {
                     let msg = e.to_string();

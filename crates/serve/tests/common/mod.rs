@@ -32,7 +32,7 @@ pub fn start(num_blocks: usize, api_key: Option<&str>) -> Server {
     let mut model = LoadedModel::random(cfg, MODEL, be, &opts, 7).unwrap();
     model.tokenizer = Some(silica_serve::preset_tokenizer(&model.config).unwrap());
     let cfg = ServerConfig {
-        api_key: api_key.map(str::to_string),
+        api_keys: api_key.map(str::to_string).into_iter().collect(),
         max_body_bytes: 64 << 10,
         ..Default::default()
     };
