@@ -192,6 +192,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         // wait for it.
         std::thread::spawn(move || match load_engine(&a, model_path.as_deref()) {
             Ok(engine) => {
+                // Ready before saying so: whoever reads the line may send a request at once.
+                let engine = Arc::new(engine);
+                loader_svc.set_ready(engine.clone());
                 let s = engine.stats();
                 eprintln!(
                     "silica serve: ready on http://{local} (model `{}`, context {}, KV pool {} \
@@ -203,7 +206,6 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                     engine.kv_pool_note(),
                     if keyed { ", API key required" } else { "" }
                 );
-                loader_svc.set_ready(Arc::new(engine));
             }
             Err(e) => {
                 loader_svc.set_failed(format!("{e:#}"));
