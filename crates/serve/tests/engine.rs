@@ -342,6 +342,32 @@ fn the_engine_recovers_from_a_backend_error_without_reusing_lost_blocks() {
     // would change the output.
     let (again, ..) = run(&e, greedy(prompt, 12));
     assert_eq!(again, want);
+
+    // One failed step is the request's bad luck; three in a row mark the engine failed (so
+    // /health answers 503 and an orchestrator replaces the process), until a step succeeds.
+    let e = Arc::new(e);
+    let svc = silica_serve::Service::ready(e.clone());
+    assert_eq!(e.failure(), None);
+    assert_eq!(svc.health(), silica_serve::Health::Ready);
+    for i in 0..3 {
+        // The backend fails its next execution only.
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut s = e.submit(greedy(&format!("doomed {i}"), 4)).unwrap();
+        while s.blocking_next().is_some() {}
+    }
+    let why = e.failure().expect("three failed steps in a row");
+    assert!(why.contains("injected device error"), "{why}");
+    assert!(matches!(svc.health(), silica_serve::Health::Failed(w) if w == why));
+    let (again, ..) = run(&e, greedy(prompt, 12));
+    assert_eq!(again, want);
+    // The count resets when the step that finished the request returns, just after its last
+    // event went out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while e.failure().is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(e.failure(), None);
+    assert_eq!(svc.health(), silica_serve::Health::Ready);
 }
 
 #[test]

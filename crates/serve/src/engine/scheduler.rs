@@ -210,9 +210,11 @@ impl Scheduler {
             match result {
                 Err(e) => {
                     let msg = e.to_string();
+                    // Counted before the requests hear of it: whoever reads their error and
+                    // then asks `Engine::failure` sees this step.
+                    *self.shared.last_error.lock().expect("not poisoned") = Some(msg.clone());
+                    self.shared.step_failures.fetch_add(1, Ordering::SeqCst);
                     self.fail_all(&msg);
-                    self.shared.step_failures.fetch_add(1, Ordering::Relaxed);
-                    *self.shared.last_error.lock().expect("not poisoned") = Some(msg);
                 }
                 Ok(()) if worked => self.shared.step_failures.store(0, Ordering::Relaxed),
                 Ok(()) => {}
