@@ -5,6 +5,9 @@
 //! - [`report`]: the versioned JSON report (`schema: "silica.bench.report"`, `schema_version: 1`)
 //!   with roofline ratios against limits measured in the same run, and cost.
 //! - [`pricing`]: the embedded instance price table (`models/instances.toml`) and $/1M tokens.
+//! - [`projection`]: projected rows for every instance from a roofline over cited hardware
+//!   figures (`hardware.toml`), and the published measurements (`published.toml`) they are
+//!   checked against.
 //! - [`instance`]: EC2 instance type and accelerator detection (no network off EC2).
 //! - [`render`]: Markdown and self-contained HTML (inline SVG charts) comparisons.
 //! - [`import`]: vLLM `bench serve --save-result` and llmperf `*_summary.json` → [`Report`].
@@ -22,6 +25,7 @@ pub mod metrics;
 pub mod offline;
 pub mod online;
 pub mod pricing;
+pub mod projection;
 pub mod render;
 pub mod report;
 mod time;
