@@ -278,10 +278,13 @@ impl Scheduler {
         }
         seq.blocks.clear();
         // Publish before the Finished event: a caller that sees its request end must see its
-        // blocks back in the pool.
+        // blocks back in the pool, and it no longer running.
         self.shared
             .blocks_in_use
             .store(self.blocks.in_use(), Ordering::Relaxed);
+        self.shared
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
         let mut text = String::new();
         // Text the decoder still holds goes out, unless a stop string cut the output there
         // (a completed output constraint also ends with reason Stop, and keeps its text).
