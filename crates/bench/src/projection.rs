@@ -488,6 +488,163 @@ pub fn compare_published(m: &ModelCost, preset: &str) -> Vec<Check> {
         .collect()
 }
 
+/// How much of its roofline an accelerator reached in the published rows: the median of
+/// published / projected output tok/s over its rows (all models). Where an accelerator has no
+/// published row, the median over its kind (neuron, nvidia) stands in, and `basis` says so.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Efficiency {
+    pub accelerator: String,
+    /// Multiplies the roofline's tok/s (divides its TPOT and TTFT).
+    pub factor: f64,
+    /// Published rows the factor comes from (0: the kind's median stands in).
+    pub rows: usize,
+    pub basis: String,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Every accelerator's [`Efficiency`], from the embedded tables (computed once).
+pub fn efficiencies() -> &'static [Efficiency] {
+    static TABLE: OnceLock<Vec<Efficiency>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let hw = Hardware::embedded();
+        let instances = Instances::embedded();
+        let mut presets: Vec<&str> = PublishedTable::embedded()
+            .rows
+            .iter()
+            .map(|r| r.preset.as_str())
+            .collect();
+        presets.sort_unstable();
+        presets.dedup();
+        // (accelerator, published / projected)
+        let mut seen: Vec<(String, f64)> = Vec::new();
+        for preset in presets {
+            let Ok(cfg) = silica_models::presets::preset(preset) else {
+                continue;
+            };
+            for c in compare_published(&ModelCost::of(preset, &cfg), preset) {
+                let Some(r) = c.ratio else { continue };
+                if let Some(inst) = instances.lookup(&c.published.instance) {
+                    seen.push((inst.accelerator.clone(), 1.0 / r));
+                }
+            }
+        }
+        let kind_of = |name: &str| hw.get(name).map(|a| a.kind.clone()).unwrap_or_default();
+        hw.accelerators
+            .iter()
+            .map(|a| {
+                let own: Vec<f64> = seen
+                    .iter()
+                    .filter(|(n, _)| *n == a.name)
+                    .map(|x| x.1)
+                    .collect();
+                let rows = own.len();
+                match median(own) {
+                    Some(f) => Efficiency {
+                        accelerator: a.name.clone(),
+                        factor: f,
+                        rows,
+                        basis: format!("median of {rows} published row(s) on {}", a.name),
+                    },
+                    None => {
+                        let kind: Vec<f64> = seen
+                            .iter()
+                            .filter(|(n, _)| kind_of(n) == a.kind)
+                            .map(|x| x.1)
+                            .collect();
+                        let n = kind.len();
+                        Efficiency {
+                            accelerator: a.name.clone(),
+                            factor: median(kind).unwrap_or(1.0),
+                            rows: 0,
+                            basis: if n > 0 {
+                                format!(
+                                    "no published row on {}: the median of {n} {} row(s)",
+                                    a.name, a.kind
+                                )
+                            } else {
+                                format!("no published row on {} or its kind: 1", a.name)
+                            },
+                        }
+                    }
+                }
+            })
+            .collect()
+    })
+}
+
+/// A projection scaled by its accelerator's [`Efficiency`]: what the published runs suggest a
+/// real engine reaches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibrated {
+    pub projection: Projection,
+    pub efficiency: Efficiency,
+    pub output_tok_s: f64,
+    pub tpot_ms: f64,
+    pub ttft_ms: f64,
+    pub usd_per_m_output: Option<f64>,
+    pub usd_per_m_total: Option<f64>,
+}
+
+pub fn calibrate(p: &Projection) -> Calibrated {
+    let e = efficiencies()
+        .iter()
+        .find(|e| e.accelerator == p.accelerator)
+        .cloned()
+        .unwrap_or(Efficiency {
+            accelerator: p.accelerator.clone(),
+            factor: 1.0,
+            rows: 0,
+            basis: "not in hardware.toml: 1".into(),
+        });
+    let f = e.factor;
+    Calibrated {
+        output_tok_s: p.output_tok_s * f,
+        tpot_ms: p.tpot_ms / f,
+        ttft_ms: p.ttft_ms / f,
+        usd_per_m_output: p.usd_per_m_output.map(|x| x / f),
+        usd_per_m_total: p.usd_per_m_total.map(|x| x / f),
+        projection: p.clone(),
+        efficiency: e,
+    }
+}
+
+/// The plan: every calibrated projection meeting the SLO (TPOT and TTFT, calibrated), cheapest
+/// $/1M output tokens first (instances without a price last).
+pub fn plan(
+    m: &ModelCost,
+    dtypes: &[WeightDtype],
+    shape: Shape,
+    slo: &crate::Slo,
+) -> Vec<Calibrated> {
+    let mut out: Vec<Calibrated> = sweep(m, dtypes, shape)
+        .iter()
+        .map(calibrate)
+        .filter(|c| slo.tpot_ms.is_none_or(|t| c.tpot_ms <= t))
+        .filter(|c| slo.ttft_ms.is_none_or(|t| c.ttft_ms <= t))
+        .filter(|c| {
+            slo.e2e_ms
+                .is_none_or(|t| c.ttft_ms + c.tpot_ms * shape.output_len as f64 <= t)
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        let key = |c: &Calibrated| c.usd_per_m_output.unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,5 +855,69 @@ mod tests {
         }
         assert_eq!(seen, pinned.len());
         assert_eq!(seen, PublishedTable::embedded().rows.len());
+    }
+
+    #[test]
+    fn efficiencies_come_from_the_published_rows() {
+        let e = |n: &str| {
+            efficiencies()
+                .iter()
+                .find(|e| e.accelerator == n)
+                .unwrap()
+                .clone()
+        };
+        // Inferentia2's 9 rows have ratios 2.259 … 14.817 (pinned above), median 7.327.
+        let inf2 = e("Inferentia2");
+        assert_eq!(inf2.rows, 9);
+        assert!((inf2.factor - 1.0 / 7.327).abs() < 1e-3, "{inf2:?}");
+        // Trainium: 5 rows, median ratio 3.700 … sorted 2.284, 2.631, 3.700, 8.863, 8.966.
+        let trn1 = e("Trainium");
+        assert_eq!(trn1.rows, 5);
+        assert!((trn1.factor - 1.0 / 3.700).abs() < 1e-3, "{trn1:?}");
+        // The L4 has no published row: the NVIDIA median (A100 1/1.280, H100 1/0.959).
+        let l4 = e("NVIDIA L4");
+        assert_eq!(l4.rows, 0);
+        let nvidia = (1.0 / 1.280 + 1.0 / 0.959) / 2.0;
+        assert!((l4.factor - nvidia).abs() < 1e-3, "{l4:?}");
+        assert!(l4.basis.contains("no published row"));
+    }
+
+    #[test]
+    fn the_plan_meets_the_slo_cheapest_first() {
+        let m = cost("llama-3.1-8b");
+        let shape = Shape {
+            input_len: 1024,
+            output_len: 256,
+        };
+        let slo = crate::Slo {
+            tpot_ms: Some(50.0),
+            ttft_ms: Some(2000.0),
+            e2e_ms: None,
+        };
+        let p = plan(&m, &WeightDtype::ALL, shape, &slo);
+        assert!(!p.is_empty());
+        for w in p.windows(2) {
+            assert!(
+                w[0].usd_per_m_output.unwrap_or(f64::INFINITY)
+                    <= w[1].usd_per_m_output.unwrap_or(f64::INFINITY)
+            );
+        }
+        assert!(p.iter().all(|c| c.tpot_ms <= 50.0 && c.ttft_ms <= 2000.0));
+        // A tighter TPOT leaves fewer options, never more.
+        let tight = plan(
+            &m,
+            &WeightDtype::ALL,
+            shape,
+            &crate::Slo {
+                tpot_ms: Some(5.0),
+                ..slo.clone()
+            },
+        );
+        assert!(tight.len() < p.len());
+        // Calibration scales every figure by one factor.
+        let c = &p[0];
+        let f = c.efficiency.factor;
+        assert!((c.output_tok_s - c.projection.output_tok_s * f).abs() < 1e-6 * c.output_tok_s);
+        assert!((c.tpot_ms * f - c.projection.tpot_ms).abs() < 1e-9);
     }
 }

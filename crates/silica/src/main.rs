@@ -6,6 +6,7 @@ mod compile;
 mod compile_neuron;
 mod doctor;
 mod generate;
+mod plan;
 mod quantize;
 mod serve;
 mod train;
@@ -42,6 +43,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Render reports (silica, vLLM, llmperf JSON) side by side as markdown or HTML.
     Report(bench::ReportArgs),
+    /// The cheapest instance × degree × batch that meets a latency target, by projection, with
+    /// the published measurements of the same model beside it.
+    Plan(plan::PlanArgs),
     /// Serve a model over an OpenAI-compatible HTTP API (default: the embedded preset).
     #[command(mut_args = serve::with_env)]
     Serve(serve::ServeArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => generate::tokenize(a),
         Command::Bench(a) => bench::bench(a),
         Command::Report(a) => bench::report(a),
+        Command::Plan(a) => plan::plan(a),
         Command::Serve(a) => serve::serve(a),
         Command::Compile(a) => compile::compile(a),
         Command::Quantize(a) => quantize::quantize(a),
