@@ -388,6 +388,15 @@ impl GgufModel {
     }
 
     /// How many tensors are stored in each type (`Q4_1` → 210, `F32` → 61).
+    /// `general.name`, the model's name as the file's author recorded it.
+    pub fn general_name(&self) -> Option<String> {
+        self.meta()
+            .meta_str("general.name")
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+    }
+
     pub fn tensor_types(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
         for t in self.tensors.values() {

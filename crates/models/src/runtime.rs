@@ -75,6 +75,10 @@ pub struct LoadedModel {
     /// How the checkpoint stored its weights when that is not what `dtype`/`quant` say: a
     /// GGUF's tensor types (`GGUF Q4_1×210, Q8_0×1, F32×61`).
     pub source_format: Option<String>,
+    /// The model's own name, when the checkpoint records one: config.json's `_name_or_path`
+    /// (its last path component when that is a local path), a GGUF's `general.name`. Reports
+    /// use it (a folder called `hf` says little); `name` stays what clients call the model.
+    pub checkpoint_name: Option<String>,
     /// Bytes of one rank's weights as uploaded (quantized matrices at one byte per element).
     pub weight_bytes: u64,
     /// Each rank's weight buffers, in [`TpLayout::specs`] order.
@@ -117,6 +121,28 @@ pub struct KvCache {
     buffers: Vec<Vec<Buffer>>,
 }
 
+/// config.json's `_name_or_path` (transformers writes the hub id or the folder it loaded from):
+/// the hub id as is, a local path's last component.
+fn name_or_path(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let n = v
+        .get("_name_or_path")?
+        .as_str()?
+        .trim()
+        .trim_end_matches('/');
+    if n.is_empty() {
+        return None;
+    }
+    let local = n.starts_with('/') || n.starts_with('.') || n.starts_with('~') || n.contains('\\');
+    let n = if local {
+        n.rsplit(['/', '\\']).next().unwrap_or(n)
+    } else {
+        n
+    };
+    (!n.is_empty()).then(|| n.to_string())
+}
+
 impl LoadedModel {
     /// Loads a Hugging Face folder (config.json, safetensors single or sharded, tokenizer) or a
     /// GGUF file (see [`crate::gguf`]).
@@ -145,10 +171,13 @@ impl LoadedModel {
                 plan.label(),
                 scheme.storage
             ));
+            m.checkpoint_name = name_or_path(dir);
             return Ok(m);
         }
         let weights = ckpt.weights(&config)?;
-        Self::assemble(config, name, tokenizer, &weights, backend, opts, t0)
+        let mut m = Self::assemble(config, name, tokenizer, &weights, backend, opts, t0)?;
+        m.checkpoint_name = name_or_path(dir);
+        Ok(m)
     }
 
     /// Loads a GGUF file. Block-quantized matrices stay blocks where the backend runs them
@@ -190,6 +219,7 @@ impl LoadedModel {
             Self::assemble(config, name, tokenizer, &dense, backend, opts, t0)?
         };
         model.source_format = Some(format!("GGUF {types}"));
+        model.checkpoint_name = file.general_name();
         Ok(model)
     }
 
@@ -377,6 +407,7 @@ impl LoadedModel {
             quant,
             blocks,
             source_format: None,
+            checkpoint_name: None,
             weight_bytes,
             weights: bufs,
             programs: Mutex::new(HashMap::new()),
@@ -725,4 +756,29 @@ pub(crate) fn run_step(
     out.into_iter()
         .next()
         .ok_or_else(|| ModelError::Invalid("program returned no logits".into()))
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::name_or_path;
+
+    #[test]
+    fn name_or_path_takes_the_hub_id_or_a_local_paths_last_part() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |v: &str| {
+            std::fs::write(d.path().join("config.json"), v).unwrap();
+            name_or_path(d.path())
+        };
+        assert_eq!(
+            with(r#"{"_name_or_path": "meta-llama/Llama-3.1-8B"}"#).as_deref(),
+            Some("meta-llama/Llama-3.1-8B")
+        );
+        assert_eq!(
+            with(r#"{"_name_or_path": "/home/me/models/llama-3.1-8b/"}"#).as_deref(),
+            Some("llama-3.1-8b")
+        );
+        assert_eq!(with(r#"{"_name_or_path": ""}"#), None);
+        assert_eq!(with(r#"{"model_type": "llama"}"#), None);
+        assert_eq!(with("not json"), None);
+    }
 }

@@ -59,6 +59,12 @@ fn smollm2_q4_1_gguf_matches_transformers() {
     let r = reference();
     let model =
         LoadedModel::load(&path, Arc::new(CpuBackend::new()), &LoadOptions::default()).unwrap();
+    // Reports name the model from `general.name` (this file's author recorded the training
+    // run's name), not the file.
+    assert_eq!(
+        model.checkpoint_name.as_deref(),
+        Some("Smollm2 135M 8k Lc100K Mix1 Ep2")
+    );
     assert!(
         model.blocks.is_some(),
         "the CPU runs the Q4_1 blocks natively"

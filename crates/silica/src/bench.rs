@@ -199,7 +199,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let prompt_tokens = (iterations * batch * input_len) as u64;
     let output_tokens = (iterations * batch * output_len) as u64;
     let mut run = RunConfig::new(Mode::Offline);
-    run.model = Some(model.name.clone());
+    run.model = Some(report_name(&model));
     run.preset = preset;
     run.backend = Some(model.backend.name().to_string());
     run.dtype = Some(model.dtype.to_string());
@@ -219,7 +219,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let avg_ctx = input_len + output_len / 2;
     let bytes_per_step = weight_read_bytes(&model) + (batch * avg_ctx * kv_per_token) as u64;
     let info = ModelInfo {
-        name: model.name.clone(),
+        name: report_name(&model),
         architecture: Some(c.architecture.name().to_string()),
         params: Some(c.num_active_params()),
         dtype: Some(match &model.blocks {
@@ -431,7 +431,7 @@ fn bench_engine(
     let c = model.config.clone();
     let (read_bytes, quant) = (weight_read_bytes(&model), model.quant);
     let (name, dtype, backend_name, tp) = (
-        model.name.clone(),
+        report_name(&model),
         model.dtype,
         model.backend.name().to_string(),
         model.tp.world,
@@ -728,4 +728,13 @@ pub fn report(a: ReportArgs) -> Result<()> {
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// The model's name in reports: the checkpoint's own (config.json `_name_or_path`, GGUF
+/// `general.name`) when it records one, else the folder's or preset's.
+fn report_name(model: &silica_models::LoadedModel) -> String {
+    model
+        .checkpoint_name
+        .clone()
+        .unwrap_or_else(|| model.name.clone())
 }
