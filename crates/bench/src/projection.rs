@@ -638,11 +638,92 @@ pub fn plan(
                 .is_none_or(|t| c.ttft_ms + c.tpot_ms * shape.output_len as f64 <= t)
         })
         .collect();
+    // Cheapest first; without a price (trn2.48xlarge), the most throughput first.
     out.sort_by(|a, b| {
         let key = |c: &Calibrated| c.usd_per_m_output.unwrap_or(f64::INFINITY);
-        key(a).total_cmp(&key(b))
+        key(a)
+            .total_cmp(&key(b))
+            .then(b.output_tok_s.total_cmp(&a.output_tok_s))
     });
     out
+}
+
+/// What a report carries beside its measured row: the published measurements of a model of the
+/// same shapes, and the projection of the measured model on every instance (for each weight
+/// format, the cheapest calibrated option), each labelled by its kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The request shape projected (the measured run's).
+    pub shape: Shape,
+    /// `published` rows: sources, conditions, and projected / published.
+    pub published: Vec<Check>,
+    /// `projected` rows: roofline and calibrated figures.
+    pub projected: Vec<Calibrated>,
+    pub method: String,
+}
+
+impl Comparison {
+    pub fn for_model(name: &str, cfg: &ModelConfig, shape: Shape) -> Comparison {
+        let m = ModelCost::of(name, cfg);
+        let key = |c: &ModelConfig| {
+            (
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim,
+                c.vocab_size,
+            )
+        };
+        let mut presets: Vec<&str> = PublishedTable::embedded()
+            .rows
+            .iter()
+            .map(|r| r.preset.as_str())
+            .collect();
+        presets.sort_unstable();
+        presets.dedup();
+        let mut published = Vec::new();
+        for p in presets {
+            if let Ok(pc) = silica_models::presets::preset(p) {
+                if key(&pc) == key(cfg) {
+                    published.extend(compare_published(&ModelCost::of(p, &pc), p));
+                }
+            }
+        }
+        let mut projected: Vec<Calibrated> = Vec::new();
+        for c in plan(&m, &WeightDtype::ALL, shape, &crate::Slo::default()) {
+            let seen = projected.iter().any(|p| {
+                p.projection.instance == c.projection.instance
+                    && p.projection.dtype == c.projection.dtype
+            });
+            if !seen {
+                projected.push(c);
+            }
+        }
+        Comparison {
+            shape,
+            published,
+            projected,
+            method: "projected: roofline over hardware.toml's cited figures (weights and bf16 KV \
+                     in 90% of device memory; TPOT = max(bytes / bandwidth, FLOPs / peak)) times \
+                     the accelerator's median published/projected ratio; the cheapest degree \
+                     and batch per instance and weight format. published: published.toml, \
+                     sources in each row."
+                .into(),
+        }
+    }
+}
+
+/// $/1M output tokens of a published row on its instance: the source's throughput per replica
+/// times the replicas the instance holds at that degree (None without a price).
+pub fn published_usd_per_m_output(r: &Published) -> Option<f64> {
+    let inst = Instances::embedded().lookup(&r.instance)?;
+    let a = Hardware::embedded().get(&inst.accelerator)?;
+    let cores = inst.accelerator_count as usize * a.cores_per_device as usize;
+    let replicas = (cores / r.tp.max(1)).max(1);
+    let tok_s = r.output_tok_s / r.replicas.max(1) as f64 * replicas as f64;
+    Some(usd_per_million(inst.price_per_hour_usd?, tok_s))
 }
 
 #[cfg(test)]

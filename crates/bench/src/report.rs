@@ -304,6 +304,10 @@ pub struct Report {
     /// Caveats for a reader, e.g. how an imported metric maps onto ours.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Published and projected rows for the same model, beside this measured one (absent in
+    /// imported reports and in reports written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<crate::projection::Comparison>,
 }
 
 /// silica's git commit at build time, if the build could see one.
@@ -336,6 +340,7 @@ impl Report {
             roofline: None,
             cost: None,
             notes: vec![],
+            comparison: None,
         }
     }
 

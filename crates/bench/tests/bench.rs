@@ -597,22 +597,24 @@ fn all_reports() -> Vec<Report> {
 fn markdown_table_has_the_expected_rows() {
     let md = markdown(&all_reports());
     let lines: Vec<&str> = md.lines().collect();
-    assert!(lines[0].starts_with("| # | instance | backend | model | dtype | batch / conc. |"));
+    assert!(
+        lines[0].starts_with("| # | kind | instance | backend | model | dtype | batch / conc. |")
+    );
     assert!(lines[0].contains("TTFT p50 / p99 (ms)") && lines[0].contains("$/1M total tok"));
     // silica: serving TTFT 200/396, TPOT 83.3/99.7, 3.50 tok/s, $0.7582/(3.5×0.0036) = $60.175.
     assert_eq!(
         lines[2],
-        "| 1 | inf2.xlarge | cpu | tiny-llama | bf16 | 4 / – | 3.50 | 200 / 396 | 83.3 / 99.7 | $60.175 | $6.287 | silica |"
+        "| 1 | measured | inf2.xlarge | cpu | tiny-llama | bf16 | 4 / – | 3.50 | 200 / 396 | 83.3 / 99.7 | $60.175 | $6.287 | silica |"
     );
     // vLLM: 4.4 tok/s → $47.866; 158 tok/s → $1.333.
     assert_eq!(
         lines[3],
-        "| 2 | inf2.xlarge | vllm | meta-llama/Llama-3.1-8B-Instruct | – | – / 4 | 4.40 | 60.0 / 79.6 | 22.5 / 23.3 | $47.866 | $1.333 | vllm |"
+        "| 2 | measured | inf2.xlarge | vllm | meta-llama/Llama-3.1-8B-Instruct | – | – / 4 | 4.40 | 60.0 / 79.6 | 22.5 / 23.3 | $47.866 | $1.333 | vllm |"
     );
     // llmperf on g5.xlarge: 155 tok/s → $1.803; 705 tok/s → $0.396.
     assert_eq!(
         lines[4],
-        "| 3 | g5.xlarge | – | meta-llama/Llama-3.1-8B-Instruct | – | – / 4 | 155 | 250 / 600 | 25.0 / 35.0 | $1.803 | $0.396 | llmperf |"
+        "| 3 | measured | g5.xlarge | – | meta-llama/Llama-3.1-8B-Instruct | – | – / 4 | 155 | 250 / 600 | 25.0 / 35.0 | $1.803 | $0.396 | llmperf |"
     );
     assert!(
         md.contains("decode 30.0 tok/s = 75.0% of the 40.0 tok/s bandwidth limit"),
@@ -688,4 +690,64 @@ fn machine_detection_with_a_flag_needs_no_network() {
     assert_eq!(m.instance_type.as_deref(), Some("inf2.xlarge"));
     assert_eq!(m.instance_source, InstanceSource::Flag);
     assert!(m.host.unwrap().logical_cores >= 1);
+}
+
+/// A report of a Llama-3.1-8B-shaped model carries published and projected rows beside the
+/// measured one: in the JSON (a round trip keeps them), in the tables (each row says its kind)
+/// and in the cost chart (bars labelled measured / published / projected).
+#[test]
+fn reports_carry_published_and_projected_rows_labelled() {
+    use silica_bench::projection::{Comparison, Shape};
+    let cfg = silica_models::presets::preset("llama-3.1-8b").unwrap();
+    let mut r = sample_report();
+    r.model.name = "llama-3.1-8b".into();
+    let shape = Shape {
+        input_len: 128,
+        output_len: 128,
+    };
+    r.comparison = Some(Comparison::for_model("llama-3.1-8b", &cfg, shape));
+    let c = r.comparison.as_ref().unwrap();
+    assert_eq!(c.published.len(), 10);
+    // Every priced instance with a hardware row, for each weight format that fits.
+    assert!(c
+        .projected
+        .iter()
+        .any(|p| p.projection.instance == "inf2.48xlarge"));
+    assert!(c
+        .projected
+        .iter()
+        .any(|p| p.projection.instance == "p5.48xlarge"));
+    let back = Report::from_json(&r.to_json(), Path::new("mem")).unwrap();
+    assert_eq!(back, r);
+    // An older report without the field still reads.
+    let mut old: serde_json::Value = serde_json::from_str(&sample_report().to_json()).unwrap();
+    assert!(old.get("comparison").is_none());
+    old.as_object_mut().unwrap().remove("comparison");
+    assert!(Report::from_value(old, Path::new("old"))
+        .unwrap()
+        .comparison
+        .is_none());
+
+    let md = markdown(std::slice::from_ref(&r));
+    assert!(
+        md.lines().nth(2).unwrap().starts_with("| 1 | measured |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| published | Llama-3-8B | inf2.48xlarge | 24 | 8 | 128 / 3968 | int8 | 859 |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| projected | llama-3.1-8b | inf2.48xlarge |"),
+        "{md}"
+    );
+    let html = html(std::slice::from_ref(&r));
+    assert!(html.contains("<td>published</td>") && html.contains("<td>projected</td>"));
+    // The cost chart: the measured bar and published and projected ones, never empty.
+    assert!(html.contains("measured #1"), "no measured bar");
+    assert!(html.contains("published inf2.48xlarge Llama-3-8B"));
+    assert!(html.contains("projected p5.48xlarge llama-3.1-8b"));
+    assert!(!html.contains("no report has a price"));
 }

@@ -233,6 +233,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         weight_bytes_per_token: Some(bytes_per_step),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);
+    report.comparison = Some(comparison(&model, input_len, output_len));
     report.limits = Some(limits.clone());
     report.metrics.serving = Some(serving);
     report.metrics.offline = Some(OfflineMetrics {
@@ -471,6 +472,14 @@ fn bench_engine(
         weight_bytes_per_token: Some(read_bytes),
     };
     let mut report = Report::new(Source::Silica, run, machine, info);
+    report.comparison = Some(silica_bench::projection::Comparison::for_model(
+        &report.model.name,
+        &c,
+        silica_bench::projection::Shape {
+            input_len: cfg.input_len,
+            output_len: cfg.output_len,
+        },
+    ));
     report.limits = Some(limits);
     report.metrics.serving = Some(silica_bench::compute(&timings, duration, slo.as_ref()));
     report.metrics.offline = Some(OfflineMetrics {
@@ -737,4 +746,20 @@ fn report_name(model: &silica_models::LoadedModel) -> String {
         .checkpoint_name
         .clone()
         .unwrap_or_else(|| model.name.clone())
+}
+
+/// The published and projected rows a report carries beside the measured one.
+fn comparison(
+    model: &silica_models::LoadedModel,
+    input_len: usize,
+    output_len: usize,
+) -> silica_bench::projection::Comparison {
+    silica_bench::projection::Comparison::for_model(
+        &report_name(model),
+        &model.config,
+        silica_bench::projection::Shape {
+            input_len,
+            output_len,
+        },
+    )
 }

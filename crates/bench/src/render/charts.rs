@@ -165,42 +165,94 @@ pub(super) fn scatter_svg(reports: &[Report]) -> String {
     svg
 }
 
-/// $/1M output tokens per report, horizontal bars.
+/// $/1M output tokens, horizontal bars: each measured report, then the published and
+/// projected rows the reports carry (the cheapest projected option per instance), each bar's
+/// label saying its kind; a log axis when the costs span more than 30×.
 pub(super) fn cost_svg(reports: &[Report]) -> String {
     let title = "$ per 1M output tokens";
-    let bars: Vec<(usize, f64)> = reports
+    const PUBLISHED: RGBColor = RGBColor(110, 110, 110);
+    const PROJECTED: RGBColor = RGBColor(158, 202, 225);
+    let mut bars: Vec<(String, f64, RGBColor)> = reports
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
             let c = r.cost.as_ref()?.usd_per_1m_output_tokens?;
-            (c.is_finite() && c >= 0.0).then_some((i, c))
+            Some((
+                format!("measured #{} {}", i + 1, label(r)),
+                c,
+                PALETTE[i % PALETTE.len()],
+            ))
         })
         .collect();
+    for (model, c) in super::comparisons(reports) {
+        for ch in &c.published {
+            if let Some(usd) = crate::projection::published_usd_per_m_output(&ch.published) {
+                let r = &ch.published;
+                bars.push((
+                    format!(
+                        "published {} {} {} tp{} b{}",
+                        r.instance, r.model, r.dtype, r.tp, r.batch
+                    ),
+                    usd,
+                    PUBLISHED,
+                ));
+            }
+        }
+        let mut best: Vec<&crate::projection::Calibrated> = Vec::new();
+        for p in &c.projected {
+            let usd = p.usd_per_m_output.unwrap_or(f64::INFINITY);
+            match best
+                .iter_mut()
+                .find(|b| b.projection.instance == p.projection.instance)
+            {
+                Some(b) if b.usd_per_m_output.unwrap_or(f64::INFINITY) > usd => *b = p,
+                Some(_) => {}
+                None => best.push(p),
+            }
+        }
+        for p in best {
+            if let Some(usd) = p.usd_per_m_output {
+                bars.push((
+                    format!(
+                        "projected {} {model} {} tp{}×{}",
+                        p.projection.instance,
+                        p.projection.dtype.as_str(),
+                        p.projection.tp,
+                        p.projection.replicas
+                    ),
+                    usd,
+                    PROJECTED,
+                ));
+            }
+        }
+    }
+    bars.retain(|b| b.1.is_finite() && b.1 > 0.0);
     if bars.is_empty() {
         return empty_svg(
             title,
             "no report has a price (pass --instance or --price-per-hour)",
         );
     }
-    let labels: Vec<String> = bars
-        .iter()
-        .map(|(i, _)| format!("#{} {}", i + 1, label(&reports[*i])))
-        .collect();
-    let longest = labels.iter().map(|l| l.len()).max().unwrap_or(8) as u32;
+    let values: Vec<f64> = bars.iter().map(|b| b.1).collect();
+    let log = wants_log(&values);
+    let tx = |v: f64| if log { v.log10() } else { v };
+    let (lo, hi) = axis(&values, log);
+    let lo = if log { lo } else { 0.0 };
+    let longest = bars.iter().map(|b| b.0.len()).max().unwrap_or(8) as u32;
     let n = bars.len();
-    let height = (110 + 44 * n as u32).max(220);
-    let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9);
+    let height = (110 + 30 * n as u32).max(220);
+    let width = W.max(longest * 7 + 420);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (W, height)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
         let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
             root.fill(&WHITE)?;
             let mut chart = ChartBuilder::on(&root)
                 .caption(title, ("sans-serif", 22))
                 .margin(14)
                 .x_label_area_size(40)
-                .y_label_area_size((longest * 8 + 16).min(W / 2))
-                .build_cartesian_2d(0.0..max * 1.22, -0.5..(n as f64 - 0.5))?;
+                .y_label_area_size(longest * 7 + 16)
+                .build_cartesian_2d(lo..hi + (hi - lo) * 0.12, -0.5..(n as f64 - 0.5))?;
             chart
                 .configure_mesh()
                 .disable_y_mesh()
@@ -208,30 +260,33 @@ pub(super) fn cost_svg(reports: &[Report]) -> String {
                 .y_label_formatter(&|v| {
                     let k = v.round();
                     if (v - k).abs() < 1e-6 && k >= 0.0 && (k as usize) < n {
-                        // Top to bottom in report order.
-                        labels[n - 1 - k as usize].clone()
+                        // Top to bottom in the order above.
+                        bars[n - 1 - k as usize].0.clone()
                     } else {
                         String::new()
                     }
                 })
-                .x_label_formatter(&|v| format!("${}", short(*v)))
-                .x_desc("USD per 1M output tokens")
+                .x_label_formatter(&|v| format!("${}", tick(*v, log)))
+                .x_desc(if log {
+                    "USD per 1M output tokens (log scale)"
+                } else {
+                    "USD per 1M output tokens"
+                })
                 .light_line_style(RGBColor(240, 242, 245))
                 .bold_line_style(RGBColor(218, 222, 228))
-                .label_style(("sans-serif", 15))
+                .label_style(("sans-serif", 13))
                 .axis_desc_style(("sans-serif", 15))
                 .draw()?;
-            for (k, &(i, c)) in bars.iter().enumerate() {
+            for (k, (_, c, color)) in bars.iter().enumerate() {
                 let y = (n - 1 - k) as f64;
-                let color = PALETTE[i % PALETTE.len()];
                 chart.draw_series(std::iter::once(Rectangle::new(
-                    [(0.0, y - 0.32), (c, y + 0.32)],
+                    [(lo, y - 0.34), (tx(*c), y + 0.34)],
                     color.filled(),
                 )))?;
                 chart.draw_series(std::iter::once(Text::new(
-                    usd(Some(c)),
-                    (c + max * 0.015, y + 0.12),
-                    ("sans-serif", 15).into_font().color(&BLACK),
+                    usd(Some(*c)),
+                    (tx(*c) + (hi - lo) * 0.012, y + 0.15),
+                    ("sans-serif", 13).into_font().color(&BLACK),
                 )))?;
             }
             root.present()?;

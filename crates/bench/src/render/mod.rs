@@ -25,7 +25,8 @@ struct Row {
     source: String,
 }
 
-const HEADERS: [&str; 11] = [
+const HEADERS: [&str; 12] = [
+    "kind",
     "instance",
     "backend",
     "model",
@@ -79,8 +80,11 @@ impl Row {
         }
     }
 
-    fn cells(&self) -> [&str; 11] {
+    fn cells(&self) -> [&str; 12] {
         [
+            // A report is a run someone measured (silica, or an imported vLLM/llmperf run);
+            // published and projected rows come in their own tables.
+            "measured",
             &self.instance,
             &self.backend,
             &self.model,
@@ -134,8 +138,12 @@ fn usd(v: Option<f64>) -> String {
         Some(v) if v.is_finite() => {
             if v >= 100.0 {
                 format!("${v:.0}")
-            } else {
+            } else if v >= 0.01 || v == 0.0 {
                 format!("${v:.3}")
+            } else {
+                // Projected costs of small models go far below a cent: two significant digits.
+                let digits = (1 - v.log10().floor() as i32).clamp(3, 12) as usize;
+                format!("${v:.digits$}")
             }
         }
         _ => NONE.into(),
@@ -212,6 +220,165 @@ fn md_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// The comparisons the reports carry, once per model (several runs of one model share theirs).
+fn comparisons(reports: &[Report]) -> Vec<(&str, &crate::projection::Comparison)> {
+    let mut out: Vec<(&str, &crate::projection::Comparison)> = Vec::new();
+    for r in reports {
+        if let Some(c) = &r.comparison {
+            if !out.iter().any(|(n, _)| *n == r.model.name) {
+                out.push((r.model.name.as_str(), c));
+            }
+        }
+    }
+    out
+}
+
+const PUBLISHED_HEADERS: [&str; 12] = [
+    "kind",
+    "model",
+    "instance",
+    "tp",
+    "batch",
+    "in / out",
+    "weights",
+    "output tok/s",
+    "TPOT (ms)",
+    "$/1M output tok",
+    "engine, date",
+    "projected / published",
+];
+
+fn published_cells(c: &crate::projection::Check) -> Vec<String> {
+    let r = &c.published;
+    vec![
+        "published".into(),
+        r.model.clone(),
+        r.instance.clone(),
+        if r.replicas > 1 {
+            format!("{} × {}", r.tp, r.replicas)
+        } else {
+            r.tp.to_string()
+        },
+        if r.batch == 0 {
+            "max".into()
+        } else {
+            r.batch.to_string()
+        },
+        format!("{} / {}", r.input_len, r.output_len),
+        r.dtype.clone(),
+        num(Some(r.output_tok_s)),
+        num(r.tpot_ms),
+        usd(crate::projection::published_usd_per_m_output(r)),
+        format!("{}, {}", r.engine, r.date),
+        c.ratio.map_or(NONE.into(), |x| format!("{x:.2}×")),
+    ]
+}
+
+const PROJECTED_HEADERS: [&str; 12] = [
+    "kind",
+    "model",
+    "instance",
+    "weights",
+    "tp × replicas",
+    "batch (max)",
+    "TPOT (ms)",
+    "TTFT (ms)",
+    "output tok/s",
+    "$/1M output tok",
+    "$/1M total tok",
+    "roofline $/1M output, efficiency",
+];
+
+fn projected_cells(model: &str, c: &crate::projection::Calibrated) -> Vec<String> {
+    let p = &c.projection;
+    vec![
+        "projected".into(),
+        model.to_string(),
+        p.instance.clone(),
+        p.dtype.as_str().into(),
+        format!("{} × {}", p.tp, p.replicas),
+        format!("{} ({})", p.batch, p.max_batch),
+        num(Some(c.tpot_ms)),
+        num(Some(c.ttft_ms)),
+        num(Some(c.output_tok_s)),
+        usd(c.usd_per_m_output),
+        usd(c.usd_per_m_total),
+        format!("{}, {:.3}", usd(p.usd_per_m_output), c.efficiency.factor),
+    ]
+}
+
+fn md_table(s: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(s, "| {} |", headers.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(headers.len()));
+    for r in rows {
+        let cells: Vec<String> = r.iter().map(|c| md_escape(c)).collect();
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+}
+
+fn html_table(s: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    s.push_str("<div class=\"tw\"><table>\n<thead><tr>");
+    for h in headers {
+        let _ = write!(s, "<th>{}</th>", html_escape(h));
+    }
+    s.push_str("</tr></thead>\n<tbody>\n");
+    for r in rows {
+        s.push_str("<tr>");
+        for c in r {
+            let class = if c.starts_with(|ch: char| ch.is_ascii_digit() || ch == '$') {
+                " class=\"n\""
+            } else {
+                ""
+            };
+            let _ = write!(s, "<td{class}>{}</td>", html_escape(c));
+        }
+        s.push_str("</tr>\n");
+    }
+    s.push_str("</tbody>\n</table></div>\n");
+}
+
+/// One table of published or projected rows, with its title and a note on where they come from.
+struct Section {
+    title: String,
+    headers: &'static [&'static str],
+    rows: Vec<Vec<String>>,
+    note: String,
+}
+
+/// The comparison sections, per model.
+fn comparison_sections(reports: &[Report]) -> Vec<Section> {
+    let mut out = Vec::new();
+    for (model, c) in comparisons(reports) {
+        if !c.published.is_empty() {
+            out.push(Section {
+                title: format!("Published measurements of a model the size of {model}"),
+                headers: &PUBLISHED_HEADERS[..],
+                rows: c.published.iter().map(published_cells).collect(),
+                note: "Sources in crates/bench/published.toml; $/1M at the instance's on-demand \
+                       price with as many replicas as the instance holds at that degree; \
+                       projected / published: the roofline over the measurement."
+                    .to_string(),
+            });
+        }
+        if !c.projected.is_empty() {
+            out.push(Section {
+                title: format!(
+                    "Projected: {model} on every instance ({} in / {} out per request)",
+                    c.shape.input_len, c.shape.output_len
+                ),
+                headers: &PROJECTED_HEADERS[..],
+                rows: c
+                    .projected
+                    .iter()
+                    .map(|p| projected_cells(model, p))
+                    .collect(),
+                note: c.method.clone(),
+            });
+        }
+    }
+    out
+}
+
 /// A Markdown comparison: one table with a row per report (in order, numbered), then a line per
 /// report with decode/prefill speed against the measured limits, the price used, and notes.
 pub fn markdown(reports: &[Report]) -> String {
@@ -236,6 +403,12 @@ pub fn markdown(reports: &[Report]) -> String {
         for l in lines {
             let _ = writeln!(s, "  - {}", md_escape(&l));
         }
+    }
+    // Measured rows above; published and projected ones here, each row saying its kind.
+    for sec in comparison_sections(reports) {
+        let _ = writeln!(s, "\n### {}\n", sec.title);
+        md_table(&mut s, sec.headers, &sec.rows);
+        let _ = writeln!(s, "\n{}", md_escape(&sec.note));
     }
     s
 }
@@ -301,8 +474,8 @@ pub fn html(reports: &[Report]) -> String {
         let _ = write!(s, "<tr><td class=\"n\">{}</td>", i + 1);
         for (j, c) in row.cells().iter().enumerate() {
             let class = match j {
-                2 => " class=\"w\"",
-                5..=9 => " class=\"n\"",
+                3 => " class=\"w\"",
+                6..=10 => " class=\"n\"",
                 _ => "",
             };
             let _ = write!(s, "<td{class}>{}</td>", html_escape(c));
@@ -310,6 +483,12 @@ pub fn html(reports: &[Report]) -> String {
         s.push_str("</tr>\n");
     }
     s.push_str("</tbody>\n</table></div>\n");
+
+    for sec in comparison_sections(reports) {
+        let _ = writeln!(s, "<h2>{}</h2>", html_escape(&sec.title));
+        html_table(&mut s, sec.headers, &sec.rows);
+        let _ = writeln!(s, "<p class=\"sub\">{}</p>", html_escape(&sec.note));
+    }
 
     s.push_str("<h2>Charts</h2>\n<div class=\"charts\">\n<div class=\"chart\">\n");
     s.push_str(&scatter_svg(reports));
@@ -354,6 +533,8 @@ mod tests {
         assert_eq!(usd(Some(2.106111)), "$2.106");
         assert_eq!(usd(Some(210.6)), "$211");
         assert_eq!(usd(Some(f64::INFINITY)), NONE);
+        assert_eq!(usd(Some(0.000_312)), "$0.00031");
+        assert_eq!(usd(Some(0.0123)), "$0.012");
         assert_eq!(short(10.0), "10");
         assert_eq!(short(5.0), "5");
         assert_eq!(short(0.0), "0");
@@ -367,7 +548,7 @@ mod tests {
     #[test]
     fn empty_inputs_render() {
         let m = markdown(&[]);
-        assert!(m.starts_with("| # | instance |"));
+        assert!(m.starts_with("| # | kind | instance |"));
         let h = html(&[]);
         assert!(h.contains("<svg") && h.contains("<table>") && h.ends_with("</html>\n"));
     }
