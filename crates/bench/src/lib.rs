@@ -36,7 +36,7 @@ pub use instance::{
 };
 pub use metrics::{compute, OfflineMetrics, RequestTiming, ServingMetrics, Slo, Stats};
 pub use pricing::{usd_per_million, Instance, Instances, Price};
-pub use render::{html, markdown};
+pub use render::{html, markdown, svg_files};
 pub use report::{
     Cost, Machine, Metrics, Mode, ModelInfo, Report, Roofline, RunConfig, Source, SCHEMA,
     SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS,

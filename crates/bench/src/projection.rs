@@ -655,6 +655,8 @@ pub fn plan(
 pub struct Comparison {
     /// The request shape projected (the measured run's).
     pub shape: Shape,
+    /// The model's sizes the projections were made from (the charts sweep them again).
+    pub model: ModelCost,
     /// `published` rows: sources, conditions, and projected / published.
     pub published: Vec<Check>,
     /// `projected` rows: roofline and calibrated figures.
@@ -703,6 +705,7 @@ impl Comparison {
         }
         Comparison {
             shape,
+            model: m,
             published,
             projected,
             method: "projected: roofline over hardware.toml's cited figures (weights and bf16 KV \

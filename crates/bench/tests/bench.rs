@@ -750,4 +750,16 @@ fn reports_carry_published_and_projected_rows_labelled() {
     assert!(html.contains("published inf2.48xlarge Llama-3-8B"));
     assert!(html.contains("projected p5.48xlarge llama-3.1-8b"));
     assert!(!html.contains("no report has a price"));
+    // The projection charts, in the page and as files: the Pareto front of $/1M vs TPOT and
+    // throughput vs concurrency per instance.
+    assert!(html.contains("vs TPOT (projected)") && html.contains("Pareto front"));
+    assert!(html.contains("throughput vs concurrency (projected)"));
+    let files = silica_bench::svg_files(std::slice::from_ref(&r));
+    let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, ["cost", "latency", "pareto", "concurrency"]);
+    for (name, svg) in &files {
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{name}");
+        assert!(!svg.contains("chart failed"), "{name}");
+    }
+    assert!(files[3].1.contains("inf2.48xlarge") && files[3].1.contains("p5.48xlarge"));
 }

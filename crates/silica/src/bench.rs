@@ -682,10 +682,22 @@ fn save_all(r: &Report, out: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", md.display()))?;
     std::fs::write(&html, silica_bench::html(std::slice::from_ref(r)))
         .with_context(|| format!("writing {}", html.display()))?;
+    // The charts as SVG files too: report.cost.svg, report.pareto.svg, …
+    let stem = out.with_extension("");
+    let mut svgs = Vec::new();
+    for (suffix, svg) in silica_bench::svg_files(std::slice::from_ref(r)) {
+        let path = PathBuf::from(format!("{}.{suffix}.svg", stem.display()));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        svgs.push(suffix);
+    }
     if let Some(p) = silica_tensor::cpu::profile::report() {
         eprintln!("\n{p}");
     }
-    println!("\nwrote {} (+ .md, .html)", out.display());
+    println!(
+        "\nwrote {} (+ .md, .html, and .{{{}}}.svg)",
+        out.display(),
+        svgs.join(",")
+    );
     Ok(())
 }
 

@@ -66,6 +66,9 @@ pub(super) fn short(v: f64) -> String {
     if !v.is_finite() {
         return String::new();
     }
+    if v.abs() >= 1_000_000.0 {
+        return format!("{}M", short(v / 1e6));
+    }
     if v.abs() >= 10_000.0 {
         return format!("{}k", short(v / 1000.0));
     }
@@ -296,6 +299,277 @@ pub(super) fn cost_svg(reports: &[Report]) -> String {
             let msg = e.to_string();
             drop(root);
             return empty_svg(title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
+
+/// Twelve distinguishable colors (matplotlib's tab10 and two more) for charts with a series
+/// per instance.
+const WIDE: [RGBColor; 12] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 128),
+    RGBColor(255, 187, 120),
+];
+
+/// A legend in its own panel beside the plot: `(label, color, line)` rows (a line sample, or a
+/// dot).
+fn side_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    rows: &[(String, RGBColor, bool)],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    for (k, (text, color, line)) in rows.iter().enumerate() {
+        let y = 60 + 22 * k as i32;
+        if *line {
+            area.draw(&PathElement::new(
+                vec![(8, y), (30, y)],
+                color.stroke_width(3),
+            ))?;
+        } else {
+            area.draw(&Circle::new((19, y), 5, color.filled()))?;
+        }
+        area.draw(&Text::new(
+            text.clone(),
+            (38, y - 8),
+            ("sans-serif", 14).into_font(),
+        ))?;
+    }
+    Ok(())
+}
+
+/// The instance family of a projection (inf2, trn1, g6e, p5, …): one color per family.
+fn family(instance: &str) -> &str {
+    instance.split('.').next().unwrap_or(instance)
+}
+
+fn family_color(families: &[&str], f: &str) -> RGBColor {
+    let i = families.iter().position(|x| *x == f).unwrap_or(0);
+    WIDE[i % WIDE.len()]
+}
+
+/// The calibrated projections a chart draws: every instance × degree × batch × weight format
+/// that fits, with a price.
+fn projected_points(c: &crate::projection::Comparison) -> Vec<crate::projection::Calibrated> {
+    crate::projection::sweep(&c.model, &crate::projection::WeightDtype::ALL, c.shape)
+        .iter()
+        .map(crate::projection::calibrate)
+        .filter(|p| p.usd_per_m_output.is_some_and(|u| u.is_finite() && u > 0.0))
+        .collect()
+}
+
+/// $/1M output tokens (y) against TPOT (x) for every projected option, one color per instance
+/// family, and the Pareto front (no option both faster and cheaper) as a line with its points
+/// named. Log axes: both span decades.
+pub(super) fn pareto_svg(model: &str, c: &crate::projection::Comparison) -> String {
+    let title = format!("{model}: $ per 1M output tokens vs TPOT (projected)");
+    let pts = projected_points(c);
+    if pts.is_empty() {
+        return empty_svg(&title, "the model fits no priced instance");
+    }
+    let xy: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|p| (p.tpot_ms, p.usd_per_m_output.unwrap_or(f64::NAN)))
+        .collect();
+    let xs: Vec<f64> = xy.iter().map(|p| p.0).collect();
+    let ys: Vec<f64> = xy.iter().map(|p| p.1).collect();
+    let (x0, x1) = axis(&xs, true);
+    let (y0, y1) = axis(&ys, true);
+    // The front: sorted by TPOT, each point cheaper than every faster one.
+    let mut order: Vec<usize> = (0..pts.len()).collect();
+    order.sort_by(|&a, &b| {
+        xy[a]
+            .0
+            .total_cmp(&xy[b].0)
+            .then(xy[a].1.total_cmp(&xy[b].1))
+    });
+    let mut front: Vec<usize> = Vec::new();
+    let mut best = f64::INFINITY;
+    for i in order {
+        if xy[i].1 < best {
+            best = xy[i].1;
+            front.push(i);
+        }
+    }
+    let mut families: Vec<&str> = pts.iter().map(|p| family(&p.projection.instance)).collect();
+    families.sort_unstable();
+    families.dedup();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W + 260, H + 80)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let (plot, legend) = root.split_horizontally(W + 60);
+            let mut rows: Vec<(String, RGBColor, bool)> = families
+                .iter()
+                .map(|f| (f.to_string(), family_color(&families, f), false))
+                .collect();
+            rows.push(("Pareto front".into(), BLACK, true));
+            side_legend(&legend, &rows)?;
+            let mut chart = ChartBuilder::on(&plot)
+                .caption(&title, ("sans-serif", 20))
+                .margin(14)
+                .x_label_area_size(50)
+                .y_label_area_size(80)
+                .build_cartesian_2d(x0..x1, y0..y1)?;
+            chart
+                .configure_mesh()
+                .x_desc("TPOT, ms (log scale; calibrated projection)")
+                .y_desc("USD per 1M output tokens (log scale)")
+                .x_label_formatter(&|v| tick(*v, true))
+                .y_label_formatter(&|v| format!("${}", tick(*v, true)))
+                .x_labels(8)
+                .y_labels(8)
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 14))
+                .draw()?;
+            for f in &families {
+                let color = family_color(&families, f);
+                let mine: Vec<(f64, f64)> = pts
+                    .iter()
+                    .zip(&xy)
+                    .filter(|(p, _)| family(&p.projection.instance) == *f)
+                    .map(|(_, &(x, y))| (x.log10(), y.log10()))
+                    .collect();
+                chart.draw_series(
+                    mine.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.mix(0.55).filled())),
+                )?;
+            }
+            let line: Vec<(f64, f64)> = front
+                .iter()
+                .map(|&i| (xy[i].0.log10(), xy[i].1.log10()))
+                .collect();
+            chart.draw_series(std::iter::once(PathElement::new(
+                line.clone(),
+                BLACK.stroke_width(2),
+            )))?;
+            // Name the front's points where an instance or format changes along it.
+            let mut last = String::new();
+            for &i in &front {
+                let p = &pts[i].projection;
+                let name = format!(
+                    "{} {} tp{} b{}",
+                    p.instance,
+                    p.dtype.as_str(),
+                    p.tp,
+                    p.batch
+                );
+                let key = format!("{} {}", p.instance, p.dtype.as_str());
+                if key == last {
+                    continue;
+                }
+                last = key;
+                chart.draw_series(std::iter::once(
+                    EmptyElement::at((xy[i].0.log10(), xy[i].1.log10()))
+                        + Circle::new((0, 0), 4, BLACK.filled())
+                        + Text::new(name, (8, -14), ("sans-serif", 12).into_font()),
+                ))?;
+            }
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(&title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
+
+/// Output tok/s (y) against concurrency (x, the batch each replica decodes) per instance: at
+/// each batch the best degree and format; log axes.
+pub(super) fn concurrency_svg(model: &str, c: &crate::projection::Comparison) -> String {
+    let title = format!("{model}: throughput vs concurrency (projected)");
+    let pts = projected_points(c);
+    if pts.is_empty() {
+        return empty_svg(&title, "the model fits no priced instance");
+    }
+    let mut instances: Vec<&str> = pts.iter().map(|p| p.projection.instance.as_str()).collect();
+    instances.sort_unstable();
+    instances.dedup();
+    // Per instance: batch → best instance tok/s.
+    let lines: Vec<(&str, Vec<(f64, f64)>)> = instances
+        .iter()
+        .map(|inst| {
+            let mut by_batch: Vec<(usize, f64)> = Vec::new();
+            for p in pts.iter().filter(|p| p.projection.instance == *inst) {
+                let b = p.projection.batch;
+                match by_batch.iter_mut().find(|x| x.0 == b) {
+                    Some(x) => x.1 = x.1.max(p.output_tok_s),
+                    None => by_batch.push((b, p.output_tok_s)),
+                }
+            }
+            by_batch.sort_by_key(|x| x.0);
+            (
+                *inst,
+                by_batch.into_iter().map(|(b, t)| (b as f64, t)).collect(),
+            )
+        })
+        .collect();
+    let xs: Vec<f64> = lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)).collect();
+    let ys: Vec<f64> = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).collect();
+    let (x0, x1) = axis(&xs, true);
+    let (y0, y1) = axis(&ys, true);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W + 260, H + 80)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let (plot, legend) = root.split_horizontally(W + 60);
+            let rows: Vec<(String, RGBColor, bool)> = lines
+                .iter()
+                .enumerate()
+                .map(|(k, (inst, _))| (inst.to_string(), WIDE[k % WIDE.len()], true))
+                .collect();
+            side_legend(&legend, &rows)?;
+            let mut chart = ChartBuilder::on(&plot)
+                .caption(&title, ("sans-serif", 20))
+                .margin(14)
+                .x_label_area_size(50)
+                .y_label_area_size(80)
+                .build_cartesian_2d(x0..x1, y0..y1)?;
+            chart
+                .configure_mesh()
+                .x_desc("concurrent sequences per replica (log scale)")
+                .y_desc("output tokens/s per instance (log scale; calibrated)")
+                .x_label_formatter(&|v| tick(*v, true))
+                .y_label_formatter(&|v| tick(*v, true))
+                .x_labels(8)
+                .y_labels(8)
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 14))
+                .draw()?;
+            for (k, (_, line)) in lines.iter().enumerate() {
+                let color = WIDE[k % WIDE.len()];
+                let pts: Vec<(f64, f64)> =
+                    line.iter().map(|&(x, y)| (x.log10(), y.log10())).collect();
+                chart.draw_series(std::iter::once(PathElement::new(
+                    pts.clone(),
+                    color.stroke_width(2),
+                )))?;
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            }
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(&title, &format!("chart failed: {msg}"));
         }
     }
     svg

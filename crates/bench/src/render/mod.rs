@@ -5,7 +5,7 @@ use crate::report::Report;
 use std::fmt::Write as _;
 
 mod charts;
-use charts::{cost_svg, scatter_svg};
+use charts::{concurrency_svg, cost_svg, pareto_svg, scatter_svg};
 
 /// A dash for values a report does not have.
 const NONE: &str = "–";
@@ -494,7 +494,15 @@ pub fn html(reports: &[Report]) -> String {
     s.push_str(&scatter_svg(reports));
     s.push_str("</div>\n<div class=\"chart\">\n");
     s.push_str(&cost_svg(reports));
-    s.push_str("</div>\n</div>\n");
+    s.push_str("</div>\n");
+    for (model, c) in comparisons(reports) {
+        s.push_str("<div class=\"chart\">\n");
+        s.push_str(&pareto_svg(model, c));
+        s.push_str("</div>\n<div class=\"chart\">\n");
+        s.push_str(&concurrency_svg(model, c));
+        s.push_str("</div>\n");
+    }
+    s.push_str("</div>\n");
 
     let details: Vec<(usize, &Report, Vec<String>)> = reports
         .iter()
@@ -515,6 +523,25 @@ pub fn html(reports: &[Report]) -> String {
     }
     s.push_str("</body>\n</html>\n");
     s
+}
+
+/// The charts as standalone SVG files: `(file suffix, svg)`: `cost`, `latency`, and per model
+/// with projections `pareto` and `concurrency` (a model index after the first).
+pub fn svg_files(reports: &[Report]) -> Vec<(String, String)> {
+    let mut out = vec![
+        ("cost".to_string(), cost_svg(reports)),
+        ("latency".to_string(), scatter_svg(reports)),
+    ];
+    for (k, (model, c)) in comparisons(reports).into_iter().enumerate() {
+        let n = if k == 0 {
+            String::new()
+        } else {
+            format!("-{}", k + 1)
+        };
+        out.push((format!("pareto{n}"), pareto_svg(model, c)));
+        out.push((format!("concurrency{n}"), concurrency_svg(model, c)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -543,6 +570,8 @@ mod tests {
         assert_eq!(short(31.622_776), "31.6");
         assert_eq!(short(0.012_34), "0.0123");
         assert_eq!(short(20_000.0), "20k");
+        assert_eq!(short(1_000_000.0), "1M");
+        assert_eq!(short(316_227.8), "316k");
     }
 
     #[test]
