@@ -488,6 +488,18 @@ pub fn compare_published(m: &ModelCost, preset: &str) -> Vec<Check> {
         .collect()
 }
 
+/// The presets the published rows are projected with, each once.
+fn published_presets() -> Vec<&'static str> {
+    let mut presets: Vec<&str> = PublishedTable::embedded()
+        .rows
+        .iter()
+        .map(|r| r.preset.as_str())
+        .collect();
+    presets.sort_unstable();
+    presets.dedup();
+    presets
+}
+
 /// How much of its roofline an accelerator reached in the published rows: the median of
 /// published / projected output tok/s over its rows (all models). Where an accelerator has no
 /// published row, the median over its kind (neuron, nvidia) stands in, and `basis` says so.
@@ -520,13 +532,7 @@ pub fn efficiencies() -> &'static [Efficiency] {
     TABLE.get_or_init(|| {
         let hw = Hardware::embedded();
         let instances = Instances::embedded();
-        let mut presets: Vec<&str> = PublishedTable::embedded()
-            .rows
-            .iter()
-            .map(|r| r.preset.as_str())
-            .collect();
-        presets.sort_unstable();
-        presets.dedup();
+        let presets = published_presets();
         // (accelerator, published / projected)
         let mut seen: Vec<(String, f64)> = Vec::new();
         for preset in presets {
@@ -667,32 +673,7 @@ pub struct Comparison {
 impl Comparison {
     pub fn for_model(name: &str, cfg: &ModelConfig, shape: Shape) -> Comparison {
         let m = ModelCost::of(name, cfg);
-        let key = |c: &ModelConfig| {
-            (
-                c.hidden_size,
-                c.intermediate_size,
-                c.num_hidden_layers,
-                c.num_attention_heads,
-                c.num_key_value_heads,
-                c.head_dim,
-                c.vocab_size,
-            )
-        };
-        let mut presets: Vec<&str> = PublishedTable::embedded()
-            .rows
-            .iter()
-            .map(|r| r.preset.as_str())
-            .collect();
-        presets.sort_unstable();
-        presets.dedup();
-        let mut published = Vec::new();
-        for p in presets {
-            if let Ok(pc) = silica_models::presets::preset(p) {
-                if key(&pc) == key(cfg) {
-                    published.extend(compare_published(&ModelCost::of(p, &pc), p));
-                }
-            }
-        }
+        let published = published_like(cfg);
         let mut projected: Vec<Calibrated> = Vec::new();
         for c in plan(&m, &WeightDtype::ALL, shape, &crate::Slo::default()) {
             let seen = projected.iter().any(|p| {
@@ -716,6 +697,33 @@ impl Comparison {
                 .into(),
         }
     }
+}
+
+/// The published rows of a model with `cfg`'s shapes (those of the preset with the same
+/// hidden size, MLP width, layers, heads, KV heads, head size and vocabulary), each beside its
+/// projection.
+pub fn published_like(cfg: &ModelConfig) -> Vec<Check> {
+    let key = |c: &ModelConfig| {
+        (
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.vocab_size,
+        )
+    };
+    let presets = published_presets();
+    let mut out = Vec::new();
+    for p in presets {
+        if let Ok(pc) = silica_models::presets::preset(p) {
+            if key(&pc) == key(cfg) {
+                out.extend(compare_published(&ModelCost::of(p, &pc), p));
+            }
+        }
+    }
+    out
 }
 
 /// $/1M output tokens of a published row on its instance: the source's throughput per replica

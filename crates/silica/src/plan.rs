@@ -46,19 +46,6 @@ fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
     WeightDtype::from_name(s).ok_or_else(|| format!("unknown weight format `{s}`: bf16, int8, fp8"))
 }
 
-/// The shapes that decide a projection: two configs equal in these are the same model size.
-fn shape_key(c: &ModelConfig) -> (usize, usize, usize, usize, usize, usize, usize) {
-    (
-        c.hidden_size,
-        c.intermediate_size,
-        c.num_hidden_layers,
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.head_dim,
-        c.vocab_size,
-    )
-}
-
 pub fn plan(a: PlanArgs) -> Result<()> {
     if a.input_len == 0 || a.output_len == 0 {
         bail!("--input-len and --output-len must be at least 1");
@@ -107,24 +94,8 @@ pub fn plan(a: PlanArgs) -> Result<()> {
         }
         options = best;
     }
-    // The published rows of a model of this size: by preset when one has the same shapes.
-    let key = shape_key(&cfg);
-    let mut evidence = Vec::new();
-    let mut presets: Vec<&str> = projection::PublishedTable::embedded()
-        .rows
-        .iter()
-        .map(|r| r.preset.as_str())
-        .collect();
-    presets.sort_unstable();
-    presets.dedup();
-    for p in presets {
-        let Ok(pc) = silica_models::presets::preset(p) else {
-            continue;
-        };
-        if shape_key(&pc) == key {
-            evidence.extend(projection::compare_published(&ModelCost::of(p, &pc), p));
-        }
-    }
+    // The published rows of a model of this size.
+    let evidence = projection::published_like(&cfg);
     if a.json {
         let v = json!({
             "model": {"name": name, "params": m.params, "active_params": m.active_params},
