@@ -60,7 +60,7 @@ pub fn plan(a: PlanArgs) -> Result<()> {
             (name, cfg)
         }
         (None, Some(p)) => (p.clone(), silica_models::presets::preset(p)?),
-        (None, None) => unreachable!("clap requires --model or --preset"),
+        (None, None) => bail!("give --model DIR or --preset NAME"),
     };
     let slo = a
         .slo
