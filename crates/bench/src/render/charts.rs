@@ -366,6 +366,69 @@ fn projected_points(c: &crate::projection::Comparison) -> Vec<crate::projection:
         .collect()
 }
 
+/// The plot area of a log-log chart: coordinates in log10 space.
+type LogLog<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Axes of a log-log chart: ranges (log10 space), descriptions, and a prefix for y ticks.
+struct LogAxes<'a> {
+    x: (f64, f64),
+    y: (f64, f64),
+    x_desc: &'a str,
+    y_desc: &'a str,
+    y_prefix: &'a str,
+}
+
+/// A log-log chart with its legend in a panel on the right; `draw` puts the series in (points
+/// already in log10 space). A drawing error becomes a placeholder naming it.
+fn log_log_svg(
+    title: &str,
+    legend: &[(String, RGBColor, bool)],
+    axes: LogAxes<'_>,
+    draw: impl FnOnce(&mut LogLog<'_, '_>) -> Result<(), DrawingAreaErrorKind<std::io::Error>>,
+) -> String {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W + 260, H + 80)).into_drawing_area();
+        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let (plot, side) = root.split_horizontally(W + 60);
+            side_legend(&side, legend)?;
+            let mut chart = ChartBuilder::on(&plot)
+                .caption(title, ("sans-serif", 20))
+                .margin(14)
+                .x_label_area_size(50)
+                .y_label_area_size(80)
+                .build_cartesian_2d(axes.x.0..axes.x.1, axes.y.0..axes.y.1)?;
+            chart
+                .configure_mesh()
+                .x_desc(axes.x_desc)
+                .y_desc(axes.y_desc)
+                .x_label_formatter(&|v| tick(*v, true))
+                .y_label_formatter(&|v| format!("{}{}", axes.y_prefix, tick(*v, true)))
+                .x_labels(8)
+                .y_labels(8)
+                .light_line_style(RGBColor(240, 242, 245))
+                .bold_line_style(RGBColor(218, 222, 228))
+                .label_style(("sans-serif", 14))
+                .axis_desc_style(("sans-serif", 14))
+                .draw()?;
+            draw(&mut chart)?;
+            root.present()?;
+            Ok(())
+        })();
+        if let Err(e) = drawn {
+            let msg = e.to_string();
+            drop(root);
+            return empty_svg(title, &format!("chart failed: {msg}"));
+        }
+    }
+    svg
+}
+
 /// $/1M output tokens (y) against TPOT (x) for every projected option, one color per instance
 /// family, and the Pareto front (no option both faster and cheaper) as a line with its points
 /// named. Log axes: both span decades.
@@ -402,90 +465,64 @@ pub(super) fn pareto_svg(model: &str, c: &crate::projection::Comparison) -> Stri
     let mut families: Vec<&str> = pts.iter().map(|p| family(&p.projection.instance)).collect();
     families.sort_unstable();
     families.dedup();
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W + 260, H + 80)).into_drawing_area();
-        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-            root.fill(&WHITE)?;
-            let (plot, legend) = root.split_horizontally(W + 60);
-            let mut rows: Vec<(String, RGBColor, bool)> = families
+    let mut legend: Vec<(String, RGBColor, bool)> = families
+        .iter()
+        .map(|f| (f.to_string(), family_color(&families, f), false))
+        .collect();
+    legend.push(("Pareto front".into(), BLACK, true));
+    let axes = LogAxes {
+        x: (x0, x1),
+        y: (y0, y1),
+        x_desc: "TPOT, ms (log scale; calibrated projection)",
+        y_desc: "USD per 1M output tokens (log scale)",
+        y_prefix: "$",
+    };
+    log_log_svg(&title, &legend, axes, |chart| {
+        for f in &families {
+            let color = family_color(&families, f);
+            let mine: Vec<(f64, f64)> = pts
                 .iter()
-                .map(|f| (f.to_string(), family_color(&families, f), false))
+                .zip(&xy)
+                .filter(|(p, _)| family(&p.projection.instance) == *f)
+                .map(|(_, &(x, y))| (x.log10(), y.log10()))
                 .collect();
-            rows.push(("Pareto front".into(), BLACK, true));
-            side_legend(&legend, &rows)?;
-            let mut chart = ChartBuilder::on(&plot)
-                .caption(&title, ("sans-serif", 20))
-                .margin(14)
-                .x_label_area_size(50)
-                .y_label_area_size(80)
-                .build_cartesian_2d(x0..x1, y0..y1)?;
-            chart
-                .configure_mesh()
-                .x_desc("TPOT, ms (log scale; calibrated projection)")
-                .y_desc("USD per 1M output tokens (log scale)")
-                .x_label_formatter(&|v| tick(*v, true))
-                .y_label_formatter(&|v| format!("${}", tick(*v, true)))
-                .x_labels(8)
-                .y_labels(8)
-                .light_line_style(RGBColor(240, 242, 245))
-                .bold_line_style(RGBColor(218, 222, 228))
-                .label_style(("sans-serif", 14))
-                .axis_desc_style(("sans-serif", 14))
-                .draw()?;
-            for f in &families {
-                let color = family_color(&families, f);
-                let mine: Vec<(f64, f64)> = pts
-                    .iter()
-                    .zip(&xy)
-                    .filter(|(p, _)| family(&p.projection.instance) == *f)
-                    .map(|(_, &(x, y))| (x.log10(), y.log10()))
-                    .collect();
-                chart.draw_series(
-                    mine.iter()
-                        .map(|&(x, y)| Circle::new((x, y), 3, color.mix(0.55).filled())),
-                )?;
-            }
-            let line: Vec<(f64, f64)> = front
-                .iter()
-                .map(|&i| (xy[i].0.log10(), xy[i].1.log10()))
-                .collect();
-            chart.draw_series(std::iter::once(PathElement::new(
-                line.clone(),
-                BLACK.stroke_width(2),
-            )))?;
-            // Name the front's points where an instance or format changes along it.
-            let mut last = String::new();
-            for &i in &front {
-                let p = &pts[i].projection;
-                let name = format!(
-                    "{} {} tp{} b{}",
-                    p.instance,
-                    p.dtype.as_str(),
-                    p.tp,
-                    p.batch
-                );
-                let key = format!("{} {}", p.instance, p.dtype.as_str());
-                if key == last {
-                    continue;
-                }
-                last = key;
-                chart.draw_series(std::iter::once(
-                    EmptyElement::at((xy[i].0.log10(), xy[i].1.log10()))
-                        + Circle::new((0, 0), 4, BLACK.filled())
-                        + Text::new(name, (8, -14), ("sans-serif", 12).into_font()),
-                ))?;
-            }
-            root.present()?;
-            Ok(())
-        })();
-        if let Err(e) = drawn {
-            let msg = e.to_string();
-            drop(root);
-            return empty_svg(&title, &format!("chart failed: {msg}"));
+            chart.draw_series(
+                mine.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, color.mix(0.55).filled())),
+            )?;
         }
-    }
-    svg
+        let line: Vec<(f64, f64)> = front
+            .iter()
+            .map(|&i| (xy[i].0.log10(), xy[i].1.log10()))
+            .collect();
+        chart.draw_series(std::iter::once(PathElement::new(
+            line,
+            BLACK.stroke_width(2),
+        )))?;
+        // Name the front's points where an instance or format changes along it.
+        let mut last = String::new();
+        for &i in &front {
+            let p = &pts[i].projection;
+            let name = format!(
+                "{} {} tp{} b{}",
+                p.instance,
+                p.dtype.as_str(),
+                p.tp,
+                p.batch
+            );
+            let key = format!("{} {}", p.instance, p.dtype.as_str());
+            if key == last {
+                continue;
+            }
+            last = key;
+            chart.draw_series(std::iter::once(
+                EmptyElement::at((xy[i].0.log10(), xy[i].1.log10()))
+                    + Circle::new((0, 0), 4, BLACK.filled())
+                    + Text::new(name, (8, -14), ("sans-serif", 12).into_font()),
+            ))?;
+        }
+        Ok(())
+    })
 }
 
 /// Output tok/s (y) against concurrency (x, the batch each replica decodes) per instance: at
@@ -522,55 +559,28 @@ pub(super) fn concurrency_svg(model: &str, c: &crate::projection::Comparison) ->
     let ys: Vec<f64> = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).collect();
     let (x0, x1) = axis(&xs, true);
     let (y0, y1) = axis(&ys, true);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (W + 260, H + 80)).into_drawing_area();
-        let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-            root.fill(&WHITE)?;
-            let (plot, legend) = root.split_horizontally(W + 60);
-            let rows: Vec<(String, RGBColor, bool)> = lines
-                .iter()
-                .enumerate()
-                .map(|(k, (inst, _))| (inst.to_string(), WIDE[k % WIDE.len()], true))
-                .collect();
-            side_legend(&legend, &rows)?;
-            let mut chart = ChartBuilder::on(&plot)
-                .caption(&title, ("sans-serif", 20))
-                .margin(14)
-                .x_label_area_size(50)
-                .y_label_area_size(80)
-                .build_cartesian_2d(x0..x1, y0..y1)?;
-            chart
-                .configure_mesh()
-                .x_desc("concurrent sequences per replica (log scale)")
-                .y_desc("output tokens/s per instance (log scale; calibrated)")
-                .x_label_formatter(&|v| tick(*v, true))
-                .y_label_formatter(&|v| tick(*v, true))
-                .x_labels(8)
-                .y_labels(8)
-                .light_line_style(RGBColor(240, 242, 245))
-                .bold_line_style(RGBColor(218, 222, 228))
-                .label_style(("sans-serif", 14))
-                .axis_desc_style(("sans-serif", 14))
-                .draw()?;
-            for (k, (_, line)) in lines.iter().enumerate() {
-                let color = WIDE[k % WIDE.len()];
-                let pts: Vec<(f64, f64)> =
-                    line.iter().map(|&(x, y)| (x.log10(), y.log10())).collect();
-                chart.draw_series(std::iter::once(PathElement::new(
-                    pts.clone(),
-                    color.stroke_width(2),
-                )))?;
-                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
-            }
-            root.present()?;
-            Ok(())
-        })();
-        if let Err(e) = drawn {
-            let msg = e.to_string();
-            drop(root);
-            return empty_svg(&title, &format!("chart failed: {msg}"));
+    let legend: Vec<(String, RGBColor, bool)> = lines
+        .iter()
+        .enumerate()
+        .map(|(k, (inst, _))| (inst.to_string(), WIDE[k % WIDE.len()], true))
+        .collect();
+    let axes = LogAxes {
+        x: (x0, x1),
+        y: (y0, y1),
+        x_desc: "concurrent sequences per replica (log scale)",
+        y_desc: "output tokens/s per instance (log scale; calibrated)",
+        y_prefix: "",
+    };
+    log_log_svg(&title, &legend, axes, |chart| {
+        for (k, (_, line)) in lines.iter().enumerate() {
+            let color = WIDE[k % WIDE.len()];
+            let pts: Vec<(f64, f64)> = line.iter().map(|&(x, y)| (x.log10(), y.log10())).collect();
+            chart.draw_series(std::iter::once(PathElement::new(
+                pts.clone(),
+                color.stroke_width(2),
+            )))?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
-    }
-    svg
+        Ok(())
+    })
 }
