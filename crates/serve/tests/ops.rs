@@ -72,15 +72,7 @@ struct Running {
 }
 
 fn run(svc: Arc<Service>, cfg: ServerConfig, drain: Option<Duration>) -> Running {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (rt, listener, addr) = common::loopback();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = rt.spawn(silica_serve::serve_service(
         listener,

@@ -57,8 +57,8 @@ pub fn start_model(model: LoadedModel, num_blocks: usize, cfg: ServerConfig) -> 
     serve_engine(engine, cfg)
 }
 
-/// A server over an engine built by the caller.
-pub fn serve_engine(engine: Arc<Engine>, cfg: ServerConfig) -> Server {
+/// A two-thread runtime and a listener on a free loopback port, for a test's server.
+pub fn loopback() -> (tokio::runtime::Runtime, tokio::net::TcpListener, SocketAddr) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -68,6 +68,12 @@ pub fn serve_engine(engine: Arc<Engine>, cfg: ServerConfig) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
+    (rt, listener, addr)
+}
+
+/// A server over an engine built by the caller.
+pub fn serve_engine(engine: Arc<Engine>, cfg: ServerConfig) -> Server {
+    let (rt, listener, addr) = loopback();
     rt.spawn(silica_serve::serve(
         listener,
         engine.clone(),
