@@ -10,7 +10,10 @@
 //!   checked against.
 //! - [`instance`]: EC2 instance type and accelerator detection (no network off EC2).
 //! - [`render`]: Markdown and self-contained HTML (inline SVG charts) comparisons.
-//! - [`import`]: vLLM `bench serve --save-result` and llmperf `*_summary.json` → [`Report`].
+//! - [`import`]: other tools' results → [`Report`]: vLLM `bench serve --save-result` and
+//!   `bench throughput --output-json`, llmperf `*_summary.json`, AIPerf/GenAI-Perf
+//!   `profile_export_aiperf.json`, GuideLLM `benchmarks.json`.
+//! - [`export`]: reports → vLLM's result JSON shapes.
 //! - [`offline`]: the offline measurement (fixed batches through a model's prefill and decode
 //!   programs, timed like llama-bench's pp/tg).
 //! - [`online`]: the online load generator (Poisson arrivals, a concurrency cap, every streamed
@@ -19,6 +22,7 @@
 //!
 //! The field-by-field description of the report lives in `docs/report-schema.md`.
 
+pub mod export;
 pub mod import;
 pub mod instance;
 pub mod metrics;
@@ -30,7 +34,11 @@ pub mod render;
 pub mod report;
 mod time;
 
-pub use import::{import_llmperf, import_vllm, load_any, Format};
+pub use export::{vllm_json, vllm_jsonl};
+pub use import::{
+    import_aiperf, import_guidellm, import_llmperf, import_vllm, import_vllm_throughput, load_any,
+    Format,
+};
 pub use instance::{
     detect_accelerators, detect_instance, Accelerators, DetectedInstance, InstanceSource,
 };

@@ -26,6 +26,11 @@ pub enum Source {
     Silica,
     Vllm,
     Llmperf,
+    /// NVIDIA AIPerf `profile_export_aiperf.json` (or GenAI-Perf's
+    /// `profile_export_genai_perf.json`, the shape AIPerf keeps).
+    Aiperf,
+    /// GuideLLM `benchmarks.json`.
+    Guidellm,
 }
 
 impl Source {
@@ -34,6 +39,8 @@ impl Source {
             Source::Silica => "silica",
             Source::Vllm => "vllm",
             Source::Llmperf => "llmperf",
+            Source::Aiperf => "aiperf",
+            Source::Guidellm => "guidellm",
         }
     }
 }

@@ -24,6 +24,51 @@ pub fn unix_to_rfc3339(secs: i64) -> String {
     )
 }
 
+/// Seconds from one `YYYY-MM-DDTHH:MM:SS[.ffffff]` stamp to another (naive local times, as
+/// Python's `datetime.isoformat()` writes them; a trailing `Z` or offset is ignored, and no
+/// daylight-saving change inside a benchmark is assumed). Whole seconds and fractions are
+/// subtracted apart, so microseconds survive (an f64 of seconds since 1970 keeps only ~0.2 µs).
+/// `None` when either is not in that form.
+pub fn iso_naive_seconds_between(from: &str, to: &str) -> Option<f64> {
+    let (a, fa) = iso_naive(from)?;
+    let (b, fb) = iso_naive(to)?;
+    Some((b - a) as f64 + (fb - fa))
+}
+
+/// A naive ISO stamp → (whole seconds since 1970-01-01 of that wall-clock time, fraction).
+fn iso_naive(s: &str) -> Option<(i64, f64)> {
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim_end_matches('Z');
+    let time = time.split(['+', '-']).next()?;
+    let mut t = time.splitn(3, ':');
+    let (hh, mm): (i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let ss: f64 = t.next()?.parse().ok()?;
+    if !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || !(0.0..61.0).contains(&ss)
+    {
+        return None;
+    }
+    let whole = ss.trunc();
+    let secs = days_from_civil(y, m as u32, day as u32) * 86_400 + hh * 3600 + mm * 60;
+    Some((secs + whole as i64, ss - whole))
+}
+
+/// (year, month, day) → days since 1970-01-01 (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -50,6 +95,16 @@ mod tests {
         assert_eq!(unix_to_rfc3339(1_718_209_114), "2024-06-12T16:18:34Z");
         assert_eq!(unix_to_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(unix_to_rfc3339(1_784_505_600), "2026-07-20T00:00:00Z");
+        assert_eq!(iso_naive("2026-07-20T00:00:00"), Some((1_784_505_600, 0.0)));
+        assert_eq!(iso_naive("2000-02-29T00:00:00Z"), Some((951_782_400, 0.0)));
+        let across_midnight =
+            iso_naive_seconds_between("2026-12-04T23:59:59.75", "2026-12-05T00:00:00.25");
+        assert_eq!(across_midnight, Some(0.5));
+        let us =
+            iso_naive_seconds_between("2026-12-04T21:14:30.573166", "2026-12-04T21:14:30.879403");
+        assert!((us.unwrap() - 0.306237).abs() < 1e-12, "{us:?}");
+        assert_eq!(iso_naive("2026-13-01T00:00:00"), None);
+        assert_eq!(iso_naive("yesterday"), None);
         let now = now_rfc3339();
         assert_eq!(now.len(), 20);
         assert!(now.ends_with('Z'));

@@ -571,6 +571,328 @@ fn llmperf_summary_imports_with_known_values() {
 }
 
 #[test]
+fn aiperf_export_captured_from_a_real_run_imports_with_its_values() {
+    // Written by AIPerf 0.13.0 against `silica serve` (scripts/capture_imports.sh).
+    let rs = load_any(
+        data("aiperf_profile_export_aiperf.json"),
+        Some("inf2.xlarge"),
+    )
+    .unwrap();
+    assert_eq!(rs.len(), 1);
+    let r = &rs[0];
+    assert_eq!(r.source, Source::Aiperf);
+    assert_eq!(r.source_date.as_deref(), Some("2026-12-04T21:14:30.573166"));
+    assert_eq!(r.model.name, "silica-default");
+    assert_eq!(r.config.backend.as_deref(), Some("completions"));
+    assert_eq!(r.config.concurrency, Some(4));
+    assert_eq!(r.config.request_rate, None);
+    assert_eq!(r.config.num_requests, Some(24));
+    assert_eq!(
+        (r.config.input_len, r.config.output_len),
+        (Some(64), Some(32))
+    );
+    let s = r.metrics.serving.as_ref().unwrap();
+    assert_eq!(
+        (s.completed, s.failed),
+        (24, Some(0)),
+        "error_summary is []"
+    );
+    // The profiling window, 21:14:30.573166 → 21:14:30.879403, not benchmark_duration
+    // (0.30118272 s, first request → last response): AIPerf's throughputs use the window.
+    assert!(close(s.duration_s.unwrap(), 0.306237));
+    assert!(r.notes.iter().any(|n| n.contains("0.3012 s")));
+    assert_eq!(
+        (s.total_input_tokens, s.total_output_tokens),
+        (Some(1536), Some(768))
+    );
+    assert!(close(s.request_throughput.unwrap(), 78.37087535552457));
+    assert!(close(s.output_throughput.unwrap(), 2507.8680113767864));
+    assert!(close(s.total_token_throughput.unwrap(), 7523.60403413036));
+    // vLLM's output throughput is total output tokens / duration: AIPerf's agrees to the
+    // microsecond rounding of its time stamps (1 µs in 0.306 s is 3.3e-6).
+    assert!((768.0 / s.duration_s.unwrap() / s.output_throughput.unwrap() - 1.0).abs() < 1e-5);
+    assert_stats(
+        s.ttft_ms.as_ref().unwrap(),
+        [
+            20.991540625,
+            19.813215,
+            35.8898951,
+            36.41431357,
+            9.890717076987295,
+            4.672378999999999,
+            36.50607,
+        ],
+    );
+    // AIPerf's inter_token_latency is vLLM's TPOT.
+    assert_stats(
+        s.tpot_ms.as_ref().unwrap(),
+        [
+            0.7148210833333334,
+            0.6495526774193547,
+            0.9759655645161289,
+            1.069822033548387,
+            0.15964129130212723,
+            0.5208422580645161,
+            1.0830570645161288,
+        ],
+    );
+    assert_stats(
+        s.itl_ms.as_ref().unwrap(),
+        [
+            0.7148210833333334,
+            0.4284395,
+            2.2218122000000027,
+            6.902584440000072,
+            1.3706555531990576,
+            0.0,
+            11.531676,
+        ],
+    );
+    assert_stats(
+        s.e2el_ms.as_ref().unwrap(),
+        [
+            43.15099420833334,
+            44.100019499999995,
+            56.21293109999999,
+            58.287918049999995,
+            10.564818362990176,
+            21.299471,
+            58.554319,
+        ],
+    );
+    assert!(r.notes[0].contains("AIPerf 0.13.0") && r.notes[0].contains("TPOT"));
+    // Priced from the table like every import.
+    let c = r.cost.as_ref().unwrap();
+    assert!(close(
+        c.usd_per_1m_output_tokens.unwrap(),
+        0.7582 / (2507.8680113767864 * 0.0036)
+    ));
+}
+
+#[test]
+fn guidellm_report_captured_from_a_real_run_gives_one_report_per_benchmark() {
+    // Written by GuideLLM 0.8.1 against `silica serve`: concurrency 1, then 4, 24 requests each.
+    let rs = load_any(data("guidellm_benchmarks.json"), None).unwrap();
+    assert_eq!(rs.len(), 2);
+    let want = [
+        // concurrency, duration, TTFT, TPOT (GuideLLM's ITL), E2EL (s) as mean, median, p90, p99, std
+        (
+            1,
+            0.4988739490509033,
+            [
+                10.343054930369059,
+                8.190155029296875,
+                16.259193420410156,
+                46.895742416381836,
+                8.441301500612985,
+            ],
+            [
+                0.22752374731084352,
+                0.22912794543850806,
+                0.2760579509119834,
+                0.3176966021137853,
+                0.042131294428321794,
+            ],
+            [
+                0.017697115739186604,
+                0.015474557876586914,
+                0.024635791778564453,
+                0.0522313117980957,
+                0.008013172350200765,
+            ],
+        ),
+        (
+            4,
+            0.36676764488220215,
+            [
+                16.811231772104897,
+                15.81573486328125,
+                26.519298553466797,
+                30.902624130249023,
+                6.442329375662077,
+            ],
+            [
+                1.1446155527586577,
+                1.1934080431538243,
+                1.4748188757127332,
+                1.5728704390987274,
+                0.25499464742588995,
+            ],
+            [
+                0.0530827244122823,
+                0.0554351806640625,
+                0.06531953811645508,
+                0.06977534294128418,
+                0.009870918197804623,
+            ],
+        ),
+    ];
+    for (r, (conc, dur, ttft, tpot, e2el_s)) in rs.iter().zip(want) {
+        assert_eq!(r.source, Source::Guidellm);
+        assert_eq!(r.model.name, "silica-default");
+        assert_eq!(r.config.concurrency, Some(conc));
+        assert_eq!(
+            r.config.backend.as_deref(),
+            Some("openai_http /v1/completions")
+        );
+        assert_eq!(
+            (r.config.input_len, r.config.output_len),
+            (Some(64), Some(32))
+        );
+        let s = r.metrics.serving.as_ref().unwrap();
+        assert_eq!((s.completed, s.failed), (24, Some(0)));
+        assert_eq!(s.duration_s, Some(dur));
+        assert_eq!(
+            (s.total_input_tokens, s.total_output_tokens),
+            (Some(1536), Some(768))
+        );
+        assert!(close(s.output_throughput.unwrap(), 768.0 / dur));
+        assert!(close(s.request_throughput.unwrap(), 24.0 / dur));
+        assert!(close(s.total_token_throughput.unwrap(), 2304.0 / dur));
+        let five = |st: &Stats| {
+            [
+                st.mean,
+                st.median,
+                st.p90.unwrap(),
+                st.p99.unwrap(),
+                st.std.unwrap(),
+            ]
+        };
+        assert_eq!(five(s.ttft_ms.as_ref().unwrap()), ttft);
+        assert_eq!(five(s.tpot_ms.as_ref().unwrap()), tpot);
+        let e2el = five(s.e2el_ms.as_ref().unwrap());
+        for (g, w) in e2el.iter().zip(e2el_s) {
+            assert!(close(*g, w * 1000.0), "{g} vs {w} s");
+        }
+        assert_eq!(s.itl_ms, None, "GuideLLM keeps no per-gap timings");
+        assert!(r.notes[0].contains("GuideLLM 0.8.1"));
+    }
+    // A sweep reads as a series: throughput rises with concurrency here.
+    let tput = |i: usize| {
+        rs[i]
+            .metrics
+            .serving
+            .as_ref()
+            .unwrap()
+            .output_throughput
+            .unwrap()
+    };
+    assert!(tput(1) > tput(0));
+}
+
+#[test]
+fn reports_export_in_vllms_shape_and_read_back() {
+    let mut reports = load_any(
+        data("aiperf_profile_export_aiperf.json"),
+        Some("inf2.xlarge"),
+    )
+    .unwrap();
+    reports.push(sample_report());
+    let text = silica_bench::vllm_jsonl(&reports).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    // vLLM's `bench serve --save-result` key names (vllm/benchmarks/serve.py) and types.
+    let a = &lines[0];
+    for k in [
+        "date",
+        "backend",
+        "label",
+        "model_id",
+        "tokenizer_id",
+        "num_prompts",
+        "request_rate",
+        "max_concurrency",
+        "duration",
+        "completed",
+        "failed",
+        "total_input_tokens",
+        "total_output_tokens",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "mean_ttft_ms",
+        "median_ttft_ms",
+        "std_ttft_ms",
+        "p99_ttft_ms",
+        "mean_tpot_ms",
+        "median_tpot_ms",
+        "std_tpot_ms",
+        "p99_tpot_ms",
+        "mean_itl_ms",
+        "median_itl_ms",
+        "std_itl_ms",
+        "p99_itl_ms",
+        "mean_e2el_ms",
+        "median_e2el_ms",
+        "std_e2el_ms",
+        "p99_e2el_ms",
+    ] {
+        assert!(a.get(k).is_some(), "{k} missing from {a}");
+    }
+    assert_eq!(
+        a["date"], "20261204-211430",
+        "vLLM's %Y%m%d-%H%M%S of the run"
+    );
+    assert_eq!(a["request_rate"], "inf");
+    assert_eq!(a["completed"], 24);
+    assert_eq!(a["model_id"], "silica-default");
+    assert_eq!(a["mean_tpot_ms"], 0.7148210833333334);
+    assert_eq!(a["silica"]["source"], "aiperf");
+    assert!(
+        a.get("request_goodput").is_none(),
+        "not measured: left out, not 0"
+    );
+    // Read back with the vLLM importer: the same serving metrics.
+    // vLLM's result has no min/max keys; everything else comes back as it was.
+    let back = silica_bench::import_vllm(a, Some("inf2.xlarge")).unwrap();
+    let mut want = reports[0].metrics.serving.clone().unwrap();
+    for st in [
+        &mut want.ttft_ms,
+        &mut want.tpot_ms,
+        &mut want.itl_ms,
+        &mut want.e2el_ms,
+    ] {
+        let st = st.as_mut().unwrap();
+        (st.min, st.max) = (None, None);
+    }
+    assert_eq!(back.metrics.serving, Some(want));
+    assert_eq!(back.config.concurrency, Some(4));
+    // The silica sample report has serving metrics too.
+    assert_eq!(lines[1]["label"], "silica");
+    // An offline-only report takes `bench throughput --output-json`'s shape.
+    let mut off = sample_report();
+    off.metrics.serving = None;
+    let m = off.metrics.offline.as_mut().unwrap();
+    (m.prompt_tokens, m.output_tokens) = (Some(400), Some(200));
+    let o = silica_bench::vllm_json(&off).unwrap();
+    for k in [
+        "elapsed_time",
+        "num_requests",
+        "total_num_tokens",
+        "requests_per_second",
+        "tokens_per_second",
+    ] {
+        assert!(o.get(k).is_some(), "{k} missing from {o}");
+    }
+    assert_eq!(o["total_num_tokens"], 600);
+    assert_eq!(o["elapsed_time"], 8.0, "600 tokens at 75 tok/s");
+    let (_d, path) = tmp("throughput.json");
+    std::fs::write(&path, o.to_string()).unwrap();
+    let back = load_any(&path, None).unwrap();
+    assert_eq!(back[0].config.mode, Mode::Offline);
+    assert_eq!(
+        back[0].metrics.offline.as_ref().unwrap().total_tok_s,
+        off.metrics.offline.as_ref().unwrap().total_tok_s
+    );
+    // Nothing measured: an error, not an empty object.
+    off.metrics.offline = None;
+    assert!(silica_bench::vllm_json(&off).is_err());
+}
+
+#[test]
 fn unknown_files_are_rejected_with_a_hint() {
     let (_d, path) = tmp("other.json");
     std::fs::write(&path, r#"{"hello": "world"}"#).unwrap();

@@ -705,11 +705,16 @@ fn save_all(r: &Report, out: &Path) -> Result<()> {
 pub enum ReportFormat {
     Md,
     Html,
+    /// One vLLM `bench serve --save-result` object per line (`bench throughput --output-json`'s
+    /// shape for offline-only reports), as `--append-result` collects them.
+    Vllm,
 }
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// Report files: silica JSON, vLLM `bench serve --save-result` JSON, or llmperf *_summary.json.
+    /// Report files: silica JSON, vLLM `bench serve --save-result` / `bench throughput
+    /// --output-json` JSON, llmperf *_summary.json, AIPerf profile_export_aiperf.json (or
+    /// GenAI-Perf's profile_export_genai_perf.json), GuideLLM benchmarks.json.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value = "md")]
@@ -717,7 +722,7 @@ pub struct ReportArgs {
     /// Where to write (default: standard output).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Instance type to attach to imported (vLLM/llmperf) results for pricing.
+    /// Instance type to attach to imported (vLLM, llmperf, AIPerf, GuideLLM) results for pricing.
     #[arg(long)]
     instance: Option<String>,
     /// Price in USD per hour for imported results.
@@ -743,6 +748,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let text = match a.format {
         ReportFormat::Md => silica_bench::markdown(&reports),
         ReportFormat::Html => silica_bench::html(&reports),
+        ReportFormat::Vllm => silica_bench::vllm_jsonl(&reports)?,
     };
     match &a.out {
         Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
