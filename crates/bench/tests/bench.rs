@@ -778,6 +778,18 @@ fn guidellm_report_captured_from_a_real_run_gives_one_report_per_benchmark() {
             .unwrap()
     };
     assert!(tput(1) > tput(0));
+    // …drawn as one measured line of two points, named once in the legend.
+    let files = silica_bench::svg_files(&rs);
+    let (_, svg) = files
+        .iter()
+        .find(|(k, _)| k == "measured-concurrency")
+        .expect("a measured concurrency chart");
+    assert_eq!(
+        svg.matches("guidellm · silica-default").count(),
+        1,
+        "{svg}"
+    );
+    assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
 }
 
 #[test]
@@ -950,7 +962,10 @@ fn html_is_self_contained_with_table_and_charts() {
     let h = html(&all_reports());
     assert!(h.starts_with("<!DOCTYPE html>"));
     assert!(h.trim_end().ends_with("</html>"));
-    assert_eq!(h.matches("<svg").count(), 2, "two charts");
+    // Latency scatter, cost bars, and measured throughput vs concurrency (vLLM and llmperf ran
+    // at concurrency 4).
+    assert_eq!(h.matches("<svg").count(), 3, "three charts");
+    assert!(h.contains("Throughput vs concurrency (measured)"));
     assert_eq!(h.matches("<svg").count(), h.matches("</svg>").count());
     assert!(h.contains("<table>") && h.contains("</table>"));
     assert_eq!(h.matches("<tr>").count(), 4, "header + 3 rows");
@@ -973,6 +988,10 @@ fn html_is_self_contained_with_table_and_charts() {
     let h = html(&[bare]);
     assert!(h.contains("no report has a price"));
     assert!(h.contains("no report has both"));
+    assert!(
+        !h.contains("Throughput vs concurrency (measured)"),
+        "an offline run has no concurrency series"
+    );
 }
 
 #[test]

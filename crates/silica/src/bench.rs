@@ -751,7 +751,18 @@ pub fn report(a: ReportArgs) -> Result<()> {
         ReportFormat::Vllm => silica_bench::vllm_jsonl(&reports)?,
     };
     match &a.out {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+            // With an HTML page, its charts as SVG files beside it: PAGE.cost.svg, …
+            if matches!(a.format, ReportFormat::Html) {
+                let stem = p.with_extension("");
+                for (suffix, svg) in silica_bench::svg_files(&reports) {
+                    let path = PathBuf::from(format!("{}.{suffix}.svg", stem.display()));
+                    std::fs::write(&path, svg)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+        }
         None => print!("{text}"),
     }
     Ok(())

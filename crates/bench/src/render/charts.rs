@@ -50,6 +50,21 @@ fn axis(values: &[f64], log: bool) -> (f64, f64) {
     }
 }
 
+/// A log2 axis range over positive `values` (powers of two land on whole numbers), padded by
+/// a third of an octave at least.
+fn axis_log2(values: &[f64]) -> (f64, f64) {
+    let lo = values
+        .iter()
+        .map(|v| v.log2())
+        .fold(f64::INFINITY, f64::min);
+    let hi = values
+        .iter()
+        .map(|v| v.log2())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.08).max(0.35);
+    (lo - pad, hi + pad)
+}
+
 /// Whether values spread over enough decades to want a log axis.
 fn wants_log(values: &[f64]) -> bool {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -373,9 +388,13 @@ type LogLog<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-/// Axes of a log-log chart: ranges (log10 space), descriptions, and a prefix for y ticks.
+/// Axes of a log-log chart: ranges (log10 space; log2 for x when `x_base2`), descriptions, and
+/// a prefix for y ticks.
 struct LogAxes<'a> {
     x: (f64, f64),
+    /// x in log2 space with a tick at each power of two (concurrency, batch sizes: 1, 2, 4, …),
+    /// where log10 ticks would fall on 1.58, 2.51, ….
+    x_base2: bool,
     y: (f64, f64),
     x_desc: &'a str,
     y_desc: &'a str,
@@ -392,7 +411,15 @@ fn log_log_svg(
 ) -> String {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (W + 260, H + 80)).into_drawing_area();
+        // The legend panel is as wide as its longest name needs (sans-serif 14 px: under 8.5 px
+        // a character), 200 px at least.
+        let longest = legend
+            .iter()
+            .map(|l| l.0.chars().count())
+            .max()
+            .unwrap_or(0);
+        let side = (48 + (longest as u32 * 85).div_ceil(10)).max(200);
+        let root = SVGBackend::with_string(&mut svg, (W + 60 + side, H + 80)).into_drawing_area();
         let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
             root.fill(&WHITE)?;
             let (plot, side) = root.split_horizontally(W + 60);
@@ -407,9 +434,20 @@ fn log_log_svg(
                 .configure_mesh()
                 .x_desc(axes.x_desc)
                 .y_desc(axes.y_desc)
-                .x_label_formatter(&|v| tick(*v, true))
+                .x_label_formatter(&|v| {
+                    if axes.x_base2 {
+                        short(2f64.powf(*v))
+                    } else {
+                        tick(*v, true)
+                    }
+                })
                 .y_label_formatter(&|v| format!("{}{}", axes.y_prefix, tick(*v, true)))
-                .x_labels(8)
+                .x_labels(if axes.x_base2 {
+                    // One label per power of two (plotters picks the step 1 in log2 space).
+                    ((axes.x.1 - axes.x.0).floor() as usize + 1).clamp(2, 12)
+                } else {
+                    8
+                })
                 .y_labels(8)
                 .light_line_style(RGBColor(240, 242, 245))
                 .bold_line_style(RGBColor(218, 222, 228))
@@ -472,6 +510,7 @@ pub(super) fn pareto_svg(model: &str, c: &crate::projection::Comparison) -> Stri
     legend.push(("Pareto front".into(), BLACK, true));
     let axes = LogAxes {
         x: (x0, x1),
+        x_base2: false,
         y: (y0, y1),
         x_desc: "TPOT, ms (log scale; calibrated projection)",
         y_desc: "USD per 1M output tokens (log scale)",
@@ -557,7 +596,7 @@ pub(super) fn concurrency_svg(model: &str, c: &crate::projection::Comparison) ->
         .collect();
     let xs: Vec<f64> = lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)).collect();
     let ys: Vec<f64> = lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)).collect();
-    let (x0, x1) = axis(&xs, true);
+    let (x0, x1) = axis_log2(&xs);
     let (y0, y1) = axis(&ys, true);
     let legend: Vec<(String, RGBColor, bool)> = lines
         .iter()
@@ -566,6 +605,7 @@ pub(super) fn concurrency_svg(model: &str, c: &crate::projection::Comparison) ->
         .collect();
     let axes = LogAxes {
         x: (x0, x1),
+        x_base2: true,
         y: (y0, y1),
         x_desc: "concurrent sequences per replica (log scale)",
         y_desc: "output tokens/s per instance (log scale; calibrated)",
@@ -574,7 +614,7 @@ pub(super) fn concurrency_svg(model: &str, c: &crate::projection::Comparison) ->
     log_log_svg(&title, &legend, axes, |chart| {
         for (k, (_, line)) in lines.iter().enumerate() {
             let color = WIDE[k % WIDE.len()];
-            let pts: Vec<(f64, f64)> = line.iter().map(|&(x, y)| (x.log10(), y.log10())).collect();
+            let pts: Vec<(f64, f64)> = line.iter().map(|&(x, y)| (x.log2(), y.log10())).collect();
             chart.draw_series(std::iter::once(PathElement::new(
                 pts.clone(),
                 color.stroke_width(2),
@@ -583,4 +623,104 @@ pub(super) fn concurrency_svg(model: &str, c: &crate::projection::Comparison) ->
         }
         Ok(())
     })
+}
+
+/// Measured output tok/s (y) against concurrency (x) for the reports that ran at a set
+/// concurrency (online runs, imported sweeps such as a GuideLLM run over several stream counts):
+/// one line per instance × tool × backend × model, points in concurrency order; log axes. Only
+/// what was measured: the projected curves are in [`concurrency_svg`].
+pub(super) fn measured_concurrency_svg(reports: &[Report]) -> String {
+    let title = "Throughput vs concurrency (measured)";
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for r in reports {
+        let (Some(c), Some(t)) = (
+            r.config.concurrency,
+            r.metrics.serving.as_ref().and_then(|s| s.output_throughput),
+        ) else {
+            continue;
+        };
+        if c == 0 || !(t.is_finite() && t > 0.0) {
+            continue;
+        }
+        let name = series_name(r);
+        match series.iter_mut().find(|s| s.0 == name) {
+            Some(s) => s.1.push((c as f64, t)),
+            None => series.push((name, vec![(c as f64, t)])),
+        }
+    }
+    if series.is_empty() {
+        return empty_svg(
+            title,
+            "no report ran at a set concurrency (online runs, imported sweeps)",
+        );
+    }
+    for s in &mut series {
+        s.1.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .collect();
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .collect();
+    let (x0, x1) = axis_log2(&xs);
+    let (y0, y1) = axis(&ys, true);
+    let legend: Vec<(String, RGBColor, bool)> = series
+        .iter()
+        .enumerate()
+        .map(|(k, (name, _))| (name.clone(), WIDE[k % WIDE.len()], true))
+        .collect();
+    let axes = LogAxes {
+        x: (x0, x1),
+        x_base2: true,
+        y: (y0, y1),
+        x_desc: "concurrent requests (log scale)",
+        y_desc: "output tokens/s (log scale; measured)",
+        y_prefix: "",
+    };
+    log_log_svg(title, &legend, axes, |chart| {
+        for (k, (_, line)) in series.iter().enumerate() {
+            let color = WIDE[k % WIDE.len()];
+            let pts: Vec<(f64, f64)> = line.iter().map(|&(x, y)| (x.log2(), y.log10())).collect();
+            chart.draw_series(std::iter::once(PathElement::new(
+                pts.clone(),
+                color.stroke_width(2),
+            )))?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+        Ok(())
+    })
+}
+
+/// A legend name for one measured series (the same for a run's several concurrencies):
+/// instance (when known), tool, silica's backend when not the CPU, model; at most 40 characters.
+fn series_name(r: &Report) -> String {
+    let mut name = match r.machine.instance_type.as_deref() {
+        Some(i) => format!("{i} {}", r.source.as_str()),
+        None => r.source.as_str().to_string(),
+    };
+    if let Some(b) = r
+        .config
+        .backend
+        .as_deref()
+        .filter(|b| r.source == crate::report::Source::Silica && *b != "cpu")
+    {
+        name.push('/');
+        name.push_str(b);
+    }
+    if !r.model.name.is_empty() {
+        name.push_str(" · ");
+        name.push_str(short_name(&r.model.name));
+    }
+    if name.chars().count() > 40 {
+        name = name.chars().take(39).collect::<String>() + "…";
+    }
+    name
+}
+
+/// A model id's last path component (`meta-llama/Llama-3.1-8B` → `Llama-3.1-8B`), for legends.
+fn short_name(model: &str) -> &str {
+    model.rsplit('/').next().unwrap_or(model)
 }

@@ -5,7 +5,7 @@ use crate::report::Report;
 use std::fmt::Write as _;
 
 mod charts;
-use charts::{concurrency_svg, cost_svg, pareto_svg, scatter_svg};
+use charts::{concurrency_svg, cost_svg, measured_concurrency_svg, pareto_svg, scatter_svg};
 
 /// A dash for values a report does not have.
 const NONE: &str = "–";
@@ -495,6 +495,11 @@ pub fn html(reports: &[Report]) -> String {
     s.push_str("</div>\n<div class=\"chart\">\n");
     s.push_str(&cost_svg(reports));
     s.push_str("</div>\n");
+    if has_concurrency_series(reports) {
+        s.push_str("<div class=\"chart\">\n");
+        s.push_str(&measured_concurrency_svg(reports));
+        s.push_str("</div>\n");
+    }
     for (model, c) in comparisons(reports) {
         s.push_str("<div class=\"chart\">\n");
         s.push_str(&pareto_svg(model, c));
@@ -525,13 +530,33 @@ pub fn html(reports: &[Report]) -> String {
     s
 }
 
-/// The charts as standalone SVG files: `(file suffix, svg)`: `cost`, `latency`, and per model
-/// with projections `pareto` and `concurrency` (a model index after the first).
+/// Whether any report ran at a set concurrency with a measured throughput (the measured
+/// throughput-vs-concurrency chart is drawn only then: an offline run has nothing to put there).
+fn has_concurrency_series(reports: &[Report]) -> bool {
+    reports.iter().any(|r| {
+        r.config.concurrency.is_some()
+            && r.metrics
+                .serving
+                .as_ref()
+                .and_then(|s| s.output_throughput)
+                .is_some()
+    })
+}
+
+/// The charts as standalone SVG files: `(file suffix, svg)`: `cost`, `latency`,
+/// `measured-concurrency` when a report ran at a set concurrency, and per model with
+/// projections `pareto` and `concurrency` (a model index after the first).
 pub fn svg_files(reports: &[Report]) -> Vec<(String, String)> {
     let mut out = vec![
         ("cost".to_string(), cost_svg(reports)),
         ("latency".to_string(), scatter_svg(reports)),
     ];
+    if has_concurrency_series(reports) {
+        out.push((
+            "measured-concurrency".to_string(),
+            measured_concurrency_svg(reports),
+        ));
+    }
     for (k, (model, c)) in comparisons(reports).into_iter().enumerate() {
         let n = if k == 0 {
             String::new()
