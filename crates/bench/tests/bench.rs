@@ -784,11 +784,7 @@ fn guidellm_report_captured_from_a_real_run_gives_one_report_per_benchmark() {
         .iter()
         .find(|(k, _)| k == "measured-concurrency")
         .expect("a measured concurrency chart");
-    assert_eq!(
-        svg.matches("guidellm · silica-default").count(),
-        1,
-        "{svg}"
-    );
+    assert_eq!(svg.matches("guidellm · silica-default").count(), 1, "{svg}");
     assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
 }
 
