@@ -15,6 +15,14 @@
 //! `exp_avg.{name}.out`, `exp_avg_sq.{name}.out` and `step.out`, each aliased to its input, so
 //! parameters and optimizer state never leave the device between steps.
 //!
+//! Data parallel: with `data_parallel` = W > 1 the program is one rank's of a group of W. Each
+//! rank holds the same weights and optimizer state, and its `tokens` input is its contiguous
+//! share of the global batch, `[batch / W, seq_len + 1]` (rank r: rows `r·batch/W ..`). Its
+//! loss and gradients are sums over its rows scaled by the *global* `1 / (batch · seq_len)`, so
+//! one all-reduce (sum) of each gradient and of the loss inside the graph gives every rank the
+//! gradient of the global mean loss; the clipping and AdamW that follow are computed identically
+//! on every rank, which keeps the replicas bit-equal. At W = 1 nothing is inserted.
+//!
 //! Gradient accumulation: the batch is split into `micro_batches` equal parts; each part's
 //! forward is followed immediately by its backward (the graph is in that order, and the CPU
 //! backend frees activations at their last use), and gradients are summed. The loss is the mean
@@ -59,8 +67,11 @@ pub struct StepConfig {
     pub batch: usize,
     /// Positions trained per sequence (each row of `tokens` has `seq_len + 1` ids).
     pub seq_len: usize,
-    /// Gradient accumulation: the batch is processed in this many equal parts.
+    /// Gradient accumulation: each rank's share of the batch is processed in this many equal
+    /// parts.
     pub micro_batches: usize,
+    /// Data-parallel ranks (1: a single rank). `batch` is the global batch, split evenly.
+    pub data_parallel: usize,
     /// Clip the global gradient norm to this value.
     pub grad_clip: Option<f64>,
     pub adamw: AdamW,
@@ -74,6 +85,7 @@ impl StepConfig {
             batch,
             seq_len,
             micro_batches: 1,
+            data_parallel: 1,
             grad_clip: None,
             adamw: AdamW::default(),
             no_decay: Vec::new(),
@@ -88,10 +100,19 @@ impl StepConfig {
                 self.batch, self.seq_len
             ));
         }
-        if self.micro_batches == 0 || !self.batch.is_multiple_of(self.micro_batches) {
+        if self.data_parallel == 0 || !self.batch.is_multiple_of(self.data_parallel) {
             return bad(format!(
-                "batch {} must be a multiple of micro_batches {}",
-                self.batch, self.micro_batches
+                "batch {} is not divisible by the data-parallel world size {}: every rank \
+                 trains on an equal share of the batch",
+                self.batch, self.data_parallel
+            ));
+        }
+        let per_rank = self.batch / self.data_parallel;
+        if self.micro_batches == 0 || !per_rank.is_multiple_of(self.micro_batches) {
+            return bad(format!(
+                "each rank's {per_rank} sequences (batch {} over {} rank(s)) must be a multiple \
+                 of micro_batches {}",
+                self.batch, self.data_parallel, self.micro_batches
             ));
         }
         if self.seq_len > cfg.max_position_embeddings {
@@ -174,7 +195,10 @@ pub fn train_step_program(cfg: &ModelConfig, sc: &StepConfig) -> Result<Program,
     }
     let dt = DType::F32;
     let (b, t) = (sc.batch, sc.seq_len);
-    let mb = b / sc.micro_batches;
+    let world = sc.data_parallel;
+    // This rank's rows, and each micro-batch's.
+    let rb = b / world;
+    let mb = rb / sc.micro_batches;
     let mut g = Graph::new();
     let w = WeightParams::declare(&mut g, cfg, dt)?;
     let params: Vec<ValueId> = specs.iter().map(|s| w.get(&s.name)).collect();
@@ -187,7 +211,7 @@ pub fn train_step_program(cfg: &ModelConfig, sc: &StepConfig) -> Result<Program,
         v_in.push(g.parameter(&exp_avg_sq_name(&s.name), dt, s.shape.clone())?);
     }
     let step = g.parameter("step", dt, Vec::<usize>::new())?;
-    let tokens = g.parameter("tokens", DType::I32, [b, t + 1])?;
+    let tokens = g.parameter("tokens", DType::I32, [rb, t + 1])?;
     let inv_freq = g.parameter("rope_inv_freq", DType::F32, [cfg.head_dim / 2])?;
     let lr = g.parameter("lr", dt, Vec::<usize>::new())?;
 
@@ -223,7 +247,13 @@ pub fn train_step_program(cfg: &ModelConfig, sc: &StepConfig) -> Result<Program,
         });
     }
     let loss = loss.expect("at least one micro-batch");
-    let mut grads = grads.expect("at least one micro-batch");
+    // Data parallel: every rank's partial sums, summed (all_reduce is the identity at world 1).
+    let loss = g.all_reduce(loss, world)?;
+    let mut grads: Vec<ValueId> = grads
+        .expect("at least one micro-batch")
+        .iter()
+        .map(|&gr| g.all_reduce(gr, world))
+        .collect::<Result<_, _>>()?;
 
     // Global L2 norm (before clipping), as clip_grad_norm_ returns it.
     let mut sq = g.scalar(0.0, dt);
@@ -294,9 +324,14 @@ pub fn train_step_program(cfg: &ModelConfig, sc: &StepConfig) -> Result<Program,
     outputs.extend(v_out);
     outputs.push(("step.out".into(), step_new));
     let name = format!(
-        "train_step_b{b}_t{t}{}",
+        "train_step_b{b}_t{t}{}{}",
         if sc.micro_batches > 1 {
             format!("_a{}", sc.micro_batches)
+        } else {
+            String::new()
+        },
+        if world > 1 {
+            format!("_dp{world}")
         } else {
             String::new()
         }

@@ -24,17 +24,20 @@ pub struct Trainer {
     exe: Arc<dyn Executable>,
     config: ModelConfig,
     step_config: StepConfig,
-    /// Weights, exp_avg.*, exp_avg_sq.*, step — the aliased program inputs, in input order.
-    state: Vec<Buffer>,
+    /// Per data-parallel rank: weights, exp_avg.*, exp_avg_sq.*, step — the aliased program
+    /// inputs, in input order. Every rank's copy is the same (the step keeps them equal).
+    state: Vec<Vec<Buffer>>,
     names: Vec<String>,
-    inv_freq: Buffer,
+    /// Per rank (a rank's inputs live where it runs).
+    inv_freq: Vec<Buffer>,
     /// Optimizer steps taken so far.
     step: u64,
 }
 
 impl Trainer {
     /// Compiles the train step and uploads `weights` (checkpoint order, any float dtype; trained
-    /// in f32) and optimizer state (`exp_avg.*`, `exp_avg_sq.*`, `step`; zeros when absent).
+    /// in f32) and optimizer state (`exp_avg.*`, `exp_avg_sq.*`, `step`; zeros when absent), to
+    /// every one of `step_config.data_parallel` ranks.
     pub fn new(
         backend: Arc<dyn Backend>,
         config: ModelConfig,
@@ -50,7 +53,8 @@ impl Trainer {
             set.iter().find(|(k, _)| k == n).map(|(_, t)| t.clone())
         };
         let sig = exe.signature().clone();
-        let mut state = Vec::with_capacity(names.len());
+        let world = step_config.data_parallel;
+        let mut host = Vec::with_capacity(names.len());
         let mut step = 0u64;
         for n in &names {
             let spec = &sig.inputs[sig.input_index(n).expect("state input")];
@@ -77,11 +81,17 @@ impl Trainer {
             if n == "step" {
                 step = t.to_f64_vec()[0] as u64;
             }
-            state.push(backend.upload(&t.convert(DType::F32))?);
+            host.push(t.convert(DType::F32));
         }
+        let state = (0..world)
+            .map(|_| host.iter().map(|t| backend.upload(t)).collect())
+            .collect::<std::result::Result<Vec<Vec<Buffer>>, _>>()?;
         let freqs = rope_freqs(&config, step_config.seq_len);
         let half = config.head_dim / 2;
-        let inv_freq = backend.upload(&HostTensor::from_vec(freqs.inv_freq, [half])?)?;
+        let inv_freq = HostTensor::from_vec(freqs.inv_freq, [half])?;
+        let inv_freq = (0..world)
+            .map(|_| backend.upload(&inv_freq))
+            .collect::<std::result::Result<Vec<Buffer>, _>>()?;
         Ok(Trainer {
             backend,
             exe,
@@ -107,7 +117,9 @@ impl Trainer {
         self.step
     }
 
-    /// One optimizer step on `tokens` (row-major [batch, seq_len + 1]) with learning rate `lr`.
+    /// One optimizer step on `tokens` (row-major [batch, seq_len + 1], the global batch) with
+    /// learning rate `lr`. With data parallel, rank r trains on rows `r·batch/W ..`, all ranks
+    /// at once (threads on the CPU backend), gradients summed inside the step.
     pub fn train_step(&mut self, tokens: &[i32], lr: f64) -> Result<StepStats> {
         let (b, t) = (self.step_config.batch, self.step_config.seq_len);
         if tokens.len() != b * (t + 1) {
@@ -123,19 +135,39 @@ impl Trainer {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let tok = self
-            .backend
-            .upload(&HostTensor::from_vec(tokens.to_vec(), [b, t + 1])?)?;
-        let lr_b = self.backend.upload(&HostTensor::scalar(lr, DType::F32))?;
+        let world = self.step_config.data_parallel;
+        let rows = b / world;
+        let mut tok = Vec::with_capacity(world);
+        let mut lr_b = Vec::with_capacity(world);
+        for shard in tokens.chunks_exact(rows * (t + 1)) {
+            tok.push(
+                self.backend
+                    .upload(&HostTensor::from_vec(shard.to_vec(), [rows, t + 1])?)?,
+            );
+            lr_b.push(self.backend.upload(&HostTensor::scalar(lr, DType::F32))?);
+        }
         let out = {
-            let mut args: Vec<Arg> = self.state.iter_mut().map(Arg::InOut).collect();
-            args.push(Arg::In(&tok));
-            args.push(Arg::In(&self.inv_freq));
-            args.push(Arg::In(&lr_b));
-            self.exe.execute(&mut args)?
+            let mut group: Vec<Vec<Arg>> = self
+                .state
+                .iter_mut()
+                .zip(tok.iter().zip(&lr_b).zip(&self.inv_freq))
+                .map(|(state, ((tok, lr), inv_freq))| {
+                    let mut args: Vec<Arg> = state.iter_mut().map(Arg::InOut).collect();
+                    args.push(Arg::In(tok));
+                    args.push(Arg::In(inv_freq));
+                    args.push(Arg::In(lr));
+                    args
+                })
+                .collect();
+            if world == 1 {
+                vec![self.exe.execute(&mut group[0])?]
+            } else {
+                self.exe.execute_group(&mut group)?
+            }
         };
-        let loss = self.backend.download(&out[0])?.to_f64_vec()[0];
-        let grad_norm = self.backend.download(&out[1])?.to_f64_vec()[0];
+        // Every rank holds the same loss and norm after the all-reduce: rank 0's.
+        let loss = self.backend.download(&out[0][0])?.to_f64_vec()[0];
+        let grad_norm = self.backend.download(&out[0][1])?.to_f64_vec()[0];
         self.step += 1;
         Ok(StepStats {
             loss,
@@ -145,9 +177,10 @@ impl Trainer {
     }
 
     fn download_where(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, HostTensor)>> {
+        // Rank 0's copy: the step keeps every rank's the same.
         self.names
             .iter()
-            .zip(&self.state)
+            .zip(&self.state[0])
             .filter(|(n, _)| keep(n))
             .map(|(n, b)| Ok((n.clone(), self.backend.download(b)?)))
             .collect()
